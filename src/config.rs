@@ -1,0 +1,457 @@
+//! Settings: a TOML file, then `FTPSGATE_*` environment variables and command-line flags on top,
+//! validated into typed values. Every error names where the bad value came from, the key and
+//! why, so `ftpsgate check` can tell an operator exactly what to fix.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: PathBuf, message: String },
+    #[error("{origin}: `{key}`: {why}")]
+    Invalid {
+        origin: String,
+        key: &'static str,
+        why: String,
+    },
+}
+
+/// Everything the gateway needs to run. Field names are the TOML keys.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub listen: ListenSettings,
+    pub backend: BackendSettings,
+    pub passive: PassiveSettings,
+    pub tls: TlsSettings,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenSettings {
+    /// Explicit FTPS: plain TCP until the client sends `AUTH TLS` (RFC 4217).
+    pub explicit: Vec<SocketAddr>,
+    /// Implicit FTPS: TLS from the first byte (port 990 by convention).
+    pub implicit: Vec<SocketAddr>,
+}
+
+impl Default for ListenSettings {
+    fn default() -> Self {
+        Self {
+            explicit: vec![SocketAddr::from(([0, 0, 0, 0], 2121))],
+            implicit: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendSettings {
+    /// `host:port` of the internal FTP server (plaintext). Resolved at each connect, so a
+    /// Kubernetes Service name works.
+    pub address: String,
+}
+
+impl Default for BackendSettings {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:21".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveSettings {
+    /// The address clients reach the gateway on, put in 227 replies. Unset: the local address
+    /// of the client's control connection, which is right when there is no NAT in front.
+    pub external_address: Option<String>,
+    /// Ports leased to passive data connections, `LO-HI`. Open these in the firewall.
+    pub ports: PortRange,
+}
+
+impl Default for PassiveSettings {
+    fn default() -> Self {
+        Self {
+            external_address: None,
+            ports: PortRange(50000..=50099),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// PEM certificate chain. Unset (with `key` unset): a self-signed pair is generated at start.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    pub min_version: TlsVersion,
+    /// Must a TLS data connection resume the control connection's TLS session? This proves it
+    /// comes from the same client, as vsftpd, ProFTPD and FileZilla Server check.
+    pub data_session_reuse: ReuseMode,
+    /// Refuse `USER` and everything but `AUTH`, `FEAT`, `HELP`, `QUIT`, `HOST`, `SYST`, `NOOP`
+    /// until the control channel is encrypted.
+    pub required: bool,
+    /// Let clients choose `PROT C` (unencrypted data connections).
+    pub allow_clear_data: bool,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            min_version: TlsVersion::V1_2,
+            data_session_reuse: ReuseMode::Require,
+            required: true,
+            allow_clear_data: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TlsVersion {
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReuseMode {
+    /// No session resumption on data connections at all.
+    Off,
+    /// Resume when the client offers; accept full handshakes too.
+    Allow,
+    /// Refuse a data connection that does not resume this FTP session's TLS session.
+    Require,
+}
+
+/// Timeouts in seconds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    pub tls_handshake_secs: u64,
+    /// From connect to a successful login.
+    pub login_secs: u64,
+    /// No command from the client for this long ends the session (421).
+    pub idle_secs: u64,
+    /// From PASV/EPSV until the client's data connection is up.
+    pub data_connection_secs: u64,
+    pub backend_connect_secs: u64,
+    /// How long the backend may take to answer a command (transfers excepted).
+    pub backend_reply_secs: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tls_handshake_secs: 10,
+            login_secs: 60,
+            idle_secs: 300,
+            data_connection_secs: 30,
+            backend_connect_secs: 10,
+            backend_reply_secs: 60,
+        }
+    }
+}
+
+impl Timeouts {
+    pub fn tls_handshake(&self) -> Duration {
+        Duration::from_secs(self.tls_handshake_secs)
+    }
+    pub fn login(&self) -> Duration {
+        Duration::from_secs(self.login_secs)
+    }
+    pub fn idle(&self) -> Duration {
+        Duration::from_secs(self.idle_secs)
+    }
+    pub fn data_connection(&self) -> Duration {
+        Duration::from_secs(self.data_connection_secs)
+    }
+    pub fn backend_connect(&self) -> Duration {
+        Duration::from_secs(self.backend_connect_secs)
+    }
+    pub fn backend_reply(&self) -> Duration {
+        Duration::from_secs(self.backend_reply_secs)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_sessions: usize,
+    pub max_sessions_per_ip: usize,
+    /// Longest command line accepted from a client, in bytes (RFC 959 needs at least 512).
+    pub max_line_length: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_sessions: 1000,
+            max_sessions_per_ip: 50,
+            max_line_length: 4096,
+        }
+    }
+}
+
+/// An inclusive port range written `LO-HI`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PortRange(pub RangeInclusive<u16>);
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (lo, hi) = s
+            .split_once('-')
+            .ok_or_else(|| format!("`{s}` is not LO-HI"))?;
+        let port = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("`{p}` is not a port number"))
+        };
+        let (lo, hi) = (port(lo)?, port(hi)?);
+        if lo == 0 || lo > hi {
+            return Err(format!("`{s}`: need 1 <= LO <= HI"));
+        }
+        Ok(PortRange(lo..=hi))
+    }
+}
+
+impl TryFrom<String> for PortRange {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<PortRange> for String {
+    fn from(r: PortRange) -> String {
+        r.to_string()
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.0.start(), self.0.end())
+    }
+}
+
+/// Values given on the command line or in `FTPSGATE_*` variables; they win over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Vec<SocketAddr>,
+    pub implicit_listen: Vec<SocketAddr>,
+    pub backend: Option<String>,
+    pub passive_ports: Option<PortRange>,
+    pub external_address: Option<String>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Reads `file` (or starts from the defaults), applies `overrides`, validates.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Settings, ConfigError> {
+        let mut settings = match file {
+            Some(path) => Self::from_file(path)?,
+            None => Settings::default(),
+        };
+        settings.apply(overrides);
+        let origin = match file {
+            Some(path) => format!("{} (with flags and FTPSGATE_* variables)", path.display()),
+            None => "built-in defaults (with flags and FTPSGATE_* variables)".into(),
+        };
+        settings.validate(&origin)?;
+        Ok(settings)
+    }
+
+    fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            file: path.into(),
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if !o.listen.is_empty() {
+            self.listen.explicit = o.listen.clone();
+        }
+        if !o.implicit_listen.is_empty() {
+            self.listen.implicit = o.implicit_listen.clone();
+        }
+        if let Some(b) = &o.backend {
+            self.backend.address = b.clone();
+        }
+        if let Some(p) = &o.passive_ports {
+            self.passive.ports = p.clone();
+        }
+        if let Some(e) = &o.external_address {
+            self.passive.external_address = Some(e.clone());
+        }
+        if let Some(c) = &o.cert {
+            self.tls.cert = Some(c.clone());
+        }
+        if let Some(k) = &o.key {
+            self.tls.key = Some(k.clone());
+        }
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, why: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            key,
+            why,
+        };
+        if self.listen.explicit.is_empty() && self.listen.implicit.is_empty() {
+            return Err(bad(
+                "listen",
+                "no listener: set listen.explicit or listen.implicit".into(),
+            ));
+        }
+        split_host_port(&self.backend.address).map_err(|why| bad("backend.address", why))?;
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(bad(
+                "tls.cert",
+                "set both tls.cert and tls.key, or neither (a self-signed pair is then generated)"
+                    .into(),
+            ));
+        }
+        self.external_ip()
+            .map_err(|why| bad("passive.external_address", why))?;
+        let t = &self.timeouts;
+        for (key, secs) in [
+            ("timeouts.tls_handshake_secs", t.tls_handshake_secs),
+            ("timeouts.login_secs", t.login_secs),
+            ("timeouts.idle_secs", t.idle_secs),
+            ("timeouts.data_connection_secs", t.data_connection_secs),
+            ("timeouts.backend_connect_secs", t.backend_connect_secs),
+            ("timeouts.backend_reply_secs", t.backend_reply_secs),
+        ] {
+            if secs == 0 {
+                return Err(bad(key, "must be at least 1 second".into()));
+            }
+        }
+        if self.limits.max_sessions == 0 || self.limits.max_sessions_per_ip == 0 {
+            return Err(bad("limits.max_sessions", "must be at least 1".into()));
+        }
+        if !(512..=1 << 20).contains(&self.limits.max_line_length) {
+            return Err(bad(
+                "limits.max_line_length",
+                "must be between 512 (RFC 959) and 1048576".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The configured external address, resolved. A DNS name is looked up once, at start.
+    pub fn external_ip(&self) -> Result<Option<IpAddr>, String> {
+        let Some(host) = &self.passive.external_address else {
+            return Ok(None);
+        };
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(Some(ip));
+        }
+        let mut addrs = (host.as_str(), 0)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve `{host}`: {e}"))?;
+        let first = addrs
+            .find(SocketAddr::is_ipv4)
+            .ok_or_else(|| format!("`{host}` has no IPv4 address for PASV replies"))?;
+        Ok(Some(first.ip()))
+    }
+}
+
+/// Splits `host:port` (or `[v6]:port`) and checks the port.
+pub fn split_host_port(s: &str) -> Result<(&str, u16), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{s}` is not HOST:PORT"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("`{s}` has no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!("`{s}`: `{port}` is not a port number")),
+        Ok(p) => Ok((host, p)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, text).expect("write");
+        Settings::load(Some(&path), &Overrides::default())
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ftpsgate.toml");
+        let s = Settings::load(Some(&path), &Overrides::default()).expect("example is valid");
+        assert_eq!(s.tls.data_session_reuse, ReuseMode::Require);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("[backend]\nadress = \"x:21\"\n").expect_err("typo");
+        assert!(err.to_string().contains("adress"), "{err}");
+        assert!(err.to_string().contains("t.toml"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_key_and_reason() {
+        let err = parse("[passive]\nports = \"60000-50000\"\n").expect_err("reversed");
+        assert!(err.to_string().contains("LO <= HI"), "{err}");
+        let err = parse("[backend]\naddress = \"nohostport\"\n").expect_err("no port");
+        assert!(err.to_string().contains("backend.address"), "{err}");
+        let err = parse("[tls]\ncert = \"/x.pem\"\n").expect_err("cert without key");
+        assert!(err.to_string().contains("tls.cert"), "{err}");
+    }
+
+    #[test]
+    fn flags_win_over_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "[backend]\naddress = \"10.0.0.1:21\"\n").expect("write");
+        let o = Overrides {
+            backend: Some("127.0.0.1:2100".into()),
+            passive_ports: Some("40000-40009".parse().expect("range")),
+            ..Default::default()
+        };
+        let s = Settings::load(Some(&path), &o).expect("valid");
+        assert_eq!(s.backend.address, "127.0.0.1:2100");
+        assert_eq!(s.passive.ports.0, 40000..=40009);
+    }
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(split_host_port("ftp.internal:21"), Ok(("ftp.internal", 21)));
+        assert_eq!(split_host_port("[::1]:2121"), Ok(("::1", 2121)));
+        assert!(split_host_port("host:0").is_err());
+    }
+}

@@ -1,0 +1,294 @@
+//! The data bridge: one passive data connection from the client, spliced to the backend's own
+//! passive data port.
+//!
+//! Ordering, and the race it avoids. The session connects to the backend's data port right
+//! after the backend's PASV/EPSV reply ("connect eagerly, buffer nothing", DESIGN §2), before
+//! the client has its 227/229. Servers such as vsftpd accept the data connection *before* they
+//! answer the transfer command with 150, while clients such as Python's ftplib only start the
+//! data TLS handshake *after* that 150: any other order deadlocks one of them. Nothing is read
+//! from either side until the session says which way the transfer goes (it knows once it has
+//! forwarded RETR/STOR/...), so no byte is ever buffered for a transfer that does not happen.
+//!
+//! Every failure resets the backend data connection (RST, not FIN) so the backend records an
+//! aborted transfer, never a short file stored as complete.
+
+use std::io;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::{HandshakeKind, ProtocolVersion, ServerConfig};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::time::timeout;
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
+
+use super::pool::Lease;
+use crate::config::ReuseMode;
+use crate::ftp::{Direction, Reply};
+use crate::stream::ClientStream;
+
+/// Large enough for several 16 KiB TLS records per read; allocated once per transfer.
+const BUF_SIZE: usize = 256 * 1024;
+
+/// Why a data transfer failed. Each maps to the reply the client gets instead of the backend's.
+#[derive(Debug, Error)]
+pub enum BridgeError {
+    #[error("client did not open the data connection in time")]
+    AcceptTimeout,
+    #[error("accepting the data connection: {0}")]
+    Accept(io::Error),
+    #[error("TLS handshake on the data connection failed: {0}")]
+    Handshake(io::Error),
+    #[error("data connection did not resume the control connection's TLS session")]
+    NotResumed,
+    #[error("client data connection failed: {0}")]
+    Client(io::Error),
+    #[error("backend data connection failed: {0}")]
+    Backend(io::Error),
+    #[error("upload ended without TLS close_notify (truncated)")]
+    Truncated,
+    #[error("transfer cancelled")]
+    Cancelled,
+}
+
+impl BridgeError {
+    pub fn reply(&self) -> Reply {
+        match self {
+            BridgeError::AcceptTimeout | BridgeError::Accept(_) => {
+                Reply::new(425, "Can't open data connection.")
+            }
+            BridgeError::Handshake(_) => {
+                Reply::new(522, "TLS handshake on the data connection failed.")
+            }
+            BridgeError::NotResumed => Reply::new(
+                522,
+                "Data connection must resume the TLS session of the control connection.",
+            ),
+            BridgeError::Client(_) | BridgeError::Backend(_) | BridgeError::Truncated => {
+                Reply::new(426, "Connection closed; transfer aborted.")
+            }
+            BridgeError::Cancelled => Reply::new(426, "Transfer aborted."),
+        }
+    }
+}
+
+/// What the session tells a bridge when it is created.
+pub struct BridgeParams {
+    /// Only this address may connect (the control connection's peer).
+    pub client_ip: IpAddr,
+    /// `Some` for PROT P: this FTP session's own TLS config.
+    pub tls: Option<Arc<ServerConfig>>,
+    pub reuse: ReuseMode,
+    pub accept_timeout: Duration,
+    pub handshake_timeout: Duration,
+}
+
+/// A finished transfer, for the transfer log line.
+#[derive(Debug)]
+pub struct Transferred {
+    pub direction: Direction,
+    pub bytes: u64,
+    pub elapsed: Duration,
+    pub tls: Option<(ProtocolVersion, bool)>,
+}
+
+type Outcome = Result<Transferred, BridgeError>;
+
+/// The session's handle on a running bridge. Dropping it cancels the bridge.
+pub struct DataBridge {
+    port: u16,
+    start: Option<oneshot::Sender<Direction>>,
+    done: oneshot::Receiver<Outcome>,
+    /// Never sent on: dropping it is the cancel signal the task watches.
+    _cancel: oneshot::Sender<()>,
+}
+
+impl DataBridge {
+    /// Starts the bridge task on an already-leased listener and an already-connected backend
+    /// data connection.
+    pub fn spawn(
+        lease: Lease,
+        listener: TcpListener,
+        backend: TcpStream,
+        params: BridgeParams,
+    ) -> DataBridge {
+        let port = lease.port();
+        let (start_tx, start_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _lease = lease;
+            let mut backend = backend;
+            let outcome = tokio::select! {
+                r = run(listener, &mut backend, &params, start_rx) => r,
+                _ = cancel_rx => Err(BridgeError::Cancelled),
+            };
+            if outcome.is_err() {
+                // RST, so the backend can tell an aborted upload from a complete one.
+                let _ = backend.set_zero_linger();
+            }
+            drop(backend);
+            let _ = done_tx.send(outcome);
+        });
+        DataBridge {
+            port,
+            start: Some(start_tx),
+            done: done_rx,
+            _cancel: cancel_tx,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The transfer command has been forwarded: bytes may flow in `direction`.
+    pub fn start(&mut self, direction: Direction) {
+        if let Some(tx) = self.start.take() {
+            let _ = tx.send(direction);
+        }
+    }
+
+    /// Resolves once both data connections are closed. Cancel-safe.
+    pub async fn finished(&mut self) -> Outcome {
+        (&mut self.done)
+            .await
+            .unwrap_or(Err(BridgeError::Cancelled))
+    }
+}
+
+async fn run(
+    listener: TcpListener,
+    backend: &mut TcpStream,
+    params: &BridgeParams,
+    start: oneshot::Receiver<Direction>,
+) -> Outcome {
+    let tcp = timeout(
+        params.accept_timeout,
+        accept_from(&listener, params.client_ip),
+    )
+    .await
+    .map_err(|_| BridgeError::AcceptTimeout)?
+    .map_err(BridgeError::Accept)?;
+    drop(listener);
+    let mut client = match &params.tls {
+        None => ClientStream::Plain(tcp),
+        Some(config) => handshake(tcp, config, params).await?,
+    };
+    let direction = start.await.map_err(|_| BridgeError::Cancelled)?;
+    let began = Instant::now();
+    let mut buf = vec![0u8; BUF_SIZE];
+    let bytes = match direction {
+        Direction::Download => {
+            let n = pump(backend, &mut client, &mut buf)
+                .await
+                .map_err(|e| e.into_bridge(BridgeError::Backend, BridgeError::Client))?;
+            n
+        }
+        Direction::Upload => {
+            let n = pump(&mut client, backend, &mut buf)
+                .await
+                .map_err(|e| e.into_bridge(upload_read_error, BridgeError::Backend))?;
+            // Answer the client's close_notify with ours; it may already be gone.
+            let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
+            n
+        }
+    };
+    Ok(Transferred {
+        direction,
+        bytes,
+        elapsed: began.elapsed(),
+        tls: client.tls_info(),
+    })
+}
+
+/// A TLS upload whose TCP stream ends without close_notify was cut short: rustls reports it as
+/// `UnexpectedEof`, and it must not reach the backend as a clean end of file.
+fn upload_read_error(e: io::Error) -> BridgeError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        BridgeError::Truncated
+    } else {
+        BridgeError::Client(e)
+    }
+}
+
+/// Accepts the first connection from `allowed`; others are logged and closed, and the wait goes
+/// on, so a port thief cannot take a transfer away from its client.
+async fn accept_from(listener: &TcpListener, allowed: IpAddr) -> io::Result<TcpStream> {
+    loop {
+        let (tcp, peer) = listener.accept().await?;
+        if canonical(peer.ip()) == canonical(allowed) {
+            return Ok(tcp);
+        }
+        warn!(%peer, expected = %allowed, "refused data connection: not from the control connection's address");
+    }
+}
+
+/// IPv4-mapped IPv6 addresses compare as the IPv4 address they carry.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+async fn handshake(
+    tcp: TcpStream,
+    config: &Arc<ServerConfig>,
+    params: &BridgeParams,
+) -> Result<ClientStream, BridgeError> {
+    let accept = TlsAcceptor::from(Arc::clone(config)).accept(tcp);
+    let tls = timeout(params.handshake_timeout, accept)
+        .await
+        .map_err(|_| BridgeError::Handshake(io::ErrorKind::TimedOut.into()))?
+        .map_err(BridgeError::Handshake)?;
+    let resumed = tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
+    if params.reuse == ReuseMode::Require && !resumed {
+        info!("data connection refused: TLS session not resumed (data_session_reuse = require)");
+        return Err(BridgeError::NotResumed);
+    }
+    Ok(ClientStream::Tls(Box::new(tls)))
+}
+
+enum PumpError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+impl PumpError {
+    fn into_bridge(
+        self,
+        read: impl FnOnce(io::Error) -> BridgeError,
+        write: impl FnOnce(io::Error) -> BridgeError,
+    ) -> BridgeError {
+        match self {
+            PumpError::Read(e) => read(e),
+            PumpError::Write(e) => write(e),
+        }
+    }
+}
+
+/// Copies `from` to `to` until a clean end of file, then ends `to` cleanly (FIN, or
+/// close_notify then FIN for TLS).
+async fn pump<R, W>(from: &mut R, to: &mut W, buf: &mut [u8]) -> Result<u64, PumpError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut total = 0u64;
+    loop {
+        let n = from.read(buf).await.map_err(PumpError::Read)?;
+        if n == 0 {
+            break;
+        }
+        to.write_all(&buf[..n]).await.map_err(PumpError::Write)?;
+        total += n as u64;
+    }
+    to.flush().await.map_err(PumpError::Write)?;
+    to.shutdown().await.map_err(PumpError::Write)?;
+    Ok(total)
+}

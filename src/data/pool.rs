@@ -1,0 +1,135 @@
+//! The passive port pool: each PASV/EPSV leases one port from the configured range and binds a
+//! listener on it. A lease is released when its [`Lease`] is dropped, so no code path can leak
+//! a port.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+
+use dashmap::DashSet;
+use thiserror::Error;
+use tokio::net::{TcpListener, TcpSocket};
+
+#[derive(Debug, Error)]
+pub enum PoolError {
+    /// Every port is leased or bound by something else. The client gets 425 at once.
+    #[error("no free passive port in {0}-{1}")]
+    Exhausted(u16, u16),
+}
+
+#[derive(Debug)]
+pub struct PassivePool {
+    range: RangeInclusive<u16>,
+    leased: DashSet<u16>,
+}
+
+/// One leased port. Dropping it returns the port to the pool.
+#[derive(Debug)]
+pub struct Lease {
+    pool: Arc<PassivePool>,
+    port: u16,
+}
+
+impl Lease {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.pool.leased.remove(&self.port);
+    }
+}
+
+impl PassivePool {
+    pub fn new(range: RangeInclusive<u16>) -> Arc<Self> {
+        Arc::new(Self {
+            range,
+            leased: DashSet::new(),
+        })
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.leased.len()
+    }
+
+    /// Leases a port and binds a listener on `ip` there. The search starts at a random port so
+    /// that the next data port cannot be guessed from the last (DESIGN §4, port theft), then
+    /// walks the range once; ports bound by other programs are skipped.
+    pub fn lease(self: &Arc<Self>, ip: IpAddr) -> Result<(Lease, TcpListener), PoolError> {
+        let (lo, hi) = (*self.range.start(), *self.range.end());
+        let size = u32::from(hi - lo) + 1;
+        let start = fastrand::u32(0..size);
+        for i in 0..size {
+            let port = lo + ((start + i) % size) as u16;
+            if !self.leased.insert(port) {
+                continue;
+            }
+            let lease = Lease {
+                pool: Arc::clone(self),
+                port,
+            };
+            if let Ok(listener) = bind(SocketAddr::new(ip, port)) {
+                return Ok((lease, listener));
+            }
+        }
+        Err(PoolError::Exhausted(lo, hi))
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // A port whose last data connection sits in TIME_WAIT can be leased again at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    // One data connection is expected; a short backlog limits what a port thief can queue.
+    socket.listen(4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    fn free_range(n: u16) -> RangeInclusive<u16> {
+        // Probe for a run of free ports high in the range so parallel tests rarely collide.
+        for lo in (40000..60000).step_by(usize::from(n) * 7 + 13) {
+            let free =
+                (lo..lo + n).all(|p| std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok());
+            if free {
+                return lo..=lo + n - 1;
+            }
+        }
+        panic!("no free port run");
+    }
+
+    #[tokio::test]
+    async fn exhausted_pool_refuses_and_recovers_when_a_lease_is_dropped() {
+        let pool = PassivePool::new(free_range(2));
+        let a = pool.lease(LOCAL).expect("first");
+        let b = pool.lease(LOCAL).expect("second");
+        assert_ne!(a.0.port(), b.0.port());
+        assert!(matches!(pool.lease(LOCAL), Err(PoolError::Exhausted(..))));
+        assert_eq!(pool.in_use(), 2);
+        drop(a);
+        let c = pool.lease(LOCAL).expect("freed port is leased again");
+        assert_ne!(c.0.port(), b.0.port());
+    }
+
+    #[tokio::test]
+    async fn ports_bound_elsewhere_are_skipped() {
+        let range = free_range(2);
+        let _squatter =
+            std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, *range.start())).expect("squat");
+        let pool = PassivePool::new(range.clone());
+        let (lease, _l) = pool.lease(LOCAL).expect("the other port");
+        assert_eq!(lease.port(), *range.end());
+        assert!(pool.lease(LOCAL).is_err());
+    }
+}

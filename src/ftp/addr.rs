@@ -1,0 +1,179 @@
+//! Passive-mode address encodings: RFC 959 `227 (h1,h2,h3,h4,p1,p2)` and RFC 2428
+//! `229 (|||port|)`, and the `EPSV` argument.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+
+use thiserror::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum AddrError {
+    #[error("no h1,h2,h3,h4,p1,p2 in 227 reply")]
+    Pasv,
+    #[error("no (|||port|) in 229 reply")]
+    Epsv,
+    #[error("port 0 is not a data port")]
+    PortZero,
+}
+
+/// The text of a 227 reply advertising `addr`.
+pub fn format_pasv(addr: SocketAddrV4) -> String {
+    let [a, b, c, d] = addr.ip().octets();
+    let [p1, p2] = addr.port().to_be_bytes();
+    format!("Entering Passive Mode ({a},{b},{c},{d},{p1},{p2}).")
+}
+
+/// The text of a 229 reply advertising `port` (RFC 2428: no address, the client reuses the
+/// control connection's).
+pub fn format_epsv(port: u16) -> String {
+    format!("Entering Extended Passive Mode (|||{port}|)")
+}
+
+/// Finds the address in a 227 reply text. Servers vary (with or without parentheses, text
+/// before and after), so the first run of six comma-separated numbers wins, as in most clients.
+pub fn parse_pasv(text: &str) -> Result<SocketAddrV4, AddrError> {
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    while start < bytes.len() {
+        if bytes[start].is_ascii_digit() && (start == 0 || !bytes[start - 1].is_ascii_digit()) {
+            if let Some(addr) = six_numbers(&text[start..]) {
+                if addr.port() == 0 {
+                    return Err(AddrError::PortZero);
+                }
+                return Ok(addr);
+            }
+        }
+        start += 1;
+    }
+    Err(AddrError::Pasv)
+}
+
+fn six_numbers(s: &str) -> Option<SocketAddrV4> {
+    let end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == ','))
+        .unwrap_or(s.len());
+    let parts: Vec<u8> = s[..end]
+        .split(',')
+        .take(6)
+        .map(str::parse::<u8>)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let [a, b, c, d, p1, p2] = parts[..] else {
+        return None;
+    };
+    Some(SocketAddrV4::new(
+        Ipv4Addr::new(a, b, c, d),
+        u16::from_be_bytes([p1, p2]),
+    ))
+}
+
+/// Finds the port in a 229 reply text: `(<d><d><d>port<d>)` where `<d>` is any printable
+/// delimiter, the same four times (RFC 2428 §3).
+pub fn parse_epsv(text: &str) -> Result<u16, AddrError> {
+    let open = text.find('(').ok_or(AddrError::Epsv)?;
+    let rest = &text[open + 1..];
+    let close = rest.find(')').ok_or(AddrError::Epsv)?;
+    let inner = &rest[..close];
+    let mut chars = inner.chars();
+    let d = chars.next().ok_or(AddrError::Epsv)?;
+    if !(33..=126).contains(&(d as u32)) || d.is_ascii_digit() {
+        return Err(AddrError::Epsv);
+    }
+    let fields: Vec<&str> = inner.split(d).collect();
+    // "" "" "" port ""
+    let ["", "", "", port, ""] = fields[..] else {
+        return Err(AddrError::Epsv);
+    };
+    match port.parse::<u16>() {
+        Ok(0) => Err(AddrError::PortZero),
+        Ok(p) => Ok(p),
+        Err(_) => Err(AddrError::Epsv),
+    }
+}
+
+/// What a client asked for with `EPSV` (RFC 2428 §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpsvArg {
+    /// No argument: the control connection's protocol.
+    Default,
+    /// `EPSV 1` (IPv4) or `EPSV 2` (IPv6).
+    Family(u8),
+    /// `EPSV ALL`: from now on only EPSV sets up data connections.
+    All,
+}
+
+impl EpsvArg {
+    pub fn parse(arg: &str) -> Option<EpsvArg> {
+        match arg.trim() {
+            "" => Some(EpsvArg::Default),
+            a if a.eq_ignore_ascii_case("ALL") => Some(EpsvArg::All),
+            a => a.parse::<u8>().ok().map(EpsvArg::Family),
+        }
+    }
+}
+
+/// RFC 2428 network protocol number of an address.
+pub fn family_number(ip: IpAddr) -> u8 {
+    match ip {
+        IpAddr::V4(_) => 1,
+        IpAddr::V6(_) => 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pasv_round_trips() {
+        let addr = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 7), 50123);
+        assert_eq!(parse_pasv(&format_pasv(addr)), Ok(addr));
+    }
+
+    #[test]
+    fn pasv_variants_from_real_servers_parse() {
+        let want = SocketAddrV4::new(Ipv4Addr::new(10, 1, 2, 3), 4 * 256 + 1);
+        for text in [
+            "Entering Passive Mode (10,1,2,3,4,1).",
+            "Entering Passive Mode 10,1,2,3,4,1",
+            "=10,1,2,3,4,1",
+            "Passive 2 go (10,1,2,3,4,1)",
+        ] {
+            assert_eq!(parse_pasv(text), Ok(want), "{text}");
+        }
+    }
+
+    #[test]
+    fn pasv_garbage_is_refused() {
+        assert_eq!(parse_pasv("Entering Passive Mode"), Err(AddrError::Pasv));
+        assert_eq!(parse_pasv("(300,1,2,3,4,1)"), Err(AddrError::Pasv));
+        assert_eq!(parse_pasv("(1,2,3,4,0,0)"), Err(AddrError::PortZero));
+    }
+
+    #[test]
+    fn epsv_round_trips_and_accepts_other_delimiters() {
+        assert_eq!(parse_epsv(&format_epsv(6446)), Ok(6446));
+        assert_eq!(parse_epsv("Extended (!!!1234!)"), Ok(1234));
+    }
+
+    #[test]
+    fn epsv_garbage_is_refused() {
+        for bad in [
+            "(||1234|)",
+            "(|||abc|)",
+            "no parens",
+            "(|||70000|)",
+            "(1112)",
+        ] {
+            assert_eq!(parse_epsv(bad), Err(AddrError::Epsv), "{bad}");
+        }
+        assert_eq!(parse_epsv("(|||0|)"), Err(AddrError::PortZero));
+    }
+
+    #[test]
+    fn epsv_arguments() {
+        assert_eq!(EpsvArg::parse(""), Some(EpsvArg::Default));
+        assert_eq!(EpsvArg::parse("all"), Some(EpsvArg::All));
+        assert_eq!(EpsvArg::parse("2"), Some(EpsvArg::Family(2)));
+        assert_eq!(EpsvArg::parse("x"), None);
+    }
+}

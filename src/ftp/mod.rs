@@ -1,0 +1,13 @@
+//! The pure FTP protocol layer: no sockets, no clocks, so every function here can be fuzzed and
+//! unit-tested in isolation. The session module does the I/O around it.
+
+pub mod addr;
+mod command;
+mod feat;
+mod line;
+mod reply;
+
+pub use command::{Command, CommandError, Direction, Verb};
+pub use feat::rewrite_feat;
+pub use line::{strip_telnet, LineError, LineFramer, Peer};
+pub use reply::{Reply, ReplyAssembler, ReplyError};

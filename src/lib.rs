@@ -1,0 +1,17 @@
+//! ftpsgate: an FTPS reverse proxy.
+//!
+//! Clients speak FTPS (explicit `AUTH TLS` or implicit) to the gateway; the gateway speaks FTP to
+//! an unmodified internal server, answers passive mode itself from a pooled port range, and
+//! splices data connections through. See `README.md` and `DESIGN.md` for the whole picture.
+//!
+//! Layers, outermost first: [`server`] (listeners, limits) → [`session`] (the control relay) →
+//! [`data`] (passive pool, data bridges) → [`ftp`] (pure protocol, no I/O).
+
+pub mod config;
+pub mod data;
+pub mod demo;
+pub mod ftp;
+pub mod server;
+pub mod session;
+mod stream;
+pub mod tls;

@@ -1,0 +1,178 @@
+//! The `ftpsgate` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use ftpsgate::config::{Overrides, PortRange, Settings};
+use ftpsgate::demo::{self, DemoOptions};
+use ftpsgate::server::Gateway;
+use ftpsgate::tls;
+use tracing::{error, info};
+
+/// FTPS reverse proxy: terminates TLS in front of a plain FTP server and answers passive mode
+/// (PASV/EPSV) itself from a pooled port range, so clients behind NAT and firewalls can reach an
+/// internal FTP server safely.
+#[derive(Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway (the default when no command is given).
+    Run(RunArgs),
+    /// Validate a configuration and print the effective settings; exits non-zero on error.
+    Check(RunArgs),
+    /// Write a self-signed ECDSA certificate and key (cert.pem, key.pem) for testing.
+    Cert {
+        /// Directory to write cert.pem and key.pem into.
+        #[arg(long)]
+        out: PathBuf,
+        /// DNS name or IP address for the certificate (repeatable).
+        #[arg(long = "name", default_values = ["localhost", "127.0.0.1"])]
+        names: Vec<String>,
+    },
+    /// Start an in-process FTP server behind the gateway on loopback, check a transfer, and
+    /// print how to connect with curl and lftp. Needs nothing installed.
+    Demo {
+        /// Explicit FTPS listener of the demo.
+        #[arg(long, default_value = "127.0.0.1:2121")]
+        listen: SocketAddr,
+        /// Implicit FTPS listener of the demo.
+        #[arg(long, default_value = "127.0.0.1:2990")]
+        implicit_listen: SocketAddr,
+        /// Passive port range of the demo, LO-HI.
+        #[arg(long, default_value = "50000-50099")]
+        passive_ports: String,
+    },
+}
+
+/// Settings for `run` and `check`. Each flag overrides the config file, and each can also be set
+/// with the FTPSGATE_* environment variable shown.
+#[derive(Args, Clone, Default)]
+struct RunArgs {
+    /// TOML configuration file (see config/ftpsgate.toml).
+    #[arg(long, short, env = "FTPSGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Explicit FTPS listener, e.g. 0.0.0.0:21 (repeatable; comma-separated in the variable).
+    #[arg(long, env = "FTPSGATE_LISTEN", value_delimiter = ',')]
+    listen: Vec<SocketAddr>,
+    /// Implicit FTPS listener, e.g. 0.0.0.0:990 (repeatable).
+    #[arg(long, env = "FTPSGATE_IMPLICIT_LISTEN", value_delimiter = ',')]
+    implicit_listen: Vec<SocketAddr>,
+    /// The internal FTP server, HOST:PORT.
+    #[arg(long, env = "FTPSGATE_BACKEND")]
+    backend: Option<String>,
+    /// Passive data port range, LO-HI. Open it in the firewall.
+    #[arg(long, env = "FTPSGATE_PASSIVE_PORTS")]
+    passive_ports: Option<PortRange>,
+    /// Address put in PASV replies: the one clients reach the gateway on (IP or DNS name).
+    #[arg(long, env = "FTPSGATE_EXTERNAL_ADDRESS")]
+    external_address: Option<String>,
+    /// PEM certificate chain.
+    #[arg(long, env = "FTPSGATE_CERT", requires = "key")]
+    cert: Option<PathBuf>,
+    /// PEM private key.
+    #[arg(long, env = "FTPSGATE_KEY", requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+impl RunArgs {
+    fn settings(&self) -> Result<Settings, ftpsgate::config::ConfigError> {
+        let overrides = Overrides {
+            listen: self.listen.clone(),
+            implicit_listen: self.implicit_listen.clone(),
+            backend: self.backend.clone(),
+            passive_ports: self.passive_ports.clone(),
+            external_address: self.external_address.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        };
+        Settings::load(self.config.as_deref(), &overrides)
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FTPSGATE_LOG")
+                .unwrap_or_else(|_| "info,libunftp=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            None => run(cli.run).await,
+            Some(Cmd::Run(args)) => run(args).await,
+            Some(Cmd::Check(args)) => check(args),
+            Some(Cmd::Cert { out, names }) => cert(&out, &names),
+            Some(Cmd::Demo {
+                listen,
+                implicit_listen,
+                passive_ports,
+            }) => demo::run(DemoOptions {
+                listen,
+                implicit_listen,
+                passive_ports,
+            })
+            .await
+            .map_err(|e| e.to_string()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ftpsgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> Result<(), String> {
+    let settings = args.settings().map_err(|e| e.to_string())?;
+    let gateway = Gateway::bind(settings).await.map_err(|e| e.to_string())?;
+    tokio::select! {
+        () = gateway.serve() => Ok(()),
+        r = tokio::signal::ctrl_c() => {
+            info!("interrupted; stopping");
+            r.map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn check(args: RunArgs) -> Result<(), String> {
+    let settings = args.settings().map_err(|e| e.to_string())?;
+    // Load the certificate too: a config that names an unreadable key is not valid.
+    tls::identity_for(&settings.tls).map_err(|e| format!("tls: {e}"))?;
+    let text = toml::to_string_pretty(&settings).map_err(|e| e.to_string())?;
+    println!("# effective settings\n{text}");
+    Ok(())
+}
+
+fn cert(out: &std::path::Path, names: &[String]) -> Result<(), String> {
+    let pair = tls::self_signed(names).map_err(|e| e.to_string())?;
+    let (cert, key) = pair
+        .write_to(out)
+        .map_err(|e| format!("{}: {e}", out.display()))?;
+    println!(
+        "wrote {} and {} for {}",
+        cert.display(),
+        key.display(),
+        names.join(", ")
+    );
+    Ok(())
+}

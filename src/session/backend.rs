@@ -1,0 +1,164 @@
+//! The gateway's own control connection to the backend FTP server (plaintext).
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::timeout;
+use tracing::debug;
+
+use crate::ftp::{addr, LineError, LineFramer, Peer, Reply, ReplyAssembler, ReplyError};
+
+/// A backend line longer than this is hostile or broken, not FTP.
+const MAX_BACKEND_LINE: usize = 8 * 1024;
+/// A whole reply (STAT and HELP can be long) larger than this is refused.
+const MAX_BACKEND_REPLY: usize = 256 * 1024;
+
+#[derive(Debug, Error)]
+pub enum BackendError {
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, io::Error),
+    #[error("closed the control connection")]
+    Closed,
+    #[error("control connection: {0}")]
+    Io(#[from] io::Error),
+    #[error("sent a bad line: {0}")]
+    Line(#[from] LineError),
+    #[error("sent a bad reply: {0}")]
+    Reply(#[from] ReplyError),
+    #[error("did not answer in time")]
+    Timeout,
+}
+
+/// How the backend is asked for its data port. EPSV carries no address to distrust and works
+/// over IPv6; PASV is the fallback for servers that lack EPSV.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PassiveStyle {
+    Epsv,
+    Pasv,
+}
+
+pub struct Backend {
+    stream: TcpStream,
+    framer: LineFramer,
+    assembler: ReplyAssembler,
+    peer: SocketAddr,
+    local: SocketAddr,
+    style: PassiveStyle,
+    reply_timeout: Duration,
+}
+
+impl Backend {
+    /// Connects to `address` (`host:port`, resolved now so DNS changes are followed).
+    pub async fn connect(
+        address: &str,
+        connect_timeout: Duration,
+        reply_timeout: Duration,
+    ) -> Result<Backend, BackendError> {
+        let fail = |e: io::Error| BackendError::Connect(address.to_string(), e);
+        let stream = timeout(connect_timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| fail(io::ErrorKind::TimedOut.into()))?
+            .map_err(fail)?;
+        stream.set_nodelay(true)?;
+        Ok(Backend {
+            peer: stream.peer_addr()?,
+            local: stream.local_addr()?,
+            stream,
+            framer: LineFramer::new(MAX_BACKEND_LINE, Peer::Backend),
+            assembler: ReplyAssembler::new(MAX_BACKEND_REPLY),
+            style: PassiveStyle::Epsv,
+            reply_timeout,
+        })
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    pub async fn send(&mut self, wire: &[u8]) -> Result<(), BackendError> {
+        self.stream.write_all(wire).await?;
+        Ok(())
+    }
+
+    /// The next complete reply, however the bytes were split. Cancel-safe.
+    pub async fn read_reply(&mut self) -> Result<Reply, BackendError> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            while let Some(line) = self.framer.next_line() {
+                if let Some(reply) = self.assembler.push(&line?)? {
+                    return Ok(reply);
+                }
+            }
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(BackendError::Closed);
+            }
+            self.framer.extend(&chunk[..n]);
+        }
+    }
+
+    /// [`Self::read_reply`] bounded by the reply timeout.
+    pub async fn expect_reply(&mut self) -> Result<Reply, BackendError> {
+        timeout(self.reply_timeout, self.read_reply())
+            .await
+            .map_err(|_| BackendError::Timeout)?
+    }
+
+    /// Asks the backend for a passive data port. `Ok(Err(reply))` is a refusal to relay.
+    pub async fn open_passive(&mut self) -> Result<Result<u16, Reply>, BackendError> {
+        if self.style == PassiveStyle::Epsv {
+            self.send(b"EPSV\r\n").await?;
+            let reply = self.expect_reply().await?;
+            if reply.code() == 229 {
+                return Ok(addr::parse_epsv(&reply.text()).map_err(|e| bad_passive(&e)));
+            }
+            if !matches!(reply.code(), 500 | 501 | 502 | 504) {
+                return Ok(Err(reply));
+            }
+            debug!("backend has no EPSV; using PASV from now on");
+            self.style = PassiveStyle::Pasv;
+        }
+        self.send(b"PASV\r\n").await?;
+        let reply = self.expect_reply().await?;
+        if reply.code() != 227 {
+            return Ok(Err(reply));
+        }
+        // Only the port is used: the address in the reply is the backend's idea of itself and
+        // must never decide where the gateway connects (DESIGN §4).
+        match addr::parse_pasv(&reply.text()) {
+            Ok(a) => {
+                if a.ip() != &self.peer.ip() {
+                    debug!(advertised = %a.ip(), "backend PASV address ignored; using its control address");
+                }
+                Ok(Ok(a.port()))
+            }
+            Err(e) => Ok(Err(bad_passive(&e))),
+        }
+    }
+
+    /// Connects to the backend's data `port` at the backend's control address, from the local
+    /// address of the control connection (servers check that both come from one peer).
+    pub async fn connect_data(&self, port: u16, limit: Duration) -> io::Result<TcpStream> {
+        let target = SocketAddr::new(self.peer.ip(), port);
+        let socket = match target {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(self.local.ip(), 0))?;
+        timeout(limit, socket.connect(target))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "data connect timed out"))?
+    }
+}
+
+fn bad_passive(e: &addr::AddrError) -> Reply {
+    tracing::warn!(error = %e, "backend sent an unusable passive reply");
+    Reply::new(
+        425,
+        "Can't open data connection: the server sent a bad passive reply.",
+    )
+}

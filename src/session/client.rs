@@ -1,0 +1,98 @@
+//! The client's control connection: reading command lines, writing replies, and the in-place
+//! upgrade to TLS on `AUTH TLS`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::TlsAcceptor;
+
+use crate::ftp::{LineError, LineFramer, Peer, Reply};
+use crate::stream::ClientStream;
+
+pub struct ClientControl {
+    /// `None` only while an upgrade is in progress (or after it failed).
+    stream: Option<ClientStream>,
+    framer: LineFramer,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+}
+
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "control connection lost")
+}
+
+impl ClientControl {
+    pub fn new(stream: ClientStream, peer: SocketAddr, local: SocketAddr, max_line: usize) -> Self {
+        Self {
+            stream: Some(stream),
+            framer: LineFramer::new(max_line, Peer::Client),
+            peer,
+            local,
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, Some(ClientStream::Tls(_)))
+    }
+
+    /// Bytes the client sent that are not yet a full line.
+    pub fn has_pending_input(&self) -> bool {
+        self.framer.has_pending()
+    }
+
+    /// The next line; `Ok(None)` when the client closed the connection. Cancel-safe: bytes are
+    /// moved into the framer in the same poll that reads them.
+    pub async fn read_line(&mut self) -> io::Result<Option<Result<Vec<u8>, LineError>>> {
+        let mut chunk = [0u8; 2048];
+        loop {
+            if let Some(line) = self.framer.next_line() {
+                return Ok(Some(line));
+            }
+            let stream = self.stream.as_mut().ok_or_else(gone)?;
+            let n = match stream.read(&mut chunk).await {
+                Ok(n) => n,
+                // A TLS client that closes without close_notify has still gone away.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                return Ok(None);
+            }
+            self.framer.extend(&chunk[..n]);
+        }
+    }
+
+    pub async fn send(&mut self, reply: &Reply) -> io::Result<()> {
+        let stream = self.stream.as_mut().ok_or_else(gone)?;
+        stream.write_all(reply.as_bytes()).await?;
+        stream.flush().await
+    }
+
+    /// Runs the TLS handshake on the plain connection (after `234`, or at once for implicit
+    /// FTPS).
+    pub async fn upgrade(&mut self, config: Arc<ServerConfig>, limit: Duration) -> io::Result<()> {
+        let tcp = match self.stream.take() {
+            Some(ClientStream::Plain(tcp)) => tcp,
+            other => {
+                self.stream = other;
+                return Err(io::Error::other("control connection is already TLS"));
+            }
+        };
+        let tls = tokio::time::timeout(limit, TlsAcceptor::from(config).accept(tcp))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        self.stream = Some(ClientStream::Tls(Box::new(tls)));
+        Ok(())
+    }
+
+    /// Says goodbye politely: TLS close_notify, then FIN.
+    pub async fn close(&mut self) {
+        if let Some(stream) = self.stream.as_mut() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+        }
+    }
+}

@@ -1,0 +1,530 @@
+//! One FTP session: the client's control connection, the gateway's own control connection to
+//! the backend, and the relay between them (DESIGN §2).
+//!
+//! The relay is lockstep, as FTP is: read one client command, decide (answer locally,
+//! translate, or pass through), relay the backend's replies. The only time both sides are read
+//! at once is during a transfer, when the client may send `ABOR`.
+
+mod backend;
+mod client;
+mod transfer;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use thiserror::Error;
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, Instant};
+use tracing::{info, warn};
+
+use crate::config::Settings;
+use crate::data::{BridgeParams, DataBridge, PassivePool};
+use crate::ftp::addr::{self, EpsvArg};
+use crate::ftp::{rewrite_feat, Command, LineError, Reply, Verb};
+use crate::stream::ClientStream;
+use crate::tls;
+
+use backend::Backend;
+pub use backend::BackendError;
+use client::ClientControl;
+
+/// What every session shares.
+pub struct Context {
+    pub settings: Settings,
+    /// The base TLS config; each session clones it (see [`tls::session_config`]).
+    pub tls: Arc<ServerConfig>,
+    pub pool: Arc<PassivePool>,
+    pub external_ip: Option<IpAddr>,
+}
+
+/// How the client's control connection starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Plain until `AUTH TLS`.
+    Explicit,
+    /// TLS from the first byte.
+    Implicit,
+}
+
+/// Why a session ended early. Logged once; the client gets the reply where one still fits.
+#[derive(Debug, Error)]
+enum Fatal {
+    #[error("client connection: {0}")]
+    Client(#[from] std::io::Error),
+    #[error("backend {0}")]
+    Backend(#[from] BackendError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protection {
+    Clear,
+    Private,
+}
+
+/// A passive data connection set up by PASV/EPSV and not yet used.
+struct Pending {
+    bridge: DataBridge,
+    protection: Protection,
+}
+
+struct Session {
+    ctx: Arc<Context>,
+    client: ClientControl,
+    backend: Backend,
+    /// This session's own TLS config: control handshake and all data handshakes.
+    tls: Arc<ServerConfig>,
+    pbsz: bool,
+    prot: Protection,
+    epsv_all: bool,
+    user: Option<String>,
+    /// `None` once logged in.
+    login_deadline: Option<Instant>,
+    pending: Option<Pending>,
+    /// A client line received during a transfer, handled after it.
+    deferred: Option<Result<Vec<u8>, LineError>>,
+}
+
+/// Serves one client connection from accept to close.
+pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, mode: Mode) {
+    let (peer, local) = match (tcp.peer_addr(), tcp.local_addr()) {
+        (Ok(p), Ok(l)) => (p, l),
+        _ => return,
+    };
+    let _ = tcp.set_nodelay(true);
+    let session_tls = match tls::session_config(&ctx.tls, ctx.settings.tls.data_session_reuse) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "cannot set up session TLS");
+            return;
+        }
+    };
+    let max_line = ctx.settings.limits.max_line_length;
+    let mut client = ClientControl::new(ClientStream::Plain(tcp), peer, local, max_line);
+    if mode == Mode::Implicit {
+        if let Err(e) = client
+            .upgrade(
+                Arc::clone(&session_tls),
+                ctx.settings.timeouts.tls_handshake(),
+            )
+            .await
+        {
+            info!(error = %e, "implicit TLS handshake failed");
+            return;
+        }
+    }
+    let t = &ctx.settings.timeouts;
+    let backend = match Backend::connect(
+        &ctx.settings.backend.address,
+        t.backend_connect(),
+        t.backend_reply(),
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(error = %e, "backend unreachable");
+            let _ = client
+                .send(&Reply::new(
+                    421,
+                    "Service not available: the FTP server cannot be reached.",
+                ))
+                .await;
+            client.close().await;
+            return;
+        }
+    };
+    let implicit = mode == Mode::Implicit;
+    let mut session = Session {
+        login_deadline: Some(Instant::now() + t.login()),
+        ctx: Arc::clone(&ctx),
+        client,
+        backend,
+        tls: session_tls,
+        // Implicit FTPS: the data channel is protected from the start (DESIGN §2).
+        pbsz: implicit,
+        prot: if implicit {
+            Protection::Private
+        } else {
+            Protection::Clear
+        },
+        epsv_all: false,
+        user: None,
+        pending: None,
+        deferred: None,
+    };
+    info!(backend = %session.backend.peer(), ?mode, "session started");
+    match session.run().await {
+        Ok(()) => info!(user = session.user.as_deref(), "session closed"),
+        Err(Fatal::Backend(e)) => {
+            warn!(error = %e, "backend failed; closing session");
+            let _ = session
+                .client
+                .send(&Reply::new(
+                    421,
+                    "Service not available: lost the FTP server.",
+                ))
+                .await;
+        }
+        Err(Fatal::Client(e)) => info!(error = %e, "client connection lost"),
+    }
+    session.client.close().await;
+}
+
+impl Session {
+    async fn run(&mut self) -> Result<(), Fatal> {
+        // The greeting: 120 (maybe) then 220, relayed as the backend words it.
+        loop {
+            let greeting = self.backend.expect_reply().await?;
+            self.client.send(&greeting).await?;
+            if !greeting.is_preliminary() {
+                if !greeting.is_success() {
+                    return Ok(());
+                }
+                break;
+            }
+        }
+        loop {
+            let line = match self.deferred.take() {
+                Some(line) => line,
+                None => match self.next_line().await? {
+                    Some(line) => line,
+                    None => return Ok(()),
+                },
+            };
+            let line = match line {
+                Ok(line) => line,
+                Err(e) => {
+                    info!(error = %e, "refused client line");
+                    self.reply(500, &format!("Syntax error: {e}.")).await?;
+                    continue;
+                }
+            };
+            let cmd = match Command::parse(line) {
+                Ok(cmd) => cmd,
+                Err(e) => {
+                    info!(error = %e, "refused client line");
+                    self.reply(500, "Syntax error, command unrecognized.")
+                        .await?;
+                    continue;
+                }
+            };
+            if self.handle(cmd).await? == Flow::Close {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits for the client's next line while watching the backend (it may announce its own
+    /// shutdown with an unsolicited 421) and the idle and login timers.
+    async fn next_line(&mut self) -> Result<Option<Result<Vec<u8>, LineError>>, Fatal> {
+        let t = &self.ctx.settings.timeouts;
+        let idle = Instant::now() + t.idle();
+        let deadline = self.login_deadline.map_or(idle, |login| login.min(idle));
+        loop {
+            tokio::select! {
+                line = self.client.read_line() => return Ok(line?),
+                reply = self.backend.read_reply() => {
+                    let reply = reply?;
+                    info!(code = reply.code(), "unsolicited backend reply relayed");
+                    self.client.send(&reply).await?;
+                    if reply.code() == 421 {
+                        return Ok(None);
+                    }
+                }
+                _ = sleep_until(deadline) => {
+                    let why = if self.login_deadline.is_some_and(|l| l <= Instant::now()) {
+                        "login"
+                    } else {
+                        "idle"
+                    };
+                    info!(timeout = why, "session timed out");
+                    self.reply(421, &format!("Timeout ({why}); closing control connection.")).await?;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    async fn reply(&mut self, code: u16, text: &str) -> std::io::Result<()> {
+        self.client.send(&Reply::new(code, text)).await
+    }
+
+    async fn handle(&mut self, cmd: Command) -> Result<Flow, Fatal> {
+        let verb = cmd.verb();
+        if self.ctx.settings.tls.required && !self.client.is_tls() && !verb.allowed_before_tls() {
+            info!(command = %cmd.name(), "refused before AUTH TLS");
+            self.reply(530, "TLS required: send AUTH TLS first.")
+                .await?;
+            return Ok(Flow::Continue);
+        }
+        match verb {
+            Verb::Auth => return self.auth(&cmd).await,
+            Verb::Pbsz => self.pbsz(&cmd).await?,
+            Verb::Prot => self.prot(&cmd).await?,
+            Verb::Ccc => {
+                self.reply(534, "CCC refused: the control connection stays encrypted.")
+                    .await?
+            }
+            Verb::Adat | Verb::Mic | Verb::Conf | Verb::Enc => {
+                self.reply(
+                    502,
+                    "Command not implemented: TLS is the only security mechanism.",
+                )
+                .await?
+            }
+            Verb::Lprt | Verb::Lpsv => {
+                self.reply(502, "Command not implemented; use EPSV.")
+                    .await?
+            }
+            Verb::Port | Verb::Eprt => {
+                info!(command = %cmd.name(), "active mode refused");
+                self.reply(502, "Active mode is not supported; use PASV or EPSV.")
+                    .await?
+            }
+            Verb::Rein => {
+                self.reply(502, "REIN is not supported; reconnect instead.")
+                    .await?
+            }
+            Verb::Pasv => self.pasv().await?,
+            Verb::Epsv => self.epsv(&cmd).await?,
+            Verb::Feat => self.feat().await?,
+            Verb::Quit => {
+                self.quit().await?;
+                return Ok(Flow::Close);
+            }
+            Verb::User | Verb::Pass => self.login(&cmd).await?,
+            Verb::Retr
+            | Verb::Stor
+            | Verb::Stou
+            | Verb::Appe
+            | Verb::List
+            | Verb::Nlst
+            | Verb::Mlsd => self.transfer(cmd).await?,
+            Verb::Abor | Verb::Help | Verb::Syst | Verb::Noop | Verb::Host | Verb::Other => {
+                self.pass_through(&cmd).await?;
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Forwards the command and relays replies up to the final one, which is returned.
+    async fn pass_through(&mut self, cmd: &Command) -> Result<Reply, Fatal> {
+        self.backend.send(&cmd.to_wire()).await?;
+        loop {
+            let reply = self.backend.expect_reply().await?;
+            self.client.send(&reply).await?;
+            if !reply.is_preliminary() {
+                return Ok(reply);
+            }
+        }
+    }
+
+    async fn login(&mut self, cmd: &Command) -> Result<(), Fatal> {
+        if cmd.verb() == Verb::User {
+            self.user = Some(cmd.arg_text());
+        }
+        let reply = self.pass_through(cmd).await?;
+        if reply.code() == 230 {
+            self.login_deadline = None;
+            info!(user = self.user.as_deref(), "logged in");
+        } else if reply.code() >= 400 {
+            info!(
+                user = self.user.as_deref(),
+                code = reply.code(),
+                "login refused by backend"
+            );
+        }
+        Ok(())
+    }
+
+    async fn auth(&mut self, cmd: &Command) -> Result<Flow, Fatal> {
+        if self.client.is_tls() {
+            self.reply(503, "Already using TLS.").await?;
+            return Ok(Flow::Continue);
+        }
+        // SSL and TLS-P are the pre-RFC 4217 names that also imply PROT P.
+        let implies_prot_p = match cmd.arg_text().to_ascii_uppercase().as_str() {
+            "TLS" | "TLS-C" => false,
+            "SSL" | "TLS-P" => true,
+            _ => {
+                self.reply(504, "AUTH mechanism not supported; use AUTH TLS.")
+                    .await?;
+                return Ok(Flow::Continue);
+            }
+        };
+        if self.client.has_pending_input() {
+            warn!("client pipelined plaintext after AUTH TLS; closing");
+            self.reply(421, "Data after AUTH TLS before the handshake; closing.")
+                .await?;
+            return Ok(Flow::Close);
+        }
+        self.reply(234, "AUTH TLS successful.").await?;
+        let limit = self.ctx.settings.timeouts.tls_handshake();
+        if let Err(e) = self.client.upgrade(Arc::clone(&self.tls), limit).await {
+            info!(error = %e, "control TLS handshake failed");
+            return Ok(Flow::Close);
+        }
+        if implies_prot_p {
+            self.pbsz = true;
+            self.prot = Protection::Private;
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn pbsz(&mut self, cmd: &Command) -> std::io::Result<()> {
+        if !self.client.is_tls() {
+            return self.reply(503, "PBSZ needs AUTH TLS first.").await;
+        }
+        if cmd.arg_text().parse::<u32>().is_err() {
+            return self.reply(501, "PBSZ takes a number.").await;
+        }
+        self.pbsz = true;
+        // RFC 4217 §8: TLS needs no protection buffer; the answer is always 0.
+        self.reply(200, "PBSZ=0").await
+    }
+
+    async fn prot(&mut self, cmd: &Command) -> std::io::Result<()> {
+        if !self.client.is_tls() || !self.pbsz {
+            return self.reply(503, "PROT needs AUTH TLS and PBSZ first.").await;
+        }
+        match cmd.arg_text().to_ascii_uppercase().as_str() {
+            "P" => {
+                self.prot = Protection::Private;
+                self.reply(200, "Protection level set to Private.").await
+            }
+            "C" if self.ctx.settings.tls.allow_clear_data => {
+                self.prot = Protection::Clear;
+                self.reply(200, "Protection level set to Clear.").await
+            }
+            "C" => {
+                info!("PROT C refused by policy");
+                self.reply(534, "Clear data connections are not allowed; use PROT P.")
+                    .await
+            }
+            "S" | "E" => {
+                self.reply(536, "Protection level not supported; use PROT P.")
+                    .await
+            }
+            _ => self.reply(504, "Unknown protection level.").await,
+        }
+    }
+
+    async fn feat(&mut self) -> Result<(), Fatal> {
+        self.backend.send(b"FEAT\r\n").await?;
+        let backend = self.backend.expect_reply().await?;
+        self.client.send(&rewrite_feat(&backend)).await?;
+        Ok(())
+    }
+
+    async fn quit(&mut self) -> Result<(), Fatal> {
+        self.pending = None;
+        let _ = self.backend.send(b"QUIT\r\n").await;
+        let reply = tokio::time::timeout(Duration::from_secs(5), self.backend.read_reply()).await;
+        match reply {
+            Ok(Ok(reply)) => self.client.send(&reply).await?,
+            _ => self.reply(221, "Goodbye.").await?,
+        }
+        Ok(())
+    }
+
+    async fn pasv(&mut self) -> Result<(), Fatal> {
+        if self.epsv_all {
+            return Ok(self.reply(501, "PASV not allowed after EPSV ALL.").await?);
+        }
+        let ip = match self.ctx.external_ip.unwrap_or(self.client.local.ip()) {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+        };
+        let Some(ip) = ip else {
+            return Ok(self
+                .reply(501, "PASV cannot carry an IPv6 address; use EPSV.")
+                .await?);
+        };
+        if let Some(port) = self.open_passive().await? {
+            let text = addr::format_pasv(std::net::SocketAddrV4::new(ip, port));
+            self.reply(227, &text).await?;
+        }
+        Ok(())
+    }
+
+    async fn epsv(&mut self, cmd: &Command) -> Result<(), Fatal> {
+        let family = addr::family_number(self.client.local.ip());
+        match EpsvArg::parse(&cmd.arg_text()) {
+            None => return Ok(self.reply(501, "Bad EPSV argument.").await?),
+            Some(EpsvArg::All) => {
+                self.epsv_all = true;
+                return Ok(self.reply(200, "EPSV ALL ok.").await?);
+            }
+            Some(EpsvArg::Family(f)) if f != family => {
+                let text = format!("Network protocol not supported, use ({family})");
+                return Ok(self.reply(522, &text).await?);
+            }
+            Some(_) => {}
+        }
+        if let Some(port) = self.open_passive().await? {
+            self.reply(229, &addr::format_epsv(port)).await?;
+        }
+        Ok(())
+    }
+
+    /// The shared half of PASV and EPSV: lease a pool port, get the backend's data port,
+    /// connect to it, start the bridge. `None` when a refusal was already sent.
+    async fn open_passive(&mut self) -> Result<Option<u16>, Fatal> {
+        if self.login_deadline.is_some() {
+            // No pool port for a client that has not logged in: the pool is a shared resource.
+            self.reply(530, "Please log in with USER and PASS first.")
+                .await?;
+            return Ok(None);
+        }
+        // One lease per session: the previous one goes back to the pool first.
+        self.pending = None;
+        let (lease, listener) = match self.ctx.pool.lease(self.client.local.ip()) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "passive pool exhausted");
+                self.reply(425, "No passive port available; try again later.")
+                    .await?;
+                return Ok(None);
+            }
+        };
+        let port = match self.backend.open_passive().await? {
+            Ok(port) => port,
+            Err(refusal) => {
+                self.client.send(&refusal).await?;
+                return Ok(None);
+            }
+        };
+        let t = &self.ctx.settings.timeouts;
+        let data = match self.backend.connect_data(port, t.backend_connect()).await {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(error = %e, port, "cannot reach the backend's data port");
+                self.reply(425, "Can't open data connection to the server.")
+                    .await?;
+                return Ok(None);
+            }
+        };
+        let params = BridgeParams {
+            client_ip: self.client.peer.ip(),
+            tls: (self.prot == Protection::Private).then(|| Arc::clone(&self.tls)),
+            reuse: self.ctx.settings.tls.data_session_reuse,
+            accept_timeout: t.data_connection(),
+            handshake_timeout: t.tls_handshake(),
+        };
+        let bridge = DataBridge::spawn(lease, listener, data, params);
+        let port = bridge.port();
+        self.pending = Some(Pending {
+            bridge,
+            protection: self.prot,
+        });
+        Ok(Some(port))
+    }
+}

@@ -1,0 +1,193 @@
+//! TLS toward clients: certificates, the base `ServerConfig`, and the per-FTP-session clone that
+//! binds data connections to their control connection.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::aws_lc_rs;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache};
+use rustls::ServerConfig;
+use thiserror::Error;
+
+use crate::config::{ReuseMode, TlsSettings, TlsVersion};
+
+#[derive(Debug, Error)]
+pub enum TlsError {
+    #[error("{file}: {why}")]
+    File { file: PathBuf, why: String },
+    #[error("generating a self-signed certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// A certificate chain and its key, DER-encoded.
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// A freshly generated self-signed pair, in PEM.
+pub struct SelfSigned {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Generates a self-signed ECDSA P-256 certificate for `names` (DNS names or IP addresses).
+pub fn self_signed(names: &[String]) -> Result<SelfSigned, TlsError> {
+    let pair = rcgen::generate_simple_self_signed(names.to_vec())?;
+    Ok(SelfSigned {
+        cert_pem: pair.cert.pem(),
+        key_pem: pair.signing_key.serialize_pem(),
+    })
+}
+
+impl SelfSigned {
+    /// Writes `cert.pem` and `key.pem` (mode 0600) into `dir`.
+    pub fn write_to(&self, dir: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
+        std::fs::create_dir_all(dir)?;
+        let cert = dir.join("cert.pem");
+        let key = dir.join("key.pem");
+        std::fs::write(&cert, &self.cert_pem)?;
+        write_private(&key, self.key_pem.as_bytes())?;
+        Ok((cert, key))
+    }
+
+    pub fn identity(&self) -> Result<Identity, TlsError> {
+        let file = || PathBuf::from("<generated>");
+        let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::File {
+                file: file(),
+                why: e.to_string(),
+            })?;
+        let key =
+            PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| TlsError::File {
+                file: file(),
+                why: e.to_string(),
+            })?;
+        Ok(Identity { chain, key })
+    }
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)
+}
+
+/// Loads a PEM chain and key from disk.
+pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
+    let file_err = |file: &Path, why: String| TlsError::File {
+        file: file.into(),
+        why,
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| file_err(cert, e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(file_err(cert, "no CERTIFICATE block found".into()));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e.to_string()))?;
+    Ok(Identity {
+        chain,
+        key: key_der,
+    })
+}
+
+/// The identity the settings ask for; without cert and key, a generated self-signed one (the
+/// caller logs the warning, since it knows whether anyone is listening).
+pub fn identity_for(settings: &TlsSettings) -> Result<(Identity, bool), TlsError> {
+    match (&settings.cert, &settings.key) {
+        (Some(cert), Some(key)) => Ok((load_identity(cert, key)?, false)),
+        _ => {
+            let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+            Ok((self_signed(&names)?.identity()?, true))
+        }
+    }
+}
+
+/// Builds the gateway's base server config. Sessions never use it directly: see
+/// [`session_config`].
+pub fn server_config(
+    identity: Identity,
+    settings: &TlsSettings,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let versions: &[&rustls::SupportedProtocolVersion] = match settings.min_version {
+        TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::V1_3 => &[&rustls::version::TLS13],
+    };
+    // An explicit provider instead of the process default: libunftp and suppaftp pull in rustls
+    // too, and two enabled providers would leave the default ambiguous.
+    let config = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+        .with_protocol_versions(versions)?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain, identity.key)?;
+    Ok(Arc::new(config))
+}
+
+/// The config one FTP session uses for its control handshake and every data handshake.
+///
+/// It has its own ticketer (a fresh random key) and its own small session-ID cache. A data
+/// connection can only resume a session this config issued, so `HandshakeKind::Resumed` proves
+/// the data connection comes from the client that owns this control connection (DESIGN §3).
+/// A ticketer or cache shared between sessions would prove nothing: another client's ticket
+/// would resume just as well. Stateless tickets rather than rustls' stateful TLS 1.3 tickets,
+/// because the stateful ones are single-use and FTP clients resume the control connection's
+/// session once per data connection.
+pub fn session_config(
+    base: &Arc<ServerConfig>,
+    reuse: ReuseMode,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = (**base).clone();
+    match reuse {
+        ReuseMode::Off => {
+            config.session_storage = Arc::new(NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
+        }
+        ReuseMode::Allow | ReuseMode::Require => {
+            config.session_storage = ServerSessionMemoryCache::new(16);
+            config.ticketer = aws_lc_rs::Ticketer::new()?;
+        }
+    }
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_pair_loads_and_builds_a_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pair = self_signed(&["localhost".into(), "127.0.0.1".into()]).expect("rcgen");
+        let (cert, key) = pair.write_to(dir.path()).expect("write");
+        let id = load_identity(&cert, &key).expect("load");
+        assert_eq!(id.chain.len(), 1);
+        server_config(id, &TlsSettings::default()).expect("config");
+    }
+
+    #[test]
+    fn missing_or_empty_files_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").expect("write");
+        let err = load_identity(&empty, &empty)
+            .err()
+            .expect("empty is refused");
+        assert!(err.to_string().contains("empty.pem"), "{err}");
+        let err = load_identity(&dir.path().join("nope.pem"), &empty)
+            .err()
+            .expect("missing is refused");
+        assert!(err.to_string().contains("nope.pem"), "{err}");
+    }
+}
