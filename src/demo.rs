@@ -6,7 +6,7 @@
 //! wanted.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -176,7 +176,7 @@ fn first(gateway: &Gateway, mode: Mode) -> Result<SocketAddr, BoxError> {
 }
 
 /// Uploads a pattern through the gateway, downloads it again and compares.
-pub async fn self_check(gateway: SocketAddr, ca: &PathBuf) -> Result<usize, BoxError> {
+pub async fn self_check(gateway: SocketAddr, ca: &Path) -> Result<usize, BoxError> {
     let mut ftp = connect(gateway, ca).await?;
     ftp.login(DEMO_USER, DEMO_PASSWORD).await?;
     ftp.transfer_type(FileType::Binary).await?;

@@ -121,7 +121,6 @@ impl DataBridge {
         let (done_tx, done_rx) = oneshot::channel();
         let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
-            let _lease = lease;
             let mut backend = backend;
             let outcome = tokio::select! {
                 r = run(listener, &mut backend, &params, start_rx) => r,
@@ -132,6 +131,8 @@ impl DataBridge {
                 let _ = backend.set_zero_linger();
             }
             drop(backend);
+            // Free the port before the session can relay 226: a client may PASV again at once.
+            drop(lease);
             let _ = done_tx.send(outcome);
         });
         DataBridge {
@@ -151,6 +152,14 @@ impl DataBridge {
         if let Some(tx) = self.start.take() {
             let _ = tx.send(direction);
         }
+    }
+
+    /// Stops the bridge and waits until its port is back in the pool, so a PASV that replaces
+    /// this one can lease it again at once (a one-port pool must not report itself full).
+    pub async fn cancel(self) {
+        let DataBridge { done, _cancel, .. } = self;
+        drop(_cancel);
+        let _ = done.await;
     }
 
     /// Resolves once both data connections are closed. Cancel-safe.

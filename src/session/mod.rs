@@ -485,7 +485,9 @@ impl Session {
             return Ok(None);
         }
         // One lease per session: the previous one goes back to the pool first.
-        self.pending = None;
+        if let Some(old) = self.pending.take() {
+            old.bridge.cancel().await;
+        }
         let (lease, listener) = match self.ctx.pool.lease(self.client.local.ip()) {
             Ok(l) => l,
             Err(e) => {

@@ -104,6 +104,10 @@ impl Session {
     /// ABOR during a transfer (RFC 959 §4.1.3). Inside TLS there is no urgent data, so ABOR is
     /// an ordinary line: stop the bridge, forward ABOR, and relay two replies, the transfer's
     /// (426 unless it had completed) and the ABOR's own (225/226).
+    ///
+    /// Servers differ in the order they write those two (vsftpd: 426 then 225; libunftp: 226 for
+    /// ABOR at once, the transfer's 426 later), so the gateway reads both and sends them in the
+    /// order RFC 959 gives: the transfer's reply first, then the ABOR's 2xx.
     async fn abort(
         &mut self,
         cmd: &Command,
@@ -116,22 +120,28 @@ impl Session {
         drop(bridge);
         info!(command = %cmd.name(), completed, "transfer aborted by client");
         self.backend.send(b"ABOR\r\n").await?;
-        let transfer_reply = match last {
-            Some(r) => r,
-            None => loop {
-                let r = self.backend.expect_reply().await?;
-                if !r.is_preliminary() {
-                    break r;
-                }
-            },
-        };
-        if completed {
-            self.client.send(&transfer_reply).await?;
-        } else {
-            self.reply(426, "Connection closed; transfer aborted.")
-                .await?;
+        let mut after_abor = Vec::with_capacity(2);
+        let expected = if last.is_some() { 1 } else { 2 };
+        while after_abor.len() < expected {
+            let reply = self.backend.expect_reply().await?;
+            if !reply.is_preliminary() {
+                after_abor.push(reply);
+            }
         }
-        let abor_reply = self.backend.expect_reply().await?;
+        match (&last, completed) {
+            (Some(done), true) => self.client.send(done).await?,
+            _ => {
+                self.reply(426, "Connection closed; transfer aborted.")
+                    .await?
+            }
+        }
+        let abor_reply = after_abor
+            .iter()
+            .rev()
+            .find(|r| r.is_success())
+            .or(after_abor.last())
+            .cloned()
+            .unwrap_or_else(|| Reply::new(226, "ABOR command successful."));
         Ok(self.client.send(&abor_reply).await?)
     }
 }

@@ -1,0 +1,247 @@
+//! Real clients (curl, lftp, Python's ftplib, suppaftp) through the gateway to real servers
+//! (vsftpd from Debian, libunftp in-process): every byte arrives, checked by SHA-256.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn curl(gw: &TestGateway, args: &[&str]) {
+    run_ok(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "180", "--cacert"])
+            .arg(&gw.ca)
+            .args(args),
+    );
+}
+
+fn url(gw: &TestGateway, implicit: bool, name: &str) -> String {
+    match implicit {
+        false => format!(
+            "ftp://{USER}:{PASSWORD}@127.0.0.1:{}/{name}",
+            gw.explicit.port()
+        ),
+        true => format!(
+            "ftps://{USER}:{PASSWORD}@127.0.0.1:{}/{name}",
+            gw.implicit.port()
+        ),
+    }
+}
+
+/// Downloads and uploads each size with curl; `mode` is "epsv", "pasv" or "implicit".
+fn curl_round_trips(
+    gw: &TestGateway,
+    sizes: &[usize],
+    mode: &str,
+    put: impl Fn(&str, usize) -> String,
+) {
+    let work = tempfile::tempdir().expect("tempdir");
+    let implicit = mode == "implicit";
+    let mut flags = vec!["--ssl-reqd"];
+    if mode == "pasv" {
+        flags.push("--disable-epsv");
+    }
+    for &size in sizes {
+        // Download.
+        let name = format!("curl-{mode}-{size}.bin");
+        let want = put(&name, size);
+        let out = work.path().join(&name);
+        let mut args = flags.clone();
+        let (u, o) = (url(gw, implicit, &name), out.display().to_string());
+        args.extend(["-o", &o, &u]);
+        curl(gw, &args);
+        // curl creates no file for an empty download.
+        let got = if out.exists() {
+            sha256_file(&out)
+        } else {
+            sha256(b"")
+        };
+        assert_eq!(got, want, "download {name} ({mode})");
+        // Upload.
+        let up_name = format!("curl-up-{mode}-{size}.bin");
+        let src = work.path().join(&up_name);
+        let want = random_file(&src, size);
+        let (u, s) = (url(gw, implicit, &up_name), src.display().to_string());
+        let mut args = flags.clone();
+        args.extend(["-T", &s, &u]);
+        curl(gw, &args);
+        assert_eq!(
+            sha256_file(&gw.root.join(&up_name)),
+            want,
+            "upload {up_name} ({mode})"
+        );
+    }
+}
+
+const SIZES: &[usize] = &[0, 1, MIB];
+
+#[test]
+fn curl_vsftpd_explicit_epsv_pasv_and_implicit_all_sizes() {
+    if !have("curl") {
+        return;
+    }
+    let Some(vs) = Vsftpd::start() else { return };
+    let gw = TestGateway::start(vs.backend(), |_| {});
+    curl_round_trips(&gw, &[0, 1, MIB, 64 * MIB], "epsv", |n, s| vs.put(n, s));
+    curl_round_trips(&gw, SIZES, "pasv", |n, s| vs.put(n, s));
+    curl_round_trips(&gw, &[1, MIB, 64 * MIB], "implicit", |n, s| vs.put(n, s));
+}
+
+#[test]
+fn curl_libunftp_explicit_epsv_pasv_and_implicit() {
+    if !have("curl") {
+        return;
+    }
+    let gw = TestGateway::start(BackendKind::Unftp, |_| {});
+    let root = gw.root.clone();
+    let put = move |n: &str, s: usize| random_file(&root.join(n), s);
+    curl_round_trips(&gw, SIZES, "epsv", &put);
+    curl_round_trips(&gw, SIZES, "pasv", &put);
+    curl_round_trips(&gw, SIZES, "implicit", &put);
+}
+
+fn lftp(gw: &TestGateway, script: &str) -> String {
+    // -d: on failure the protocol trace is in the panic message.
+    let out = run_ok(Command::new("lftp").arg("-d").arg("-c").arg(format!(
+        "set ssl:ca-file {ca}; set ftp:ssl-force true; set ftp:ssl-protect-data true; \
+         set net:max-retries 1; set net:timeout 30; set cmd:fail-exit true; {script}",
+        ca = gw.ca.display()
+    )));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn lftp_round_trips(gw: &TestGateway, root: &Path, put: impl Fn(&str, usize) -> String) {
+    let work = tempfile::tempdir().expect("tempdir");
+    for (epsv, implicit) in [("no", false), ("yes", false), ("yes", true)] {
+        for size in [0, 1, MIB, 64 * MIB] {
+            let tag = format!("{epsv}-{implicit}-{size}");
+            let name = format!("lftp-down-{tag}.bin");
+            let want_down = put(&name, size);
+            let src = work.path().join(format!("lftp-up-{tag}.bin"));
+            let want_up = random_file(&src, size);
+            let out = work.path().join(&name);
+            let open = if implicit {
+                format!(
+                    "open -u {USER},{PASSWORD} ftps://127.0.0.1:{}",
+                    gw.implicit.port()
+                )
+            } else {
+                format!(
+                    "open -u {USER},{PASSWORD} -p {} 127.0.0.1",
+                    gw.explicit.port()
+                )
+            };
+            lftp(
+                gw,
+                &format!(
+                    "set ftp:prefer-epsv {epsv}; {open}; get {name} -o {out}; put {src} -o lftp-up-{tag}.bin; bye",
+                    out = out.display(),
+                    src = src.display()
+                ),
+            );
+            assert_eq!(sha256_file(&out), want_down, "lftp download {tag}");
+            assert_eq!(
+                sha256_file(&root.join(format!("lftp-up-{tag}.bin"))),
+                want_up,
+                "lftp upload {tag}"
+            );
+        }
+    }
+    let listing = lftp(
+        gw,
+        &format!("open -u {USER},{PASSWORD} -p {} 127.0.0.1; mkdir made-by-lftp; cls -1; rmdir made-by-lftp", gw.explicit.port()),
+    );
+    assert!(listing.contains("made-by-lftp"), "lftp listing: {listing}");
+}
+
+#[test]
+fn lftp_vsftpd_pasv_epsv_implicit_all_sizes() {
+    if !have("lftp") {
+        return;
+    }
+    let Some(vs) = Vsftpd::start() else { return };
+    let gw = TestGateway::start(vs.backend(), |_| {});
+    lftp_round_trips(&gw, &vs.root, |n, s| vs.put(n, s));
+}
+
+#[test]
+fn lftp_libunftp_pasv_epsv_implicit_all_sizes() {
+    if !have("lftp") {
+        return;
+    }
+    let gw = TestGateway::start(BackendKind::Unftp, |_| {});
+    let root = gw.root.clone();
+    lftp_round_trips(&gw, &gw.root, |n, s| random_file(&root.join(n), s));
+}
+
+#[test]
+fn ftplib_vsftpd_round_trips_all_sizes_pasv_and_epsv() {
+    let Some(vs) = Vsftpd::start() else { return };
+    let gw = TestGateway::start(vs.backend(), |_| {});
+    py_scenario(&gw, "roundtrip", &["--sizes", "0,1,1048576,67108864"]);
+}
+
+#[test]
+fn ftplib_libunftp_round_trips_all_sizes_pasv_and_epsv() {
+    let gw = TestGateway::start(BackendKind::Unftp, |_| {});
+    py_scenario(&gw, "roundtrip", &["--sizes", "0,1,1048576,67108864"]);
+}
+
+#[test]
+fn ftplib_implicit_ftps() {
+    let gw = TestGateway::start(BackendKind::Unftp, |_| {});
+    py_scenario(&gw, "implicit", &[]);
+}
+
+/// suppaftp (rustls) against both backends: upload and download, list, nlst.
+fn suppaftp_round_trips(gw: &TestGateway, sizes: &[usize]) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        use suppaftp::types::FileType;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut ftp = ftpsgate::demo::connect(gw.explicit, &gw.ca)
+            .await
+            .expect("connect");
+        ftp.login(USER, PASSWORD).await.expect("login");
+        ftp.transfer_type(FileType::Binary).await.expect("TYPE I");
+        for &size in sizes {
+            let name = format!("suppa-{size}.bin");
+            let mut rng = fastrand::Rng::with_seed(size as u64);
+            let mut data = vec![0u8; size];
+            rng.fill(&mut data);
+            let mut up = ftp.put_with_stream(&name).await.expect("STOR");
+            up.write_all(&data).await.expect("write");
+            up.finish().await.expect("STOR done");
+            assert_eq!(
+                sha256_file(&gw.root.join(&name)),
+                sha256(&data),
+                "stored {name}"
+            );
+            let mut down = ftp.retr_as_stream(&name).await.expect("RETR");
+            let mut back = Vec::new();
+            down.read_to_end(&mut back).await.expect("read");
+            down.finish().await.expect("RETR done");
+            assert_eq!(sha256(&back), sha256(&data), "downloaded {name}");
+        }
+        let names = ftp.nlst(None).await.expect("NLST");
+        assert!(names.iter().any(|n| n.contains("suppa-1.bin")), "{names:?}");
+        let list = ftp.list(None).await.expect("LIST");
+        assert!(list.iter().any(|l| l.contains("suppa-1.bin")), "{list:?}");
+        ftp.quit().await.expect("QUIT");
+    });
+}
+
+#[test]
+fn suppaftp_libunftp_round_trips() {
+    let gw = TestGateway::start(BackendKind::Unftp, |_| {});
+    suppaftp_round_trips(&gw, &[0, 1, MIB, 64 * MIB]);
+}
+
+#[test]
+fn suppaftp_vsftpd_round_trips() {
+    let Some(vs) = Vsftpd::start() else { return };
+    let gw = TestGateway::start(vs.backend(), |_| {});
+    suppaftp_round_trips(&gw, &[0, 1, MIB]);
+}

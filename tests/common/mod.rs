@@ -1,0 +1,360 @@
+//! Shared test harness: a gateway in-process on its own runtime, real backends (libunftp
+//! in-process, vsftpd from Debian), and helpers to run real clients.
+//!
+//! A peer that is missing makes a test skip with a loud message on a laptop, and fail when
+//! `CI=true`, since CI installs every peer.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ftpsgate::config::{Overrides, Settings};
+use ftpsgate::server::Gateway;
+use ftpsgate::session::Mode;
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+pub const USER: &str = "ftpsgate-test";
+pub const PASSWORD: &str = "gate-Test-pw1";
+
+pub const MIB: usize = 1024 * 1024;
+
+/// Where the gateway sends its sessions.
+pub enum BackendKind {
+    /// libunftp in the gateway's runtime, serving a fresh temporary directory.
+    Unftp,
+    /// A server already listening (vsftpd), serving `root`.
+    At(SocketAddr, PathBuf),
+}
+
+/// A running gateway. Dropping it stops the gateway (and an in-process backend).
+pub struct TestGateway {
+    pub explicit: SocketAddr,
+    pub implicit: SocketAddr,
+    /// The gateway's certificate, for clients to trust.
+    pub ca: PathBuf,
+    /// The backend's file root, to put fixtures in and check uploads.
+    pub root: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+    _dir: TempDir,
+}
+
+impl TestGateway {
+    pub fn start(backend: BackendKind, tweak: impl FnOnce(&mut Settings) + Send + 'static) -> Self {
+        // FTPSGATE_LOG=debug shows the gateway's log in failing tests.
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("FTPSGATE_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pair = ftpsgate::tls::self_signed(&["localhost".into(), "127.0.0.1".into()])
+            .expect("certificate");
+        let (cert, key) = pair
+            .write_to(&dir.path().join("certs"))
+            .expect("write cert");
+        let (root, backend_addr) = match backend {
+            BackendKind::Unftp => {
+                let root = dir.path().join("root");
+                std::fs::create_dir_all(&root).expect("root");
+                (root, None)
+            }
+            BackendKind::At(addr, root) => (root, Some(addr)),
+        };
+        let local = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let overrides = Overrides {
+            listen: vec![local],
+            implicit_listen: vec![local],
+            backend: Some("127.0.0.1:1".into()),
+            passive_ports: Some("41000-41999".parse().expect("range")),
+            cert: Some(cert.clone()),
+            key: Some(key),
+            ..Default::default()
+        };
+        let mut settings = Settings::load(None, &overrides).expect("settings");
+        tweak(&mut settings);
+        let (addrs_tx, addrs_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let unftp_root = root.clone();
+        let thread = thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                match backend_addr {
+                    Some(addr) if settings.backend.address == "127.0.0.1:1" => {
+                        settings.backend.address = addr.to_string()
+                    }
+                    Some(_) => {}
+                    None => {
+                        let addr = ftpsgate::demo::start_backend(&unftp_root, USER, PASSWORD)
+                            .await
+                            .expect("libunftp backend");
+                        if settings.backend.address == "127.0.0.1:1" {
+                            settings.backend.address = addr.to_string();
+                        }
+                    }
+                }
+                let gateway = Gateway::bind(settings).await.expect("gateway binds");
+                let explicit = gateway.local_addrs(Mode::Explicit)[0];
+                let implicit = gateway.local_addrs(Mode::Implicit)[0];
+                addrs_tx
+                    .send((explicit, implicit))
+                    .expect("report addresses");
+                tokio::select! {
+                    () = gateway.serve() => {}
+                    _ = stop_rx => {}
+                }
+            });
+        });
+        let (explicit, implicit) = addrs_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("gateway started");
+        TestGateway {
+            explicit,
+            implicit,
+            ca: cert,
+            root,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+
+    /// Arguments for tests/py/scenarios.py.
+    pub fn py_args(&self) -> Vec<String> {
+        vec![
+            "--port".into(),
+            self.explicit.port().to_string(),
+            "--implicit-port".into(),
+            self.implicit.port().to_string(),
+            "--ca".into(),
+            self.ca.display().to_string(),
+            "--user".into(),
+            USER.into(),
+            "--password".into(),
+            PASSWORD.into(),
+            "--root".into(),
+            self.root.display().to_string(),
+        ]
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Returns false (after a loud message) when `tool` is missing on a developer machine;
+/// panics when it is missing in CI.
+pub fn have(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{tool} is required in CI (.ci/run installs it)");
+        }
+        eprintln!("\n!!!!! SKIPPED: {tool} is not installed; install it to run this test !!!!!\n");
+    }
+    found
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    let digest = Sha256::digest(data);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    sha256(&std::fs::read(path).expect("read file to hash"))
+}
+
+/// Writes `size` pseudo-random bytes to `path`; returns their SHA-256.
+pub fn random_file(path: &Path, size: usize) -> String {
+    let mut rng = fastrand::Rng::with_seed(size as u64 ^ 0x5eed);
+    let mut data = vec![0u8; size];
+    rng.fill(&mut data);
+    std::fs::write(path, &data).expect("write fixture");
+    sha256(&data)
+}
+
+/// Runs a command, failing the test with its output when it does not succeed.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs one scenario of tests/py/scenarios.py (Python's ftplib) against `gw`.
+pub fn py_scenario(gw: &TestGateway, scenario: &str, extra: &[&str]) -> Option<String> {
+    if !have("python3") {
+        return None;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/scenarios.py");
+    let out = run_ok(
+        Command::new("python3")
+            .arg(script)
+            .arg(scenario)
+            .args(gw.py_args())
+            .args(extra),
+    );
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn wait_for_port(addr: SocketAddr, limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// vsftpd from Debian, on a free loopback port, serving a fresh directory as a local user.
+pub struct Vsftpd {
+    pub addr: SocketAddr,
+    pub root: PathBuf,
+    child: Child,
+    _dir: TempDir,
+}
+
+impl Vsftpd {
+    /// `None` (skip) on a laptop without vsftpd or root; a panic in CI.
+    pub fn start() -> Option<Vsftpd> {
+        if !Path::new("/usr/sbin/vsftpd").exists() {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("vsftpd is required in CI (.ci/run installs it)");
+            }
+            eprintln!("\n!!!!! SKIPPED: vsftpd is not installed (apt-get install vsftpd) !!!!!\n");
+            return None;
+        }
+        ensure_test_user();
+        let dir = tempfile::Builder::new()
+            .prefix("ftpsgate-vsftpd-")
+            .tempdir()
+            .expect("tempdir");
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).expect("root");
+        run_ok(Command::new("chown").arg(USER).arg(&root));
+        std::fs::create_dir_all("/var/run/vsftpd/empty").expect("secure_chroot_dir");
+        let port = free_port();
+        let conf = dir.path().join("vsftpd.conf");
+        let mut f = std::fs::File::create(&conf).expect("conf");
+        write!(
+            f,
+            "listen=YES\nlisten_ipv6=NO\nbackground=NO\nlisten_address=127.0.0.1\nlisten_port={port}\n\
+             anonymous_enable=NO\nlocal_enable=YES\nwrite_enable=YES\nlocal_umask=022\n\
+             local_root={root}\npasv_enable=YES\npasv_min_port=20000\npasv_max_port=29999\n\
+             seccomp_sandbox=NO\nsecure_chroot_dir=/var/run/vsftpd/empty\n\
+             pam_service_name=vsftpd\nuserlist_enable=NO\nxferlog_enable=NO\n\
+             vsftpd_log_file={log}\nssl_enable=NO\nmax_per_ip=0\nmax_clients=0\n",
+            root = root.display(),
+            log = dir.path().join("vsftpd.log").display(),
+        )
+        .expect("write conf");
+        let child = Command::new("/usr/sbin/vsftpd")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start vsftpd");
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        assert!(
+            wait_for_port(addr, Duration::from_secs(10)),
+            "vsftpd did not start"
+        );
+        Some(Vsftpd {
+            addr,
+            root,
+            child,
+            _dir: dir,
+        })
+    }
+
+    pub fn backend(&self) -> BackendKind {
+        BackendKind::At(self.addr, self.root.clone())
+    }
+
+    /// Puts a fixture where the FTP user can read and replace it.
+    pub fn put(&self, name: &str, size: usize) -> String {
+        let path = self.root.join(name);
+        let hash = random_file(&path, size);
+        run_ok(Command::new("chown").arg(USER).arg(&path));
+        hash
+    }
+}
+
+impl Drop for Vsftpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The local user vsftpd logs in: created once per machine, password reset once per test run.
+fn ensure_test_user() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let exists = Command::new("id")
+            .arg(USER)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !exists {
+            // Another test binary may win the race; `id` below settles it.
+            let _ = Command::new("useradd")
+                .args(["-M", "-d", "/", "-s", "/bin/sh", USER])
+                .status();
+        }
+        // vsftpd enters the home directory before local_root: it must exist.
+        let _ = Command::new("usermod").args(["-d", "/", USER]).status();
+        let mut chpasswd = Command::new("chpasswd")
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("chpasswd (tests with vsftpd run as root)");
+        chpasswd
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{USER}:{PASSWORD}\n").as_bytes())
+            .expect("password");
+        assert!(
+            chpasswd.wait().expect("chpasswd").success(),
+            "chpasswd failed"
+        );
+    });
+}

@@ -1,0 +1,468 @@
+#!/usr/bin/env python3
+"""Python ftplib scenarios against a running ftpsgate, driven by the Rust integration tests.
+
+Each scenario asserts what it checks and exits non-zero with a reason on failure. ftplib.FTP_TLS
+does not resume the control connection's TLS session on data connections; ReusingFTP_TLS does,
+as FileZilla, lftp and curl do, so both behaviours are covered.
+"""
+
+import argparse
+import ftplib
+import hashlib
+import io
+import os
+import socket
+import ssl
+import sys
+import time
+
+
+class ReusingFTP_TLS(ftplib.FTP_TLS):
+    """FTP_TLS whose data connections resume the control connection's TLS session."""
+
+    def ntransfercmd(self, cmd, rest=None):
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            conn = self.context.wrap_socket(
+                conn, server_hostname=self.host, session=self.sock.session
+            )
+        return conn, size
+
+
+class ImplicitFTP_TLS(ReusingFTP_TLS):
+    """Implicit FTPS: TLS from the first byte."""
+
+    def connect(self, host="", port=0, timeout=-999, source_address=None):
+        self.host, self.port = host, port
+        if timeout != -999:
+            self.timeout = timeout
+        self.sock = socket.create_connection((host, port), self.timeout)
+        self.af = self.sock.family
+        self.sock = self.context.wrap_socket(self.sock, server_hostname=host)
+        self.file = self.sock.makefile("r", encoding=self.encoding)
+        self.welcome = self.getresp()
+        return self.welcome
+
+
+def fail(msg):
+    print(f"FAIL: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+
+
+def sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def context(args):
+    ctx = ssl.create_default_context(cafile=args.ca)
+    return ctx
+
+
+def login(args, cls=ReusingFTP_TLS, prot_p=True):
+    ftp = cls(context=context(args), timeout=30)
+    if cls is ImplicitFTP_TLS:
+        ftp.connect("127.0.0.1", args.implicit_port)
+        ftp.login(args.user, args.password, secure=False)
+    else:
+        ftp.connect("127.0.0.1", args.port)
+        ftp.login(args.user, args.password)
+    if prot_p:
+        ftp.prot_p()
+    return ftp
+
+
+def download(ftp, name, rest=None):
+    buf = bytearray()
+    ftp.retrbinary(f"RETR {name}", buf.extend, rest=rest)
+    return bytes(buf)
+
+
+def read_to_eof(s, limit=10):
+    """Everything the peer sends until it closes (a reset counts as closed)."""
+    s.settimeout(limit)
+    got = b""
+    try:
+        while chunk := s.recv(4096):
+            got += chunk
+    except ConnectionResetError:
+        pass
+    return got
+
+
+def pattern(size):
+    return os.urandom(size)
+
+
+# --- scenarios --------------------------------------------------------------------------------
+
+
+def s_roundtrip(args):
+    """Upload then download each size, PASV and EPSV, hashes equal."""
+    for epsv in (False, True):
+        ftp = login(args)
+        # ftplib uses EPSV only for IPv6; force it to exercise EPSV over IPv4.
+        if epsv:
+            ftp.makepasv = lambda f=ftp: ftplib.parse229(f.sendcmd("EPSV"), f.sock.getpeername())
+        for size in args.sizes:
+            data = pattern(size)
+            name = f"py-{'epsv' if epsv else 'pasv'}-{size}.bin"
+            ftp.storbinary(f"STOR {name}", io.BytesIO(data))
+            check(sha(download(ftp, name)) == sha(data), f"{name}: hash mismatch")
+            with open(os.path.join(args.root, name), "rb") as f:
+                check(sha(f.read()) == sha(data), f"{name}: stored file differs")
+        ftp.quit()
+    print("roundtrip ok", args.sizes)
+
+
+def s_implicit(args):
+    ftp = login(args, cls=ImplicitFTP_TLS, prot_p=False)
+    # Implicit FTPS: PROT P is assumed; send it anyway as clients do.
+    ftp.voidcmd("PBSZ 0")
+    ftp.voidcmd("PROT P")
+    ftp._prot_p = True
+    data = pattern(100_000)
+    ftp.storbinary("STOR implicit.bin", io.BytesIO(data))
+    check(sha(download(ftp, "implicit.bin")) == sha(data), "implicit: hash mismatch")
+    ftp.quit()
+    print("implicit ok")
+
+
+def s_no_reuse_refused(args):
+    """Plain FTP_TLS does not resume: the data connection must be refused, promptly, with 522,
+    and the session must carry on."""
+    ftp = login(args, cls=ftplib.FTP_TLS)
+    start = time.monotonic()
+    reply = None
+    try:
+        ftp.retrlines("LIST", lambda _l: None)
+    except ftplib.error_perm as e:
+        reply = str(e)
+    except (ssl.SSLError, OSError, EOFError):
+        try:
+            ftp.voidresp()
+        except ftplib.error_perm as e:
+            reply = str(e)
+    elapsed = time.monotonic() - start
+    check(reply is not None and reply.startswith("522"), f"expected 522, got {reply!r}")
+    check(elapsed < 10, f"refusal took {elapsed:.1f}s")
+    check(ftp.voidcmd("NOOP").startswith("200"), "session unusable after refusal")
+    ftp.quit()
+    # And a client that does resume works right after.
+    ftp = login(args)
+    ftp.retrlines("LIST", lambda _l: None)
+    ftp.quit()
+    print(f"no-reuse refused with {reply!r} in {elapsed:.2f}s")
+
+
+def s_no_reuse_allowed(args):
+    ftp = login(args, cls=ftplib.FTP_TLS)
+    data = pattern(50_000)
+    ftp.storbinary("STOR noreuse.bin", io.BytesIO(data))
+    check(sha(download(ftp, "noreuse.bin")) == sha(data), "hash mismatch")
+    ftp.quit()
+    print("no-reuse allowed ok")
+
+
+def s_rest(args):
+    data = pattern(1_000_000)
+    ftp = login(args)
+    ftp.storbinary("STOR rest.bin", io.BytesIO(data))
+    got = download(ftp, "rest.bin", rest=123_457)
+    check(sha(got) == sha(data[123_457:]), "REST: wrong suffix")
+    ftp.quit()
+    print("rest ok")
+
+
+def s_appe(args):
+    a, b = pattern(70_000), pattern(30_001)
+    ftp = login(args)
+    ftp.storbinary("STOR appe.bin", io.BytesIO(a))
+    ftp.storbinary("APPE appe.bin", io.BytesIO(b))
+    check(sha(download(ftp, "appe.bin")) == sha(a + b), "APPE: wrong content")
+    ftp.quit()
+    print("appe ok")
+
+
+def s_stou(args):
+    data = pattern(12_345)
+    ftp = login(args)
+    before = set(ftp.nlst())
+    reply = ftp.storbinary("STOU", io.BytesIO(data))
+    check(reply.startswith("226"), f"STOU: {reply}")
+    new = set(ftp.nlst()) - before
+    check(len(new) == 1, f"STOU created {new}")
+    name = new.pop()
+    check(sha(download(ftp, name)) == sha(data), "STOU: wrong content")
+    ftp.quit()
+    print("stou ok", name)
+
+
+def s_listings(args):
+    ftp = login(args)
+    ftp.storbinary("STOR listed.txt", io.BytesIO(b"x"))
+    lines = []
+    ftp.retrlines("LIST", lines.append)
+    check(any("listed.txt" in l for l in lines), f"LIST: {lines}")
+    check("listed.txt" in ftp.nlst(), "NLST")
+    if args.mlsd:
+        names = [n for n, _facts in ftp.mlsd()]
+        check("listed.txt" in names, f"MLSD: {names}")
+    ftp.quit()
+    print("listings ok")
+
+
+def s_abort(args):
+    """ABOR during a download: 426 for the transfer, then ABOR's own 2xx, then the session
+    goes on with another, complete transfer."""
+    data = pattern(64 * 1024 * 1024)
+    ftp = login(args)
+    ftp.storbinary("STOR big.bin", io.BytesIO(data), blocksize=1 << 20)
+    conn = ftp.transfercmd("RETR big.bin")
+    got = conn.recv(65536)
+    check(len(got) > 0, "no data before ABOR")
+    ftp.putcmd("ABOR")
+    first = ftp.getmultiline()
+    conn.close()
+    second = ftp.getmultiline()
+    check(first[:3] in ("426", "226"), f"transfer reply after ABOR: {first}")
+    check(second[:3] in ("225", "226"), f"ABOR reply: {second}")
+    small = pattern(10_000)
+    ftp.storbinary("STOR after-abor.bin", io.BytesIO(small))
+    check(sha(download(ftp, "after-abor.bin")) == sha(small), "transfer after ABOR")
+    ftp.quit()
+    print("abort ok", first, second)
+
+
+def s_feat(args):
+    ftp = ftplib.FTP()
+    ftp.connect("127.0.0.1", args.port)
+    # FEAT is allowed before AUTH TLS.
+    resp = ftp.sendcmd("FEAT")
+    feats = [l.strip() for l in resp.splitlines()[1:-1]]
+    for f in ("AUTH TLS", "PBSZ", "PROT", "EPSV"):
+        check(f in feats, f"FEAT lacks {f}: {feats}")
+    check(not any(f.startswith("EPRT") for f in feats), f"FEAT offers EPRT: {feats}")
+    for f in args.expect_feat:
+        check(f in feats, f"FEAT lacks backend feature {f}: {feats}")
+    ftp.close()
+    print("feat ok", feats)
+
+
+def s_refusals(args):
+    """Each refusal gets its reply and the session (or a new one) carries on."""
+    # USER before AUTH TLS: refused locally, never forwarded.
+    s = socket.create_connection(("127.0.0.1", args.port), timeout=10)
+    f = s.makefile("rb")
+    check(f.readline().startswith(b"220"), "greeting")
+    s.sendall(b"USER " + args.user.encode() + b"\r\n")
+    line = f.readline()
+    check(line.startswith(b"530"), f"USER before AUTH: {line!r}")
+    s.sendall(b"QUIT\r\n")
+    s.close()
+
+    ftp = login(args)
+    # Overlong line.
+    try:
+        ftp.sendcmd("NOOP " + "A" * 5000)
+        fail("overlong line accepted")
+    except ftplib.error_perm as e:
+        check(str(e).startswith("500"), f"overlong: {e}")
+    check(ftp.voidcmd("NOOP").startswith("200"), "NOOP after overlong line")
+    # Bare LF, NUL.
+    for bad in (b"NOOP\n", b"NO\x00OP\r\n", b"NO\rOP\r\n"):
+        ftp.sock.sendall(bad)
+        resp = ftp.getline()
+        check(resp.startswith("500"), f"{bad!r}: {resp}")
+    check(ftp.voidcmd("NOOP").startswith("200"), "NOOP after bad lines")
+    # Security mechanisms the proxy does not carry.
+    for cmd, code in (("CCC", "534"), ("ADAT x", "502"), ("LPSV", "502"), ("PROT C", "534"),
+                      ("PROT S", "536"), ("PROT Q", "504"), ("PORT 127,0,0,1,4,1", "502"),
+                      ("REIN", "502"), ("AUTH TLS", "503"), ("EPSV 2", "522")):
+        try:
+            resp = ftp.sendcmd(cmd)
+        except (ftplib.error_perm, ftplib.error_temp) as e:
+            resp = str(e)
+        check(resp.startswith(code), f"{cmd}: want {code}, got {resp}")
+    # Transfer without PASV.
+    try:
+        ftp.sendcmd("LIST")
+        fail("LIST without PASV accepted")
+    except ftplib.error_temp as e:
+        check(str(e).startswith("425"), f"LIST without PASV: {e}")
+    # EPSV ALL, then PASV refused, EPSV works.
+    check(ftp.sendcmd("EPSV ALL").startswith("200"), "EPSV ALL")
+    try:
+        ftp.sendcmd("PASV")
+        fail("PASV after EPSV ALL accepted")
+    except ftplib.error_perm as e:
+        check(str(e).startswith("501"), f"PASV after EPSV ALL: {e}")
+    ftp.quit()
+
+    # Garbage instead of a TLS handshake after AUTH TLS; then garbage on the implicit port.
+    s = socket.create_connection(("127.0.0.1", args.port), timeout=10)
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(b"AUTH TLS\r\n")
+    check(f.readline().startswith(b"234"), "AUTH TLS")
+    s.sendall(b"this is not a TLS ClientHello\r\n" * 10)
+    got = read_to_eof(s)
+    # Closed, with at most a TLS alert record (content type 21) on the way out.
+    check(got == b"" or got[0] == 0x15, f"garbage handshake answered with {got!r}")
+    s.close()
+    s = socket.create_connection(("127.0.0.1", args.implicit_port), timeout=10)
+    s.sendall(b"USER plaintext-on-implicit\r\n")
+    got = read_to_eof(s)
+    check(got == b"" or got[0] == 0x15, f"implicit port answered plaintext with {got!r}")
+    s.close()
+
+    # Plaintext pipelined behind AUTH TLS is refused (STARTTLS injection).
+    s = socket.create_connection(("127.0.0.1", args.port), timeout=10)
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(b"AUTH TLS\r\nUSER injected\r\n")
+    line = f.readline()
+    check(line.startswith(b"421") or line == b"", f"pipelined after AUTH: {line!r}")
+    s.close()
+
+    # The gateway still serves a good session.
+    ftp = login(args)
+    ftp.retrlines("LIST", lambda _l: None)
+    ftp.quit()
+    print("refusals ok")
+
+
+def s_foreign_data_peer(args):
+    """A data connection from another address (127.0.0.2) is refused; the real client's
+    connection on the same port still works."""
+    ftp = login(args)
+    resp = ftp.sendcmd("PASV")
+    host, port = ftplib.parse227(resp)
+    thief = socket.create_connection((host, port), timeout=10, source_address=("127.0.0.2", 0))
+    thief.settimeout(10)
+    try:
+        got = thief.recv(10)
+    except (ConnectionResetError, socket.timeout) as e:
+        got = e
+    check(got == b"" or isinstance(got, ConnectionResetError), f"thief got {got!r}")
+    thief.close()
+    conn = socket.create_connection((host, port), timeout=10)
+    ftp.putcmd("LIST")
+    resp = ftp.getresp()
+    check(resp.startswith("1"), f"LIST: {resp}")
+    conn = ftp.context.wrap_socket(conn, server_hostname=ftp.host, session=ftp.sock.session)
+    listing = b""
+    while chunk := conn.recv(65536):
+        listing += chunk
+    conn.unwrap()
+    conn.close()
+    check(ftp.voidresp().startswith("226"), "LIST final reply")
+    ftp.quit()
+    print("foreign data peer refused; real client served", len(listing), "bytes")
+
+
+def s_pool_exhausted(args):
+    """With a one-port pool: the second PASV gets 425 at once; after the first transfer the
+    port is free again."""
+    a = login(args)
+    a.storbinary("STOR pool.bin", io.BytesIO(b"p" * 1000))
+    a.sendcmd("PASV")
+    b = login(args)
+    start = time.monotonic()
+    try:
+        b.sendcmd("PASV")
+        fail("second PASV succeeded with a one-port pool")
+    except ftplib.error_temp as e:
+        check(str(e).startswith("425"), f"exhausted pool: {e}")
+    check(time.monotonic() - start < 5, "425 was not immediate")
+    a.sendcmd("EPSV")  # the session's old lease goes back first, so this still works
+    a.quit()
+    time.sleep(0.2)
+    check(download(b, "pool.bin") == b"p" * 1000, "pool did not recover")
+    b.quit()
+    print("pool exhausted ok")
+
+
+def s_quit_midway(args):
+    ftp = login(args)
+    ftp.sendcmd("PASV")
+    resp = ftp.sendcmd("QUIT")
+    check(resp.startswith("221"), f"QUIT: {resp}")
+    check(ftp.sock.recv(10) == b"", "connection stays open after QUIT")
+    ftp = login(args)
+    ftp.retrlines("LIST", lambda _l: None)
+    ftp.quit()
+    print("quit ok")
+
+
+def s_client_vanishes(args):
+    """Client disappears mid-download and mid-upload; the gateway carries on."""
+    data = pattern(8 * 1024 * 1024)
+    ftp = login(args)
+    ftp.storbinary("STOR vanish.bin", io.BytesIO(data), blocksize=1 << 20)
+    conn = ftp.transfercmd("RETR vanish.bin")
+    conn.recv(1000)
+    conn.close()
+    ftp.sock.close()
+    ftp = login(args)
+    conn = ftp.transfercmd("STOR vanish-up.bin")
+    conn.sendall(data[:1_000_000])
+    # close() without unwrap(): FIN but no TLS close_notify, i.e. a truncated upload.
+    conn.close()
+    try:
+        resp = ftp.voidresp()
+        fail(f"truncated upload accepted: {resp}")
+    except (ftplib.error_temp, ftplib.error_perm) as e:
+        check(str(e)[:3] in ("426", "451", "550"), f"truncated upload reply: {e}")
+    ftp.quit()
+    ftp = login(args)
+    check(sha(download(ftp, "vanish.bin")) == sha(data), "file damaged")
+    ftp.quit()
+    print("client vanishes ok")
+
+
+def s_backend_down(args):
+    s = socket.create_connection(("127.0.0.1", args.port), timeout=20)
+    line = s.makefile("rb").readline()
+    check(line.startswith(b"421"), f"dead backend: {line!r}")
+    print("backend down ok", line)
+
+
+def s_backend_drops(args):
+    """The backend greets, then drops the connection at the first forwarded command."""
+    ftp = ReusingFTP_TLS(context=context(args), timeout=20)
+    ftp.connect("127.0.0.1", args.port)
+    ftp.auth()
+    try:
+        resp = ftp.sendcmd("USER someone")
+        fail(f"got {resp}")
+    except ftplib.error_temp as e:
+        check(str(e).startswith("421"), f"backend dropped: {e}")
+    print("backend drops ok")
+
+
+SCENARIOS = {name[2:].replace("_", "-"): fn for name, fn in globals().items() if name.startswith("s_")}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("scenario", choices=sorted(SCENARIOS))
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--implicit-port", type=int, required=True)
+    p.add_argument("--ca", required=True)
+    p.add_argument("--user", required=True)
+    p.add_argument("--password", required=True)
+    p.add_argument("--root", required=True)
+    p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 1 << 20])
+    p.add_argument("--mlsd", action="store_true")
+    p.add_argument("--expect-feat", action="append", default=[])
+    args = p.parse_args()
+    SCENARIOS[args.scenario](args)
+
+
+if __name__ == "__main__":
+    main()
