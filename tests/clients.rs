@@ -245,3 +245,39 @@ fn suppaftp_vsftpd_round_trips() {
     let gw = TestGateway::start(vs.backend(), |_| {});
     suppaftp_round_trips(&gw, &[0, 1, MIB]);
 }
+
+#[test]
+fn epsv_and_pasv_work_in_front_of_a_pasv_only_backend_that_lies_about_its_address() {
+    if !have("curl") {
+        return;
+    }
+    let mut blob = vec![0u8; 3 * MIB + 17];
+    fastrand::Rng::with_seed(7).fill(&mut blob);
+    let backend = PasvOnlyBackend::start(blob);
+    let root = tempfile::tempdir().expect("tempdir");
+    let gw = TestGateway::start(BackendKind::At(backend.addr, root.path().into()), |_| {});
+    let work = tempfile::tempdir().expect("tempdir");
+    for flags in [&[][..], &["--disable-epsv"][..]] {
+        let out = work.path().join("blob.bin");
+        let (o, u) = (out.display().to_string(), url(&gw, false, "blob.bin"));
+        let mut args = vec!["--ssl-reqd", "-o", &o, &u];
+        args.extend(flags);
+        curl(&gw, &args);
+        assert_eq!(
+            sha256_file(&out),
+            sha256(&backend.blob),
+            "download {flags:?}"
+        );
+        let src = work.path().join("up.bin");
+        let want = random_file(&src, MIB + 3);
+        let (s, u) = (src.display().to_string(), url(&gw, false, "up.bin"));
+        let mut args = vec!["--ssl-reqd", "-T", &s, &u];
+        args.extend(flags);
+        curl(&gw, &args);
+        assert_eq!(
+            sha256(&backend.stored.lock().expect("lock")),
+            want,
+            "upload {flags:?}"
+        );
+    }
+}

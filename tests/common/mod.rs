@@ -358,3 +358,83 @@ fn ensure_test_user() {
         );
     });
 }
+
+/// A minimal FTP server for the cases real servers will not produce on demand: it has no EPSV
+/// (500), and its 227 names a foreign address (10.9.9.9) while it listens on loopback, so a
+/// gateway that trusted the reply would fail. It serves `RETR` of one blob and `STOR`.
+pub struct PasvOnlyBackend {
+    pub addr: SocketAddr,
+    pub blob: Vec<u8>,
+    pub stored: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl PasvOnlyBackend {
+    pub fn start(blob: Vec<u8>) -> Self {
+        use std::io::{BufRead, BufReader, Read};
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stored = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (served, store) = (blob.clone(), stored.clone());
+        thread::spawn(move || {
+            for control in listener.incoming().take(16) {
+                let Ok(mut control) = control else { continue };
+                let (served, store) = (served.clone(), store.clone());
+                thread::spawn(move || {
+                    let mut reader = BufReader::new(control.try_clone().expect("clone"));
+                    let _ = control.write_all(b"220 pasv-only test server\r\n");
+                    let mut data_listener: Option<TcpListener> = None;
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                        let verb = line.split_whitespace().next().unwrap_or("").to_uppercase();
+                        let reply: &[u8] = match verb.as_str() {
+                            "USER" => b"331 password please\r\n",
+                            "PASS" => b"230 logged in\r\n",
+                            "TYPE" => b"200 ok\r\n",
+                            "PWD" => b"257 \"/\" is the directory\r\n",
+                            "EPSV" => b"500 EPSV not understood\r\n",
+                            "PASV" => {
+                                let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("pasv");
+                                let port = l.local_addr().expect("addr").port();
+                                data_listener = Some(l);
+                                let r = format!(
+                                    "227 Entering Passive Mode (10,9,9,9,{},{})\r\n",
+                                    port >> 8,
+                                    port & 0xff
+                                );
+                                let _ = control.write_all(r.as_bytes());
+                                line.clear();
+                                continue;
+                            }
+                            "RETR" | "STOR" => {
+                                let Some(l) = data_listener.take() else {
+                                    let _ = control.write_all(b"425 no PASV\r\n");
+                                    line.clear();
+                                    continue;
+                                };
+                                let (mut data, _) = l.accept().expect("data");
+                                let _ = control.write_all(b"150 here it comes\r\n");
+                                if verb == "RETR" {
+                                    let _ = data.write_all(&served);
+                                } else {
+                                    let mut got = Vec::new();
+                                    let _ = data.read_to_end(&mut got);
+                                    *store.lock().expect("lock") = got;
+                                }
+                                drop(data);
+                                b"226 done\r\n"
+                            }
+                            "QUIT" => {
+                                let _ = control.write_all(b"221 bye\r\n");
+                                return;
+                            }
+                            _ => b"502 not here\r\n",
+                        };
+                        let _ = control.write_all(reply);
+                        line.clear();
+                    }
+                });
+            }
+        });
+        PasvOnlyBackend { addr, blob, stored }
+    }
+}
