@@ -61,17 +61,60 @@ impl Default for ListenSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackendSettings {
-    /// `host:port` of the internal FTP server (plaintext). Resolved at each connect, so a
-    /// Kubernetes Service name works.
+    /// `host:port` of the internal FTP server. Resolved at each connect, so a Kubernetes
+    /// Service name works.
     pub address: String,
+    /// How the gateway talks to the backend: `none` (plain FTP), `explicit` (AUTH TLS, then
+    /// PBSZ 0 and PROT P after login) or `implicit` (TLS from the first byte).
+    pub tls: BackendTlsMode,
+    /// Extra CA bundle (PEM) trusted for the backend's certificate, on top of the system roots.
+    pub ca: Option<PathBuf>,
+    /// Name the backend's certificate must carry (and SNI). Default: the host of `address`.
+    pub server_name: Option<String>,
+    /// SHA-256 fingerprint of the backend's certificate (hex, colons allowed). When set, a
+    /// certificate with this fingerprint is accepted instead of checking its chain.
+    pub pin_sha256: Option<String>,
+    /// Accept any certificate from the backend. Only for tests: a warning is logged at start.
+    pub insecure_skip_verify: bool,
+    /// Client certificate chain and key (PEM) presented to the backend.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// Newest TLS version offered to the backend: "1.2" caps it for old servers.
+    pub max_tls_version: TlsVersion,
+    /// Data connections toward a TLS backend: `private` (PROT P) or `clear` (PROT C).
+    pub data_protection: DataProtection,
 }
 
 impl Default for BackendSettings {
     fn default() -> Self {
         Self {
             address: "127.0.0.1:21".into(),
+            tls: BackendTlsMode::None,
+            ca: None,
+            server_name: None,
+            pin_sha256: None,
+            insecure_skip_verify: false,
+            client_cert: None,
+            client_key: None,
+            max_tls_version: TlsVersion::V1_3,
+            data_protection: DataProtection::Private,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendTlsMode {
+    None,
+    Explicit,
+    Implicit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataProtection {
+    Private,
+    Clear,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -265,6 +308,9 @@ pub struct Overrides {
     pub external_address: Option<String>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    pub backend_tls: Option<BackendTlsMode>,
+    pub backend_ca: Option<PathBuf>,
+    pub backend_insecure: bool,
 }
 
 impl Settings {
@@ -316,6 +362,15 @@ impl Settings {
         if let Some(k) = &o.key {
             self.tls.key = Some(k.clone());
         }
+        if let Some(t) = o.backend_tls {
+            self.backend.tls = t;
+        }
+        if let Some(ca) = &o.backend_ca {
+            self.backend.ca = Some(ca.clone());
+        }
+        if o.backend_insecure {
+            self.backend.insecure_skip_verify = true;
+        }
     }
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
@@ -331,6 +386,16 @@ impl Settings {
             ));
         }
         split_host_port(&self.backend.address).map_err(|why| bad("backend.address", why))?;
+        let b = &self.backend;
+        if b.client_cert.is_some() != b.client_key.is_some() {
+            return Err(bad(
+                "backend.client_cert",
+                "set both backend.client_cert and backend.client_key, or neither".into(),
+            ));
+        }
+        if let Some(pin) = &b.pin_sha256 {
+            parse_fingerprint(pin).map_err(|why| bad("backend.pin_sha256", why))?;
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(bad(
                 "tls.cert",
@@ -381,6 +446,22 @@ impl Settings {
             .ok_or_else(|| format!("`{host}` has no IPv4 address for PASV replies"))?;
         Ok(Some(first.ip()))
     }
+}
+
+/// Parses a SHA-256 fingerprint written as 64 hex digits, optionally separated by colons.
+pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], String> {
+    let hex: String = s.chars().filter(|c| *c != ':').collect();
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "`{s}` is not a SHA-256 fingerprint (64 hex digits)"
+        ));
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+            .map_err(|_| format!("`{s}` is not hex"))?;
+    }
+    Ok(out)
 }
 
 /// Splits `host:port` (or `[v6]:port`) and checks the port.
@@ -446,6 +527,17 @@ mod tests {
         let s = Settings::load(Some(&path), &o).expect("valid");
         assert_eq!(s.backend.address, "127.0.0.1:2100");
         assert_eq!(s.passive.ports.0, 40000..=40009);
+    }
+
+    #[test]
+    fn fingerprints_parse_with_or_without_colons() {
+        let hex = "ab".repeat(32);
+        assert_eq!(parse_fingerprint(&hex), Ok([0xab; 32]));
+        let colons = vec!["AB"; 32].join(":");
+        assert_eq!(parse_fingerprint(&colons), Ok([0xab; 32]));
+        assert!(parse_fingerprint("abcd").is_err());
+        let err = parse("[backend]\npin_sha256 = \"zz\"\n").expect_err("bad pin");
+        assert!(err.to_string().contains("backend.pin_sha256"), "{err}");
     }
 
     #[test]

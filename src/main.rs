@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use ftpsgate::config::{Overrides, PortRange, Settings};
+use ftpsgate::config::{BackendTlsMode, Overrides, PortRange, Settings};
 use ftpsgate::demo::{self, DemoOptions};
 use ftpsgate::server::Gateway;
 use ftpsgate::tls;
@@ -81,6 +81,15 @@ struct RunArgs {
     /// PEM private key.
     #[arg(long, env = "FTPSGATE_KEY", requires = "cert")]
     key: Option<PathBuf>,
+    /// TLS toward the backend: none, explicit (AUTH TLS) or implicit.
+    #[arg(long, env = "FTPSGATE_BACKEND_TLS", value_enum)]
+    backend_tls: Option<BackendTlsMode>,
+    /// Extra CA bundle (PEM) to verify the backend's certificate with.
+    #[arg(long, env = "FTPSGATE_BACKEND_CA")]
+    backend_ca: Option<PathBuf>,
+    /// Do not verify the backend's certificate (tests only; logged as a warning).
+    #[arg(long, env = "FTPSGATE_BACKEND_INSECURE")]
+    backend_insecure: bool,
 }
 
 impl RunArgs {
@@ -93,6 +102,9 @@ impl RunArgs {
             external_address: self.external_address.clone(),
             cert: self.cert.clone(),
             key: self.key.clone(),
+            backend_tls: self.backend_tls,
+            backend_ca: self.backend_ca.clone(),
+            backend_insecure: self.backend_insecure,
         };
         Settings::load(self.config.as_deref(), &overrides)
     }

@@ -16,6 +16,7 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::config::Settings;
 use crate::data::PassivePool;
 use crate::session::{self, Context, Mode};
+use crate::tls::backend::BackendTls;
 use crate::tls::{self, TlsError};
 
 #[derive(Debug, Error)]
@@ -44,6 +45,10 @@ impl Gateway {
         }
         let tls = tls::server_config(identity, &settings.tls)?;
         let external_ip = settings.external_ip().map_err(StartError::External)?;
+        let backend_tls = BackendTls::from_settings(&settings.backend)?;
+        if settings.backend.insecure_skip_verify && backend_tls.is_some() {
+            warn!("backend.insecure_skip_verify: the backend's certificate is NOT verified; anyone between the gateway and the backend can read and change the traffic");
+        }
         let mut listeners = Vec::new();
         for (addrs, mode) in [
             (&settings.listen.explicit, Mode::Explicit),
@@ -67,6 +72,7 @@ impl Gateway {
                 tls,
                 pool,
                 external_ip,
+                backend_tls,
             }),
             listeners,
             limits,

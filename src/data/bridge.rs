@@ -11,9 +11,14 @@
 //!
 //! Every failure resets the backend data connection (RST, not FIN) so the backend records an
 //! aborted transfer, never a short file stored as complete.
+//!
+//! Toward a TLS backend the data handshake runs alongside the client's: vsftpd, for one, only
+//! starts its side after it has answered the transfer command with 150, which may be after the
+//! client's handshake, or before it.
 
 use std::io;
 use std::net::IpAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,10 +31,12 @@ use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
+use super::gate::{SignalOnTicket, TicketGate};
 use super::pool::Lease;
 use crate::config::ReuseMode;
 use crate::ftp::{Direction, Reply};
-use crate::stream::ClientStream;
+use crate::stream::Stream;
+use crate::tls::backend::BackendSession;
 
 /// Large enough for several 16 KiB TLS records per read; allocated once per transfer.
 const BUF_SIZE: usize = 256 * 1024;
@@ -43,6 +50,8 @@ pub enum BridgeError {
     Accept(io::Error),
     #[error("TLS handshake on the data connection failed: {0}")]
     Handshake(io::Error),
+    #[error("TLS handshake on the backend's data connection failed: {0}")]
+    BackendHandshake(io::Error),
     #[error("data connection did not resume the control connection's TLS session")]
     NotResumed,
     #[error("client data connection failed: {0}")]
@@ -63,6 +72,9 @@ impl BridgeError {
             }
             BridgeError::Handshake(_) => {
                 Reply::new(522, "TLS handshake on the data connection failed.")
+            }
+            BridgeError::BackendHandshake(_) => {
+                Reply::new(425, "Can't open data connection: TLS to the server failed.")
             }
             BridgeError::NotResumed => Reply::new(
                 522,
@@ -85,6 +97,8 @@ pub struct BridgeParams {
     pub reuse: ReuseMode,
     pub accept_timeout: Duration,
     pub handshake_timeout: Duration,
+    /// `Some` when the backend's data connections are TLS (backend PROT P).
+    pub backend_tls: Option<BackendSession>,
 }
 
 /// A finished transfer, for the transfer log line.
@@ -121,16 +135,12 @@ impl DataBridge {
         let (done_tx, done_rx) = oneshot::channel();
         let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
-            let mut backend = backend;
+            // Both data connections are owned by `run` and closed when it returns or is
+            // cancelled; the backend's resets (see `Backend::connect_data`).
             let outcome = tokio::select! {
-                r = run(listener, &mut backend, &params, start_rx) => r,
+                r = run(listener, backend, &params, start_rx) => r,
                 _ = cancel_rx => Err(BridgeError::Cancelled),
             };
-            if outcome.is_err() {
-                // RST, so the backend can tell an aborted upload from a complete one.
-                let _ = backend.set_zero_linger();
-            }
-            drop(backend);
             // Free the port before the session can relay 226: a client may PASV again at once.
             drop(lease);
             let _ = done_tx.send(outcome);
@@ -172,36 +182,58 @@ impl DataBridge {
 
 async fn run(
     listener: TcpListener,
-    backend: &mut TcpStream,
+    backend: TcpStream,
     params: &BridgeParams,
     start: oneshot::Receiver<Direction>,
 ) -> Outcome {
-    let tcp = timeout(
-        params.accept_timeout,
-        accept_from(&listener, params.client_ip),
-    )
-    .await
-    .map_err(|_| BridgeError::AcceptTimeout)?
-    .map_err(BridgeError::Accept)?;
-    drop(listener);
-    let mut client = match &params.tls {
-        None => ClientStream::Plain(tcp),
-        Some(config) => handshake(tcp, config, params).await?,
+    let client_side = async {
+        let tcp = timeout(
+            params.accept_timeout,
+            accept_from(&listener, params.client_ip),
+        )
+        .await
+        .map_err(|_| BridgeError::AcceptTimeout)?
+        .map_err(BridgeError::Accept)?;
+        drop(listener);
+        match &params.tls {
+            None => Ok(Stream::Plain(tcp)),
+            Some(config) => handshake(tcp, config, params).await,
+        }
     };
+    let backend_side = async {
+        let Some(tls) = &params.backend_tls else {
+            return Ok(Stream::Plain(backend));
+        };
+        let limit = params.accept_timeout + params.handshake_timeout;
+        let handshake = tls.connector.connect(tls.server_name.clone(), backend);
+        timeout(limit, handshake)
+            .await
+            .map_err(|_| BridgeError::BackendHandshake(io::ErrorKind::TimedOut.into()))?
+            .map(Stream::from)
+            .map_err(BridgeError::BackendHandshake)
+    };
+    let (mut client, mut backend) = tokio::try_join!(client_side, backend_side)?;
     let direction = start.await.map_err(|_| BridgeError::Cancelled)?;
     let began = Instant::now();
     let mut buf = vec![0u8; BUF_SIZE];
     let bytes = match direction {
-        Direction::Download => {
-            let n = pump(backend, &mut client, &mut buf)
-                .await
-                .map_err(|e| e.into_bridge(BridgeError::Backend, BridgeError::Client))?;
-            n
-        }
+        Direction::Download => pump(&mut backend, &mut client, &mut buf)
+            .await
+            .map_err(|e| e.into_bridge(BridgeError::Backend, BridgeError::Client))?,
         Direction::Upload => {
-            let n = pump(&mut client, backend, &mut buf)
+            let n = pump(&mut client, &mut backend, &mut buf)
                 .await
                 .map_err(|e| e.into_bridge(upload_read_error, BridgeError::Backend))?;
+            // Wait for the backend to close its side: then it has read every byte (so closing
+            // ours cannot cut the file short) and any TLS 1.3 tickets it sent on this
+            // connection are stored for the next data connection.
+            let drained = timeout(params.handshake_timeout, drain(&mut backend)).await;
+            if !matches!(drained, Ok(Ok(()))) {
+                return Err(BridgeError::Backend(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "backend did not close the data connection after the upload",
+                )));
+            }
             // Answer the client's close_notify with ours; it may already be gone.
             let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
             n
@@ -213,6 +245,21 @@ async fn run(
         elapsed: began.elapsed(),
         tls: client.tls_info(),
     })
+}
+
+/// Reads until end of file, discarding: after an upload the backend sends no data, only
+/// (for TLS) session tickets and close_notify.
+async fn drain(stream: &mut Stream) -> io::Result<()> {
+    let mut sink = [0u8; 1024];
+    loop {
+        match stream.read(&mut sink).await {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            // A server that closes without close_notify after an upload has still read it all.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// A TLS upload whose TCP stream ends without close_notify was cut short: rustls reports it as
@@ -249,18 +296,27 @@ async fn handshake(
     tcp: TcpStream,
     config: &Arc<ServerConfig>,
     params: &BridgeParams,
-) -> Result<ClientStream, BridgeError> {
-    let accept = TlsAcceptor::from(Arc::clone(config)).accept(tcp);
-    let tls = timeout(params.handshake_timeout, accept)
+) -> Result<Stream, BridgeError> {
+    // This connection's own view of the session's config: the same ticketer and cache (so
+    // resumption works), but tickets made here arm this connection's gate (see `gate`).
+    let armed = Arc::new(AtomicBool::new(false));
+    let mut config = (**config).clone();
+    config.ticketer = Arc::new(SignalOnTicket {
+        inner: Arc::clone(&config.ticketer),
+        armed: Arc::clone(&armed),
+    });
+    let accept = TlsAcceptor::from(Arc::new(config)).accept(TicketGate::new(tcp, armed));
+    let mut tls = timeout(params.handshake_timeout, accept)
         .await
         .map_err(|_| BridgeError::Handshake(io::ErrorKind::TimedOut.into()))?
         .map_err(BridgeError::Handshake)?;
+    tls.get_mut().0.release();
     let resumed = tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
     if params.reuse == ReuseMode::Require && !resumed {
         info!("data connection refused: TLS session not resumed (data_session_reuse = require)");
         return Err(BridgeError::NotResumed);
     }
-    Ok(ClientStream::Tls(Box::new(tls)))
+    Ok(Stream::DataTls(Box::new(tls)))
 }
 
 enum PumpError {

@@ -2,7 +2,9 @@
 //! the backend's.
 
 mod bridge;
+mod gate;
 mod pool;
 
 pub use bridge::{BridgeError, BridgeParams, DataBridge, Transferred};
+pub use gate::TicketGate;
 pub use pool::{Lease, PassivePool, PoolError};

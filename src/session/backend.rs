@@ -1,4 +1,5 @@
-//! The gateway's own control connection to the backend FTP server (plaintext).
+//! The gateway's own control connection to the backend FTP server: plain, explicit TLS
+//! (`AUTH TLS`) or implicit TLS.
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,6 +12,8 @@ use tokio::time::timeout;
 use tracing::debug;
 
 use crate::ftp::{addr, LineError, LineFramer, Peer, Reply, ReplyAssembler, ReplyError};
+use crate::stream::Stream;
+use crate::tls::backend::BackendSession;
 
 /// A backend line longer than this is hostile or broken, not FTP.
 const MAX_BACKEND_LINE: usize = 8 * 1024;
@@ -31,6 +34,10 @@ pub enum BackendError {
     Reply(#[from] ReplyError),
     #[error("did not answer in time")]
     Timeout,
+    #[error("TLS handshake failed: {0}")]
+    Handshake(io::Error),
+    #[error("refused {what}: {reply}")]
+    Refused { what: &'static str, reply: String },
 }
 
 /// How the backend is asked for its data port. EPSV carries no address to distrust and works
@@ -42,7 +49,9 @@ enum PassiveStyle {
 }
 
 pub struct Backend {
-    stream: TcpStream,
+    /// `None` only during a TLS upgrade.
+    stream: Option<Stream>,
+    tls: Option<BackendSession>,
     framer: LineFramer,
     assembler: ReplyAssembler,
     peer: SocketAddr,
@@ -52,27 +61,105 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// Connects to `address` (`host:port`, resolved now so DNS changes are followed).
+    /// Connects to `address` (`host:port`, resolved now so DNS changes are followed), sets up
+    /// TLS as configured, and returns the backend with its greeting (relayed to the client).
     pub async fn connect(
         address: &str,
+        tls: Option<BackendSession>,
         connect_timeout: Duration,
         reply_timeout: Duration,
-    ) -> Result<Backend, BackendError> {
+    ) -> Result<(Backend, Vec<Reply>), BackendError> {
         let fail = |e: io::Error| BackendError::Connect(address.to_string(), e);
-        let stream = timeout(connect_timeout, TcpStream::connect(address))
+        let tcp = timeout(connect_timeout, TcpStream::connect(address))
             .await
             .map_err(|_| fail(io::ErrorKind::TimedOut.into()))?
             .map_err(fail)?;
-        stream.set_nodelay(true)?;
-        Ok(Backend {
-            peer: stream.peer_addr()?,
-            local: stream.local_addr()?,
-            stream,
+        tcp.set_nodelay(true)?;
+        let mut backend = Backend {
+            peer: tcp.peer_addr()?,
+            local: tcp.local_addr()?,
+            stream: Some(Stream::Plain(tcp)),
+            tls,
             framer: LineFramer::new(MAX_BACKEND_LINE, Peer::Backend),
             assembler: ReplyAssembler::new(MAX_BACKEND_REPLY),
             style: PassiveStyle::Epsv,
             reply_timeout,
+        };
+        let implicit = backend.tls.as_ref().map(|t| t.implicit);
+        if implicit == Some(true) {
+            backend.upgrade(connect_timeout).await?;
+        }
+        let mut greeting = Vec::new();
+        loop {
+            let reply = backend.expect_reply().await?;
+            let done = !reply.is_preliminary();
+            greeting.push(reply);
+            if done {
+                break;
+            }
+        }
+        let ready = greeting.last().is_some_and(Reply::is_success);
+        if implicit == Some(false) && ready {
+            backend.send(b"AUTH TLS\r\n").await?;
+            backend.expect(234, "AUTH TLS").await?;
+            backend.upgrade(connect_timeout).await?;
+        }
+        Ok((backend, greeting))
+    }
+
+    async fn upgrade(&mut self, limit: Duration) -> Result<(), BackendError> {
+        let Some(tls) = self.tls.clone() else {
+            return Err(BackendError::Handshake(io::Error::other(
+                "no TLS configured",
+            )));
+        };
+        let Some(Stream::Plain(tcp)) = self.stream.take() else {
+            return Err(BackendError::Handshake(io::Error::other(
+                "not a plain connection",
+            )));
+        };
+        let handshake = tls.connector.connect(tls.server_name.clone(), tcp);
+        let stream = timeout(limit, handshake)
+            .await
+            .map_err(|_| BackendError::Handshake(io::ErrorKind::TimedOut.into()))?
+            .map_err(BackendError::Handshake)?;
+        self.stream = Some(Stream::from(stream));
+        Ok(())
+    }
+
+    /// After login on a TLS backend: `PBSZ 0` and `PROT P`, so the backend's data connections
+    /// are encrypted too (RFC 4217 §9). Servers such as vsftpd want these after login.
+    pub async fn protect_data(&mut self) -> Result<(), BackendError> {
+        if !self.tls.as_ref().is_some_and(|t| t.protect_data) {
+            return Ok(());
+        }
+        self.send(b"PBSZ 0\r\n").await?;
+        self.expect(200, "PBSZ 0").await?;
+        self.send(b"PROT P\r\n").await?;
+        self.expect(200, "PROT P").await?;
+        Ok(())
+    }
+
+    /// The TLS settings for this session's data connections to the backend, when protected.
+    pub fn data_tls(&self) -> Option<BackendSession> {
+        self.tls.clone().filter(|t| t.protect_data)
+    }
+
+    async fn expect(&mut self, code: u16, what: &'static str) -> Result<(), BackendError> {
+        let reply = self.expect_reply().await?;
+        if reply.code() == code {
+            return Ok(());
+        }
+        Err(BackendError::Refused {
+            what,
+            reply: reply.text(),
         })
+    }
+
+    fn stream(&mut self) -> io::Result<&mut Stream> {
+        self.stream
+            .as_mut()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "backend connection lost"))
     }
 
     pub fn peer(&self) -> SocketAddr {
@@ -80,7 +167,9 @@ impl Backend {
     }
 
     pub async fn send(&mut self, wire: &[u8]) -> Result<(), BackendError> {
-        self.stream.write_all(wire).await?;
+        let stream = self.stream()?;
+        stream.write_all(wire).await?;
+        stream.flush().await?;
         Ok(())
     }
 
@@ -93,7 +182,7 @@ impl Backend {
                     return Ok(reply);
                 }
             }
-            let n = self.stream.read(&mut chunk).await?;
+            let n = self.stream()?.read(&mut chunk).await?;
             if n == 0 {
                 return Err(BackendError::Closed);
             }
@@ -142,6 +231,10 @@ impl Backend {
 
     /// Connects to the backend's data `port` at the backend's control address, from the local
     /// address of the control connection (servers check that both come from one peer).
+    ///
+    /// The socket closes with RST (zero linger) whenever it is dropped: the bridge reads the
+    /// backend's end of file before it lets go of a successful transfer, so only a failed or
+    /// cancelled one ever resets, and the backend never mistakes a cut upload for a whole one.
     pub async fn connect_data(&self, port: u16, limit: Duration) -> io::Result<TcpStream> {
         let target = SocketAddr::new(self.peer.ip(), port);
         let socket = match target {
@@ -149,9 +242,11 @@ impl Backend {
             SocketAddr::V6(_) => TcpSocket::new_v6()?,
         };
         socket.bind(SocketAddr::new(self.local.ip(), 0))?;
-        timeout(limit, socket.connect(target))
+        let tcp = timeout(limit, socket.connect(target))
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "data connect timed out"))?
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "data connect timed out"))??;
+        tcp.set_zero_linger()?;
+        Ok(tcp)
     }
 }
 

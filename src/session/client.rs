@@ -11,11 +11,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsAcceptor;
 
 use crate::ftp::{LineError, LineFramer, Peer, Reply};
-use crate::stream::ClientStream;
+use crate::stream::Stream;
 
 pub struct ClientControl {
     /// `None` only while an upgrade is in progress (or after it failed).
-    stream: Option<ClientStream>,
+    stream: Option<Stream>,
     framer: LineFramer,
     pub peer: SocketAddr,
     pub local: SocketAddr,
@@ -26,7 +26,7 @@ fn gone() -> io::Error {
 }
 
 impl ClientControl {
-    pub fn new(stream: ClientStream, peer: SocketAddr, local: SocketAddr, max_line: usize) -> Self {
+    pub fn new(stream: Stream, peer: SocketAddr, local: SocketAddr, max_line: usize) -> Self {
         Self {
             stream: Some(stream),
             framer: LineFramer::new(max_line, Peer::Client),
@@ -36,7 +36,7 @@ impl ClientControl {
     }
 
     pub fn is_tls(&self) -> bool {
-        matches!(self.stream, Some(ClientStream::Tls(_)))
+        self.stream.as_ref().is_some_and(Stream::is_tls)
     }
 
     /// Bytes the client sent that are not yet a full line.
@@ -76,7 +76,7 @@ impl ClientControl {
     /// FTPS).
     pub async fn upgrade(&mut self, config: Arc<ServerConfig>, limit: Duration) -> io::Result<()> {
         let tcp = match self.stream.take() {
-            Some(ClientStream::Plain(tcp)) => tcp,
+            Some(Stream::Plain(tcp)) => tcp,
             other => {
                 self.stream = other;
                 return Err(io::Error::other("control connection is already TLS"));
@@ -85,7 +85,7 @@ impl ClientControl {
         let tls = tokio::time::timeout(limit, TlsAcceptor::from(config).accept(tcp))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
-        self.stream = Some(ClientStream::Tls(Box::new(tls)));
+        self.stream = Some(Stream::from(tls));
         Ok(())
     }
 

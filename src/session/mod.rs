@@ -23,8 +23,9 @@ use crate::config::Settings;
 use crate::data::{BridgeParams, DataBridge, PassivePool};
 use crate::ftp::addr::{self, EpsvArg};
 use crate::ftp::{rewrite_feat, Command, LineError, Reply, Verb};
-use crate::stream::ClientStream;
+use crate::stream::Stream;
 use crate::tls;
+use crate::tls::backend::BackendTls;
 
 use backend::Backend;
 pub use backend::BackendError;
@@ -37,6 +38,8 @@ pub struct Context {
     pub tls: Arc<ServerConfig>,
     pub pool: Arc<PassivePool>,
     pub external_ip: Option<IpAddr>,
+    /// `None` for a plain-FTP backend.
+    pub backend_tls: Option<BackendTls>,
 }
 
 /// How the client's control connection starts.
@@ -79,8 +82,8 @@ struct Session {
     ctx: Arc<Context>,
     client: ClientControl,
     backend: Backend,
-    /// This session's own TLS config: control handshake and all data handshakes.
-    tls: Arc<ServerConfig>,
+    /// This session's own TLS configs, for its control and data handshakes.
+    tls: tls::SessionTls,
     pbsz: bool,
     prot: Protection,
     epsv_all: bool,
@@ -107,11 +110,11 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, mode: Mode) {
         }
     };
     let max_line = ctx.settings.limits.max_line_length;
-    let mut client = ClientControl::new(ClientStream::Plain(tcp), peer, local, max_line);
+    let mut client = ClientControl::new(Stream::Plain(tcp), peer, local, max_line);
     if mode == Mode::Implicit {
         if let Err(e) = client
             .upgrade(
-                Arc::clone(&session_tls),
+                Arc::clone(&session_tls.control),
                 ctx.settings.timeouts.tls_handshake(),
             )
             .await
@@ -121,8 +124,10 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, mode: Mode) {
         }
     }
     let t = &ctx.settings.timeouts;
-    let backend = match Backend::connect(
+    let backend_tls = ctx.backend_tls.as_ref().map(BackendTls::session);
+    let (backend, greeting) = match Backend::connect(
         &ctx.settings.backend.address,
+        backend_tls,
         t.backend_connect(),
         t.backend_reply(),
     )
@@ -161,7 +166,7 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, mode: Mode) {
         deferred: None,
     };
     info!(backend = %session.backend.peer(), ?mode, "session started");
-    match session.run().await {
+    match session.run(greeting).await {
         Ok(()) => info!(user = session.user.as_deref(), "session closed"),
         Err(Fatal::Backend(e)) => {
             warn!(error = %e, "backend failed; closing session");
@@ -179,17 +184,13 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, mode: Mode) {
 }
 
 impl Session {
-    async fn run(&mut self) -> Result<(), Fatal> {
+    async fn run(&mut self, greeting: Vec<Reply>) -> Result<(), Fatal> {
         // The greeting: 120 (maybe) then 220, relayed as the backend words it.
-        loop {
-            let greeting = self.backend.expect_reply().await?;
-            self.client.send(&greeting).await?;
-            if !greeting.is_preliminary() {
-                if !greeting.is_success() {
-                    return Ok(());
-                }
-                break;
-            }
+        for reply in &greeting {
+            self.client.send(reply).await?;
+        }
+        if !greeting.last().is_some_and(Reply::is_success) {
+            return Ok(());
         }
         loop {
             let line = match self.deferred.take() {
@@ -315,15 +316,21 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    /// Forwards the command and relays replies up to the final one, which is returned.
-    async fn pass_through(&mut self, cmd: &Command) -> Result<Reply, Fatal> {
+    /// Forwards the command and relays its replies.
+    async fn pass_through(&mut self, cmd: &Command) -> Result<(), Fatal> {
+        let reply = self.forward(cmd).await?;
+        Ok(self.client.send(&reply).await?)
+    }
+
+    /// Forwards the command, relays preliminary (1xx) replies, returns the final one unsent.
+    async fn forward(&mut self, cmd: &Command) -> Result<Reply, Fatal> {
         self.backend.send(&cmd.to_wire()).await?;
         loop {
             let reply = self.backend.expect_reply().await?;
-            self.client.send(&reply).await?;
             if !reply.is_preliminary() {
                 return Ok(reply);
             }
+            self.client.send(&reply).await?;
         }
     }
 
@@ -331,8 +338,10 @@ impl Session {
         if cmd.verb() == Verb::User {
             self.user = Some(cmd.arg_text());
         }
-        let reply = self.pass_through(cmd).await?;
+        let reply = self.forward(cmd).await?;
         if reply.code() == 230 {
+            // Before the client hears 230: a TLS backend's data channel is secured first.
+            self.backend.protect_data().await?;
             self.login_deadline = None;
             info!(user = self.user.as_deref(), "logged in");
         } else if reply.code() >= 400 {
@@ -342,7 +351,7 @@ impl Session {
                 "login refused by backend"
             );
         }
-        Ok(())
+        Ok(self.client.send(&reply).await?)
     }
 
     async fn auth(&mut self, cmd: &Command) -> Result<Flow, Fatal> {
@@ -368,7 +377,8 @@ impl Session {
         }
         self.reply(234, "AUTH TLS successful.").await?;
         let limit = self.ctx.settings.timeouts.tls_handshake();
-        if let Err(e) = self.client.upgrade(Arc::clone(&self.tls), limit).await {
+        let config = Arc::clone(&self.tls.control);
+        if let Err(e) = self.client.upgrade(config, limit).await {
             info!(error = %e, "control TLS handshake failed");
             return Ok(Flow::Close);
         }
@@ -516,10 +526,11 @@ impl Session {
         };
         let params = BridgeParams {
             client_ip: self.client.peer.ip(),
-            tls: (self.prot == Protection::Private).then(|| Arc::clone(&self.tls)),
+            tls: (self.prot == Protection::Private).then(|| Arc::clone(&self.tls.data)),
             reuse: self.ctx.settings.tls.data_session_reuse,
             accept_timeout: t.data_connection(),
             handshake_timeout: t.tls_handshake(),
+            backend_tls: self.backend.data_tls(),
         };
         let bridge = DataBridge::spawn(lease, listener, data, params);
         let port = bridge.port();

@@ -1,5 +1,7 @@
 //! TLS toward clients: certificates, the base `ServerConfig`, and the per-FTP-session clone that
-//! binds data connections to their control connection.
+//! binds data connections to their control connection. TLS toward backends is in [`backend`].
+
+pub mod backend;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,6 +23,8 @@ pub enum TlsError {
     Generate(#[from] rcgen::Error),
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A certificate chain and its key, DER-encoded.
@@ -135,19 +139,26 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// The config one FTP session uses for its control handshake and every data handshake.
+/// The TLS configs of one FTP session: one for its control handshake, one for its data
+/// handshakes.
 ///
-/// It has its own ticketer (a fresh random key) and its own small session-ID cache. A data
-/// connection can only resume a session this config issued, so `HandshakeKind::Resumed` proves
-/// the data connection comes from the client that owns this control connection (DESIGN §3).
-/// A ticketer or cache shared between sessions would prove nothing: another client's ticket
-/// would resume just as well. Stateless tickets rather than rustls' stateful TLS 1.3 tickets,
-/// because the stateful ones are single-use and FTP clients resume the control connection's
-/// session once per data connection.
-pub fn session_config(
-    base: &Arc<ServerConfig>,
-    reuse: ReuseMode,
-) -> Result<Arc<ServerConfig>, TlsError> {
+/// Both share a ticketer of their own (a fresh random key) and a small session-ID cache of their
+/// own. A data connection can only resume a session this FTP session issued, so
+/// `HandshakeKind::Resumed` proves the data connection comes from the client that owns this
+/// control connection (DESIGN §3). A ticketer or cache shared between sessions would prove
+/// nothing: another client's ticket would resume just as well. Stateless tickets rather than
+/// rustls' stateful TLS 1.3 tickets, because the stateful ones are single-use and FTP clients
+/// resume the control connection's session once per data connection.
+///
+/// Data handshakes send one TLS 1.3 ticket, not the default two: clients built on rustls use
+/// each ticket once, so every data connection must hand out a replacement; one is enough. The
+/// bridge holds it back until its first write (see `data::gate`).
+pub struct SessionTls {
+    pub control: Arc<ServerConfig>,
+    pub data: Arc<ServerConfig>,
+}
+
+pub fn session_config(base: &Arc<ServerConfig>, reuse: ReuseMode) -> Result<SessionTls, TlsError> {
     let mut config = (**base).clone();
     match reuse {
         ReuseMode::Off => {
@@ -159,7 +170,12 @@ pub fn session_config(
             config.ticketer = aws_lc_rs::Ticketer::new()?;
         }
     }
-    Ok(Arc::new(config))
+    let mut data = config.clone();
+    data.send_tls13_tickets = data.send_tls13_tickets.min(1);
+    Ok(SessionTls {
+        control: Arc::new(config),
+        data: Arc::new(data),
+    })
 }
 
 #[cfg(test)]

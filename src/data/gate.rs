@@ -1,0 +1,137 @@
+//! Holding back TLS 1.3 session tickets on client data connections until the gateway writes.
+//!
+//! Why. A TLS 1.3 server sends NewSessionTicket records right after the handshake. Clients that
+//! use each ticket once (rustls) need a fresh one from every data connection, so tickets must be
+//! sent. But an *uploading* client never reads its data connection: the ticket stays unread in
+//! its socket, and a socket closed with unread data sends RST instead of FIN, which throws away
+//! whatever the client's kernel had not yet sent — the end of the upload (curl does this; seen
+//! here as 1 upload in 30 failing under load). Holding the ticket until the gateway's first
+//! write fixes both: a download carries it ahead of the data, an upload gets it with the
+//! gateway's close_notify, after the client has sent everything.
+//!
+//! How. rustls calls the ticketer's `encrypt` exactly when it makes a ticket, before the records
+//! are written, so [`SignalOnTicket`] arms the [`TicketGate`] under the TLS stream, which then
+//! keeps application-data records (content type 23, what TLS 1.3 tickets are) instead of writing
+//! them, until [`TicketGate::release`] — called once the handshake is over — and the next write.
+//! TLS 1.2 tickets travel inside the handshake as type 22 records and are never held.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use rustls::server::ProducesTickets;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+const APPLICATION_DATA: u8 = 23;
+
+/// A session's ticketer, reporting each ticket it makes to one data connection's gate.
+#[derive(Debug)]
+pub struct SignalOnTicket {
+    pub inner: Arc<dyn ProducesTickets>,
+    pub armed: Arc<AtomicBool>,
+}
+
+impl ProducesTickets for SignalOnTicket {
+    fn enabled(&self) -> bool {
+        self.inner.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.inner.lifetime()
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        self.armed.store(true, Ordering::Release);
+        self.inner.encrypt(plain)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        self.inner.decrypt(cipher)
+    }
+}
+
+/// The TCP stream under a client data connection's TLS.
+pub struct TicketGate {
+    tcp: TcpStream,
+    armed: Arc<AtomicBool>,
+    /// True during the handshake: armed writes are held. False after [`Self::release`].
+    holding: bool,
+    held: Vec<u8>,
+    sent: usize,
+}
+
+impl TicketGate {
+    pub fn new(tcp: TcpStream, armed: Arc<AtomicBool>) -> Self {
+        Self {
+            tcp,
+            armed,
+            holding: true,
+            held: Vec::new(),
+            sent: 0,
+        }
+    }
+
+    /// The handshake is over: held records go out ahead of the next write.
+    pub fn release(&mut self) {
+        self.holding = false;
+    }
+
+    fn poll_send_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.held.len() {
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.held[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.held = Vec::new();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for TicketGate {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TicketGate {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.holding
+            && this.armed.load(Ordering::Acquire)
+            && buf.first() == Some(&APPLICATION_DATA)
+        {
+            this.held.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        ready!(this.poll_send_held(cx))?;
+        Pin::new(&mut this.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.holding {
+            ready!(this.poll_send_held(cx))?;
+        }
+        Pin::new(&mut this.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_held(cx))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}

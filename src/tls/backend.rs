@@ -1,0 +1,224 @@
+//! TLS toward FTPS backends: verification, client certificates, and the per-FTP-session client
+//! config whose session store makes the backend's data connections resume *this* session's
+//! control connection, as vsftpd's `require_ssl_reuse` and ProFTPD's mod_tls demand.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{Resumption, WebPkiServerVerifier};
+use rustls::crypto::{aws_lc_rs, verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use sha2::{Digest, Sha256};
+use tokio_rustls::TlsConnector;
+
+use super::{load_identity, TlsError};
+use crate::config::{
+    parse_fingerprint, split_host_port, BackendSettings, BackendTlsMode, DataProtection, TlsVersion,
+};
+
+/// How the gateway reaches a TLS backend. Built once at start.
+#[derive(Debug)]
+pub struct BackendTls {
+    pub implicit: bool,
+    pub protect_data: bool,
+    pub server_name: ServerName<'static>,
+    base: Arc<ClientConfig>,
+}
+
+/// One FTP session's TLS toward the backend: its control connection and all its data
+/// connections share this connector, and so its session store.
+#[derive(Clone)]
+pub struct BackendSession {
+    pub implicit: bool,
+    pub connector: TlsConnector,
+    pub server_name: ServerName<'static>,
+    pub protect_data: bool,
+}
+
+impl BackendTls {
+    /// `None` when the backend speaks plain FTP.
+    pub fn from_settings(b: &BackendSettings) -> Result<Option<BackendTls>, TlsError> {
+        let implicit = match b.tls {
+            BackendTlsMode::None => return Ok(None),
+            BackendTlsMode::Explicit => false,
+            BackendTlsMode::Implicit => true,
+        };
+        let provider = Arc::new(aws_lc_rs::default_provider());
+        let versions: &[&rustls::SupportedProtocolVersion] = match b.max_tls_version {
+            TlsVersion::V1_3 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+            TlsVersion::V1_2 => &[&rustls::version::TLS12],
+        };
+        let verifier = verifier(b, &provider)?;
+        let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(versions)?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let config = match (&b.client_cert, &b.client_key) {
+            (Some(cert), Some(key)) => {
+                let id = load_identity(cert, key)?;
+                builder.with_client_auth_cert(id.chain, id.key)?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        let name = match &b.server_name {
+            Some(n) => n.clone(),
+            None => split_host_port(&b.address)
+                .map_err(TlsError::Config)?
+                .0
+                .to_string(),
+        };
+        let server_name = ServerName::try_from(name.clone())
+            .map_err(|_| TlsError::Config(format!("`{name}` is not a valid server name")))?;
+        Ok(Some(BackendTls {
+            implicit,
+            protect_data: b.data_protection == DataProtection::Private,
+            server_name,
+            base: Arc::new(config),
+        }))
+    }
+
+    /// A config for one FTP session: the shared verifier and client certificate, but its own
+    /// session store. Resumption across FTP sessions would not satisfy a strict backend anyway
+    /// (it wants *this* control connection's session), and must not leak between users.
+    pub fn session(&self) -> BackendSession {
+        let mut config = (*self.base).clone();
+        config.resumption = Resumption::in_memory_sessions(32);
+        BackendSession {
+            implicit: self.implicit,
+            connector: TlsConnector::from(Arc::new(config)),
+            server_name: self.server_name.clone(),
+            protect_data: self.protect_data,
+        }
+    }
+}
+
+fn verifier(
+    b: &BackendSettings,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+    if b.insecure_skip_verify {
+        return Ok(Arc::new(Accept {
+            pin: None,
+            provider: Arc::clone(provider),
+        }));
+    }
+    if let Some(pin) = &b.pin_sha256 {
+        let pin = parse_fingerprint(pin).map_err(TlsError::Config)?;
+        return Ok(Arc::new(Accept {
+            pin: Some(pin),
+            provider: Arc::clone(provider),
+        }));
+    }
+    let mut roots = RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        // A broken system certificate is skipped, as every TLS client does.
+        let _ = roots.add(cert);
+    }
+    if let Some(ca) = &b.ca {
+        add_bundle(&mut roots, ca)?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Config(
+            "no trusted roots for the backend: set backend.ca, backend.pin_sha256 or install system CA certificates".into(),
+        ));
+    }
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
+        .build()
+        .map_err(|e| TlsError::Config(format!("backend verifier: {e}")))
+        .map(|v| v as Arc<dyn ServerCertVerifier>)
+}
+
+fn add_bundle(roots: &mut RootCertStore, ca: &Path) -> Result<(), TlsError> {
+    let file_err = |why: String| TlsError::File {
+        file: ca.into(),
+        why,
+    };
+    let mut added = 0;
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| file_err(e.to_string()))? {
+        let cert = cert.map_err(|e| file_err(e.to_string()))?;
+        roots.add(cert).map_err(|e| file_err(e.to_string()))?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(file_err("no CERTIFICATE block found".into()));
+    }
+    Ok(())
+}
+
+/// Accepts the backend's certificate by its pinned SHA-256, or (with no pin, only through
+/// `insecure_skip_verify`) any certificate. Handshake signatures are still checked, so the peer
+/// must hold the certificate's key.
+#[derive(Debug)]
+struct Accept {
+    pin: Option<[u8; 32]>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Accept {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.pin {
+            Some(pin) if Sha256::digest(end_entity.as_ref()).as_slice() != pin => {
+                Err(rustls::Error::General(
+                    "backend certificate does not match the pinned SHA-256".into(),
+                ))
+            }
+            _ => Ok(ServerCertVerified::assertion()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The SHA-256 fingerprint of a PEM certificate file, as `backend.pin_sha256` wants it.
+pub fn fingerprint(cert: &Path) -> Result<String, TlsError> {
+    let der = CertificateDer::from_pem_file(cert).map_err(|e| TlsError::File {
+        file: cert.into(),
+        why: e.to_string(),
+    })?;
+    Ok(Sha256::digest(der.as_ref())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
