@@ -281,3 +281,114 @@ fn epsv_and_pasv_work_in_front_of_a_pasv_only_backend_that_lies_about_its_addres
         );
     }
 }
+
+// --- FTPS backends: the gateway re-encrypts toward vsftpd, which requires its data connections
+// to resume the control connection's TLS session (require_ssl_reuse=YES).
+
+fn tls_backend_matrix(mode: VsTls) {
+    let Some(vs) = Vsftpd::start_with(mode) else {
+        return;
+    };
+    let cert = vs.cert.clone();
+    let gw = TestGateway::start(vs.backend(), move |s| {
+        s.backend.tls = match mode {
+            VsTls::Implicit => ftpsgate::config::BackendTlsMode::Implicit,
+            _ => ftpsgate::config::BackendTlsMode::Explicit,
+        };
+        s.backend.ca = cert;
+    });
+    let sizes = [MIB, 64 * MIB];
+    if have("curl") {
+        curl_round_trips(&gw, &sizes, "epsv", |n, s| vs.put(n, s));
+        curl_round_trips(&gw, &sizes, "pasv", |n, s| vs.put(n, s));
+    }
+    if have("lftp") {
+        lftp_round_trips(&gw, &vs.root, |n, s| vs.put(n, s));
+    }
+    py_scenario(&gw, "roundtrip", &["--sizes", "1048576,67108864"]);
+}
+
+#[test]
+fn explicit_tls_backend_vsftpd_require_ssl_reuse_all_clients() {
+    tls_backend_matrix(VsTls::Explicit);
+}
+
+#[test]
+fn implicit_tls_backend_vsftpd_require_ssl_reuse_all_clients() {
+    tls_backend_matrix(VsTls::Implicit);
+}
+
+#[test]
+fn tls12_capped_backend_vsftpd() {
+    let Some(vs) = Vsftpd::start_with(VsTls::Explicit) else {
+        return;
+    };
+    let cert = vs.cert.clone();
+    let gw = TestGateway::start(vs.backend(), move |s| {
+        s.backend.tls = ftpsgate::config::BackendTlsMode::Explicit;
+        s.backend.ca = cert;
+        s.backend.max_tls_version = ftpsgate::config::TlsVersion::V1_2;
+    });
+    py_scenario(&gw, "roundtrip", &["--sizes", "0,1,1048576"]);
+    py_scenario(&gw, "uploads", &["--count", "5", "--size", "1048576"]);
+}
+
+#[test]
+fn twenty_sequential_10mib_uploads_over_tls13_to_vsftpd_arrive_whole() {
+    let Some(vs) = Vsftpd::start_with(VsTls::Explicit) else {
+        return;
+    };
+    let cert = vs.cert.clone();
+    let gw = TestGateway::start(vs.backend(), move |s| {
+        s.backend.tls = ftpsgate::config::BackendTlsMode::Explicit;
+        s.backend.ca = cert;
+    });
+    py_scenario(&gw, "uploads", &["--count", "20", "--size", "10485760"]);
+}
+
+#[test]
+fn client_prot_c_with_tls_backend_when_clear_data_is_allowed() {
+    let Some(vs) = Vsftpd::start_with(VsTls::Explicit) else {
+        return;
+    };
+    let cert = vs.cert.clone();
+    let gw = TestGateway::start(vs.backend(), move |s| {
+        s.backend.tls = ftpsgate::config::BackendTlsMode::Explicit;
+        s.backend.ca = cert;
+        s.tls.allow_clear_data = true;
+    });
+    py_scenario(&gw, "clear-data", &[]);
+}
+
+#[test]
+fn backend_certificate_is_verified_pinned_or_explicitly_skipped() {
+    use ftpsgate::config::BackendTlsMode;
+    let Some(vs) = Vsftpd::start_with(VsTls::Explicit) else {
+        return;
+    };
+    // Not trusted: the gateway refuses to talk to it and the client gets 421.
+    let gw = TestGateway::start(vs.backend(), |s| s.backend.tls = BackendTlsMode::Explicit);
+    py_scenario(&gw, "backend-down", &[]);
+    drop(gw);
+    // Pinned by fingerprint.
+    let pin = ftpsgate::tls::backend::fingerprint(vs.cert.as_deref().expect("cert")).expect("pin");
+    let gw = TestGateway::start(vs.backend(), move |s| {
+        s.backend.tls = BackendTlsMode::Explicit;
+        s.backend.pin_sha256 = Some(pin);
+    });
+    py_scenario(&gw, "roundtrip", &["--sizes", "1000"]);
+    drop(gw);
+    // A wrong pin is refused.
+    let gw = TestGateway::start(vs.backend(), |s| {
+        s.backend.tls = BackendTlsMode::Explicit;
+        s.backend.pin_sha256 = Some("00".repeat(32));
+    });
+    py_scenario(&gw, "backend-down", &[]);
+    drop(gw);
+    // Verification skipped on purpose.
+    let gw = TestGateway::start(vs.backend(), |s| {
+        s.backend.tls = BackendTlsMode::Explicit;
+        s.backend.insecure_skip_verify = true;
+    });
+    py_scenario(&gw, "roundtrip", &["--sizes", "1000"]);
+}

@@ -81,3 +81,9 @@ fn backend_dropping_the_connection_gets_421() {
     });
     py_scenario(&gw, "backend-drops", &[]);
 }
+
+#[test]
+fn data_connection_offering_another_sessions_tls_session_is_refused() {
+    let gw = TestGateway::start(BackendKind::Unftp, |_| {});
+    py_scenario(&gw, "cross-session", &[]);
+}

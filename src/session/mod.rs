@@ -84,7 +84,6 @@ struct Session {
     backend: Backend,
     /// This session's own TLS configs, for its control and data handshakes.
     tls: tls::SessionTls,
-    pbsz: bool,
     prot: Protection,
     epsv_all: bool,
     user: Option<String>,
@@ -154,7 +153,6 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, mode: Mode) {
         backend,
         tls: session_tls,
         // Implicit FTPS: the data channel is protected from the start (DESIGN §2).
-        pbsz: implicit,
         prot: if implicit {
             Protection::Private
         } else {
@@ -383,7 +381,6 @@ impl Session {
             return Ok(Flow::Close);
         }
         if implies_prot_p {
-            self.pbsz = true;
             self.prot = Protection::Private;
         }
         Ok(Flow::Continue)
@@ -396,14 +393,15 @@ impl Session {
         if cmd.arg_text().parse::<u32>().is_err() {
             return self.reply(501, "PBSZ takes a number.").await;
         }
-        self.pbsz = true;
         // RFC 4217 §8: TLS needs no protection buffer; the answer is always 0.
         self.reply(200, "PBSZ=0").await
     }
 
     async fn prot(&mut self, cmd: &Command) -> std::io::Result<()> {
-        if !self.client.is_tls() || !self.pbsz {
-            return self.reply(503, "PROT needs AUTH TLS and PBSZ first.").await;
+        // RFC 2228 puts PBSZ before PROT; like vsftpd, the gateway does not insist (Python's
+        // ftplib sends `PROT C` alone), since TLS has no protection buffer to size anyway.
+        if !self.client.is_tls() {
+            return self.reply(503, "PROT needs AUTH TLS first.").await;
         }
         match cmd.arg_text().to_ascii_uppercase().as_str() {
             "P" => {

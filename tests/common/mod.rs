@@ -243,10 +243,22 @@ fn wait_for_port(addr: SocketAddr, limit: Duration) -> bool {
     false
 }
 
+/// How vsftpd speaks to the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VsTls {
+    None,
+    /// `AUTH TLS`, with `require_ssl_reuse=YES` and TLS forced for logins and data.
+    Explicit,
+    /// `implicit_ssl=YES`, same rules.
+    Implicit,
+}
+
 /// vsftpd from Debian, on a free loopback port, serving a fresh directory as a local user.
 pub struct Vsftpd {
     pub addr: SocketAddr,
     pub root: PathBuf,
+    /// vsftpd's certificate, when it speaks TLS.
+    pub cert: Option<PathBuf>,
     child: Child,
     _dir: TempDir,
 }
@@ -254,6 +266,10 @@ pub struct Vsftpd {
 impl Vsftpd {
     /// `None` (skip) on a laptop without vsftpd or root; a panic in CI.
     pub fn start() -> Option<Vsftpd> {
+        Self::start_with(VsTls::None)
+    }
+
+    pub fn start_with(tls: VsTls) -> Option<Vsftpd> {
         if !Path::new("/usr/sbin/vsftpd").exists() {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!("vsftpd is required in CI (.ci/run installs it)");
@@ -271,6 +287,25 @@ impl Vsftpd {
         run_ok(Command::new("chown").arg(USER).arg(&root));
         std::fs::create_dir_all("/var/run/vsftpd/empty").expect("secure_chroot_dir");
         let port = free_port();
+        let mut cert_path = None;
+        let ssl = match tls {
+            VsTls::None => "ssl_enable=NO\n".to_string(),
+            VsTls::Explicit | VsTls::Implicit => {
+                let pair = ftpsgate::tls::self_signed(&["localhost".into(), "127.0.0.1".into()])
+                    .expect("certificate");
+                let (cert, key) = pair.write_to(&dir.path().join("tls")).expect("write cert");
+                let conf = format!(
+                    "ssl_enable=YES\nrsa_cert_file={}\nrsa_private_key_file={}\n\
+                     ssl_ciphers=HIGH\nrequire_ssl_reuse=YES\nforce_local_logins_ssl=YES\n\
+                     force_local_data_ssl=YES\nimplicit_ssl={}\n",
+                    cert.display(),
+                    key.display(),
+                    if tls == VsTls::Implicit { "YES" } else { "NO" }
+                );
+                cert_path = Some(cert);
+                conf
+            }
+        };
         let conf = dir.path().join("vsftpd.conf");
         let mut f = std::fs::File::create(&conf).expect("conf");
         write!(
@@ -280,7 +315,7 @@ impl Vsftpd {
              local_root={root}\npasv_enable=YES\npasv_min_port=20000\npasv_max_port=29999\n\
              seccomp_sandbox=NO\nsecure_chroot_dir=/var/run/vsftpd/empty\n\
              pam_service_name=vsftpd\nuserlist_enable=NO\nxferlog_enable=NO\n\
-             vsftpd_log_file={log}\nssl_enable=NO\nmax_per_ip=0\nmax_clients=0\n",
+             vsftpd_log_file={log}\nmax_per_ip=0\nmax_clients=0\n{ssl}",
             root = root.display(),
             log = dir.path().join("vsftpd.log").display(),
         )
@@ -299,6 +334,7 @@ impl Vsftpd {
         Some(Vsftpd {
             addr,
             root,
+            cert: cert_path,
             child,
             _dir: dir,
         })
@@ -306,6 +342,17 @@ impl Vsftpd {
 
     pub fn backend(&self) -> BackendKind {
         BackendKind::At(self.addr, self.root.clone())
+    }
+
+    /// Gateway settings for this vsftpd's TLS: the mode, and its certificate as the CA.
+    pub fn tls_settings(&self, settings: &mut Settings, mode: VsTls) {
+        use ftpsgate::config::BackendTlsMode;
+        settings.backend.tls = match mode {
+            VsTls::None => BackendTlsMode::None,
+            VsTls::Explicit => BackendTlsMode::Explicit,
+            VsTls::Implicit => BackendTlsMode::Implicit,
+        };
+        settings.backend.ca = self.cert.clone();
     }
 
     /// Puts a fixture where the FTP user can read and replace it.

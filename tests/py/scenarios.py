@@ -63,8 +63,8 @@ def context(args):
     return ctx
 
 
-def login(args, cls=ReusingFTP_TLS, prot_p=True):
-    ftp = cls(context=context(args), timeout=30)
+def login(args, cls=ReusingFTP_TLS, prot_p=True, ctx=None):
+    ftp = cls(context=ctx or context(args), timeout=30)
     if cls is ImplicitFTP_TLS:
         ftp.connect("127.0.0.1", args.implicit_port)
         ftp.login(args.user, args.password, secure=False)
@@ -445,6 +445,68 @@ def s_backend_drops(args):
     print("backend drops ok")
 
 
+def s_cross_session(args):
+    """A data connection that offers the TLS session of *another* FTP session through the same
+    gateway is refused with 522, promptly: the binding is per session, not per gateway."""
+    ctx = context(args)
+    a = login(args, ctx=ctx)
+    a.retrlines("LIST", lambda _l: None)  # a's session is known-good
+    b = login(args, ctx=ctx)
+    host, port = ftplib.parse227(b.sendcmd("PASV"))
+    raw = socket.create_connection((host, port), timeout=10)
+    b.putcmd("LIST")
+    check(b.getresp().startswith("1"), "LIST preliminary reply")
+    start = time.monotonic()
+    reused = None
+    try:
+        conn = ctx.wrap_socket(raw, server_hostname=b.host, session=a.sock.session)
+        reused = conn.session_reused
+        conn.recv(100)
+        conn.close()
+    except (ssl.SSLError, OSError):
+        pass
+    reply = None
+    try:
+        b.voidresp()
+    except ftplib.error_perm as e:
+        reply = str(e)
+    elapsed = time.monotonic() - start
+    check(reused is not True, "another session's TLS session was resumed")
+    check(reply is not None and reply.startswith("522"), f"expected 522, got {reply!r}")
+    check(elapsed < 10, f"refusal took {elapsed:.1f}s")
+    # Both sessions carry on.
+    b.retrlines("LIST", lambda _l: None)
+    a.retrlines("LIST", lambda _l: None)
+    a.quit()
+    b.quit()
+    print(f"cross-session data connection refused with {reply!r} in {elapsed:.2f}s")
+
+
+def s_uploads(args):
+    """Sequential uploads in one session, each checked on the backend's disk."""
+    ftp = login(args)
+    for i in range(args.count):
+        data = pattern(args.size)
+        name = f"seq-{i}.bin"
+        ftp.storbinary(f"STOR {name}", io.BytesIO(data), blocksize=1 << 20)
+        with open(os.path.join(args.root, name), "rb") as f:
+            stored = f.read()
+        check(sha(stored) == sha(data), f"{name}: stored {len(stored)} of {len(data)} bytes")
+    ftp.quit()
+    print(f"{args.count} uploads of {args.size} bytes arrived whole")
+
+
+def s_clear_data(args):
+    """PROT C toward the client (allowed by config) while the backend side stays as configured."""
+    ftp = login(args, prot_p=False)
+    ftp.prot_c()
+    data = pattern(300_000)
+    ftp.storbinary("STOR clear.bin", io.BytesIO(data))
+    check(sha(download(ftp, "clear.bin")) == sha(data), "PROT C: hash mismatch")
+    ftp.quit()
+    print("clear data ok")
+
+
 SCENARIOS = {name[2:].replace("_", "-"): fn for name, fn in globals().items() if name.startswith("s_")}
 
 
@@ -459,6 +521,8 @@ def main():
     p.add_argument("--root", required=True)
     p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 1 << 20])
     p.add_argument("--mlsd", action="store_true")
+    p.add_argument("--count", type=int, default=20)
+    p.add_argument("--size", type=int, default=10 << 20)
     p.add_argument("--expect-feat", action="append", default=[])
     args = p.parse_args()
     SCENARIOS[args.scenario](args)
