@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
+use ftpsgate::config::TlsVersion;
 
 fn curl(gw: &TestGateway, args: &[&str]) {
     run_ok(
@@ -82,7 +83,9 @@ fn curl_vsftpd_explicit_epsv_pasv_and_implicit_all_sizes() {
     if !have("curl") {
         return;
     }
-    let Some(vs) = Vsftpd::start() else { return };
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
     let gw = TestGateway::start(vs.backend(), |_| {});
     curl_round_trips(&gw, &[0, 1, MIB, 64 * MIB], "epsv", |n, s| vs.put(n, s));
     curl_round_trips(&gw, SIZES, "pasv", |n, s| vs.put(n, s));
@@ -161,7 +164,9 @@ fn lftp_vsftpd_pasv_epsv_implicit_all_sizes() {
     if !have("lftp") {
         return;
     }
-    let Some(vs) = Vsftpd::start() else { return };
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
     let gw = TestGateway::start(vs.backend(), |_| {});
     lftp_round_trips(&gw, &vs.root, |n, s| vs.put(n, s));
 }
@@ -178,7 +183,9 @@ fn lftp_libunftp_pasv_epsv_implicit_all_sizes() {
 
 #[test]
 fn ftplib_vsftpd_round_trips_all_sizes_pasv_and_epsv() {
-    let Some(vs) = Vsftpd::start() else { return };
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
     let gw = TestGateway::start(vs.backend(), |_| {});
     py_scenario(&gw, "roundtrip", &["--sizes", "0,1,1048576,67108864"]);
 }
@@ -241,7 +248,9 @@ fn suppaftp_libunftp_round_trips() {
 
 #[test]
 fn suppaftp_vsftpd_round_trips() {
-    let Some(vs) = Vsftpd::start() else { return };
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
     let gw = TestGateway::start(vs.backend(), |_| {});
     suppaftp_round_trips(&gw, &[0, 1, MIB]);
 }
@@ -285,49 +294,107 @@ fn epsv_and_pasv_work_in_front_of_a_pasv_only_backend_that_lies_about_its_addres
 // --- FTPS backends: the gateway re-encrypts toward vsftpd, which requires its data connections
 // to resume the control connection's TLS session (require_ssl_reuse=YES).
 
-fn tls_backend_matrix(mode: VsTls) {
-    let Some(vs) = Vsftpd::start_with(mode) else {
-        return;
-    };
-    let cert = vs.cert.clone();
-    let gw = TestGateway::start(vs.backend(), move |s| {
-        s.backend.tls = match mode {
-            VsTls::Implicit => ftpsgate::config::BackendTlsMode::Implicit,
-            _ => ftpsgate::config::BackendTlsMode::Explicit,
-        };
-        s.backend.ca = cert;
+fn tls_backend_matrix(server: Option<FtpServer>, mode: VsTls, version: TlsVersion) {
+    let Some(ftpd) = server else { return };
+    let tls = ftpd.gateway_tls(mode);
+    let gw = TestGateway::start(ftpd.backend(), move |s| {
+        tls(s);
+        s.backend.max_tls_version = version;
     });
     let sizes = [MIB, 64 * MIB];
     if have("curl") {
-        curl_round_trips(&gw, &sizes, "epsv", |n, s| vs.put(n, s));
-        curl_round_trips(&gw, &sizes, "pasv", |n, s| vs.put(n, s));
+        curl_round_trips(&gw, &sizes, "epsv", |n, s| ftpd.put(n, s));
+        curl_round_trips(&gw, &sizes, "pasv", |n, s| ftpd.put(n, s));
     }
     if have("lftp") {
-        lftp_round_trips(&gw, &vs.root, |n, s| vs.put(n, s));
+        lftp_round_trips(&gw, &ftpd.root, |n, s| ftpd.put(n, s));
     }
     py_scenario(&gw, "roundtrip", &["--sizes", "1048576,67108864"]);
 }
 
 #[test]
 fn explicit_tls_backend_vsftpd_require_ssl_reuse_all_clients() {
-    tls_backend_matrix(VsTls::Explicit);
+    tls_backend_matrix(
+        FtpServer::vsftpd(VsTls::Explicit),
+        VsTls::Explicit,
+        TlsVersion::V1_3,
+    );
 }
 
 #[test]
 fn implicit_tls_backend_vsftpd_require_ssl_reuse_all_clients() {
-    tls_backend_matrix(VsTls::Implicit);
+    tls_backend_matrix(
+        FtpServer::vsftpd(VsTls::Implicit),
+        VsTls::Implicit,
+        TlsVersion::V1_3,
+    );
+}
+
+// ProFTPD issues TLS 1.3 tickets on the control connection only (two), and rustls uses each
+// ticket once, so a TLS 1.3 session to ProFTPD gets two resumed data connections: the backend
+// TLS 1.2 cap is the setting for it (TLS 1.2 sessions are reused). Both are shown here.
+
+#[test]
+fn explicit_tls_backend_proftpd_mod_tls_all_clients() {
+    tls_backend_matrix(
+        FtpServer::proftpd(VsTls::Explicit),
+        VsTls::Explicit,
+        TlsVersion::V1_2,
+    );
+}
+
+#[test]
+fn implicit_tls_backend_proftpd_mod_tls_all_clients() {
+    tls_backend_matrix(
+        FtpServer::proftpd(VsTls::Implicit),
+        VsTls::Implicit,
+        TlsVersion::V1_2,
+    );
+}
+
+#[test]
+fn tls13_backend_proftpd_two_transfers_per_session() {
+    let Some(ftpd) = FtpServer::proftpd(VsTls::Explicit) else {
+        return;
+    };
+    let gw = TestGateway::start(ftpd.backend(), ftpd.gateway_tls(VsTls::Explicit));
+    if have("curl") {
+        curl_round_trips(&gw, &[MIB, 64 * MIB], "epsv", |n, s| ftpd.put(n, s));
+    }
+    py_scenario(&gw, "uploads", &["--count", "2", "--size", "10485760"]);
+}
+
+#[test]
+fn plain_proftpd_backend_with_ftplib() {
+    let Some(ftpd) = FtpServer::proftpd(VsTls::None) else {
+        return;
+    };
+    let gw = TestGateway::start(ftpd.backend(), |_| {});
+    py_scenario(&gw, "roundtrip", &["--sizes", "0,1,1048576"]);
+}
+
+#[test]
+fn twenty_sequential_10mib_uploads_over_tls12_to_proftpd_arrive_whole() {
+    let Some(ftpd) = FtpServer::proftpd(VsTls::Explicit) else {
+        return;
+    };
+    let tls = ftpd.gateway_tls(VsTls::Explicit);
+    let gw = TestGateway::start(ftpd.backend(), move |s| {
+        tls(s);
+        s.backend.max_tls_version = TlsVersion::V1_2;
+    });
+    py_scenario(&gw, "uploads", &["--count", "20", "--size", "10485760"]);
 }
 
 #[test]
 fn tls12_capped_backend_vsftpd() {
-    let Some(vs) = Vsftpd::start_with(VsTls::Explicit) else {
+    let Some(vs) = FtpServer::vsftpd(VsTls::Explicit) else {
         return;
     };
-    let cert = vs.cert.clone();
+    let tls = vs.gateway_tls(VsTls::Explicit);
     let gw = TestGateway::start(vs.backend(), move |s| {
-        s.backend.tls = ftpsgate::config::BackendTlsMode::Explicit;
-        s.backend.ca = cert;
-        s.backend.max_tls_version = ftpsgate::config::TlsVersion::V1_2;
+        tls(s);
+        s.backend.max_tls_version = TlsVersion::V1_2;
     });
     py_scenario(&gw, "roundtrip", &["--sizes", "0,1,1048576"]);
     py_scenario(&gw, "uploads", &["--count", "5", "--size", "1048576"]);
@@ -335,26 +402,21 @@ fn tls12_capped_backend_vsftpd() {
 
 #[test]
 fn twenty_sequential_10mib_uploads_over_tls13_to_vsftpd_arrive_whole() {
-    let Some(vs) = Vsftpd::start_with(VsTls::Explicit) else {
+    let Some(vs) = FtpServer::vsftpd(VsTls::Explicit) else {
         return;
     };
-    let cert = vs.cert.clone();
-    let gw = TestGateway::start(vs.backend(), move |s| {
-        s.backend.tls = ftpsgate::config::BackendTlsMode::Explicit;
-        s.backend.ca = cert;
-    });
+    let gw = TestGateway::start(vs.backend(), vs.gateway_tls(VsTls::Explicit));
     py_scenario(&gw, "uploads", &["--count", "20", "--size", "10485760"]);
 }
 
 #[test]
 fn client_prot_c_with_tls_backend_when_clear_data_is_allowed() {
-    let Some(vs) = Vsftpd::start_with(VsTls::Explicit) else {
+    let Some(vs) = FtpServer::vsftpd(VsTls::Explicit) else {
         return;
     };
-    let cert = vs.cert.clone();
+    let tls = vs.gateway_tls(VsTls::Explicit);
     let gw = TestGateway::start(vs.backend(), move |s| {
-        s.backend.tls = ftpsgate::config::BackendTlsMode::Explicit;
-        s.backend.ca = cert;
+        tls(s);
         s.tls.allow_clear_data = true;
     });
     py_scenario(&gw, "clear-data", &[]);
@@ -363,7 +425,7 @@ fn client_prot_c_with_tls_backend_when_clear_data_is_allowed() {
 #[test]
 fn backend_certificate_is_verified_pinned_or_explicitly_skipped() {
     use ftpsgate::config::BackendTlsMode;
-    let Some(vs) = Vsftpd::start_with(VsTls::Explicit) else {
+    let Some(vs) = FtpServer::vsftpd(VsTls::Explicit) else {
         return;
     };
     // Not trusted: the gateway refuses to talk to it and the client gets 421.

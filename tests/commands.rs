@@ -9,7 +9,9 @@ use common::*;
 fn rest_resumes_a_download_at_the_offset() {
     let gw = TestGateway::start(BackendKind::Unftp, |_| {});
     py_scenario(&gw, "rest", &[]);
-    let Some(vs) = Vsftpd::start() else { return };
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
     let gw = TestGateway::start(vs.backend(), |_| {});
     py_scenario(&gw, "rest", &[]);
 }
@@ -18,7 +20,9 @@ fn rest_resumes_a_download_at_the_offset() {
 fn appe_appends_and_stou_stores_uniquely() {
     let gw = TestGateway::start(BackendKind::Unftp, |_| {});
     py_scenario(&gw, "appe", &[]);
-    let Some(vs) = Vsftpd::start() else { return };
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
     let gw = TestGateway::start(vs.backend(), |_| {});
     py_scenario(&gw, "appe", &[]);
     py_scenario(&gw, "stou", &[]);
@@ -29,14 +33,18 @@ fn list_nlst_and_mlsd_listings_arrive() {
     let gw = TestGateway::start(BackendKind::Unftp, |_| {});
     py_scenario(&gw, "listings", &["--mlsd"]);
     // vsftpd 3.0.3 has no MLSD.
-    let Some(vs) = Vsftpd::start() else { return };
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
     let gw = TestGateway::start(vs.backend(), |_| {});
     py_scenario(&gw, "listings", &[]);
 }
 
 #[test]
 fn abor_during_download_then_another_transfer() {
-    let Some(vs) = Vsftpd::start() else { return };
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
     let gw = TestGateway::start(vs.backend(), |_| {});
     py_scenario(&gw, "abort", &[]);
     let gw = TestGateway::start(BackendKind::Unftp, |_| {});
@@ -45,7 +53,9 @@ fn abor_during_download_then_another_transfer() {
 
 #[test]
 fn feat_lists_gateway_tls_features_and_backend_features() {
-    let Some(vs) = Vsftpd::start() else { return };
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
     let gw = TestGateway::start(vs.backend(), |_| {});
     py_scenario(
         &gw,

@@ -18,7 +18,9 @@ fn malformed_lines_user_before_tls_and_unsupported_commands_are_refused() {
 
 #[test]
 fn data_connection_without_session_reuse_is_refused_with_522() {
-    let Some(vs) = Vsftpd::start() else { return };
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
     let gw = TestGateway::start(vs.backend(), |_| {});
     py_scenario(&gw, "no-reuse-refused", &[]);
 }
@@ -48,7 +50,9 @@ fn exhausted_pool_answers_425_at_once_and_recovers() {
 
 #[test]
 fn client_vanishing_mid_transfer_leaves_the_gateway_serving() {
-    let Some(vs) = Vsftpd::start() else { return };
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
     let gw = TestGateway::start(vs.backend(), |_| {});
     py_scenario(&gw, "client-vanishes", &[]);
 }

@@ -243,7 +243,7 @@ fn wait_for_port(addr: SocketAddr, limit: Duration) -> bool {
     false
 }
 
-/// How vsftpd speaks to the gateway.
+/// How the Debian FTP server speaks to the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VsTls {
     None,
@@ -253,88 +253,144 @@ pub enum VsTls {
     Implicit,
 }
 
-/// vsftpd from Debian, on a free loopback port, serving a fresh directory as a local user.
-pub struct Vsftpd {
+/// A Debian FTP server (vsftpd or ProFTPD) on a free loopback port, serving a fresh directory
+/// as a local user, run by the tests with their own config.
+pub struct FtpServer {
     pub addr: SocketAddr,
     pub root: PathBuf,
-    /// vsftpd's certificate, when it speaks TLS.
+    /// The server's certificate, when it speaks TLS.
     pub cert: Option<PathBuf>,
     child: Child,
     _dir: TempDir,
 }
 
-impl Vsftpd {
-    /// `None` (skip) on a laptop without vsftpd or root; a panic in CI.
-    pub fn start() -> Option<Vsftpd> {
-        Self::start_with(VsTls::None)
-    }
+/// Where .ci/run unpacks ProFTPD (it conflicts with vsftpd as a package, so it is not
+/// installed, only unpacked): `FTPSGATE_PROFTPD_ROOT` or this default.
+const PROFTPD_ROOT: &str = "/opt/ftpsgate-peers/proftpd";
 
-    pub fn start_with(tls: VsTls) -> Option<Vsftpd> {
+fn missing_peer(what: &str) -> Option<FtpServer> {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{what} is required in CI (.ci/run installs it)");
+    }
+    eprintln!("\n!!!!! SKIPPED: {what} is not installed (see .ci/run) !!!!!\n");
+    None
+}
+
+impl FtpServer {
+    /// vsftpd; `None` (skip) on a laptop without it, a panic in CI.
+    pub fn vsftpd(tls: VsTls) -> Option<FtpServer> {
         if !Path::new("/usr/sbin/vsftpd").exists() {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("vsftpd is required in CI (.ci/run installs it)");
-            }
-            eprintln!("\n!!!!! SKIPPED: vsftpd is not installed (apt-get install vsftpd) !!!!!\n");
-            return None;
+            return missing_peer("vsftpd");
         }
-        ensure_test_user();
-        let dir = tempfile::Builder::new()
-            .prefix("ftpsgate-vsftpd-")
-            .tempdir()
-            .expect("tempdir");
-        let root = dir.path().join("root");
-        std::fs::create_dir_all(&root).expect("root");
-        run_ok(Command::new("chown").arg(USER).arg(&root));
-        std::fs::create_dir_all("/var/run/vsftpd/empty").expect("secure_chroot_dir");
-        let port = free_port();
-        let mut cert_path = None;
-        let ssl = match tls {
-            VsTls::None => "ssl_enable=NO\n".to_string(),
-            VsTls::Explicit | VsTls::Implicit => {
-                let pair = ftpsgate::tls::self_signed(&["localhost".into(), "127.0.0.1".into()])
-                    .expect("certificate");
-                let (cert, key) = pair.write_to(&dir.path().join("tls")).expect("write cert");
-                let conf = format!(
+        Self::spawn(tls, |port, root, dir, cert| {
+            let ssl = match cert {
+                None => "ssl_enable=NO\n".to_string(),
+                Some((cert, key)) => format!(
                     "ssl_enable=YES\nrsa_cert_file={}\nrsa_private_key_file={}\n\
                      ssl_ciphers=HIGH\nrequire_ssl_reuse=YES\nforce_local_logins_ssl=YES\n\
                      force_local_data_ssl=YES\nimplicit_ssl={}\n",
                     cert.display(),
                     key.display(),
                     if tls == VsTls::Implicit { "YES" } else { "NO" }
-                );
-                cert_path = Some(cert);
-                conf
+                ),
+            };
+            std::fs::create_dir_all("/var/run/vsftpd/empty").expect("secure_chroot_dir");
+            let conf = format!(
+                "listen=YES\nlisten_ipv6=NO\nbackground=NO\nlisten_address=127.0.0.1\nlisten_port={port}\n\
+                 anonymous_enable=NO\nlocal_enable=YES\nwrite_enable=YES\nlocal_umask=022\n\
+                 local_root={root}\npasv_enable=YES\npasv_min_port=20000\npasv_max_port=29999\n\
+                 seccomp_sandbox=NO\nsecure_chroot_dir=/var/run/vsftpd/empty\n\
+                 pam_service_name=vsftpd\nuserlist_enable=NO\nxferlog_enable=NO\n\
+                 vsftpd_log_file={log}\nmax_per_ip=0\nmax_clients=0\n{ssl}",
+                root = root.display(),
+                log = dir.join("vsftpd.log").display(),
+            );
+            let path = dir.join("vsftpd.conf");
+            std::fs::write(&path, conf).expect("write conf");
+            let mut cmd = Command::new("/usr/sbin/vsftpd");
+            cmd.arg(path);
+            cmd
+        })
+    }
+
+    /// ProFTPD 1.3.8 with mod_tls at its defaults, which include comparing each data
+    /// connection's TLS session with the control connection's.
+    pub fn proftpd(tls: VsTls) -> Option<FtpServer> {
+        let base = std::env::var("FTPSGATE_PROFTPD_ROOT").unwrap_or_else(|_| PROFTPD_ROOT.into());
+        let binary = Path::new(&base).join("usr/sbin/proftpd");
+        if !binary.exists() {
+            return missing_peer("ProFTPD (unpacked under /opt/ftpsgate-peers/proftpd)");
+        }
+        Self::spawn(tls, |port, root, dir, cert| {
+            let tls_conf =
+                match cert {
+                    None => String::new(),
+                    Some((cert, key)) => format!(
+                    "LoadModule mod_tls.c\n<IfModule mod_tls.c>\nTLSEngine on\nTLSRequired on\n\
+                     TLSProtocol TLSv1.2 TLSv1.3\nTLSECCertificateFile {}\n\
+                     TLSECCertificateKeyFile {}\nTLSLog {}\nTLSVerifyClient off\n{}</IfModule>\n",
+                    cert.display(),
+                    key.display(),
+                    dir.join("tls.log").display(),
+                    if tls == VsTls::Implicit { "TLSOptions UseImplicitSSL\n" } else { "" }
+                ),
+                };
+            let conf = format!(
+                "ServerType standalone\nDefaultServer on\nPort {port}\nDefaultAddress 127.0.0.1\n\
+                 SocketBindTight on\nUseIPv6 off\nUser nobody\nGroup nogroup\n\
+                 ModulePath {modules}\nScoreboardFile {dir}/scoreboard\nPidFile {dir}/pid\n\
+                 WtmpLog off\nSystemLog {dir}/system.log\nTransferLog none\nRequireValidShell off\n\
+                 UseReverseDNS off\nAuthOrder mod_auth_unix.c\nDefaultRoot {root}\n\
+                 PassivePorts 45000 49999\nAllowOverwrite on\nMaxInstances 100\n{tls_conf}",
+                modules = Path::new(&base).join("usr/lib/proftpd").display(),
+                dir = dir.display(),
+                root = root.display(),
+            );
+            let path = dir.join("proftpd.conf");
+            std::fs::write(&path, conf).expect("write conf");
+            let mut cmd = Command::new(&binary);
+            cmd.args(["-n", "-q", "-c"]).arg(path);
+            cmd
+        })
+    }
+
+    /// The set-up both servers share: user, root, certificate, port, start, wait.
+    fn spawn(
+        tls: VsTls,
+        command: impl FnOnce(u16, &Path, &Path, Option<(&Path, &Path)>) -> Command,
+    ) -> Option<FtpServer> {
+        ensure_test_user();
+        let dir = tempfile::Builder::new()
+            .prefix("ftpsgate-ftpd-")
+            .tempdir()
+            .expect("tempdir");
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).expect("root");
+        run_ok(Command::new("chown").arg(USER).arg(&root));
+        let pair = match tls {
+            VsTls::None => None,
+            VsTls::Explicit | VsTls::Implicit => {
+                let pair = ftpsgate::tls::self_signed(&["localhost".into(), "127.0.0.1".into()])
+                    .expect("certificate");
+                Some(pair.write_to(&dir.path().join("tls")).expect("write cert"))
             }
         };
-        let conf = dir.path().join("vsftpd.conf");
-        let mut f = std::fs::File::create(&conf).expect("conf");
-        write!(
-            f,
-            "listen=YES\nlisten_ipv6=NO\nbackground=NO\nlisten_address=127.0.0.1\nlisten_port={port}\n\
-             anonymous_enable=NO\nlocal_enable=YES\nwrite_enable=YES\nlocal_umask=022\n\
-             local_root={root}\npasv_enable=YES\npasv_min_port=20000\npasv_max_port=29999\n\
-             seccomp_sandbox=NO\nsecure_chroot_dir=/var/run/vsftpd/empty\n\
-             pam_service_name=vsftpd\nuserlist_enable=NO\nxferlog_enable=NO\n\
-             vsftpd_log_file={log}\nmax_per_ip=0\nmax_clients=0\n{ssl}",
-            root = root.display(),
-            log = dir.path().join("vsftpd.log").display(),
-        )
-        .expect("write conf");
-        let child = Command::new("/usr/sbin/vsftpd")
-            .arg(&conf)
+        let port = free_port();
+        let paths = pair.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+        let child = command(port, &root, dir.path(), paths)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("start vsftpd");
+            .expect("start the FTP server");
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         assert!(
             wait_for_port(addr, Duration::from_secs(10)),
-            "vsftpd did not start"
+            "FTP server did not start"
         );
-        Some(Vsftpd {
+        Some(FtpServer {
             addr,
             root,
-            cert: cert_path,
+            cert: pair.map(|(c, _)| c),
             child,
             _dir: dir,
         })
@@ -344,15 +400,19 @@ impl Vsftpd {
         BackendKind::At(self.addr, self.root.clone())
     }
 
-    /// Gateway settings for this vsftpd's TLS: the mode, and its certificate as the CA.
-    pub fn tls_settings(&self, settings: &mut Settings, mode: VsTls) {
+    /// A settings tweak that points the gateway's backend TLS at this server: the mode, and
+    /// the server's certificate as the CA.
+    pub fn gateway_tls(&self, mode: VsTls) -> impl FnOnce(&mut Settings) + Send + 'static {
         use ftpsgate::config::BackendTlsMode;
-        settings.backend.tls = match mode {
-            VsTls::None => BackendTlsMode::None,
-            VsTls::Explicit => BackendTlsMode::Explicit,
-            VsTls::Implicit => BackendTlsMode::Implicit,
-        };
-        settings.backend.ca = self.cert.clone();
+        let ca = self.cert.clone();
+        move |settings: &mut Settings| {
+            settings.backend.tls = match mode {
+                VsTls::None => BackendTlsMode::None,
+                VsTls::Explicit => BackendTlsMode::Explicit,
+                VsTls::Implicit => BackendTlsMode::Implicit,
+            };
+            settings.backend.ca = ca;
+        }
     }
 
     /// Puts a fixture where the FTP user can read and replace it.
@@ -364,7 +424,7 @@ impl Vsftpd {
     }
 }
 
-impl Drop for Vsftpd {
+impl Drop for FtpServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
