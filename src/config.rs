@@ -35,6 +35,7 @@ pub struct Settings {
     pub listen: ListenSettings,
     pub backend: BackendSettings,
     pub passive: PassiveSettings,
+    pub active: ActiveSettings,
     pub tls: TlsSettings,
     pub timeouts: Timeouts,
     pub limits: Limits,
@@ -83,6 +84,18 @@ pub struct BackendSettings {
     pub max_tls_version: TlsVersion,
     /// Data connections toward a TLS backend: `private` (PROT P) or `clear` (PROT C).
     pub data_protection: DataProtection,
+    /// How data connections to the backend are made: `passive` (the gateway connects to the
+    /// backend's PASV/EPSV port) or `active` (the gateway sends PORT/EPRT and the backend
+    /// connects to it), for backends that only do active mode.
+    pub data_mode: BackendDataMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendDataMode {
+    #[default]
+    Passive,
+    Active,
 }
 
 impl Default for BackendSettings {
@@ -98,6 +111,7 @@ impl Default for BackendSettings {
             client_key: None,
             max_tls_version: TlsVersion::V1_3,
             data_protection: DataProtection::Private,
+            data_mode: BackendDataMode::Passive,
         }
     }
 }
@@ -134,6 +148,24 @@ impl Default for PassiveSettings {
             ports: PortRange(50000..=50099),
         }
     }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActiveSettings {
+    /// Accept PORT and EPRT from clients. Only the client's own address and a port >= 1024
+    /// are accepted (no FTP bounce); toward the backend the gateway still uses passive mode.
+    pub mode: Switch,
+    /// Source ports for the gateway's connections to clients, `LO-HI`. Unset: any free port.
+    pub source_ports: Option<PortRange>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    #[default]
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -17,15 +17,16 @@
 //! client's handshake, or before it.
 
 use std::io;
-use std::net::IpAddr;
-use std::sync::atomic::AtomicBool;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::{HandshakeKind, ProtocolVersion, ServerConfig};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
@@ -44,9 +45,9 @@ const BUF_SIZE: usize = 256 * 1024;
 /// Why a data transfer failed. Each maps to the reply the client gets instead of the backend's.
 #[derive(Debug, Error)]
 pub enum BridgeError {
-    #[error("client did not open the data connection in time")]
+    #[error("the data connection with the client was not up in time")]
     AcceptTimeout,
-    #[error("accepting the data connection: {0}")]
+    #[error("opening the data connection with the client: {0}")]
     Accept(io::Error),
     #[error("TLS handshake on the data connection failed: {0}")]
     Handshake(io::Error),
@@ -88,6 +89,28 @@ impl BridgeError {
     }
 }
 
+/// How the client's end of the data connection comes about.
+pub enum ClientSide {
+    /// PASV/EPSV: the client connects to a leased pool port.
+    Passive { lease: Lease, listener: TcpListener },
+    /// PORT/EPRT: the gateway connects to the client's (already validated) address once the
+    /// transfer command is known, from `source` and, if configured, a port in `ports`.
+    Active {
+        target: SocketAddr,
+        source: IpAddr,
+        ports: Option<RangeInclusive<u16>>,
+    },
+}
+
+/// The backend's end of the data connection.
+pub enum BackendSide {
+    /// Passive toward the backend: already connected to its data port.
+    Connected(TcpStream),
+    /// Active toward the backend: it will connect here, from its control address, once it has
+    /// the transfer command.
+    Listening(TcpListener, IpAddr),
+}
+
 /// What the session tells a bridge when it is created.
 pub struct BridgeParams {
     /// Only this address may connect (the control connection's peer).
@@ -114,7 +137,8 @@ type Outcome = Result<Transferred, BridgeError>;
 
 /// The session's handle on a running bridge. Dropping it cancels the bridge.
 pub struct DataBridge {
-    port: u16,
+    /// Bytes copied so far, for STAT during the transfer.
+    progress: Arc<AtomicU64>,
     start: Option<oneshot::Sender<Direction>>,
     done: oneshot::Receiver<Outcome>,
     /// Never sent on: dropping it is the cancel signal the task watches.
@@ -124,21 +148,25 @@ pub struct DataBridge {
 impl DataBridge {
     /// Starts the bridge task on an already-leased listener and an already-connected backend
     /// data connection.
-    pub fn spawn(
-        lease: Lease,
-        listener: TcpListener,
-        backend: TcpStream,
-        params: BridgeParams,
-    ) -> DataBridge {
-        let port = lease.port();
+    pub fn spawn(client: ClientSide, backend: BackendSide, params: BridgeParams) -> DataBridge {
+        let (lease, client) = match client {
+            ClientSide::Passive { lease, listener } => (Some(lease), Side::Listen(listener)),
+            ClientSide::Active {
+                target,
+                source,
+                ports,
+            } => (None, Side::Connect(target, source, ports)),
+        };
         let (start_tx, start_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
         let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
+        let progress = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&progress);
         tokio::spawn(async move {
             // Both data connections are owned by `run` and closed when it returns or is
             // cancelled; the backend's resets (see `Backend::connect_data`).
             let outcome = tokio::select! {
-                r = run(listener, backend, &params, start_rx) => r,
+                r = run(client, backend, &params, start_rx, &counter) => r,
                 _ = cancel_rx => Err(BridgeError::Cancelled),
             };
             // Free the port before the session can relay 226: a client may PASV again at once.
@@ -146,15 +174,16 @@ impl DataBridge {
             let _ = done_tx.send(outcome);
         });
         DataBridge {
-            port,
+            progress,
             start: Some(start_tx),
             done: done_rx,
             _cancel: cancel_tx,
         }
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
+    /// Bytes copied so far.
+    pub fn progress(&self) -> u64 {
+        self.progress.load(Ordering::Relaxed)
     }
 
     /// The transfer command has been forwarded: bytes may flow in `direction`.
@@ -180,27 +209,36 @@ impl DataBridge {
     }
 }
 
+/// [`ClientSide`] without the lease, which stays with the task.
+enum Side {
+    Listen(TcpListener),
+    Connect(SocketAddr, IpAddr, Option<RangeInclusive<u16>>),
+}
+
 async fn run(
-    listener: TcpListener,
-    backend: TcpStream,
+    client: Side,
+    backend: BackendSide,
     params: &BridgeParams,
     start: oneshot::Receiver<Direction>,
+    progress: &AtomicU64,
 ) -> Outcome {
-    let client_side = async {
-        let tcp = timeout(
-            params.accept_timeout,
-            accept_from(&listener, params.client_ip),
-        )
-        .await
-        .map_err(|_| BridgeError::AcceptTimeout)?
-        .map_err(BridgeError::Accept)?;
-        drop(listener);
-        match &params.tls {
-            None => Ok(Stream::Plain(tcp)),
-            Some(config) => handshake(tcp, config, params).await,
-        }
-    };
     let backend_side = async {
+        let backend = match backend {
+            BackendSide::Connected(tcp) => tcp,
+            BackendSide::Listening(listener, backend_ip) => {
+                let limit = params.accept_timeout + params.handshake_timeout;
+                let tcp = timeout(limit, accept_from(&listener, backend_ip))
+                    .await
+                    .map_err(|_| BridgeError::Backend(io::ErrorKind::TimedOut.into()))?
+                    .map_err(BridgeError::Backend)?;
+                // As for passive connections (see `Backend::connect_data`): any drop that is
+                // not after a clean end resets.
+                tcp.set_zero_linger().map_err(BridgeError::Backend)?;
+                tcp
+            }
+        };
+        // RFC 4217 §7: toward the backend the gateway is the FTP client, so the TLS client,
+        // whichever side connected.
         let Some(tls) = &params.backend_tls else {
             return Ok(Stream::Plain(backend));
         };
@@ -212,16 +250,53 @@ async fn run(
             .map(Stream::from)
             .map_err(BridgeError::BackendHandshake)
     };
-    let (mut client, mut backend) = tokio::try_join!(client_side, backend_side)?;
-    let direction = start.await.map_err(|_| BridgeError::Cancelled)?;
+    let secure = |tcp: TcpStream| async move {
+        match &params.tls {
+            None => Ok(Stream::Plain(tcp)),
+            // RFC 4217 §7: the FTP client is the TLS client whoever connects, so the gateway
+            // is the TLS server on an active-mode connection too.
+            Some(config) => handshake(tcp, config, params).await,
+        }
+    };
+    let (mut client, mut backend, direction) = match client {
+        Side::Listen(listener) => {
+            let client_side = async {
+                let tcp = timeout(
+                    params.accept_timeout,
+                    accept_from(&listener, params.client_ip),
+                )
+                .await
+                .map_err(|_| BridgeError::AcceptTimeout)?
+                .map_err(BridgeError::Accept)?;
+                drop(listener);
+                secure(tcp).await
+            };
+            let (client, backend) = tokio::try_join!(client_side, backend_side)?;
+            let direction = start.await.map_err(|_| BridgeError::Cancelled)?;
+            (client, backend, direction)
+        }
+        Side::Connect(target, source, ports) => {
+            // The client expects the connection once its transfer command is answered.
+            let direction = start.await.map_err(|_| BridgeError::Cancelled)?;
+            let client_side = async {
+                let tcp = timeout(params.accept_timeout, connect_from(source, ports, target))
+                    .await
+                    .map_err(|_| BridgeError::AcceptTimeout)?
+                    .map_err(BridgeError::Accept)?;
+                secure(tcp).await
+            };
+            let (client, backend) = tokio::try_join!(client_side, backend_side)?;
+            (client, backend, direction)
+        }
+    };
     let began = Instant::now();
     let mut buf = vec![0u8; BUF_SIZE];
     let bytes = match direction {
-        Direction::Download => pump(&mut backend, &mut client, &mut buf)
+        Direction::Download => pump(&mut backend, &mut client, &mut buf, progress)
             .await
             .map_err(|e| e.into_bridge(BridgeError::Backend, BridgeError::Client))?,
         Direction::Upload => {
-            let n = pump(&mut client, &mut backend, &mut buf)
+            let n = pump(&mut client, &mut backend, &mut buf, progress)
                 .await
                 .map_err(|e| e.into_bridge(upload_read_error, BridgeError::Backend))?;
             // Wait for the backend to close its side: then it has read every byte (so closing
@@ -284,8 +359,46 @@ async fn accept_from(listener: &TcpListener, allowed: IpAddr) -> io::Result<TcpS
     }
 }
 
+/// Connects to an active-mode client from `source`, on a random port of `ports` if given.
+async fn connect_from(
+    source: IpAddr,
+    ports: Option<RangeInclusive<u16>>,
+    target: SocketAddr,
+) -> io::Result<TcpStream> {
+    let socket = || match target {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    };
+    // The source must be of the target's family; the control connection's address may be an
+    // IPv4-mapped IPv6 one.
+    let source = match (canonical(source), target) {
+        (IpAddr::V4(v4), SocketAddr::V6(_)) => IpAddr::V6(v4.to_ipv6_mapped()),
+        (ip, _) => ip,
+    };
+    let Some(range) = ports else {
+        let s = socket()?;
+        s.bind(SocketAddr::new(source, 0))?;
+        return s.connect(target).await;
+    };
+    let (lo, hi) = (*range.start(), *range.end());
+    let size = u32::from(hi - lo) + 1;
+    let first = fastrand::u32(0..size);
+    for i in 0..size.min(64) {
+        let port = lo + ((first + i) % size) as u16;
+        let s = socket()?;
+        s.set_reuseaddr(true)?;
+        if s.bind(SocketAddr::new(source, port)).is_ok() {
+            return s.connect(target).await;
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        "no free active-mode source port",
+    ))
+}
+
 /// IPv4-mapped IPv6 addresses compare as the IPv4 address they carry.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
@@ -339,7 +452,12 @@ impl PumpError {
 
 /// Copies `from` to `to` until a clean end of file, then ends `to` cleanly (FIN, or
 /// close_notify then FIN for TLS).
-async fn pump<R, W>(from: &mut R, to: &mut W, buf: &mut [u8]) -> Result<u64, PumpError>
+async fn pump<R, W>(
+    from: &mut R,
+    to: &mut W,
+    buf: &mut [u8],
+    progress: &AtomicU64,
+) -> Result<u64, PumpError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -352,6 +470,7 @@ where
         }
         to.write_all(&buf[..n]).await.map_err(PumpError::Write)?;
         total += n as u64;
+        progress.store(total, Ordering::Relaxed);
     }
     to.flush().await.map_err(PumpError::Write)?;
     to.shutdown().await.map_err(PumpError::Write)?;

@@ -5,6 +5,8 @@ mod bridge;
 mod gate;
 mod pool;
 
-pub use bridge::{BridgeError, BridgeParams, DataBridge, Transferred};
+pub use bridge::{
+    canonical, BackendSide, BridgeError, BridgeParams, ClientSide, DataBridge, Transferred,
+};
 pub use gate::TicketGate;
 pub use pool::{Lease, PassivePool, PoolError};

@@ -1,11 +1,11 @@
 //! Passive-mode address encodings: RFC 959 `227 (h1,h2,h3,h4,p1,p2)` and RFC 2428
 //! `229 (|||port|)`, and the `EPSV` argument.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use thiserror::Error;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum AddrError {
     #[error("no h1,h2,h3,h4,p1,p2 in 227 reply")]
     Pasv,
@@ -13,6 +13,12 @@ pub enum AddrError {
     Epsv,
     #[error("port 0 is not a data port")]
     PortZero,
+    #[error("PORT needs h1,h2,h3,h4,p1,p2")]
+    Port,
+    #[error("EPRT needs <d>proto<d>address<d>port<d>")]
+    Eprt,
+    #[error("EPRT network protocol {0} is not 1 (IPv4) or 2 (IPv6)")]
+    EprtProtocol(String),
 }
 
 /// The text of a 227 reply advertising `addr`.
@@ -87,6 +93,46 @@ pub fn parse_epsv(text: &str) -> Result<u16, AddrError> {
         Ok(0) => Err(AddrError::PortZero),
         Ok(p) => Ok(p),
         Err(_) => Err(AddrError::Epsv),
+    }
+}
+
+/// The address in a `PORT h1,h2,h3,h4,p1,p2` argument (RFC 959 §4.1.2).
+pub fn parse_port(arg: &str) -> Result<SocketAddr, AddrError> {
+    let arg = arg.trim();
+    if arg.is_empty() || !arg.bytes().all(|b| b.is_ascii_digit() || b == b',') {
+        return Err(AddrError::Port);
+    }
+    match six_numbers(arg) {
+        Some(a) if arg.split(',').count() == 6 => match a.port() {
+            0 => Err(AddrError::PortZero),
+            _ => Ok(SocketAddr::V4(a)),
+        },
+        _ => Err(AddrError::Port),
+    }
+}
+
+/// The address in an `EPRT |proto|address|port|` argument (RFC 2428 §2); any printable
+/// delimiter, the same four times.
+pub fn parse_eprt(arg: &str) -> Result<SocketAddr, AddrError> {
+    let arg = arg.trim();
+    let d = arg.chars().next().ok_or(AddrError::Eprt)?;
+    if !(33..=126).contains(&(d as u32)) || d.is_ascii_alphanumeric() || d == '.' || d == ':' {
+        return Err(AddrError::Eprt);
+    }
+    let fields: Vec<&str> = arg.split(d).collect();
+    let ["", proto, host, port, ""] = fields[..] else {
+        return Err(AddrError::Eprt);
+    };
+    let ip: IpAddr = match proto {
+        "1" => host.parse::<Ipv4Addr>().map(IpAddr::V4),
+        "2" => host.parse::<std::net::Ipv6Addr>().map(IpAddr::V6),
+        other => return Err(AddrError::EprtProtocol(other.to_string())),
+    }
+    .map_err(|_| AddrError::Eprt)?;
+    match port.parse::<u16>() {
+        Ok(0) => Err(AddrError::PortZero),
+        Ok(p) => Ok(SocketAddr::new(ip, p)),
+        Err(_) => Err(AddrError::Eprt),
     }
 }
 
@@ -167,6 +213,54 @@ mod tests {
             assert_eq!(parse_epsv(bad), Err(AddrError::Epsv), "{bad}");
         }
         assert_eq!(parse_epsv("(|||0|)"), Err(AddrError::PortZero));
+    }
+
+    #[test]
+    fn port_arguments() {
+        assert_eq!(
+            parse_port("127,0,0,1,4,1"),
+            Ok("127.0.0.1:1025".parse().expect("addr"))
+        );
+        for bad in [
+            "",
+            "127,0,0,1,4",
+            "127,0,0,1,4,1,9",
+            "1,2,3,4,x,1",
+            "300,0,0,1,4,1",
+        ] {
+            assert!(parse_port(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_port("127,0,0,1,0,0"), Err(AddrError::PortZero));
+    }
+
+    #[test]
+    fn eprt_arguments() {
+        assert_eq!(
+            parse_eprt("|1|132.235.1.2|6275|"),
+            Ok("132.235.1.2:6275".parse().expect("a"))
+        );
+        assert_eq!(
+            parse_eprt("|2|::1|5282|"),
+            Ok("[::1]:5282".parse().expect("a"))
+        );
+        assert_eq!(
+            parse_eprt("!2!1080::8:800:200C:417A!5282!"),
+            Ok("[1080::8:800:200c:417a]:5282".parse().expect("a"))
+        );
+        assert_eq!(
+            parse_eprt("|3|x|1|"),
+            Err(AddrError::EprtProtocol("3".into()))
+        );
+        for bad in [
+            "",
+            "|1|1.2.3.4|",
+            "|1|::1|80|",
+            "|2|1.2.3.4|80|",
+            "|1|1.2.3.4|99999|",
+            "1|1.2.3.4|80|",
+        ] {
+            assert!(parse_eprt(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

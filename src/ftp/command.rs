@@ -39,6 +39,7 @@ pub enum Verb {
     Pass,
     Feat,
     Abor,
+    Stat,
     Rein,
     Quit,
     // Allowed before TLS when TLS is required.
@@ -84,6 +85,7 @@ impl Verb {
             b"PASS" => Verb::Pass,
             b"FEAT" => Verb::Feat,
             b"ABOR" => Verb::Abor,
+            b"STAT" => Verb::Stat,
             b"REIN" => Verb::Rein,
             b"QUIT" => Verb::Quit,
             b"HELP" => Verb::Help,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::timeout;
 use tracing::debug;
 
@@ -227,6 +227,27 @@ impl Backend {
             }
             Err(e) => Ok(Err(bad_passive(&e))),
         }
+    }
+
+    /// Active mode toward the backend: listens on the local address of the control connection
+    /// and tells the backend with PORT (IPv4) or EPRT (IPv6). `Ok(Err(reply))` is a refusal.
+    pub async fn listen_active(&mut self) -> Result<Result<TcpListener, Reply>, BackendError> {
+        let listener = TcpListener::bind(SocketAddr::new(self.local.ip(), 0)).await?;
+        let at = listener.local_addr()?;
+        let command = match at {
+            SocketAddr::V4(v4) => {
+                let [a, b, c, d] = v4.ip().octets();
+                let [p1, p2] = v4.port().to_be_bytes();
+                format!("PORT {a},{b},{c},{d},{p1},{p2}\r\n")
+            }
+            SocketAddr::V6(v6) => format!("EPRT |2|{}|{}|\r\n", v6.ip(), v6.port()),
+        };
+        self.send(command.as_bytes()).await?;
+        let reply = self.expect_reply().await?;
+        if reply.code() != 200 {
+            return Ok(Err(reply));
+        }
+        Ok(Ok(listener))
     }
 
     /// Connects to the backend's data `port` at the backend's control address, from the local

@@ -7,6 +7,7 @@
 
 mod backend;
 mod client;
+mod setup;
 mod transfer;
 
 use std::net::IpAddr;
@@ -20,8 +21,7 @@ use tokio::time::{sleep_until, Instant};
 use tracing::{info, warn};
 
 use crate::config::Settings;
-use crate::data::{BridgeParams, DataBridge, PassivePool};
-use crate::ftp::addr::{self, EpsvArg};
+use crate::data::{DataBridge, PassivePool};
 use crate::ftp::{rewrite_feat, Command, LineError, Reply, Verb};
 use crate::stream::Stream;
 use crate::tls;
@@ -283,11 +283,7 @@ impl Session {
                 self.reply(502, "Command not implemented; use EPSV.")
                     .await?
             }
-            Verb::Port | Verb::Eprt => {
-                info!(command = %cmd.name(), "active mode refused");
-                self.reply(502, "Active mode is not supported; use PASV or EPSV.")
-                    .await?
-            }
+            Verb::Port | Verb::Eprt => self.active(&cmd).await?,
             Verb::Rein => {
                 self.reply(502, "REIN is not supported; reconnect instead.")
                     .await?
@@ -307,7 +303,13 @@ impl Session {
             | Verb::List
             | Verb::Nlst
             | Verb::Mlsd => self.transfer(cmd).await?,
-            Verb::Abor | Verb::Help | Verb::Syst | Verb::Noop | Verb::Host | Verb::Other => {
+            Verb::Abor
+            | Verb::Stat
+            | Verb::Help
+            | Verb::Syst
+            | Verb::Noop
+            | Verb::Host
+            | Verb::Other => {
                 self.pass_through(&cmd).await?;
             }
         }
@@ -441,101 +443,5 @@ impl Session {
             _ => self.reply(221, "Goodbye.").await?,
         }
         Ok(())
-    }
-
-    async fn pasv(&mut self) -> Result<(), Fatal> {
-        if self.epsv_all {
-            return Ok(self.reply(501, "PASV not allowed after EPSV ALL.").await?);
-        }
-        let ip = match self.ctx.external_ip.unwrap_or(self.client.local.ip()) {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(v6) => v6.to_ipv4_mapped(),
-        };
-        let Some(ip) = ip else {
-            return Ok(self
-                .reply(501, "PASV cannot carry an IPv6 address; use EPSV.")
-                .await?);
-        };
-        if let Some(port) = self.open_passive().await? {
-            let text = addr::format_pasv(std::net::SocketAddrV4::new(ip, port));
-            self.reply(227, &text).await?;
-        }
-        Ok(())
-    }
-
-    async fn epsv(&mut self, cmd: &Command) -> Result<(), Fatal> {
-        let family = addr::family_number(self.client.local.ip());
-        match EpsvArg::parse(&cmd.arg_text()) {
-            None => return Ok(self.reply(501, "Bad EPSV argument.").await?),
-            Some(EpsvArg::All) => {
-                self.epsv_all = true;
-                return Ok(self.reply(200, "EPSV ALL ok.").await?);
-            }
-            Some(EpsvArg::Family(f)) if f != family => {
-                let text = format!("Network protocol not supported, use ({family})");
-                return Ok(self.reply(522, &text).await?);
-            }
-            Some(_) => {}
-        }
-        if let Some(port) = self.open_passive().await? {
-            self.reply(229, &addr::format_epsv(port)).await?;
-        }
-        Ok(())
-    }
-
-    /// The shared half of PASV and EPSV: lease a pool port, get the backend's data port,
-    /// connect to it, start the bridge. `None` when a refusal was already sent.
-    async fn open_passive(&mut self) -> Result<Option<u16>, Fatal> {
-        if self.login_deadline.is_some() {
-            // No pool port for a client that has not logged in: the pool is a shared resource.
-            self.reply(530, "Please log in with USER and PASS first.")
-                .await?;
-            return Ok(None);
-        }
-        // One lease per session: the previous one goes back to the pool first.
-        if let Some(old) = self.pending.take() {
-            old.bridge.cancel().await;
-        }
-        let (lease, listener) = match self.ctx.pool.lease(self.client.local.ip()) {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "passive pool exhausted");
-                self.reply(425, "No passive port available; try again later.")
-                    .await?;
-                return Ok(None);
-            }
-        };
-        let port = match self.backend.open_passive().await? {
-            Ok(port) => port,
-            Err(refusal) => {
-                self.client.send(&refusal).await?;
-                return Ok(None);
-            }
-        };
-        let t = &self.ctx.settings.timeouts;
-        let data = match self.backend.connect_data(port, t.backend_connect()).await {
-            Ok(d) => d,
-            Err(e) => {
-                warn!(error = %e, port, "cannot reach the backend's data port");
-                self.reply(425, "Can't open data connection to the server.")
-                    .await?;
-                return Ok(None);
-            }
-        };
-        let params = BridgeParams {
-            client_ip: self.client.peer.ip(),
-            tls: (self.prot == Protection::Private).then(|| Arc::clone(&self.tls.data)),
-            reuse: self.ctx.settings.tls.data_session_reuse,
-            accept_timeout: t.data_connection(),
-            handshake_timeout: t.tls_handshake(),
-            backend_tls: self.backend.data_tls(),
-        };
-        let bridge = DataBridge::spawn(lease, listener, data, params);
-        let port = bridge.port();
-        self.pending = Some(Pending {
-            bridge,
-            protection: self.prot,
-        });
-        Ok(Some(port))
     }
 }

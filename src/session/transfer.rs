@@ -76,9 +76,26 @@ impl Session {
                         info!("client closed the control connection during a transfer");
                         return Err(std::io::Error::from(std::io::ErrorKind::ConnectionAborted).into());
                     };
-                    let is_abor = matches!(&line, Ok(l) if Command::parse(l.clone()).is_ok_and(|c| c.verb() == Verb::Abor));
-                    if is_abor {
-                        return self.abort(cmd, bridge, last, outcome).await;
+                    let verb = match &line {
+                        Ok(l) => Command::parse(l.clone()).ok().map(|c| (c.verb(), c.arg().is_empty())),
+                        Err(_) => None,
+                    };
+                    match verb {
+                        Some((Verb::Abor, _)) => return self.abort(cmd, bridge, last, outcome).await,
+                        // STAT without argument asks about the transfer itself (RFC 959
+                        // §4.1.3): answered here, since the backend's answer would interleave
+                        // with the transfer's own replies.
+                        Some((Verb::Stat, true)) => {
+                            let status = Reply::multi(
+                                211,
+                                "Transfer in progress:",
+                                &[format!(" {} {} bytes so far", cmd, bridge.progress())],
+                                "End of status.",
+                            );
+                            self.client.send(&status).await?;
+                            continue;
+                        }
+                        _ => {}
                     }
                     // Anything else waits until the transfer is over, as on a plain server.
                     self.deferred = Some(line);

@@ -36,6 +36,8 @@ pub enum BackendKind {
 /// A running gateway. Dropping it stops the gateway (and an in-process backend).
 pub struct TestGateway {
     pub explicit: SocketAddr,
+    /// The explicit listener on [::1].
+    pub explicit6: SocketAddr,
     pub implicit: SocketAddr,
     /// The gateway's certificate, for clients to trust.
     pub ca: PathBuf,
@@ -56,8 +58,9 @@ impl TestGateway {
                 .try_init();
         }
         let dir = tempfile::tempdir().expect("tempdir");
-        let pair = ftpsgate::tls::self_signed(&["localhost".into(), "127.0.0.1".into()])
-            .expect("certificate");
+        let pair =
+            ftpsgate::tls::self_signed(&["localhost".into(), "127.0.0.1".into(), "::1".into()])
+                .expect("certificate");
         let (cert, key) = pair
             .write_to(&dir.path().join("certs"))
             .expect("write cert");
@@ -70,8 +73,9 @@ impl TestGateway {
             BackendKind::At(addr, root) => (root, Some(addr)),
         };
         let local = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let local6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0));
         let overrides = Overrides {
-            listen: vec![local],
+            listen: vec![local, local6],
             implicit_listen: vec![local],
             backend: Some("127.0.0.1:1".into()),
             passive_ports: Some("41000-41999".parse().expect("range")),
@@ -106,10 +110,10 @@ impl TestGateway {
                     }
                 }
                 let gateway = Gateway::bind(settings).await.expect("gateway binds");
-                let explicit = gateway.local_addrs(Mode::Explicit)[0];
+                let explicit = gateway.local_addrs(Mode::Explicit);
                 let implicit = gateway.local_addrs(Mode::Implicit)[0];
                 addrs_tx
-                    .send((explicit, implicit))
+                    .send((explicit[0], explicit[1], implicit))
                     .expect("report addresses");
                 tokio::select! {
                     () = gateway.serve() => {}
@@ -117,11 +121,12 @@ impl TestGateway {
                 }
             });
         });
-        let (explicit, implicit) = addrs_rx
+        let (explicit, explicit6, implicit) = addrs_rx
             .recv_timeout(Duration::from_secs(30))
             .expect("gateway started");
         TestGateway {
             explicit,
+            explicit6,
             implicit,
             ca: cert,
             root,
@@ -136,6 +141,8 @@ impl TestGateway {
         vec![
             "--port".into(),
             self.explicit.port().to_string(),
+            "--port6".into(),
+            self.explicit6.port().to_string(),
             "--implicit-port".into(),
             self.implicit.port().to_string(),
             "--ca".into(),
@@ -279,10 +286,25 @@ fn missing_peer(what: &str) -> Option<FtpServer> {
 impl FtpServer {
     /// vsftpd; `None` (skip) on a laptop without it, a panic in CI.
     pub fn vsftpd(tls: VsTls) -> Option<FtpServer> {
+        Self::vsftpd_on(tls, false, "")
+    }
+
+    /// vsftpd listening on [::1] only when `ipv6`, with `extra` config lines (they win).
+    pub fn vsftpd_on(tls: VsTls, ipv6: bool, extra: &str) -> Option<FtpServer> {
         if !Path::new("/usr/sbin/vsftpd").exists() {
             return missing_peer("vsftpd");
         }
-        Self::spawn(tls, |port, root, dir, cert| {
+        let listen = if ipv6 {
+            "listen=NO\nlisten_ipv6=YES\nlisten_address6=::1\n"
+        } else {
+            "listen=YES\nlisten_ipv6=NO\nlisten_address=127.0.0.1\n"
+        };
+        let ip: std::net::IpAddr = if ipv6 {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        } else {
+            Ipv4Addr::LOCALHOST.into()
+        };
+        Self::spawn(tls, ip, |port, root, dir, cert| {
             let ssl = match cert {
                 None => "ssl_enable=NO\n".to_string(),
                 Some((cert, key)) => format!(
@@ -296,12 +318,12 @@ impl FtpServer {
             };
             std::fs::create_dir_all("/var/run/vsftpd/empty").expect("secure_chroot_dir");
             let conf = format!(
-                "listen=YES\nlisten_ipv6=NO\nbackground=NO\nlisten_address=127.0.0.1\nlisten_port={port}\n\
+                "{listen}background=NO\nlisten_port={port}\n\
                  anonymous_enable=NO\nlocal_enable=YES\nwrite_enable=YES\nlocal_umask=022\n\
                  local_root={root}\npasv_enable=YES\npasv_min_port=20000\npasv_max_port=29999\n\
                  seccomp_sandbox=NO\nsecure_chroot_dir=/var/run/vsftpd/empty\n\
                  pam_service_name=vsftpd\nuserlist_enable=NO\nxferlog_enable=NO\n\
-                 vsftpd_log_file={log}\nmax_per_ip=0\nmax_clients=0\n{ssl}",
+                 vsftpd_log_file={log}\nmax_per_ip=0\nmax_clients=0\n{ssl}{extra}",
                 root = root.display(),
                 log = dir.join("vsftpd.log").display(),
             );
@@ -321,7 +343,7 @@ impl FtpServer {
         if !binary.exists() {
             return missing_peer("ProFTPD (unpacked under /opt/ftpsgate-peers/proftpd)");
         }
-        Self::spawn(tls, |port, root, dir, cert| {
+        Self::spawn(tls, Ipv4Addr::LOCALHOST.into(), |port, root, dir, cert| {
             let tls_conf =
                 match cert {
                     None => String::new(),
@@ -357,6 +379,7 @@ impl FtpServer {
     /// The set-up both servers share: user, root, certificate, port, start, wait.
     fn spawn(
         tls: VsTls,
+        ip: std::net::IpAddr,
         command: impl FnOnce(u16, &Path, &Path, Option<(&Path, &Path)>) -> Command,
     ) -> Option<FtpServer> {
         ensure_test_user();
@@ -382,7 +405,7 @@ impl FtpServer {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start the FTP server");
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let addr = SocketAddr::new(ip, port);
         assert!(
             wait_for_port(addr, Duration::from_secs(10)),
             "FTP server did not start"

@@ -69,8 +69,13 @@ def login(args, cls=ReusingFTP_TLS, prot_p=True, ctx=None):
         ftp.connect("127.0.0.1", args.implicit_port)
         ftp.login(args.user, args.password, secure=False)
     else:
-        ftp.connect("127.0.0.1", args.port)
+        # --ipv6: the gateway's [::1] listener; ftplib then uses EPSV and EPRT by itself.
+        ftp.connect("::1" if args.ipv6 else "127.0.0.1", args.port6 if args.ipv6 else args.port)
         ftp.login(args.user, args.password)
+    if args.active:
+        ftp.set_pasv(False)
+        if args.eprt:
+            ftp.sendport = ftp.sendeprt
     if prot_p:
         ftp.prot_p()
     return ftp
@@ -94,6 +99,20 @@ def read_to_eof(s, limit=10):
     return got
 
 
+def reply_of(ftp, cmd):
+    """The reply to `cmd`, whatever its class."""
+    try:
+        return ftp.sendcmd(cmd)
+    except ftplib.all_errors as e:
+        return str(e)
+
+
+def store_and_fetch(ftp, name, data, what):
+    """STOR `data` as `name`, RETR it back, and check the hash."""
+    ftp.storbinary(f"STOR {name}", io.BytesIO(data))
+    check(sha(download(ftp, name)) == sha(data), f"{what}: hash mismatch")
+
+
 def pattern(size):
     return os.urandom(size)
 
@@ -105,8 +124,10 @@ def s_roundtrip(args):
     """Upload then download each size, PASV and EPSV, hashes equal."""
     for epsv in (False, True):
         ftp = login(args)
+        if args.active and epsv:
+            break  # one active round is enough; EPSV does not apply
         # ftplib uses EPSV only for IPv6; force it to exercise EPSV over IPv4.
-        if epsv:
+        if epsv and not args.ipv6:
             ftp.makepasv = lambda f=ftp: ftplib.parse229(f.sendcmd("EPSV"), f.sock.getpeername())
         for size in args.sizes:
             data = pattern(size)
@@ -125,9 +146,7 @@ def s_implicit(args):
     ftp.voidcmd("PBSZ 0")
     ftp.voidcmd("PROT P")
     ftp._prot_p = True
-    data = pattern(100_000)
-    ftp.storbinary("STOR implicit.bin", io.BytesIO(data))
-    check(sha(download(ftp, "implicit.bin")) == sha(data), "implicit: hash mismatch")
+    store_and_fetch(ftp, "implicit.bin", pattern(100_000), "implicit")
     ftp.quit()
     print("implicit ok")
 
@@ -161,9 +180,7 @@ def s_no_reuse_refused(args):
 
 def s_no_reuse_allowed(args):
     ftp = login(args, cls=ftplib.FTP_TLS)
-    data = pattern(50_000)
-    ftp.storbinary("STOR noreuse.bin", io.BytesIO(data))
-    check(sha(download(ftp, "noreuse.bin")) == sha(data), "hash mismatch")
+    store_and_fetch(ftp, "noreuse.bin", pattern(50_000), "no reuse")
     ftp.quit()
     print("no-reuse allowed ok")
 
@@ -231,9 +248,7 @@ def s_abort(args):
     second = ftp.getmultiline()
     check(first[:3] in ("426", "226"), f"transfer reply after ABOR: {first}")
     check(second[:3] in ("225", "226"), f"ABOR reply: {second}")
-    small = pattern(10_000)
-    ftp.storbinary("STOR after-abor.bin", io.BytesIO(small))
-    check(sha(download(ftp, "after-abor.bin")) == sha(small), "transfer after ABOR")
+    store_and_fetch(ftp, "after-abor.bin", pattern(10_000), "transfer after ABOR")
     ftp.quit()
     print("abort ok", first, second)
 
@@ -281,7 +296,7 @@ def s_refusals(args):
     check(ftp.voidcmd("NOOP").startswith("200"), "NOOP after bad lines")
     # Security mechanisms the proxy does not carry.
     for cmd, code in (("CCC", "534"), ("ADAT x", "502"), ("LPSV", "502"), ("PROT C", "534"),
-                      ("PROT S", "536"), ("PROT Q", "504"), ("PORT 127,0,0,1,4,1", "502"),
+                      ("PROT S", "536"), ("PROT Q", "504"),
                       ("REIN", "502"), ("AUTH TLS", "503"), ("EPSV 2", "522")):
         try:
             resp = ftp.sendcmd(cmd)
@@ -500,11 +515,112 @@ def s_clear_data(args):
     """PROT C toward the client (allowed by config) while the backend side stays as configured."""
     ftp = login(args, prot_p=False)
     ftp.prot_c()
-    data = pattern(300_000)
-    ftp.storbinary("STOR clear.bin", io.BytesIO(data))
-    check(sha(download(ftp, "clear.bin")) == sha(data), "PROT C: hash mismatch")
+    store_and_fetch(ftp, "clear.bin", pattern(300_000), "PROT C")
     ftp.quit()
     print("clear data ok")
+
+
+def s_bounce(args):
+    """PORT and EPRT aimed anywhere but the client's own address, or at a port below 1024, are
+    refused; then an honest active transfer works."""
+    ftp = login(args)
+    for cmd, code in (
+        ("PORT 127,0,0,3,195,80", "500"),   # another host: FTP bounce
+        ("PORT 127,0,0,1,0,25", "504"),     # a privileged port (SMTP)
+        ("EPRT |1|127.0.0.3|50000|", "500"),
+        ("EPRT |2|::1|50000|", "500"),      # the other family, not the control peer
+        ("EPRT |3|x|50000|", "522"),        # unknown network protocol
+        ("PORT 127,0,0,1", "501"),
+        ("EPRT |1|127.0.0.1|", "501"),
+    ):
+        try:
+            resp = ftp.sendcmd(cmd)
+        except (ftplib.error_perm, ftplib.error_temp) as e:
+            resp = str(e)
+        check(resp.startswith(code), f"{cmd}: want {code}, got {resp}")
+    ftp.set_pasv(False)
+    store_and_fetch(ftp, "after-bounce.bin", pattern(40_000), "active after refusals")
+    ftp.quit()
+    print("bounce attempts refused")
+
+
+def s_pasv_over_ipv6(args):
+    ftp = login(args)
+    resp = reply_of(ftp, "PASV")
+    check(resp.startswith("522"), f"PASV over IPv6: {resp}")
+    resp = reply_of(ftp, "EPSV 1")
+    check(resp.startswith("522"), f"EPSV 1 over IPv6: {resp}")
+    store_and_fetch(ftp, "v6.bin", pattern(70_000), "EPSV over IPv6")
+    ftp.quit()
+    print("PASV over IPv6 refused; EPSV works")
+
+
+def s_commands(args):
+    """The rest of the command set passes through and answers correctly."""
+    plain = ftplib.FTP()
+    plain.connect("127.0.0.1", args.port)
+    # HOST before USER (RFC 7151) reaches the backend; its answer (whatever it is) comes back.
+    try:
+        resp = plain.sendcmd("HOST localhost")
+    except ftplib.all_errors as e:
+        resp = str(e)
+    check(resp[:1] in "2345" and resp[:3].isdigit(), f"HOST: {resp}")
+    plain.close()
+
+    ftp = login(args)
+    data = pattern(12_345)
+    ftp.storbinary("STOR cmd.bin", io.BytesIO(data))
+    check(ftp.size("cmd.bin") == len(data), "SIZE")
+    check(ftp.sendcmd("MDTM cmd.bin").startswith("213 "), "MDTM")
+    check(ftp.sendcmd("TYPE A").startswith("200"), "TYPE A")
+    check(ftp.sendcmd("TYPE I").startswith("200"), "TYPE I")
+    # Servers differ in what they make of these; each must get the backend's own answer.
+    for cmd in ("MODE S", "STRU F", "ALLO 12345", "OPTS UTF8 ON", "SITE HELP"):
+        resp = reply_of(ftp, cmd)
+        check(resp[:3].isdigit() and resp[0] in "2345", f"{cmd}: {resp!r}")
+    ftp.rename("cmd.bin", "renamed.bin")
+    check("renamed.bin" in ftp.nlst(), "RNFR/RNTO")
+    ftp.mkd("dir-ü")
+    ftp.cwd("dir-ü")
+    store_and_fetch(ftp, "inner-é.bin", pattern(999), "UTF-8 path")
+    ftp.cwd("..")
+    check("dir-ü" in ftp.nlst(), f"UTF-8 listing: {ftp.nlst()}")
+    ftp.delete("dir-ü/inner-é.bin")
+    ftp.rmd("dir-ü")
+    ftp.delete("renamed.bin")
+    check("renamed.bin" not in ftp.nlst(), "DELE")
+    stat = ftp.sendcmd("STAT")
+    check(stat.startswith("211"), f"STAT: {stat}")
+    help_ = ftp.sendcmd("HELP")
+    check(help_[:3] in ("211", "214"), f"HELP: {help_}")
+    resp = reply_of(ftp, "XYZZY plugh")
+    check(resp[:3] in ("500", "502"), f"unknown command: {resp}")
+    if args.mlsd:
+        mlst = ftp.sendcmd("MLST .")
+        check(mlst.startswith("250-") and mlst.rstrip().endswith("End") or mlst.count("\n") >= 2,
+              f"MLST multi-line: {mlst!r}")
+    ftp.quit()
+    print("commands ok")
+
+
+def s_stat_during_transfer(args):
+    data = pattern(32 * 1024 * 1024)
+    ftp = login(args)
+    ftp.storbinary("STOR stat.bin", io.BytesIO(data), blocksize=1 << 20)
+    conn = ftp.transfercmd("RETR stat.bin")
+    got = conn.recv(65536)
+    ftp.putcmd("STAT")
+    status = ftp.getmultiline()
+    check(status.startswith("211"), f"STAT during transfer: {status}")
+    check("bytes so far" in status, f"STAT during transfer: {status}")
+    while chunk := conn.recv(1 << 20):
+        got += chunk
+    conn.unwrap()
+    conn.close()
+    check(ftp.voidresp().startswith("226"), "transfer after STAT")
+    check(sha(got) == sha(data), "download with STAT in the middle")
+    ftp.quit()
+    print("stat during transfer ok:", status.splitlines()[1].strip())
 
 
 SCENARIOS = {name[2:].replace("_", "-"): fn for name, fn in globals().items() if name.startswith("s_")}
@@ -515,6 +631,10 @@ def main():
     p.add_argument("scenario", choices=sorted(SCENARIOS))
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--implicit-port", type=int, required=True)
+    p.add_argument("--port6", type=int, required=True)
+    p.add_argument("--ipv6", action="store_true", help="use the [::1] listener")
+    p.add_argument("--active", action="store_true", help="PORT (EPRT over IPv6) instead of PASV")
+    p.add_argument("--eprt", action="store_true", help="with --active: EPRT over IPv4 too")
     p.add_argument("--ca", required=True)
     p.add_argument("--user", required=True)
     p.add_argument("--password", required=True)
