@@ -41,7 +41,7 @@ fn data_connection_from_another_address_is_refused() {
 
 #[test]
 fn exhausted_pool_answers_425_at_once_and_recovers() {
-    let port = free_port();
+    let port = free_low_port();
     let gw = TestGateway::start(BackendKind::Unftp, move |s| {
         s.passive.ports = format!("{port}-{port}").parse().expect("range")
     });

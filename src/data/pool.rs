@@ -98,8 +98,10 @@ mod tests {
     const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
     fn free_range(n: u16) -> RangeInclusive<u16> {
-        // Probe for a run of free ports high in the range so parallel tests rarely collide.
-        for lo in (40000..60000).step_by(usize::from(n) * 7 + 13) {
+        // Below Linux's ephemeral range (32768 and up), so no outgoing connection can take a
+        // probed port before the test binds it; nothing else here binds ports 11000-19999.
+        let start = 11000 + fastrand::u16(0..4000);
+        for lo in (start..19000).step_by(usize::from(n) * 7 + 13) {
             let free =
                 (lo..lo + n).all(|p| std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok());
             if free {

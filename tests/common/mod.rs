@@ -232,6 +232,18 @@ pub fn py_scenario(gw: &TestGateway, scenario: &str, extra: &[&str]) -> Option<S
     Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// A free port below Linux's ephemeral range (32768 and up), for a port that must stay free
+/// until something binds it later: no outgoing connection can take it meanwhile.
+pub fn free_low_port() -> u16 {
+    for _ in 0..1000 {
+        let port = 11000 + fastrand::u16(0..8000);
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 11000-18999");
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
