@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use rustls::{HandshakeKind, ProtocolVersion};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsStream;
 
@@ -18,6 +18,8 @@ pub enum Stream {
     Tls(Box<TlsStream<TcpStream>>),
     /// A client data connection, whose TLS 1.3 tickets wait for the gateway's first write.
     DataTls(Box<tokio_rustls::server::TlsStream<TicketGate>>),
+    /// A backend data connection, read in large chunks (see `data::gate` on why).
+    BackendDataTls(Box<tokio_rustls::client::TlsStream<BufReader<TcpStream>>>),
 }
 
 impl Stream {
@@ -31,6 +33,7 @@ impl Stream {
             Stream::Plain(_) => return None,
             Stream::Tls(s) => s.get_ref().1,
             Stream::DataTls(s) => s.get_ref().1,
+            Stream::BackendDataTls(s) => s.get_ref().1,
         };
         Some((
             conn.protocol_version()?,
@@ -61,6 +64,7 @@ impl AsyncRead for Stream {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::DataTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::BackendDataTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -75,6 +79,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::DataTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::BackendDataTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -83,6 +88,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::DataTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::BackendDataTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -91,6 +97,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::DataTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::BackendDataTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -25,14 +25,14 @@ use std::time::{Duration, Instant};
 
 use rustls::{HandshakeKind, ProtocolVersion, ServerConfig};
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
-use super::gate::{SignalOnTicket, TicketGate};
+use super::gate::{SignalOnTicket, TicketGate, READ_BUFFER};
 use super::pool::Lease;
 use crate::config::ReuseMode;
 use crate::ftp::{Direction, Reply};
@@ -237,20 +237,26 @@ async fn run(
                 tcp
             }
         };
+        backend.set_nodelay(true).map_err(BridgeError::Backend)?;
         // RFC 4217 §7: toward the backend the gateway is the FTP client, so the TLS client,
         // whichever side connected.
         let Some(tls) = &params.backend_tls else {
             return Ok(Stream::Plain(backend));
         };
         let limit = params.accept_timeout + params.handshake_timeout;
-        let handshake = tls.connector.connect(tls.server_name.clone(), backend);
+        let buffered = BufReader::with_capacity(READ_BUFFER, backend);
+        let handshake = tls.connector.connect(tls.server_name.clone(), buffered);
         timeout(limit, handshake)
             .await
             .map_err(|_| BridgeError::BackendHandshake(io::ErrorKind::TimedOut.into()))?
-            .map(Stream::from)
+            .map(|s| Stream::BackendDataTls(Box::new(s)))
             .map_err(BridgeError::BackendHandshake)
     };
     let secure = |tcp: TcpStream| async move {
+        // Writes are large, so Nagle saves nothing here; but the last small records (the end of
+        // a short listing, close_notify) would wait on the client's delayed ACK, tens of
+        // milliseconds per transfer.
+        tcp.set_nodelay(true).map_err(BridgeError::Accept)?;
         match &params.tls {
             None => Ok(Stream::Plain(tcp)),
             // RFC 4217 §7: the FTP client is the TLS client whoever connects, so the gateway
