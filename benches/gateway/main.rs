@@ -456,7 +456,7 @@ async fn measure(plan: &Plan, fd_limit: usize, report: &mut Report) -> Result<()
             match Session::open(&idle_target).await {
                 Ok(s) => open.push(s),
                 Err(e) => {
-                    stopped = Some(e.to_string());
+                    stopped = Some(e.to_string().trim().to_string());
                     break;
                 }
             }
