@@ -342,6 +342,28 @@ async fn measure(plan: &Plan, fd_limit: usize, report: &mut Report) -> Result<()
             tls: tls.map(|ca| client_config(ca)).transpose()?,
         })
     };
+    // ProFTPD mod_proxy, the reverse FTPS proxy users would pick instead, to the same backends.
+    let mod_proxy = FtpServer::proftpd_mod_proxy(plain.addr, false)
+        .zip(FtpServer::proftpd_mod_proxy(ftps.addr, true));
+    let mp_targets = match &mod_proxy {
+        Some((mp_plain, mp_tls)) => {
+            let ca = |server: &FtpServer| -> Result<Vec<CertificateDer<'static>>, BoxError> {
+                let cert = server.cert.clone().ok_or("mod_proxy certificate")?;
+                Ok(CertificateDer::pem_file_iter(cert)?.collect::<Result<_, _>>()?)
+            };
+            Some((
+                target(mp_plain.addr, Some(&ca(mp_plain)?))?,
+                target(mp_tls.addr, Some(&ca(mp_tls)?))?,
+            ))
+        }
+        None => {
+            report.row(
+                "ProFTPD mod_proxy",
+                "skipped: not installed (see .ci/run)".into(),
+            );
+            None
+        }
+    };
     let direct_plain = target(plain.addr, None)?;
     let direct_ftps = target(ftps.addr, Some(&vs_ca))?;
     let via_plain = target(gw_plain.addr, Some(&gw_ca))?;
@@ -349,13 +371,17 @@ async fn measure(plan: &Plan, fd_limit: usize, report: &mut Report) -> Result<()
 
     // a. Throughput.
     let mib = plan.transfer_bytes as f64 / 1048576.0;
-    let mut figures = Vec::new();
-    for (name, t) in [
+    let mut targets = vec![
         ("direct_plain", &direct_plain),
         ("direct_ftps", &direct_ftps),
         ("ftpsgate_tls_to_plain", &via_plain),
         ("ftpsgate_tls_to_tls", &via_tls),
-    ] {
+    ];
+    if let Some((mp_plain, mp_tls)) = &mp_targets {
+        targets.push(("mod_proxy_tls_to_plain", mp_plain));
+        targets.push(("mod_proxy_tls_to_tls", mp_tls));
+    }
+    for (name, t) in targets {
         for dir in ["download", "upload"] {
             let mut rates = Vec::new();
             for _ in 0..plan.runs {
@@ -380,15 +406,18 @@ async fn measure(plan: &Plan, fd_limit: usize, report: &mut Report) -> Result<()
                 &format!("{dir} {mib:.0} MiB, {}", name.replace('_', " ")),
                 format!("{med:.0} MiB/s (min {min:.0}, max {max:.0})"),
             );
-            figures.push((format!("{dir}_{name}"), med));
         }
     }
 
     // b. Full sessions per second: connect, AUTH TLS, login, PBSZ/PROT P, EPSV, LIST, QUIT.
-    for (name, t) in [
+    let mut rate_targets = vec![
         ("direct_ftps", &direct_ftps),
         ("ftpsgate_tls_to_plain", &via_plain),
-    ] {
+    ];
+    if let Some((mp_plain, _)) = &mp_targets {
+        rate_targets.push(("mod_proxy_tls_to_plain", mp_plain));
+    }
+    for (name, t) in rate_targets {
         for concurrency in [1usize, 2, 8, 32] {
             let total = plan.sessions.max(concurrency);
             let began = Instant::now();
@@ -509,9 +538,6 @@ async fn measure(plan: &Plan, fd_limit: usize, report: &mut Report) -> Result<()
             ),
         );
     }
-    report.row(
-        "ProFTPD mod_proxy",
-        "not measured yet: the harness does not set it up (see the issue's closing note)".into(),
-    );
+    drop(mod_proxy);
     Ok(())
 }

@@ -388,6 +388,59 @@ impl FtpServer {
         })
     }
 
+    /// ProFTPD with mod_proxy as a reverse FTPS proxy in front of `backend` (what users would
+    /// pick instead of ftpsgate), for the benchmarks. TLS toward the backend when `backend_tls`.
+    pub fn proftpd_mod_proxy(backend: SocketAddr, backend_tls: bool) -> Option<FtpServer> {
+        let base = std::env::var("FTPSGATE_PROFTPD_ROOT").unwrap_or_else(|_| PROFTPD_ROOT.into());
+        let binary = Path::new(&base).join("usr/sbin/proftpd");
+        let module = Path::new(&base).join("usr/lib/proftpd/mod_proxy.so");
+        if !binary.exists() || !module.exists() {
+            return missing_peer("ProFTPD mod_proxy (unpacked under /opt/ftpsgate-peers/proftpd)");
+        }
+        Self::spawn(
+            VsTls::Explicit,
+            Ipv4Addr::LOCALHOST.into(),
+            |port, _root, dir, cert| {
+                let (cert, key) = cert.expect("front certificate");
+                // ProFTPD refuses a world-writable scoreboard directory; the proxy's tables must
+                // be writable by the unprivileged user it runs sessions as.
+                let tables = dir.join("tables");
+                std::fs::create_dir_all(&tables).expect("tables");
+                let _ = Command::new("chmod").arg("755").arg(dir).status();
+                let _ = Command::new("chown").arg("nobody").arg(&tables).status();
+                let backend_tls = if backend_tls {
+                    "ProxyTLSEngine on\nProxyTLSVerifyServer off\n"
+                } else {
+                    "ProxyTLSEngine off\n"
+                };
+                let conf = format!(
+                "ServerType standalone\nDefaultServer on\nPort {port}\nDefaultAddress 127.0.0.1\n\
+                 SocketBindTight on\nUseIPv6 off\nUser nobody\nGroup nogroup\n\
+                 ModulePath {modules}\nLoadModule mod_tls.c\nLoadModule mod_proxy.c\n\
+                 ScoreboardFile {dir}/scoreboard\nPidFile {dir}/pid\nWtmpLog off\n\
+                 SystemLog {dir}/system.log\nTransferLog none\nUseReverseDNS off\n\
+                 RequireValidShell off\nPassivePorts 46000 46999\nMasqueradeAddress 127.0.0.1\n\
+                 MaxInstances 200\n<IfModule mod_proxy.c>\nProxyEngine on\nProxyRole reverse\n\
+                 ProxyTables {tables}\nProxyLog {dir}/proxy.log\n\
+                 ProxyReverseServers ftp://{backend}\n{backend_tls}</IfModule>\n\
+                 <IfModule mod_tls.c>\nTLSEngine on\nTLSRequired on\nTLSProtocol TLSv1.2 TLSv1.3\n\
+                 TLSECCertificateFile {cert}\nTLSECCertificateKeyFile {key}\n\
+                 TLSLog {dir}/tls.log\nTLSVerifyClient off\n</IfModule>\n",
+                modules = Path::new(&base).join("usr/lib/proftpd").display(),
+                dir = dir.display(),
+                tables = tables.display(),
+                cert = cert.display(),
+                key = key.display(),
+            );
+                let path = dir.join("mod_proxy.conf");
+                std::fs::write(&path, conf).expect("write conf");
+                let mut cmd = Command::new(&binary);
+                cmd.args(["-n", "-q", "-c"]).arg(path);
+                cmd
+            },
+        )
+    }
+
     /// The set-up both servers share: user, root, certificate, port, start, wait.
     fn spawn(
         tls: VsTls,
