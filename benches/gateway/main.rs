@@ -137,6 +137,23 @@ fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
     (v[n / 2], v[0], v[n - 1])
 }
 
+/// One whole transfer in a fresh session; the seconds it took.
+async fn transfer(t: &Target, dir: &str, bytes: u64) -> Result<f64, BoxError> {
+    let mut s = Session::open(t).await?;
+    let began = Instant::now();
+    if dir == "download" {
+        let got = s.download("big.bin").await?;
+        if got != bytes {
+            return Err(format!("{got} of {bytes} bytes arrived").into());
+        }
+    } else {
+        s.upload("up.bin", bytes).await?;
+    }
+    let secs = began.elapsed().as_secs_f64();
+    s.quit().await?;
+    Ok(secs)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -384,27 +401,34 @@ async fn measure(plan: &Plan, fd_limit: usize, report: &mut Report) -> Result<()
     for (name, t) in targets {
         for dir in ["download", "upload"] {
             let mut rates = Vec::new();
+            let mut failures = Vec::new();
             for _ in 0..plan.runs {
-                let mut s = Session::open(t).await?;
-                let began = Instant::now();
-                if dir == "download" {
-                    let got = s.download("big.bin").await?;
-                    if got != plan.transfer_bytes {
-                        return Err(
-                            format!("{name}: {got} of {} bytes", plan.transfer_bytes).into()
-                        );
-                    }
-                } else {
-                    s.upload("up.bin", plan.transfer_bytes).await?;
+                match transfer(t, dir, plan.transfer_bytes).await {
+                    Ok(secs) => rates.push(mib / secs),
+                    // The peer's failures are results; ftpsgate's (or vsftpd's) are bugs.
+                    Err(e) if name.starts_with("mod_proxy") => failures.push(e.to_string()),
+                    Err(e) => return Err(format!("{dir} {name}: {e}").into()),
                 }
-                rates.push(mib / began.elapsed().as_secs_f64());
-                s.quit().await?;
+            }
+            let label = format!("{dir} {mib:.0} MiB, {}", name.replace('_', " "));
+            let failed = match failures.first() {
+                None => String::new(),
+                Some(e) => format!(
+                    "; {} of {} runs failed: {}",
+                    failures.len(),
+                    plan.runs,
+                    e.trim()
+                ),
+            };
+            if rates.is_empty() {
+                report.row(&label, format!("no run completed{failed}"));
+                continue;
             }
             let (med, min, max) = stats(rates);
             report.figure(&format!("{dir}_{name}"), med, "MiB/s");
             report.row(
-                &format!("{dir} {mib:.0} MiB, {}", name.replace('_', " ")),
-                format!("{med:.0} MiB/s (min {min:.0}, max {max:.0})"),
+                &label,
+                format!("{med:.0} MiB/s (min {min:.0}, max {max:.0}){failed}"),
             );
         }
     }
@@ -434,8 +458,23 @@ async fn measure(plan: &Plan, fd_limit: usize, report: &mut Report) -> Result<()
                     Ok::<(), BoxError>(())
                 });
             }
+            let mut failed = None;
             while let Some(r) = tasks.join_next().await {
-                r??;
+                match r? {
+                    Ok(()) => {}
+                    Err(e) if name.starts_with("mod_proxy") => failed = Some(e.to_string()),
+                    Err(e) => return Err(format!("sessions {name}: {e}").into()),
+                }
+            }
+            if let Some(e) = failed {
+                report.row(
+                    &format!(
+                        "full sessions/s, {}, {concurrency} at once",
+                        name.replace('_', " ")
+                    ),
+                    format!("a session failed: {}", e.trim()),
+                );
+                continue;
             }
             let rate = total as f64 / began.elapsed().as_secs_f64();
             report.figure(
