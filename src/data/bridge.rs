@@ -223,10 +223,12 @@ async fn run(
     progress: &AtomicU64,
 ) -> Outcome {
     let backend_side = async {
+        // The backend acts only once it has the transfer command, so its side may wait as long
+        // as the client's accept and handshake together.
+        let limit = params.accept_timeout + params.handshake_timeout;
         let backend = match backend {
             BackendSide::Connected(tcp) => tcp,
             BackendSide::Listening(listener, backend_ip) => {
-                let limit = params.accept_timeout + params.handshake_timeout;
                 let tcp = timeout(limit, accept_from(&listener, backend_ip))
                     .await
                     .map_err(|_| BridgeError::Backend(io::ErrorKind::TimedOut.into()))?
@@ -243,7 +245,6 @@ async fn run(
         let Some(tls) = &params.backend_tls else {
             return Ok(Stream::Plain(backend));
         };
-        let limit = params.accept_timeout + params.handshake_timeout;
         let buffered = BufReader::with_capacity(READ_BUFFER, backend);
         let handshake = tls.connector.connect(tls.server_name.clone(), buffered);
         timeout(limit, handshake)

@@ -23,9 +23,23 @@ pub enum AddrError {
 
 /// The text of a 227 reply advertising `addr`.
 pub fn format_pasv(addr: SocketAddrV4) -> String {
+    format!("Entering Passive Mode ({}).", host_port(addr))
+}
+
+/// `h1,h2,h3,h4,p1,p2`, the RFC 959 encoding shared by 227 replies and PORT.
+fn host_port(addr: SocketAddrV4) -> String {
     let [a, b, c, d] = addr.ip().octets();
     let [p1, p2] = addr.port().to_be_bytes();
-    format!("Entering Passive Mode ({a},{b},{c},{d},{p1},{p2}).")
+    format!("{a},{b},{c},{d},{p1},{p2}")
+}
+
+/// The command that tells a server to connect to `addr` for data: PORT for IPv4, EPRT for
+/// IPv6 (RFC 2428 §2), without the line ending.
+pub fn format_active(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(v4) => format!("PORT {}", host_port(v4)),
+        SocketAddr::V6(v6) => format!("EPRT |2|{}|{}|", v6.ip(), v6.port()),
+    }
 }
 
 /// The text of a 229 reply advertising `port` (RFC 2428: no address, the client reuses the
@@ -213,6 +227,18 @@ mod tests {
             assert_eq!(parse_epsv(bad), Err(AddrError::Epsv), "{bad}");
         }
         assert_eq!(parse_epsv("(|||0|)"), Err(AddrError::PortZero));
+    }
+
+    #[test]
+    fn active_commands_round_trip() {
+        let v4: SocketAddr = "10.1.2.3:50123".parse().expect("addr");
+        let port = format_active(v4);
+        assert_eq!(port, "PORT 10,1,2,3,195,203");
+        assert_eq!(parse_port(&port["PORT ".len()..]), Ok(v4));
+        let v6: SocketAddr = "[2001:db8::7]:2121".parse().expect("addr");
+        let eprt = format_active(v6);
+        assert_eq!(eprt, "EPRT |2|2001:db8::7|2121|");
+        assert_eq!(parse_eprt(&eprt["EPRT ".len()..]), Ok(v6));
     }
 
     #[test]

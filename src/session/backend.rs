@@ -233,15 +233,7 @@ impl Backend {
     /// and tells the backend with PORT (IPv4) or EPRT (IPv6). `Ok(Err(reply))` is a refusal.
     pub async fn listen_active(&mut self) -> Result<Result<TcpListener, Reply>, BackendError> {
         let listener = TcpListener::bind(SocketAddr::new(self.local.ip(), 0)).await?;
-        let at = listener.local_addr()?;
-        let command = match at {
-            SocketAddr::V4(v4) => {
-                let [a, b, c, d] = v4.ip().octets();
-                let [p1, p2] = v4.port().to_be_bytes();
-                format!("PORT {a},{b},{c},{d},{p1},{p2}\r\n")
-            }
-            SocketAddr::V6(v6) => format!("EPRT |2|{}|{}|\r\n", v6.ip(), v6.port()),
-        };
+        let command = format!("{}\r\n", addr::format_active(listener.local_addr()?));
         self.send(command.as_bytes()).await?;
         let reply = self.expect_reply().await?;
         if reply.code() != 200 {
