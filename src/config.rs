@@ -154,7 +154,8 @@ impl Default for PassiveSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct ActiveSettings {
     /// Accept PORT and EPRT from clients. Only the client's own address and a port >= 1024
-    /// are accepted (no FTP bounce); toward the backend the gateway still uses passive mode.
+    /// are accepted (no FTP bounce); toward the backend the gateway uses `backend.data_mode`,
+    /// whatever the client chose.
     pub mode: Switch,
     /// Source ports for the gateway's connections to clients, `LO-HI`. Unset: any free port.
     pub source_ports: Option<PortRange>,
