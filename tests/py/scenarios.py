@@ -107,6 +107,22 @@ def reply_of(ftp, cmd):
         return str(e)
 
 
+def check_serves(args):
+    """A fresh session logs in and lists: the gateway still serves after whatever came before."""
+    ftp = login(args)
+    ftp.retrlines("LIST", lambda _l: None)
+    ftp.quit()
+
+
+def begin_download(args, name, size):
+    """A session that has stored `size` random bytes as `name` and opened their RETR; returns
+    the session, the bytes, and the data connection."""
+    data = pattern(size)
+    ftp = login(args)
+    ftp.storbinary(f"STOR {name}", io.BytesIO(data), blocksize=1 << 20)
+    return ftp, data, ftp.transfercmd(f"RETR {name}")
+
+
 def store_and_fetch(ftp, name, data, what):
     """STOR `data` as `name`, RETR it back, and check the hash."""
     ftp.storbinary(f"STOR {name}", io.BytesIO(data))
@@ -172,9 +188,7 @@ def s_no_reuse_refused(args):
     check(ftp.voidcmd("NOOP").startswith("200"), "session unusable after refusal")
     ftp.quit()
     # And a client that does resume works right after.
-    ftp = login(args)
-    ftp.retrlines("LIST", lambda _l: None)
-    ftp.quit()
+    check_serves(args)
     print(f"no-reuse refused with {reply!r} in {elapsed:.2f}s")
 
 
@@ -236,10 +250,7 @@ def s_listings(args):
 def s_abort(args):
     """ABOR during a download: 426 for the transfer, then ABOR's own 2xx, then the session
     goes on with another, complete transfer."""
-    data = pattern(64 * 1024 * 1024)
-    ftp = login(args)
-    ftp.storbinary("STOR big.bin", io.BytesIO(data), blocksize=1 << 20)
-    conn = ftp.transfercmd("RETR big.bin")
+    ftp, data, conn = begin_download(args, "big.bin", 64 * 1024 * 1024)
     got = conn.recv(65536)
     check(len(got) > 0, "no data before ABOR")
     ftp.putcmd("ABOR")
@@ -344,10 +355,7 @@ def s_refusals(args):
     check(line.startswith(b"421") or line == b"", f"pipelined after AUTH: {line!r}")
     s.close()
 
-    # The gateway still serves a good session.
-    ftp = login(args)
-    ftp.retrlines("LIST", lambda _l: None)
-    ftp.quit()
+    check_serves(args)
     print("refusals ok")
 
 
@@ -408,18 +416,13 @@ def s_quit_midway(args):
     resp = ftp.sendcmd("QUIT")
     check(resp.startswith("221"), f"QUIT: {resp}")
     check(ftp.sock.recv(10) == b"", "connection stays open after QUIT")
-    ftp = login(args)
-    ftp.retrlines("LIST", lambda _l: None)
-    ftp.quit()
+    check_serves(args)
     print("quit ok")
 
 
 def s_client_vanishes(args):
     """Client disappears mid-download and mid-upload; the gateway carries on."""
-    data = pattern(8 * 1024 * 1024)
-    ftp = login(args)
-    ftp.storbinary("STOR vanish.bin", io.BytesIO(data), blocksize=1 << 20)
-    conn = ftp.transfercmd("RETR vanish.bin")
+    ftp, data, conn = begin_download(args, "vanish.bin", 8 * 1024 * 1024)
     conn.recv(1000)
     conn.close()
     ftp.sock.close()
@@ -603,10 +606,7 @@ def s_commands(args):
 
 
 def s_stat_during_transfer(args):
-    data = pattern(32 * 1024 * 1024)
-    ftp = login(args)
-    ftp.storbinary("STOR stat.bin", io.BytesIO(data), blocksize=1 << 20)
-    conn = ftp.transfercmd("RETR stat.bin")
+    ftp, data, conn = begin_download(args, "stat.bin", 32 * 1024 * 1024)
     got = conn.recv(65536)
     ftp.putcmd("STAT")
     status = ftp.getmultiline()
