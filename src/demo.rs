@@ -69,8 +69,10 @@ pub async fn start_backend(
     let server = libunftp::ServerBuilder::with_authenticator(
         Box::new(move || {
             Filesystem::new(root.clone()).unwrap_or_else(|e| {
-                // Checked above; only a directory removed since then gets here.
-                panic!("backend root vanished: {e}")
+                // Checked above, so only a directory removed since, or a process out of file
+                // descriptors (each session holds the root open), gets here; libunftp's
+                // generator cannot return an error. This ends that one session's task.
+                panic!("cannot open the demo backend's root: {e}")
             })
         }),
         auth,

@@ -537,7 +537,11 @@ fn ensure_test_user() {
         }
         // vsftpd enters the home directory before local_root: it must exist.
         let _ = Command::new("usermod").args(["-d", "/", USER]).status();
+        // SHA-512 crypt at its fewest rounds, not Debian's default yescrypt: yescrypt costs
+        // vsftpd ~50 ms of CPU per login, which would swamp what the session-rate benchmark
+        // measures (the proxies) and slow every test. A throwaway test account loses nothing.
         let mut chpasswd = Command::new("chpasswd")
+            .args(["-c", "SHA512", "-s", "1000"])
             .stdin(Stdio::piped())
             .spawn()
             .expect("chpasswd (tests with vsftpd run as root)");
