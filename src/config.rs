@@ -39,6 +39,15 @@ pub struct Settings {
     pub tls: TlsSettings,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    pub admin: AdminSettings,
+}
+
+/// The admin listener: `/metrics`, `/healthz`, `/readyz`. Off unless `listen` is set; keep it on
+/// loopback or a management network, since it needs no credentials.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,6 +194,34 @@ pub struct TlsSettings {
     pub required: bool,
     /// Let clients choose `PROT C` (unencrypted data connections).
     pub allow_clear_data: bool,
+    /// More certificates, chosen by the name the client asks for (SNI). Each serves the DNS
+    /// names in its own subjectAltName; `cert`/`key` stay the default for other names and for
+    /// clients that send no SNI.
+    pub sni: Vec<CertPair>,
+    /// Reload the certificates when their files change (SIGHUP always reloads).
+    pub watch: bool,
+    /// Client certificates: `none`, `optional` (checked when presented) or `required`.
+    pub client_auth: ClientAuth,
+    /// CA bundle (PEM) that client certificates must chain to; needed unless `client_auth` is
+    /// `none`.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A PEM certificate chain and its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    #[default]
+    None,
+    Optional,
+    Required,
 }
 
 impl Default for TlsSettings {
@@ -196,6 +233,10 @@ impl Default for TlsSettings {
             data_session_reuse: ReuseMode::Require,
             required: true,
             allow_clear_data: false,
+            sni: Vec::new(),
+            watch: true,
+            client_auth: ClientAuth::None,
+            client_ca: None,
         }
     }
 }
@@ -233,6 +274,8 @@ pub struct Timeouts {
     pub backend_connect_secs: u64,
     /// How long the backend may take to answer a command (transfers excepted).
     pub backend_reply_secs: u64,
+    /// After SIGTERM/SIGINT: how long transfers in flight may run on before they are cut.
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for Timeouts {
@@ -244,6 +287,7 @@ impl Default for Timeouts {
             data_connection_secs: 30,
             backend_connect_secs: 10,
             backend_reply_secs: 60,
+            shutdown_grace_secs: 30,
         }
     }
 }
@@ -266,6 +310,9 @@ impl Timeouts {
     }
     pub fn backend_reply(&self) -> Duration {
         Duration::from_secs(self.backend_reply_secs)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
     }
 }
 
@@ -344,6 +391,7 @@ pub struct Overrides {
     pub backend_tls: Option<BackendTlsMode>,
     pub backend_ca: Option<PathBuf>,
     pub backend_insecure: bool,
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -404,6 +452,9 @@ impl Settings {
         if o.backend_insecure {
             self.backend.insecure_skip_verify = true;
         }
+        if let Some(a) = o.admin_listen {
+            self.admin.listen = Some(a);
+        }
     }
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
@@ -434,6 +485,18 @@ impl Settings {
                 "tls.cert",
                 "set both tls.cert and tls.key, or neither (a self-signed pair is then generated)"
                     .into(),
+            ));
+        }
+        if self.tls.client_auth != ClientAuth::None && self.tls.client_ca.is_none() {
+            return Err(bad(
+                "tls.client_ca",
+                "client_auth needs a CA bundle to check client certificates against".into(),
+            ));
+        }
+        if !self.tls.sni.is_empty() && self.tls.cert.is_none() {
+            return Err(bad(
+                "tls.sni",
+                "SNI certificates need a default tls.cert/tls.key for clients without SNI".into(),
             ));
         }
         self.external_ip()

@@ -133,7 +133,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), BoxError> {
     let gateway = Gateway::bind(settings).await?;
     let explicit = first(&gateway, Mode::Explicit)?;
     let implicit = first(&gateway, Mode::Implicit)?;
-    tokio::spawn(gateway.serve());
+    tokio::spawn(gateway.serve(std::future::pending()));
 
     let bytes = self_check(explicit, &cert).await?;
     println!();

@@ -7,10 +7,12 @@
 //! Layers, outermost first: [`server`] (listeners, limits) → [`session`] (the control relay) →
 //! [`data`] (passive pool, data bridges) → [`ftp`] (pure protocol, no I/O).
 
+pub mod admin;
 pub mod config;
 pub mod data;
 pub mod demo;
 pub mod ftp;
+pub mod metrics;
 pub mod server;
 pub mod session;
 mod stream;

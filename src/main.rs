@@ -9,6 +9,7 @@ use ftpsgate::config::{BackendTlsMode, Overrides, PortRange, Settings};
 use ftpsgate::demo::{self, DemoOptions};
 use ftpsgate::server::Gateway;
 use ftpsgate::tls;
+use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
 
 /// FTPS reverse proxy: terminates TLS in front of a plain FTP server and answers passive mode
@@ -21,6 +22,16 @@ struct Cli {
     command: Option<Cmd>,
     #[command(flatten)]
     run: RunArgs,
+    /// Log lines for people (`text`) or for collectors (`json`, one object per line). The
+    /// FTPSGATE_LOG variable filters them, e.g. `debug` or `info,ftpsgate::data=debug`.
+    #[arg(long, global = true, env = "FTPSGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -90,6 +101,9 @@ struct RunArgs {
     /// Do not verify the backend's certificate (tests only; logged as a warning).
     #[arg(long, env = "FTPSGATE_BACKEND_INSECURE")]
     backend_insecure: bool,
+    /// Admin listener for /metrics, /healthz and /readyz, e.g. 127.0.0.1:9100 (off if unset).
+    #[arg(long, env = "FTPSGATE_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
 }
 
 impl RunArgs {
@@ -105,20 +119,29 @@ impl RunArgs {
             backend_tls: self.backend_tls,
             backend_ca: self.backend_ca.clone(),
             backend_insecure: self.backend_insecure,
+            admin_listen: self.admin_listen,
         };
         Settings::load(self.config.as_deref(), &overrides)
     }
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FTPSGATE_LOG")
                 .unwrap_or_else(|_| "info,libunftp=warn".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        // Span fields (session id, client, user, backend) go into every line.
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -157,19 +180,29 @@ fn main() -> ExitCode {
 async fn run(args: RunArgs) -> Result<(), String> {
     let settings = args.settings().map_err(|e| e.to_string())?;
     let gateway = Gateway::bind(settings).await.map_err(|e| e.to_string())?;
-    tokio::select! {
-        () = gateway.serve() => Ok(()),
-        r = tokio::signal::ctrl_c() => {
-            info!("interrupted; stopping");
-            r.map_err(|e| e.to_string())
+    let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let certs = gateway.certs();
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            certs.reload_and_log("SIGHUP");
         }
-    }
+    });
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => info!("SIGTERM received"),
+            _ = interrupt.recv() => info!("SIGINT received"),
+        }
+    };
+    gateway.serve(shutdown).await;
+    Ok(())
 }
 
 fn check(args: RunArgs) -> Result<(), String> {
     let settings = args.settings().map_err(|e| e.to_string())?;
-    // Load the certificate too: a config that names an unreadable key is not valid.
-    tls::identity_for(&settings.tls).map_err(|e| format!("tls: {e}"))?;
+    // Load the certificates too: a config that names an unreadable key is not valid.
+    tls::store::CertStore::load(&settings.tls, tls::provider()).map_err(|e| format!("tls: {e}"))?;
     let text = toml::to_string_pretty(&settings).map_err(|e| e.to_string())?;
     println!("# effective settings\n{text}");
     Ok(())

@@ -1,5 +1,10 @@
-//! Listeners, accept loops and session limits.
+//! Listeners, accept loops, session limits, and the graceful drain on shutdown.
+//!
+//! Shutdown: the accept loops stop, idle sessions are told `421` at once, sessions in a
+//! transfer finish it (and then hear the same `421`), and whatever is still running when the
+//! grace period ends is cut when the runtime stops.
 
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -11,12 +16,16 @@ use dashmap::DashMap;
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{info, info_span, warn, Instrument};
+use tokio::sync::watch;
+use tracing::{field, info, info_span, warn, Instrument};
 
+use crate::admin;
 use crate::config::Settings;
 use crate::data::PassivePool;
+use crate::metrics::{Metrics, Reason};
 use crate::session::{self, Context, Mode};
 use crate::tls::backend::BackendTls;
+use crate::tls::store::CertStore;
 use crate::tls::{self, TlsError};
 
 #[derive(Debug, Error)]
@@ -33,17 +42,21 @@ pub enum StartError {
 pub struct Gateway {
     ctx: Arc<Context>,
     listeners: Vec<(TcpListener, Mode)>,
+    admin: Option<TcpListener>,
     limits: Arc<SessionLimits>,
+    draining: watch::Sender<bool>,
 }
 
 impl Gateway {
     /// Loads the certificate (or generates one, with a warning), binds every listener.
     pub async fn bind(settings: Settings) -> Result<Gateway, StartError> {
-        let (identity, generated) = tls::identity_for(&settings.tls)?;
+        let (certs, generated) = CertStore::load(&settings.tls, tls::provider())?;
         if generated {
             warn!("no tls.cert/tls.key configured: using a generated self-signed certificate; clients will not trust it");
+        } else if settings.tls.watch {
+            certs.watch()?;
         }
-        let tls = tls::server_config(identity, &settings.tls)?;
+        let tls = tls::server_config(Arc::clone(&certs), &settings.tls)?;
         let external_ip = settings.external_ip().map_err(StartError::External)?;
         let backend_tls = BackendTls::from_settings(&settings.backend)?;
         if settings.backend.insecure_skip_verify && backend_tls.is_some() {
@@ -61,22 +74,47 @@ impl Gateway {
                 listeners.push((l, mode));
             }
         }
+        let admin = match settings.admin.listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let limits = Arc::new(SessionLimits::new(
             settings.limits.max_sessions,
             settings.limits.max_sessions_per_ip,
         ));
+        let metrics = Metrics::new();
         let pool = PassivePool::new(settings.passive.ports.0.clone());
+        let (draining, draining_rx) = watch::channel(false);
         Ok(Gateway {
             ctx: Arc::new(Context {
                 settings,
                 tls,
+                certs,
                 pool,
                 external_ip,
                 backend_tls,
+                metrics,
+                draining: draining_rx,
             }),
             listeners,
+            admin,
             limits,
+            draining,
         })
+    }
+
+    /// The admin listener's address, if one is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The certificate store, to reload on SIGHUP.
+    pub fn certs(&self) -> Arc<CertStore> {
+        Arc::clone(&self.ctx.certs)
     }
 
     /// The bound addresses of the listeners of one mode (useful with port 0).
@@ -88,8 +126,10 @@ impl Gateway {
             .collect()
     }
 
-    /// Accepts and serves sessions until the task is dropped.
-    pub async fn serve(self) {
+    /// Accepts and serves sessions until `shutdown` resolves, then drains: no new sessions,
+    /// `421` to idle ones, transfers in flight get `timeouts.shutdown_grace_secs` to finish.
+    /// Returns when every session has ended or the grace period is over.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let mut tasks = tokio::task::JoinSet::new();
         for (listener, mode) in self.listeners {
             if let Ok(addr) = listener.local_addr() {
@@ -102,7 +142,41 @@ impl Gateway {
                 Arc::clone(&self.limits),
             ));
         }
-        while tasks.join_next().await.is_some() {}
+        // The admin listener outlives the accept loops: during the drain /readyz says 503 and
+        // /metrics shows the sessions winding down.
+        let admin = self.admin.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                info!(%addr, "admin listening (/metrics, /healthz, /readyz)");
+            }
+            tokio::spawn(admin::serve(listener, Arc::clone(&self.ctx)))
+        });
+        shutdown.await;
+        // Listeners close here, so new connections are refused by the kernel, not left queued.
+        tasks.abort_all();
+        let _ = self.draining.send(true);
+        let open = self.limits.total.load(Ordering::Acquire);
+        let grace = self.ctx.settings.timeouts.shutdown_grace();
+        info!(
+            sessions = open,
+            grace_secs = grace.as_secs(),
+            "shutting down: draining sessions"
+        );
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.limits.total.load(Ordering::Acquire) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        match self.limits.total.load(Ordering::Acquire) {
+            0 => info!("all sessions ended; stopped"),
+            left => warn!(
+                sessions = left,
+                "grace period over; cutting the sessions left"
+            ),
+        }
+        if let Some(admin) = admin {
+            admin.abort();
+        }
     }
 }
 
@@ -125,21 +199,34 @@ async fn accept_loop(
             }
         };
         let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
-        let span = info_span!("session", id, client = %peer);
+        // `user` and `backend` are filled in once known, so every line of the session carries
+        // them.
+        let span = info_span!(
+            "session",
+            id,
+            client = %peer,
+            user = field::Empty,
+            backend = field::Empty,
+            client_cert = field::Empty
+        );
         match limits.admit(peer.ip()) {
             Ok(permit) => {
                 let ctx = Arc::clone(&ctx);
                 tokio::spawn(
                     async move {
-                        session::serve(ctx, tcp, mode).await;
+                        ctx.metrics.sessions.inc();
+                        ctx.metrics.sessions_active.inc();
+                        session::serve(Arc::clone(&ctx), tcp, mode).await;
+                        ctx.metrics.sessions_active.dec();
                         drop(permit);
                     }
                     .instrument(span),
                 );
             }
-            Err(why) => {
+            Err((why, reason)) => {
                 let _enter = span.enter();
                 info!(reason = why, "connection refused");
+                ctx.metrics.refused(reason);
                 tokio::spawn(refuse(tcp, mode, why));
             }
         }
@@ -179,16 +266,16 @@ impl SessionLimits {
         }
     }
 
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, &'static str> {
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, (&'static str, Reason)> {
         if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
-            return Err("Too many sessions");
+            return Err(("Too many sessions", Reason::session_limit));
         }
         let mut count = self.per_ip.entry(ip).or_insert(0);
         if *count >= self.max_per_ip {
             drop(count);
             self.total.fetch_sub(1, Ordering::AcqRel);
-            return Err("Too many sessions from your address");
+            return Err(("Too many sessions from your address", Reason::per_ip_limit));
         }
         *count += 1;
         Ok(Permit {

@@ -36,6 +36,7 @@ use super::gate::{SignalOnTicket, TicketGate, READ_BUFFER};
 use super::pool::Lease;
 use crate::config::ReuseMode;
 use crate::ftp::{Direction, Reply};
+use crate::metrics::{self, Channel, Metrics, Reason};
 use crate::stream::Stream;
 use crate::tls::backend::BackendSession;
 
@@ -122,6 +123,7 @@ pub struct BridgeParams {
     pub handshake_timeout: Duration,
     /// `Some` when the backend's data connections are TLS (backend PROT P).
     pub backend_tls: Option<BackendSession>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// A finished transfer, for the transfer log line.
@@ -229,7 +231,7 @@ async fn run(
         let backend = match backend {
             BackendSide::Connected(tcp) => tcp,
             BackendSide::Listening(listener, backend_ip) => {
-                let tcp = timeout(limit, accept_from(&listener, backend_ip))
+                let tcp = timeout(limit, accept_from(&listener, backend_ip, &params.metrics))
                     .await
                     .map_err(|_| BridgeError::Backend(io::ErrorKind::TimedOut.into()))?
                     .map_err(BridgeError::Backend)?;
@@ -270,7 +272,7 @@ async fn run(
             let client_side = async {
                 let tcp = timeout(
                     params.accept_timeout,
-                    accept_from(&listener, params.client_ip),
+                    accept_from(&listener, params.client_ip, &params.metrics),
                 )
                 .await
                 .map_err(|_| BridgeError::AcceptTimeout)?
@@ -298,12 +300,16 @@ async fn run(
     };
     let began = Instant::now();
     let mut buf = vec![0u8; BUF_SIZE];
+    let counted = Counted {
+        progress,
+        total: params.metrics.bytes(direction),
+    };
     let bytes = match direction {
-        Direction::Download => pump(&mut backend, &mut client, &mut buf, progress)
+        Direction::Download => pump(&mut backend, &mut client, &mut buf, &counted)
             .await
             .map_err(|e| e.into_bridge(BridgeError::Backend, BridgeError::Client))?,
         Direction::Upload => {
-            let n = pump(&mut client, &mut backend, &mut buf, progress)
+            let n = pump(&mut client, &mut backend, &mut buf, &counted)
                 .await
                 .map_err(|e| e.into_bridge(upload_read_error, BridgeError::Backend))?;
             // Wait for the backend to close its side: then it has read every byte (so closing
@@ -356,12 +362,17 @@ fn upload_read_error(e: io::Error) -> BridgeError {
 
 /// Accepts the first connection from `allowed`; others are logged and closed, and the wait goes
 /// on, so a port thief cannot take a transfer away from its client.
-async fn accept_from(listener: &TcpListener, allowed: IpAddr) -> io::Result<TcpStream> {
+async fn accept_from(
+    listener: &TcpListener,
+    allowed: IpAddr,
+    metrics: &Metrics,
+) -> io::Result<TcpStream> {
     loop {
         let (tcp, peer) = listener.accept().await?;
         if canonical(peer.ip()) == canonical(allowed) {
             return Ok(tcp);
         }
+        metrics.refused(Reason::data_from_other_address);
         warn!(%peer, expected = %allowed, "refused data connection: not from the control connection's address");
     }
 }
@@ -426,13 +437,29 @@ async fn handshake(
         armed: Arc::clone(&armed),
     });
     let accept = TlsAcceptor::from(Arc::new(config)).accept(TicketGate::new(tcp, armed));
-    let mut tls = timeout(params.handshake_timeout, accept)
+    let accepted = timeout(params.handshake_timeout, accept)
         .await
-        .map_err(|_| BridgeError::Handshake(io::ErrorKind::TimedOut.into()))?
-        .map_err(BridgeError::Handshake)?;
+        .map_err(|_| BridgeError::Handshake(io::ErrorKind::TimedOut.into()))
+        .and_then(|r| r.map_err(BridgeError::Handshake));
+    let mut tls = match accepted {
+        Ok(tls) => tls,
+        Err(e) => {
+            params.metrics.handshake(Channel::data, None);
+            return Err(e);
+        }
+    };
     tls.get_mut().0.release();
     let resumed = tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
+    params.metrics.handshake(
+        Channel::data,
+        Some(if resumed {
+            metrics::HandshakeKind::resumed
+        } else {
+            metrics::HandshakeKind::full
+        }),
+    );
     if params.reuse == ReuseMode::Require && !resumed {
+        params.metrics.refused(Reason::data_not_resumed);
         info!("data connection refused: TLS session not resumed (data_session_reuse = require)");
         return Err(BridgeError::NotResumed);
     }
@@ -457,13 +484,19 @@ impl PumpError {
     }
 }
 
+/// Where a transfer's bytes are counted: its own progress (for STAT) and the gateway's total.
+struct Counted<'a> {
+    progress: &'a AtomicU64,
+    total: prometheus_client::metrics::counter::Counter,
+}
+
 /// Copies `from` to `to` until a clean end of file, then ends `to` cleanly (FIN, or
 /// close_notify then FIN for TLS).
 async fn pump<R, W>(
     from: &mut R,
     to: &mut W,
     buf: &mut [u8],
-    progress: &AtomicU64,
+    counted: &Counted<'_>,
 ) -> Result<u64, PumpError>
 where
     R: AsyncRead + Unpin,
@@ -477,7 +510,8 @@ where
         }
         to.write_all(&buf[..n]).await.map_err(PumpError::Write)?;
         total += n as u64;
-        progress.store(total, Ordering::Relaxed);
+        counted.progress.store(total, Ordering::Relaxed);
+        counted.total.inc_by(n as u64);
     }
     to.flush().await.map_err(PumpError::Write)?;
     to.shutdown().await.map_err(PumpError::Write)?;

@@ -12,6 +12,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::ftp::{LineError, LineFramer, Peer, Reply};
 use crate::stream::Stream;
+use crate::tls::store::subject;
 
 pub struct ClientControl {
     /// `None` only while an upgrade is in progress (or after it failed).
@@ -87,6 +88,24 @@ impl ClientControl {
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
         self.stream = Some(Stream::from(tls));
         Ok(())
+    }
+
+    /// The TLS version and whether the handshake resumed a session.
+    pub fn tls_info(&self) -> Option<(rustls::ProtocolVersion, bool)> {
+        self.stream.as_ref().and_then(Stream::tls_info)
+    }
+
+    /// The subject of the client's certificate, when it presented one (mutual TLS).
+    pub fn peer_subject(&self) -> Option<String> {
+        match self.stream.as_ref()? {
+            Stream::Tls(tls) => match &**tls {
+                tokio_rustls::TlsStream::Server(s) => {
+                    s.get_ref().1.peer_certificates()?.first().and_then(subject)
+                }
+                tokio_rustls::TlsStream::Client(_) => None,
+            },
+            _ => None,
+        }
     }
 
     /// Says goodbye politely: TLS close_notify, then FIN.

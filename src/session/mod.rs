@@ -17,15 +17,18 @@ use std::time::Duration;
 use rustls::ServerConfig;
 use thiserror::Error;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
-use tracing::{info, warn};
+use tracing::{info, warn, Span};
 
 use crate::config::Settings;
 use crate::data::{DataBridge, PassivePool};
 use crate::ftp::{rewrite_feat, Command, LineError, Reply, Verb};
+use crate::metrics::{Channel, HandshakeKind, Metrics, Reason};
 use crate::stream::Stream;
 use crate::tls;
 use crate::tls::backend::BackendTls;
+use crate::tls::store::CertStore;
 
 use backend::Backend;
 pub use backend::BackendError;
@@ -36,10 +39,40 @@ pub struct Context {
     pub settings: Settings,
     /// The base TLS config; each session clones it (see [`tls::session_config`]).
     pub tls: Arc<ServerConfig>,
+    /// The certificates behind `tls`, reloadable.
+    pub certs: Arc<CertStore>,
     pub pool: Arc<PassivePool>,
     pub external_ip: Option<IpAddr>,
     /// `None` for a plain-FTP backend.
     pub backend_tls: Option<BackendTls>,
+    pub metrics: Arc<Metrics>,
+    /// Becomes true when the gateway shuts down: idle sessions say 421 and end.
+    pub draining: watch::Receiver<bool>,
+}
+
+impl Context {
+    /// Connects to the backend as a session would (TLS included) and checks its greeting, for
+    /// `/readyz` and `ftpsgate doctor`.
+    pub async fn probe_backend(&self) -> Result<Reply, BackendError> {
+        let t = &self.settings.timeouts;
+        let (mut backend, greeting) = Backend::connect(
+            &self.settings.backend.address,
+            self.backend_tls.as_ref().map(BackendTls::session),
+            t.backend_connect(),
+            t.backend_reply(),
+        )
+        .await?;
+        let last = greeting.last().cloned().ok_or(BackendError::Closed)?;
+        let _ = backend.send(b"QUIT\r\n").await;
+        if last.is_success() {
+            Ok(last)
+        } else {
+            Err(BackendError::Refused {
+                what: "the connection",
+                reply: format!("{} {}", last.code(), last.text()),
+            })
+        }
+    }
 }
 
 /// How the client's control connection starts.
@@ -111,13 +144,8 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, mode: Mode) {
     let max_line = ctx.settings.limits.max_line_length;
     let mut client = ClientControl::new(Stream::Plain(tcp), peer, local, max_line);
     if mode == Mode::Implicit {
-        if let Err(e) = client
-            .upgrade(
-                Arc::clone(&session_tls.control),
-                ctx.settings.timeouts.tls_handshake(),
-            )
-            .await
-        {
+        let config = Arc::clone(&session_tls.control);
+        if let Err(e) = secure_control(&ctx, &mut client, config).await {
             info!(error = %e, "implicit TLS handshake failed");
             return;
         }
@@ -134,6 +162,7 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, mode: Mode) {
     {
         Ok(b) => b,
         Err(e) => {
+            ctx.metrics.backend_connect_errors.inc();
             warn!(error = %e, "backend unreachable");
             let _ = client
                 .send(&Reply::new(
@@ -163,7 +192,8 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, mode: Mode) {
         pending: None,
         deferred: None,
     };
-    info!(backend = %session.backend.peer(), ?mode, "session started");
+    Span::current().record("backend", tracing::field::display(session.backend.peer()));
+    info!(?mode, "session started");
     match session.run(greeting).await {
         Ok(()) => info!(user = session.user.as_deref(), "session closed"),
         Err(Fatal::Backend(e)) => {
@@ -179,6 +209,38 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, mode: Mode) {
         Err(Fatal::Client(e)) => info!(error = %e, "client connection lost"),
     }
     session.client.close().await;
+}
+
+/// Resolves once the gateway starts draining (never, if it is gone without draining).
+async fn until_draining(draining: &mut watch::Receiver<bool>) {
+    if draining.wait_for(|d| *d).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The control connection's TLS handshake, counted, with the client certificate's subject (if
+/// the client presented one) put on the session's span.
+async fn secure_control(
+    ctx: &Context,
+    client: &mut ClientControl,
+    config: Arc<ServerConfig>,
+) -> std::io::Result<()> {
+    let result = client
+        .upgrade(config, ctx.settings.timeouts.tls_handshake())
+        .await;
+    let kind = result.as_ref().ok().map(|()| {
+        if client.tls_info().is_some_and(|(_, resumed)| resumed) {
+            HandshakeKind::resumed
+        } else {
+            HandshakeKind::full
+        }
+    });
+    ctx.metrics.handshake(Channel::control, kind);
+    if let Some(subject) = client.peer_subject() {
+        Span::current().record("client_cert", subject.as_str());
+        info!(subject, "client certificate accepted");
+    }
+    result
 }
 
 impl Session {
@@ -201,6 +263,7 @@ impl Session {
             let line = match line {
                 Ok(line) => line,
                 Err(e) => {
+                    self.ctx.metrics.refused(Reason::bad_line);
                     info!(error = %e, "refused client line");
                     self.reply(500, &format!("Syntax error: {e}.")).await?;
                     continue;
@@ -209,6 +272,7 @@ impl Session {
             let cmd = match Command::parse(line) {
                 Ok(cmd) => cmd,
                 Err(e) => {
+                    self.ctx.metrics.refused(Reason::bad_line);
                     info!(error = %e, "refused client line");
                     self.reply(500, "Syntax error, command unrecognized.")
                         .await?;
@@ -227,9 +291,18 @@ impl Session {
         let t = &self.ctx.settings.timeouts;
         let idle = Instant::now() + t.idle();
         let deadline = self.login_deadline.map_or(idle, |login| login.min(idle));
+        let mut draining = self.ctx.draining.clone();
         loop {
             tokio::select! {
+                // Lines already received are served first; a session between commands is idle.
+                biased;
                 line = self.client.read_line() => return Ok(line?),
+                () = until_draining(&mut draining) => {
+                    self.ctx.metrics.refused(Reason::shutting_down);
+                    info!("gateway shutting down; closing idle session");
+                    self.reply(421, "Service shutting down; please reconnect later.").await?;
+                    return Ok(None);
+                }
                 reply = self.backend.read_reply() => {
                     let reply = reply?;
                     info!(code = reply.code(), "unsolicited backend reply relayed");
@@ -244,6 +317,7 @@ impl Session {
                     } else {
                         "idle"
                     };
+                    self.ctx.metrics.refused(Reason::timeout);
                     info!(timeout = why, "session timed out");
                     self.reply(421, &format!("Timeout ({why}); closing control connection.")).await?;
                     return Ok(None);
@@ -259,6 +333,7 @@ impl Session {
     async fn handle(&mut self, cmd: Command) -> Result<Flow, Fatal> {
         let verb = cmd.verb();
         if self.ctx.settings.tls.required && !self.client.is_tls() && !verb.allowed_before_tls() {
+            self.ctx.metrics.refused(Reason::tls_required);
             info!(command = %cmd.name(), "refused before AUTH TLS");
             self.reply(530, "TLS required: send AUTH TLS first.")
                 .await?;
@@ -336,7 +411,9 @@ impl Session {
 
     async fn login(&mut self, cmd: &Command) -> Result<(), Fatal> {
         if cmd.verb() == Verb::User {
-            self.user = Some(cmd.arg_text());
+            let user = cmd.arg_text();
+            Span::current().record("user", user.as_str());
+            self.user = Some(user);
         }
         let reply = self.forward(cmd).await?;
         if reply.code() == 230 {
@@ -376,9 +453,8 @@ impl Session {
             return Ok(Flow::Close);
         }
         self.reply(234, "AUTH TLS successful.").await?;
-        let limit = self.ctx.settings.timeouts.tls_handshake();
         let config = Arc::clone(&self.tls.control);
-        if let Err(e) = self.client.upgrade(config, limit).await {
+        if let Err(e) = secure_control(&self.ctx, &mut self.client, config).await {
             info!(error = %e, "control TLS handshake failed");
             return Ok(Flow::Close);
         }

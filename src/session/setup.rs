@@ -13,6 +13,7 @@ use crate::config::{BackendDataMode, Switch};
 use crate::data::{canonical, BackendSide, BridgeParams, ClientSide, DataBridge};
 use crate::ftp::addr::{self, EpsvArg};
 use crate::ftp::{Command, Verb};
+use crate::metrics::Reason;
 
 impl Session {
     pub(super) async fn pasv(&mut self) -> Result<(), Fatal> {
@@ -133,6 +134,7 @@ impl Session {
             Ok(l) => l,
             Err(e) => {
                 warn!(error = %e, "passive pool exhausted");
+                self.ctx.metrics.refused(Reason::pool_full);
                 self.reply(425, "No passive port available; try again later.")
                     .await?;
                 return Ok(None);
@@ -174,6 +176,7 @@ impl Session {
             accept_timeout: t.data_connection(),
             handshake_timeout: t.tls_handshake(),
             backend_tls: self.backend.data_tls(),
+            metrics: Arc::clone(&self.ctx.metrics),
         };
         self.pending = Some(Pending {
             bridge: DataBridge::spawn(client, backend, params),

@@ -9,6 +9,7 @@ use tracing::{info, warn};
 use super::{BackendError, Fatal, Protection, Session};
 use crate::data::{BridgeError, DataBridge, Transferred};
 use crate::ftp::{Command, Reply, Verb};
+use crate::metrics::Outcome;
 
 impl Session {
     pub(super) async fn transfer(&mut self, cmd: Command) -> Result<(), Fatal> {
@@ -50,6 +51,7 @@ impl Session {
     /// Waits for both the backend's final reply and the end of the copy, watching the client
     /// for ABOR meanwhile.
     async fn await_transfer(&mut self, cmd: &Command, mut bridge: DataBridge) -> Result<(), Fatal> {
+        let began = std::time::Instant::now();
         let mut last: Option<Reply> = None;
         let mut outcome: Option<Result<Transferred, BridgeError>> = None;
         // Once the copy is over, the backend gets the usual reply timeout to say so.
@@ -81,7 +83,15 @@ impl Session {
                         Err(_) => None,
                     };
                     match verb {
-                        Some((Verb::Abor, _)) => return self.abort(cmd, bridge, last, outcome).await,
+                        Some((Verb::Abor, _)) => {
+                            let record = Record {
+                                cmd,
+                                backend_code: None,
+                                bytes: bridge.progress(),
+                                elapsed: began.elapsed(),
+                            };
+                            return self.abort(record, bridge, last, outcome).await;
+                        }
                         // STAT without argument asks about the transfer itself (RFC 959
                         // §4.1.3): answered here, since the backend's answer would interleave
                         // with the transfer's own replies.
@@ -105,13 +115,19 @@ impl Session {
         let (Some(last), Some(outcome)) = (last, outcome) else {
             return Ok(());
         };
+        let record = Record {
+            cmd,
+            backend_code: Some(last.code()),
+            bytes: bridge.progress(),
+            elapsed: began.elapsed(),
+        };
         let reply = match outcome {
             Ok(t) => {
-                log_transfer(cmd, Ok(&t), last.code());
+                self.log_transfer(record, Ok(&t));
                 last
             }
             Err(e) => {
-                log_transfer(cmd, Err(&e), last.code());
+                self.log_transfer(record, Err(&e));
                 e.reply()
             }
         };
@@ -127,7 +143,7 @@ impl Session {
     /// order RFC 959 gives: the transfer's reply first, then the ABOR's 2xx.
     async fn abort(
         &mut self,
-        cmd: &Command,
+        record: Record<'_>,
         bridge: DataBridge,
         last: Option<Reply>,
         outcome: Option<Result<Transferred, BridgeError>>,
@@ -135,7 +151,10 @@ impl Session {
         let completed =
             matches!(outcome, Some(Ok(_))) && last.as_ref().is_some_and(Reply::is_success);
         drop(bridge);
-        info!(command = %cmd.name(), completed, "transfer aborted by client");
+        match &outcome {
+            Some(Ok(t)) if completed => self.log_transfer(record, Ok(t)),
+            _ => self.log_transfer(record, Err(&BridgeError::Cancelled)),
+        }
         self.backend.send(b"ABOR\r\n").await?;
         let mut after_abor = Vec::with_capacity(2);
         let expected = if last.is_some() { 1 } else { 2 };
@@ -163,21 +182,43 @@ impl Session {
     }
 }
 
-/// One line per transfer, like an xferlog.
-fn log_transfer(cmd: &Command, result: Result<&Transferred, &BridgeError>, backend_code: u16) {
-    let path = String::from_utf8_lossy(cmd.arg()).into_owned();
-    match result {
-        Ok(t) => info!(
-            command = %cmd.name(),
-            path,
-            direction = %t.direction,
-            bytes = t.bytes,
-            ms = t.elapsed.as_millis() as u64,
-            tls = ?t.tls.map(|(v, _)| v),
-            resumed = t.tls.is_some_and(|(_, r)| r),
-            backend_code,
-            "transfer complete"
-        ),
-        Err(e) => warn!(command = %cmd.name(), path, error = %e, backend_code, "transfer failed"),
+/// What the transfer log line says about a transfer besides its outcome.
+struct Record<'a> {
+    cmd: &'a Command,
+    /// The backend's final reply, when it came.
+    backend_code: Option<u16>,
+    bytes: u64,
+    elapsed: std::time::Duration,
+}
+
+impl Session {
+    /// One line per transfer, like an xferlog, and its count in the metrics.
+    fn log_transfer(&self, r: Record<'_>, result: Result<&Transferred, &BridgeError>) {
+        let Some(direction) = r.cmd.verb().transfer() else {
+            return;
+        };
+        let path = String::from_utf8_lossy(r.cmd.arg()).into_owned();
+        let outcome = match result {
+            Ok(_) => Outcome::ok,
+            Err(BridgeError::Cancelled) => Outcome::aborted,
+            Err(_) => Outcome::failed,
+        };
+        self.ctx.metrics.transfer(direction, outcome.clone());
+        let (bytes, ms) = match result {
+            Ok(t) => (t.bytes, t.elapsed.as_millis() as u64),
+            Err(_) => (r.bytes, r.elapsed.as_millis() as u64),
+        };
+        let tls = result.ok().and_then(|t| t.tls);
+        let version = tls.map(|(v, _)| format!("{v:?}"));
+        let resumed = tls.is_some_and(|(_, resumed)| resumed);
+        let error = result.err().map(ToString::to_string);
+        if outcome == Outcome::failed {
+            warn!(command = %r.cmd.name(), path, %direction, bytes, ms, outcome = ?outcome,
+                tls = version.as_deref(), resumed, backend_code = r.backend_code,
+                error = error.as_deref(), "transfer");
+        } else {
+            info!(command = %r.cmd.name(), path, %direction, bytes, ms, outcome = ?outcome,
+                tls = version.as_deref(), resumed, backend_code = r.backend_code, "transfer");
+        }
     }
 }

@@ -2,18 +2,21 @@
 //! binds data connections to their control connection. TLS toward backends is in [`backend`].
 
 pub mod backend;
+pub mod store;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::aws_lc_rs;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache};
-use rustls::ServerConfig;
+use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache, WebPkiClientVerifier};
+use rustls::{RootCertStore, ServerConfig};
 use thiserror::Error;
 
-use crate::config::{ReuseMode, TlsSettings, TlsVersion};
+use crate::config::{ClientAuth, ReuseMode, TlsSettings, TlsVersion};
+use store::CertStore;
 
 #[derive(Debug, Error)]
 pub enum TlsError {
@@ -108,35 +111,51 @@ pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
     })
 }
 
-/// The identity the settings ask for; without cert and key, a generated self-signed one (the
-/// caller logs the warning, since it knows whether anyone is listening).
-pub fn identity_for(settings: &TlsSettings) -> Result<(Identity, bool), TlsError> {
-    match (&settings.cert, &settings.key) {
-        (Some(cert), Some(key)) => Ok((load_identity(cert, key)?, false)),
-        _ => {
-            let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-            Ok((self_signed(&names)?.identity()?, true))
-        }
-    }
+/// The crypto provider for every TLS config toward clients. Explicit instead of the process
+/// default: libunftp and suppaftp pull in rustls too, and two enabled providers would leave the
+/// default ambiguous.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(aws_lc_rs::default_provider())
 }
 
-/// Builds the gateway's base server config. Sessions never use it directly: see
-/// [`session_config`].
+/// Builds the gateway's base server config around the certificate store. Sessions never use it
+/// directly: see [`session_config`].
 pub fn server_config(
-    identity: Identity,
+    store: Arc<CertStore>,
     settings: &TlsSettings,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let versions: &[&rustls::SupportedProtocolVersion] = match settings.min_version {
         TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::V1_3 => &[&rustls::version::TLS13],
     };
-    // An explicit provider instead of the process default: libunftp and suppaftp pull in rustls
-    // too, and two enabled providers would leave the default ambiguous.
-    let config = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
-        .with_protocol_versions(versions)?
-        .with_no_client_auth()
-        .with_single_cert(identity.chain, identity.key)?;
-    Ok(Arc::new(config))
+    let provider = provider();
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(versions)?;
+    let builder = match (settings.client_auth, &settings.client_ca) {
+        (ClientAuth::None, _) | (_, None) => builder.with_no_client_auth(),
+        (mode, Some(ca)) => {
+            let mut roots = RootCertStore::empty();
+            let file_err = |why: String| TlsError::File {
+                file: ca.clone(),
+                why,
+            };
+            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| file_err(e.to_string()))? {
+                roots
+                    .add(cert.map_err(|e| file_err(e.to_string()))?)
+                    .map_err(|e| file_err(e.to_string()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = match mode {
+                ClientAuth::Optional => verifier.allow_unauthenticated(),
+                _ => verifier,
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| file_err(format!("client CA bundle: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    Ok(Arc::new(builder.with_cert_resolver(store)))
 }
 
 /// The TLS configs of one FTP session: one for its control handshake, one for its data
@@ -189,7 +208,13 @@ mod tests {
         let (cert, key) = pair.write_to(dir.path()).expect("write");
         let id = load_identity(&cert, &key).expect("load");
         assert_eq!(id.chain.len(), 1);
-        server_config(id, &TlsSettings::default()).expect("config");
+        let settings = TlsSettings {
+            cert: Some(cert),
+            key: Some(key),
+            ..TlsSettings::default()
+        };
+        let (store, _) = CertStore::load(&settings, provider()).expect("store");
+        server_config(store, &settings).expect("config");
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct TestGateway {
     /// The explicit listener on [::1].
     pub explicit6: SocketAddr,
     pub implicit: SocketAddr,
+    /// The admin listener, when the test's settings enable one.
+    pub admin: Option<SocketAddr>,
     /// The gateway's certificate, for clients to trust.
     pub ca: PathBuf,
     /// The backend's file root, to put fixtures in and check uploads.
@@ -113,21 +115,23 @@ impl TestGateway {
                 let explicit = gateway.local_addrs(Mode::Explicit);
                 let implicit = gateway.local_addrs(Mode::Implicit)[0];
                 addrs_tx
-                    .send((explicit[0], explicit[1], implicit))
+                    .send((explicit[0], explicit[1], implicit, gateway.admin_addr()))
                     .expect("report addresses");
                 tokio::select! {
-                    () = gateway.serve() => {}
+                    // No drain: a test that is over has nothing in flight worth waiting for.
+                    () = gateway.serve(std::future::pending()) => {}
                     _ = stop_rx => {}
                 }
             });
         });
-        let (explicit, explicit6, implicit) = addrs_rx
+        let (explicit, explicit6, implicit, admin) = addrs_rx
             .recv_timeout(Duration::from_secs(30))
             .expect("gateway started");
         TestGateway {
             explicit,
             explicit6,
             implicit,
+            admin,
             ca: cert,
             root,
             stop: Some(stop_tx),

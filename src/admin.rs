@@ -1,0 +1,92 @@
+//! The admin listener: `/metrics` (Prometheus/OpenMetrics text), `/healthz` (the process
+//! answers) and `/readyz` (the backend answers with its greeting, and the gateway is not
+//! draining). Plain HTTP/1.1 through hyper; it serves operators and probes, never FTP clients.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::session::Context;
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves admin requests until the task is aborted.
+pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let ctx = Arc::clone(&ctx);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let ctx = Arc::clone(&ctx);
+                async move { Ok::<_, Infallible>(route(&ctx, req).await) }
+            });
+            // A slow or silent client is dropped instead of holding a task forever.
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tcp), service);
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "admin connection ended");
+            }
+        });
+    }
+}
+
+async fn route(ctx: &Context, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            // Read at scrape time rather than tracked on every lease and release.
+            ctx.metrics.leases_in_use.set(ctx.pool.in_use() as i64);
+            let mut resp = text(StatusCode::OK, ctx.metrics.render());
+            if let Ok(v) = OPENMETRICS.parse() {
+                resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+            }
+            resp
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if *ctx.draining.borrow() {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+            }
+            match ctx.probe_backend().await {
+                Ok(_) => text(StatusCode::OK, "ready\n"),
+                Err(e) => {
+                    warn!(error = %e, "readiness: backend not ready");
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("backend not ready: {e}\n"),
+                    )
+                }
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz, /readyz\n",
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp
+}

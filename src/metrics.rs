@@ -1,0 +1,243 @@
+//! The gateway's counters, exposed in the Prometheus/OpenMetrics text format on the admin
+//! listener (see [`crate::admin`]).
+//!
+//! One [`Metrics`] per gateway, not a process-global recorder: tests run several gateways in one
+//! process, and each must report only its own sessions. Every metric is a typed field, so the
+//! code that counts cannot misspell a name, and label values come from closed sets (the enums
+//! below), so a hostile peer cannot grow the label space.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::ftp::Direction;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)] // label values as Prometheus users expect them: lower case
+pub enum DirectionLabel {
+    upload,
+    download,
+}
+
+impl From<Direction> for DirectionLabel {
+    fn from(d: Direction) -> Self {
+        match d {
+            Direction::Upload => DirectionLabel::upload,
+            Direction::Download => DirectionLabel::download,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Outcome {
+    ok,
+    failed,
+    aborted,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Channel {
+    control,
+    data,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum HandshakeKind {
+    full,
+    resumed,
+    /// The handshake failed, so it was neither.
+    none,
+}
+
+/// Why the gateway refused something. A closed set: log lines carry the detail.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Reason {
+    session_limit,
+    per_ip_limit,
+    tls_required,
+    bad_line,
+    data_from_other_address,
+    data_not_resumed,
+    clear_data,
+    port_refused,
+    pool_full,
+    shutting_down,
+    timeout,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BytesLabels {
+    direction: DirectionLabel,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransferLabels {
+    direction: DirectionLabel,
+    outcome: Outcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    channel: Channel,
+    outcome: Outcome,
+    kind: HandshakeKind,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: Reason,
+}
+
+/// Everything the gateway counts. Cheap to update from any task: atomics underneath.
+pub struct Metrics {
+    registry: Registry,
+    pub sessions_active: Gauge,
+    pub sessions: Counter,
+    bytes: Family<BytesLabels, Counter>,
+    transfers: Family<TransferLabels, Counter>,
+    handshakes: Family<HandshakeLabels, Counter>,
+    pub leases_in_use: Gauge,
+    pub backend_connect_errors: Counter,
+    refusals: Family<ReasonLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("ftpsgate");
+        let sessions_active = Gauge::default();
+        let sessions = Counter::default();
+        let bytes = Family::default();
+        let transfers = Family::default();
+        let handshakes = Family::default();
+        let leases_in_use = Gauge::default();
+        let backend_connect_errors = Counter::default();
+        let refusals = Family::default();
+        registry.register(
+            "sessions_active",
+            "Client sessions open now",
+            sessions_active.clone(),
+        );
+        registry.register("sessions", "Client sessions accepted", sessions.clone());
+        registry.register(
+            "data_bytes",
+            "Bytes copied on data connections",
+            bytes.clone(),
+        );
+        registry.register(
+            "transfers",
+            "Data transfers by direction and outcome",
+            transfers.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes with clients by channel, outcome and kind",
+            handshakes.clone(),
+        );
+        registry.register(
+            "passive_leases_in_use",
+            "Passive ports leased now",
+            leases_in_use.clone(),
+        );
+        registry.register(
+            "backend_connect_errors",
+            "Failed connections to the backend's control port",
+            backend_connect_errors.clone(),
+        );
+        registry.register(
+            "refusals",
+            "Requests the gateway refused, by reason",
+            refusals.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            sessions_active,
+            sessions,
+            bytes,
+            transfers,
+            handshakes,
+            leases_in_use,
+            backend_connect_errors,
+            refusals,
+        })
+    }
+
+    /// The byte counter of one direction. A transfer takes it once and adds to it as bytes
+    /// flow (one atomic add per chunk), so a scrape during a long transfer sees it move.
+    pub fn bytes(&self, direction: Direction) -> Counter {
+        self.bytes
+            .get_or_create(&BytesLabels {
+                direction: direction.into(),
+            })
+            .clone()
+    }
+
+    pub fn transfer(&self, direction: Direction, outcome: Outcome) {
+        self.transfers
+            .get_or_create(&TransferLabels {
+                direction: direction.into(),
+                outcome,
+            })
+            .inc();
+    }
+
+    pub fn handshake(&self, channel: Channel, result: Option<HandshakeKind>) {
+        let (outcome, kind) = match result {
+            Some(kind) => (Outcome::ok, kind),
+            None => (Outcome::failed, HandshakeKind::none),
+        };
+        self.handshakes
+            .get_or_create(&HandshakeLabels {
+                channel,
+                outcome,
+                kind,
+            })
+            .inc();
+    }
+
+    pub fn refused(&self, reason: Reason) {
+        self.refusals.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// The OpenMetrics text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendering_names_every_metric_with_its_labels() {
+        let m = Metrics::new();
+        m.sessions.inc();
+        m.bytes(Direction::Download).inc_by(42);
+        m.transfer(Direction::Upload, Outcome::aborted);
+        m.handshake(Channel::data, Some(HandshakeKind::resumed));
+        m.refused(Reason::pool_full);
+        let text = m.render();
+        for line in [
+            "ftpsgate_sessions_total 1",
+            "ftpsgate_data_bytes_total{direction=\"download\"} 42",
+            "ftpsgate_transfers_total{direction=\"upload\",outcome=\"aborted\"} 1",
+            "ftpsgate_tls_handshakes_total{channel=\"data\",outcome=\"ok\",kind=\"resumed\"} 1",
+            "ftpsgate_refusals_total{reason=\"pool_full\"} 1",
+            "ftpsgate_sessions_active 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+    }
+}
