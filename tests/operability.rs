@@ -1,0 +1,445 @@
+//! What operators rely on: metrics while traffic flows, readiness that follows the backend,
+//! certificates rotated under live sessions, SIGHUP, and a drain on SIGTERM that lets a
+//! transfer in flight finish whole.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use suppaftp::types::FileType;
+use tokio::io::AsyncReadExt;
+
+use common::*;
+
+/// GET over HTTP with curl (a real client); returns the status code and the body.
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let out = run_ok(Command::new("curl").args([
+        "-sS",
+        "--max-time",
+        "20",
+        "-w",
+        "\n%{http_code}",
+        &format!("http://{addr}{path}"),
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("status line");
+    (code.trim().parse().expect("status code"), body.to_string())
+}
+
+/// Scrapes /metrics and parses it with a Prometheus text parser.
+fn scrape(admin: SocketAddr) -> prometheus_parse::Scrape {
+    let (code, body) = http_get(admin, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .expect("valid exposition")
+}
+
+/// The value of the sample `name` whose labels include all of `labels` (0 when absent).
+fn value(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == name)
+        .filter(|x| labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| match x.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+fn pem_certs(path: &Path) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_file_iter(path)
+        .expect("read PEM")
+        .collect::<Result<_, _>>()
+        .expect("parse PEM")
+}
+
+/// Connects, sends AUTH TLS, completes the handshake asking for `name` (SNI) and returns the
+/// certificate the gateway presented. `trusted` are the acceptable (self-signed) certificates.
+fn served_cert(
+    addr: SocketAddr,
+    name: &str,
+    trusted: &[CertificateDer<'static>],
+) -> Result<CertificateDer<'static>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in trusted {
+        roots.add(c.clone()).map_err(|e| e.to_string())?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(tcp.try_clone().map_err(|e| e.to_string())?);
+    let mut line = String::new();
+    reader.read_line(&mut line).map_err(|e| e.to_string())?;
+    if !line.starts_with("220") {
+        return Err(format!("greeting: {line}"));
+    }
+    tcp.write_all(b"AUTH TLS\r\n").map_err(|e| e.to_string())?;
+    line.clear();
+    reader.read_line(&mut line).map_err(|e| e.to_string())?;
+    if !line.starts_with("234") {
+        return Err(format!("AUTH TLS: {line}"));
+    }
+    let server_name = ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(config), server_name).map_err(|e| e.to_string())?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).map_err(|e| e.to_string())?;
+    }
+    let cert = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .cloned()
+        .ok_or("no certificate")?;
+    Ok(cert.into_owned())
+}
+
+/// Replaces a certificate pair the way rotation tools do: new files written beside, then
+/// renamed over the old ones.
+fn rotate(cert: &Path, key: &Path, names: &[&str]) -> CertificateDer<'static> {
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let pair = ftpsgate::tls::self_signed(&names).expect("rcgen");
+    let dir = tempfile::tempdir_in(cert.parent().expect("dir")).expect("staging");
+    let (new_cert, new_key) = pair.write_to(dir.path()).expect("write");
+    std::fs::rename(&new_cert, cert).expect("swap cert");
+    std::fs::rename(&new_key, key).expect("swap key");
+    pem_certs(cert).remove(0)
+}
+
+/// Polls `f` until it returns true or `limit` passes.
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+fn admin_on_loopback(s: &mut ftpsgate::config::Settings) {
+    s.admin.listen = Some("127.0.0.1:0".parse().expect("addr"));
+}
+
+#[test]
+fn metrics_are_scraped_and_parsed_during_a_transfer() {
+    if !have("curl") {
+        return;
+    }
+    let gw = TestGateway::start(BackendKind::Unftp, admin_on_loopback);
+    let admin = gw.admin.expect("admin listener");
+    let size = 64 * MIB;
+    let want = random_file(&gw.root.join("big.bin"), size);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut ftp = ftpsgate::demo::connect(gw.explicit, &gw.ca)
+            .await
+            .expect("connect");
+        ftp.login(USER, PASSWORD).await.expect("login");
+        ftp.transfer_type(FileType::Binary).await.expect("TYPE I");
+        let mut down = ftp.retr_as_stream("big.bin").await.expect("RETR");
+        let mut data = vec![0u8; MIB];
+        down.read_exact(&mut data).await.expect("first MiB");
+
+        // Mid-transfer: the client reads no more, so the gateway is stuck well short of 64 MiB.
+        let during = tokio::task::spawn_blocking(move || scrape(admin))
+            .await
+            .expect("scrape");
+        assert_eq!(value(&during, "ftpsgate_sessions_active", &[]), 1.0);
+        let moving = value(
+            &during,
+            "ftpsgate_data_bytes_total",
+            &[("direction", "download")],
+        );
+        assert!(
+            moving >= MIB as f64 && moving < size as f64,
+            "bytes mid-transfer: {moving}"
+        );
+        assert_eq!(
+            value(&during, "ftpsgate_passive_leases_in_use", &[]),
+            1.0,
+            "a transfer holds its pool port until it ends"
+        );
+
+        let mut rest = Vec::new();
+        down.read_to_end(&mut rest).await.expect("rest");
+        down.finish().await.expect("226");
+        data.extend_from_slice(&rest);
+        assert_eq!(sha256(&data), want, "downloaded whole");
+        ftp.quit().await.expect("QUIT");
+    });
+
+    let after = scrape(admin);
+    let download = [("direction", "download"), ("outcome", "ok")];
+    assert_eq!(value(&after, "ftpsgate_transfers_total", &download), 1.0);
+    assert_eq!(
+        value(
+            &after,
+            "ftpsgate_data_bytes_total",
+            &[("direction", "download")]
+        ),
+        size as f64
+    );
+    assert_eq!(value(&after, "ftpsgate_sessions_total", &[]), 1.0);
+    assert_eq!(value(&after, "ftpsgate_passive_leases_in_use", &[]), 0.0);
+    let control_full = [("channel", "control"), ("kind", "full"), ("outcome", "ok")];
+    assert_eq!(
+        value(&after, "ftpsgate_tls_handshakes_total", &control_full),
+        1.0
+    );
+    let data_resumed = [("channel", "data"), ("kind", "resumed"), ("outcome", "ok")];
+    assert_eq!(
+        value(&after, "ftpsgate_tls_handshakes_total", &data_resumed),
+        1.0
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            value(&scrape(admin), "ftpsgate_sessions_active", &[]) == 0.0
+        }),
+        "the session ends after QUIT"
+    );
+}
+
+#[test]
+fn readyz_follows_the_backend_and_healthz_the_process() {
+    if !have("curl") {
+        return;
+    }
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    let gw = TestGateway::start(vs.backend(), admin_on_loopback);
+    let admin = gw.admin.expect("admin listener");
+    assert_eq!(http_get(admin, "/readyz"), (200, "ready\n".into()));
+    assert_eq!(http_get(admin, "/healthz").0, 200);
+    drop(vs);
+    let (code, body) = http_get(admin, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("backend not ready"), "{body}");
+    assert_eq!(http_get(admin, "/healthz").0, 200, "alive all the same");
+    assert_eq!(http_get(admin, "/nope").0, 404);
+}
+
+#[test]
+fn certificates_rotate_under_live_sessions_and_a_broken_file_keeps_the_old_one() {
+    let gw = TestGateway::start(BackendKind::Unftp, |_| {});
+    let cert = gw.ca.clone();
+    let key = cert.with_file_name("key.pem");
+    let old = pem_certs(&cert).remove(0);
+    let want = random_file(&gw.root.join("before.bin"), MIB);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // A session opened before any change, kept open throughout.
+    let mut live = rt.block_on(async {
+        let mut ftp = ftpsgate::demo::connect(gw.explicit, &gw.ca)
+            .await
+            .expect("connect");
+        ftp.login(USER, PASSWORD).await.expect("login");
+        ftp
+    });
+    assert_eq!(
+        served_cert(gw.explicit, "localhost", std::slice::from_ref(&old)),
+        Ok(old.clone())
+    );
+
+    // A broken file: refused, the old certificate stays and new sessions still work.
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nnot base64 at all\n").expect("break");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        served_cert(gw.explicit, "localhost", std::slice::from_ref(&old)),
+        Ok(old.clone()),
+        "a broken certificate file must not replace the working one"
+    );
+
+    // A real rotation: new sessions get the new certificate.
+    let new = rotate(&cert, &key, &["localhost", "127.0.0.1"]);
+    let trusted = [old.clone(), new.clone()];
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            served_cert(gw.explicit, "localhost", &trusted) == Ok(new.clone())
+        }),
+        "new sessions see the new certificate"
+    );
+
+    // The session from before the rotation still transfers (its data connections resume the
+    // TLS session it began with).
+    rt.block_on(async {
+        live.transfer_type(FileType::Binary).await.expect("TYPE I");
+        let mut down = live.retr_as_stream("before.bin").await.expect("RETR");
+        let mut data = Vec::new();
+        down.read_to_end(&mut data).await.expect("read");
+        down.finish().await.expect("226");
+        assert_eq!(
+            sha256(&data),
+            want,
+            "old session's download after the rotation"
+        );
+        live.quit().await.expect("QUIT");
+    });
+}
+
+#[test]
+fn sni_picks_the_certificate_named_by_the_client() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = ftpsgate::tls::self_signed(&["files.example.test".into()])
+        .expect("rcgen")
+        .write_to(&dir.path().join("files"))
+        .expect("write");
+    let sni_cert = pem_certs(&files.0).remove(0);
+    let pair = ftpsgate::config::CertPair {
+        cert: files.0.clone(),
+        key: files.1.clone(),
+    };
+    let gw = TestGateway::start(BackendKind::Unftp, move |s| s.tls.sni = vec![pair]);
+    let default = pem_certs(&gw.ca).remove(0);
+    let trusted = [default.clone(), sni_cert.clone()];
+    assert_eq!(
+        served_cert(gw.explicit, "files.example.test", &trusted),
+        Ok(sni_cert)
+    );
+    assert_eq!(served_cert(gw.explicit, "localhost", &trusted), Ok(default));
+}
+
+/// The binary, as an operator runs it: SIGHUP reloads certificates; SIGTERM stops the
+/// listeners, tells idle sessions 421, and lets a 64 MiB download in flight finish whole. Its
+/// JSON log has the transfer line with the session's fields, and no password.
+#[test]
+fn sighup_reloads_and_sigterm_drains_a_transfer_in_flight() {
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    let size = 64 * MIB;
+    let want = vs.put("drain.bin", size);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = ftpsgate::tls::self_signed(&["localhost".into(), "127.0.0.1".into()])
+        .expect("rcgen")
+        .write_to(&dir.path().join("certs"))
+        .expect("write");
+    let config = dir.path().join("ftpsgate.toml");
+    // No file watching here, so only SIGHUP can explain a reload.
+    std::fs::write(
+        &config,
+        "[tls]\nwatch = false\n[timeouts]\nshutdown_grace_secs = 60\n",
+    )
+    .expect("config");
+    let port = free_port();
+    let lo = 43000 + (port % 20) * 20;
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let log = dir.path().join("ftpsgate.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ftpsgate"))
+        .arg("run")
+        .args(["--log-format", "json"])
+        .arg("--config")
+        .arg(&config)
+        .args(["--listen", &listen.to_string()])
+        .args(["--backend", &vs.addr.to_string()])
+        .args(["--passive-ports", &format!("{lo}-{}", lo + 19)])
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .env("FTPSGATE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start ftpsgate");
+    let pid = child.id().to_string();
+    assert!(
+        eventually(Duration::from_secs(20), || TcpStream::connect(listen)
+            .is_ok()),
+        "ftpsgate listens"
+    );
+    let signal = |sig: &str| run_ok(Command::new("kill").args([sig, &pid]));
+
+    let old = pem_certs(&cert).remove(0);
+    let new = rotate(&cert, &key, &["localhost", "127.0.0.1"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let trusted = [old.clone(), new.clone()];
+    assert_eq!(
+        served_cert(listen, "localhost", &trusted),
+        Ok(old),
+        "no reload without SIGHUP"
+    );
+    signal("-HUP");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            served_cert(listen, "localhost", &trusted) == Ok(new.clone())
+        }),
+        "SIGHUP reloads the certificate"
+    );
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut idle = ftpsgate::demo::connect(listen, &cert).await.expect("idle");
+        idle.login(USER, PASSWORD).await.expect("login idle");
+        let mut ftp = ftpsgate::demo::connect(listen, &cert).await.expect("busy");
+        ftp.login(USER, PASSWORD).await.expect("login");
+        ftp.transfer_type(FileType::Binary).await.expect("TYPE I");
+        let mut down = ftp.retr_as_stream("drain.bin").await.expect("RETR");
+        let mut data = vec![0u8; MIB];
+        down.read_exact(&mut data).await.expect("first MiB");
+
+        signal("-TERM");
+        let refused = eventually(Duration::from_secs(10), || {
+            TcpStream::connect(listen).is_err()
+        });
+        assert!(refused, "no new sessions once draining");
+        let idle_reply = idle.noop().await.expect_err("idle session is closed");
+        assert!(idle_reply.to_string().contains("421"), "{idle_reply}");
+
+        let mut rest = Vec::new();
+        down.read_to_end(&mut rest)
+            .await
+            .expect("rest of the download");
+        down.finish().await.expect("226 after the drain began");
+        data.extend_from_slice(&rest);
+        assert_eq!(sha256(&data), want, "the transfer in flight finished whole");
+    });
+    let end = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < end, "ftpsgate exits after the drain");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = std::fs::read_to_string(&log).expect("log");
+    assert!(status.success(), "clean exit: {status}\n{log}");
+    assert!(!log.contains(PASSWORD), "a password reached the log");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let transfer = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "transfer")
+        .unwrap_or_else(|| panic!("no transfer line in\n{log}"));
+    assert_eq!(transfer["fields"]["command"], "RETR");
+    assert_eq!(transfer["fields"]["bytes"], size as u64);
+    assert_eq!(transfer["fields"]["outcome"], "ok");
+    assert_eq!(transfer["fields"]["resumed"], true);
+    assert_eq!(transfer["span"]["user"], USER);
+    assert!(transfer["span"]["client"].is_string() && transfer["span"]["backend"].is_string());
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "certificates reloaded"),
+        "SIGHUP's reload is logged"
+    );
+}
