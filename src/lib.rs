@@ -11,6 +11,7 @@ pub mod admin;
 pub mod config;
 pub mod data;
 pub mod demo;
+pub mod doctor;
 pub mod ftp;
 pub mod metrics;
 pub mod server;

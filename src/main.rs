@@ -40,6 +40,16 @@ enum Cmd {
     Run(RunArgs),
     /// Validate a configuration and print the effective settings; exits non-zero on error.
     Check(RunArgs),
+    /// Walk the deployment checklist (backend, its passive mode, pool ports, external address,
+    /// certificate, open-file limit) and print firewall rules; exits non-zero on a failure.
+    Doctor {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Backend user for the passive-mode checks (they need a login); the password comes from
+        /// FTPSGATE_DOCTOR_PASSWORD, so it stays out of the process list.
+        #[arg(long)]
+        user: Option<String>,
+    },
     /// Write a self-signed ECDSA certificate and key (cert.pem, key.pem) for testing.
     Cert {
         /// Directory to write cert.pem and key.pem into.
@@ -154,6 +164,7 @@ fn main() -> ExitCode {
             None => run(cli.run).await,
             Some(Cmd::Run(args)) => run(args).await,
             Some(Cmd::Check(args)) => check(args),
+            Some(Cmd::Doctor { run, user }) => doctor(run, user).await,
             Some(Cmd::Cert { out, names }) => cert(&out, &names),
             Some(Cmd::Demo {
                 listen,
@@ -206,6 +217,27 @@ fn check(args: RunArgs) -> Result<(), String> {
     let text = toml::to_string_pretty(&settings).map_err(|e| e.to_string())?;
     println!("# effective settings\n{text}");
     Ok(())
+}
+
+async fn doctor(args: RunArgs, user: Option<String>) -> Result<(), String> {
+    let settings = args.settings().map_err(|e| e.to_string())?;
+    let login = user.map(|user| ftpsgate::doctor::Login {
+        user,
+        password: std::env::var("FTPSGATE_DOCTOR_PASSWORD").unwrap_or_default(),
+    });
+    let checks = ftpsgate::doctor::run(&settings, login.as_ref()).await;
+    for c in &checks {
+        println!("{c}");
+    }
+    println!("\n{}", ftpsgate::doctor::firewall(&settings));
+    let failed = checks
+        .iter()
+        .filter(|c| c.level == ftpsgate::doctor::Level::Fail)
+        .count();
+    match failed {
+        0 => Ok(()),
+        n => Err(format!("doctor: {n} check(s) failed")),
+    }
 }
 
 fn cert(out: &std::path::Path, names: &[String]) -> Result<(), String> {

@@ -443,3 +443,86 @@ fn sighup_reloads_and_sigterm_drains_a_transfer_in_flight() {
         "SIGHUP's reload is logged"
     );
 }
+
+/// `ftpsgate doctor` as an operator runs it: `(exit success, stdout)`.
+fn doctor(args: &[&str], password: &str) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ftpsgate"))
+        .arg("doctor")
+        .args(args)
+        .env("FTPSGATE_DOCTOR_PASSWORD", password)
+        .output()
+        .expect("run doctor");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn doctor_passes_a_good_setup_and_names_what_is_broken_in_a_bad_one() {
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = ftpsgate::tls::self_signed(&["localhost".into(), "127.0.0.1".into()])
+        .expect("rcgen")
+        .write_to(dir.path())
+        .expect("write");
+    let listen = format!("127.0.0.1:{}", free_low_port());
+    let backend = vs.addr.to_string();
+    let (cert_arg, key_arg) = (cert.display().to_string(), key.display().to_string());
+    let common = [
+        "--listen",
+        &listen,
+        "--passive-ports",
+        "18990-18999",
+        "--cert",
+        &cert_arg,
+        "--key",
+        &key_arg,
+        "--external-address",
+        "127.0.0.1",
+    ];
+
+    let mut good = vec!["--backend", &backend, "--user", USER];
+    good.extend(common);
+    let (ok, report) = doctor(&good, PASSWORD);
+    println!("{report}");
+    assert!(ok, "a good setup passes:\n{report}");
+    for line in [
+        "[ ok ] backend: ",
+        "[ ok ] backend passive mode: EPSV gave port",
+        "[ ok ] backend passive mode: PASV gave port",
+        "[ ok ] passive pool: all 10 ports of 18990-18999 can be bound",
+        "[ ok ] certificate: CN=",
+        "[ ok ] certificate: names 127.0.0.1",
+        "iptables -A INPUT -p tcp --dport 18990:18999 -j ACCEPT",
+    ] {
+        assert!(report.contains(line), "{line:?} missing in\n{report}");
+    }
+
+    // A wrong password is a failure of its own, named as such.
+    let (ok, report) = doctor(&good, "wrong");
+    assert!(!ok && report.contains("login refused: 530"), "{report}");
+
+    // Broken: the backend is gone, the certificate file is garbage, and something holds every
+    // pool port.
+    let mut bad = vec!["--backend", "127.0.0.1:1"];
+    bad.extend(common);
+    let held: Vec<_> = (18990..=18999)
+        .map(|p| std::net::TcpListener::bind(("127.0.0.1", p)).expect("hold pool port"))
+        .collect();
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nbroken\n").expect("break cert");
+    let (ok, report) = doctor(&bad, "");
+    println!("{report}");
+    assert!(!ok, "a broken setup fails:\n{report}");
+    for line in [
+        "[FAIL] backend: 127.0.0.1:1: cannot connect",
+        "[FAIL] passive pool: none of the 10 ports of 18990-18999 can be bound",
+        "[FAIL] certificate: ",
+        "fix: ",
+    ] {
+        assert!(report.contains(line), "{line:?} missing in\n{report}");
+    }
+    drop(held);
+}

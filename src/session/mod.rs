@@ -30,7 +30,7 @@ use crate::tls;
 use crate::tls::backend::BackendTls;
 use crate::tls::store::CertStore;
 
-use backend::Backend;
+pub(crate) use backend::Backend;
 pub use backend::BackendError;
 use client::ClientControl;
 

@@ -91,6 +91,22 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     f.write_all(data)
 }
 
+/// A PEM error in words an operator can act on (the library's own names markers as bytes).
+fn pem_why(e: rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { end_marker } => format!(
+            "a PEM block is cut short: no `-----END {}-----` line (a half-written file?)",
+            String::from_utf8_lossy(&end_marker)
+        ),
+        Error::IllegalSectionStart { line } => {
+            format!("bad PEM line `{}`", String::from_utf8_lossy(&line))
+        }
+        Error::NoItemsFound => "no PEM block of the expected kind".into(),
+        other => other.to_string(),
+    }
+}
+
 /// Loads a PEM chain and key from disk.
 pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
     let file_err = |file: &Path, why: String| TlsError::File {
@@ -98,13 +114,13 @@ pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
         why,
     };
     let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| file_err(cert, e.to_string()))?
+        .map_err(|e| file_err(cert, pem_why(e)))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_err(cert, e.to_string()))?;
+        .map_err(|e| file_err(cert, pem_why(e)))?;
     if chain.is_empty() {
         return Err(file_err(cert, "no CERTIFICATE block found".into()));
     }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e.to_string()))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, pem_why(e)))?;
     Ok(Identity {
         chain,
         key: key_der,
@@ -139,9 +155,9 @@ pub fn server_config(
                 file: ca.clone(),
                 why,
             };
-            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| file_err(e.to_string()))? {
+            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| file_err(pem_why(e)))? {
                 roots
-                    .add(cert.map_err(|e| file_err(e.to_string()))?)
+                    .add(cert.map_err(|e| file_err(pem_why(e)))?)
                     .map_err(|e| file_err(e.to_string()))?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
