@@ -526,3 +526,114 @@ fn doctor_passes_a_good_setup_and_names_what_is_broken_in_a_bad_one() {
     }
     drop(held);
 }
+
+/// A client CA and one client certificate (CN=alice) signed by it, in PEM.
+struct ClientPki {
+    ca_pem: String,
+    cert: CertificateDer<'static>,
+    key_der: Vec<u8>,
+}
+
+fn client_pki() -> ClientPki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "ftpsgate test client CA");
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.distinguished_name.push(DnType::CommonName, "alice");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, &ca).expect("client cert");
+    ClientPki {
+        ca_pem: ca.pem(),
+        cert: cert.der().clone(),
+        key_der: key.serialize_der(),
+    }
+}
+
+/// An FTPS session from a client that presents `identity` (or no certificate).
+async fn mtls_session(
+    gw: &TestGateway,
+    identity: Option<&ClientPki>,
+) -> Result<suppaftp::tokio::AsyncRustlsFtpStream, String> {
+    use suppaftp::tokio::{AsyncRustlsConnector, AsyncRustlsFtpStream};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in pem_certs(&gw.ca) {
+        roots.add(c).map_err(|e| e.to_string())?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(id) => builder
+            .with_client_auth_cert(
+                vec![id.cert.clone()],
+                rustls::pki_types::PrivatePkcs8KeyDer::from(id.key_der.clone()).into(),
+            )
+            .map_err(|e| e.to_string())?,
+    };
+    let connector = AsyncRustlsConnector::from(tokio_rustls::TlsConnector::from(Arc::new(config)));
+    let ftp = AsyncRustlsFtpStream::connect(gw.explicit)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut ftp = ftp
+        .into_secure(connector, "localhost")
+        .await
+        .map_err(|e| e.to_string())?;
+    // TLS 1.3 reports a refused client certificate only at the first read after the handshake.
+    ftp.login(USER, PASSWORD).await.map_err(|e| e.to_string())?;
+    Ok(ftp)
+}
+
+#[test]
+fn client_certificates_are_required_or_optional_as_configured() {
+    let pki = client_pki();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("clients-ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).expect("write CA");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+
+    let required_ca = ca.clone();
+    let gw = TestGateway::start(BackendKind::Unftp, move |s| {
+        s.tls.client_auth = ftpsgate::config::ClientAuth::Required;
+        s.tls.client_ca = Some(required_ca);
+    });
+    let want = random_file(&gw.root.join("mtls.bin"), MIB);
+    rt.block_on(async {
+        let mut ftp = mtls_session(&gw, Some(&pki)).await.expect("alice gets in");
+        ftp.transfer_type(FileType::Binary).await.expect("TYPE I");
+        let mut down = ftp.retr_as_stream("mtls.bin").await.expect("RETR");
+        let mut data = Vec::new();
+        down.read_to_end(&mut data).await.expect("read");
+        down.finish().await.expect("226");
+        assert_eq!(sha256(&data), want);
+        ftp.quit().await.expect("QUIT");
+        let refused = mtls_session(&gw, None).await;
+        assert!(refused.is_err(), "no certificate, no session");
+    });
+    drop(gw);
+
+    let gw = TestGateway::start(BackendKind::Unftp, move |s| {
+        s.tls.client_auth = ftpsgate::config::ClientAuth::Optional;
+        s.tls.client_ca = Some(ca);
+    });
+    rt.block_on(async {
+        for identity in [None, Some(&pki)] {
+            let mut ftp = mtls_session(&gw, identity)
+                .await
+                .expect("optional: with or without a certificate");
+            ftp.quit().await.expect("QUIT");
+        }
+    });
+}
