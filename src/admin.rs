@@ -22,14 +22,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// Serves admin requests until the task is aborted.
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (tcp, peer) = crate::server::accept(&listener).await;
         let ctx = Arc::clone(&ctx);
         tokio::spawn(async move {
             let service = service_fn(move |req| {

@@ -59,6 +59,13 @@ pub struct ListenSettings {
     pub implicit: Vec<SocketAddr>,
 }
 
+impl ListenSettings {
+    /// Every listener, explicit then implicit.
+    pub fn all(&self) -> impl Iterator<Item = &SocketAddr> {
+        self.explicit.iter().chain(&self.implicit)
+    }
+}
+
 impl Default for ListenSettings {
     fn default() -> Self {
         Self {

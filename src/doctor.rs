@@ -87,16 +87,10 @@ pub async fn run(settings: &Settings, login: Option<&Login>) -> Vec<Check> {
 
 /// Firewall rules for the control ports and the passive range, ready to paste.
 pub fn firewall(settings: &Settings) -> String {
-    let ports: Vec<u16> = settings
+    let list = settings
         .listen
-        .explicit
-        .iter()
-        .chain(&settings.listen.implicit)
-        .map(SocketAddr::port)
-        .collect();
-    let list = ports
-        .iter()
-        .map(u16::to_string)
+        .all()
+        .map(|a| a.port().to_string())
         .collect::<Vec<_>>()
         .join(",");
     let range = &settings.passive.ports.0;
@@ -293,9 +287,7 @@ fn pool_ports(settings: &Settings) -> Check {
     let range = settings.passive.ports.0.clone();
     let ip = settings
         .listen
-        .explicit
-        .iter()
-        .chain(&settings.listen.implicit)
+        .all()
         .map(SocketAddr::ip)
         .next()
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
@@ -363,16 +355,10 @@ fn is_public(ip: IpAddr) -> bool {
 
 fn external_address(settings: &Settings) -> Vec<Check> {
     let what = "external address";
-    let listeners: Vec<IpAddr> = settings
+    let exposed = settings
         .listen
-        .explicit
-        .iter()
-        .chain(&settings.listen.implicit)
-        .map(SocketAddr::ip)
-        .collect();
-    let exposed = listeners
-        .iter()
-        .any(|ip| ip.is_unspecified() || is_public(*ip));
+        .all()
+        .any(|a| a.ip().is_unspecified() || is_public(a.ip()));
     let Some(host) = &settings.passive.external_address else {
         let level = if exposed { Level::Warn } else { Level::Ok };
         let c = check(

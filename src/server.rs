@@ -182,6 +182,20 @@ impl Gateway {
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 
+/// The next connection. Errors (usually EMFILE) are logged and retried after a pause, so a
+/// listener never spins and never gives up.
+pub(crate) async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(c) => return c,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     mode: Mode,
@@ -189,15 +203,7 @@ async fn accept_loop(
     limits: Arc<SessionLimits>,
 ) {
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // Usually EMFILE: back off instead of spinning.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (tcp, peer) = accept(&listener).await;
         let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
         // `user` and `backend` are filled in once known, so every line of the session carries
         // them.

@@ -206,13 +206,8 @@ fn ftplib_implicit_ftps() {
 fn suppaftp_round_trips(gw: &TestGateway, sizes: &[usize]) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        use suppaftp::types::FileType;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut ftp = ftpsgate::demo::connect(gw.explicit, &gw.ca)
-            .await
-            .expect("connect");
-        ftp.login(USER, PASSWORD).await.expect("login");
-        ftp.transfer_type(FileType::Binary).await.expect("TYPE I");
+        let mut ftp = suppaftp_session(gw.explicit, &gw.ca).await;
         for &size in sizes {
             let name = format!("suppa-{size}.bin");
             let mut rng = fastrand::Rng::with_seed(size as u64);

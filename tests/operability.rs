@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use suppaftp::types::FileType;
 use tokio::io::AsyncReadExt;
 
 use common::*;
@@ -149,11 +148,7 @@ fn metrics_are_scraped_and_parsed_during_a_transfer() {
     let want = random_file(&gw.root.join("big.bin"), size);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let mut ftp = ftpsgate::demo::connect(gw.explicit, &gw.ca)
-            .await
-            .expect("connect");
-        ftp.login(USER, PASSWORD).await.expect("login");
-        ftp.transfer_type(FileType::Binary).await.expect("TYPE I");
+        let mut ftp = suppaftp_session(gw.explicit, &gw.ca).await;
         let mut down = ftp.retr_as_stream("big.bin").await.expect("RETR");
         let mut data = vec![0u8; MIB];
         down.read_exact(&mut data).await.expect("first MiB");
@@ -246,13 +241,7 @@ fn certificates_rotate_under_live_sessions_and_a_broken_file_keeps_the_old_one()
     let want = random_file(&gw.root.join("before.bin"), MIB);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     // A session opened before any change, kept open throughout.
-    let mut live = rt.block_on(async {
-        let mut ftp = ftpsgate::demo::connect(gw.explicit, &gw.ca)
-            .await
-            .expect("connect");
-        ftp.login(USER, PASSWORD).await.expect("login");
-        ftp
-    });
+    let mut live = rt.block_on(suppaftp_session(gw.explicit, &gw.ca));
     assert_eq!(
         served_cert(gw.explicit, "localhost", std::slice::from_ref(&old)),
         Ok(old.clone())
@@ -280,7 +269,6 @@ fn certificates_rotate_under_live_sessions_and_a_broken_file_keeps_the_old_one()
     // The session from before the rotation still transfers (its data connections resume the
     // TLS session it began with).
     rt.block_on(async {
-        live.transfer_type(FileType::Binary).await.expect("TYPE I");
         let mut down = live.retr_as_stream("before.bin").await.expect("RETR");
         let mut data = Vec::new();
         down.read_to_end(&mut data).await.expect("read");
@@ -386,11 +374,8 @@ fn sighup_reloads_and_sigterm_drains_a_transfer_in_flight() {
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let mut idle = ftpsgate::demo::connect(listen, &cert).await.expect("idle");
-        idle.login(USER, PASSWORD).await.expect("login idle");
-        let mut ftp = ftpsgate::demo::connect(listen, &cert).await.expect("busy");
-        ftp.login(USER, PASSWORD).await.expect("login");
-        ftp.transfer_type(FileType::Binary).await.expect("TYPE I");
+        let mut idle = suppaftp_session(listen, &cert).await;
+        let mut ftp = suppaftp_session(listen, &cert).await;
         let mut down = ftp.retr_as_stream("drain.bin").await.expect("RETR");
         let mut data = vec![0u8; MIB];
         down.read_exact(&mut data).await.expect("first MiB");
@@ -612,7 +597,9 @@ fn client_certificates_are_required_or_optional_as_configured() {
     let want = random_file(&gw.root.join("mtls.bin"), MIB);
     rt.block_on(async {
         let mut ftp = mtls_session(&gw, Some(&pki)).await.expect("alice gets in");
-        ftp.transfer_type(FileType::Binary).await.expect("TYPE I");
+        ftp.transfer_type(suppaftp::types::FileType::Binary)
+            .await
+            .expect("TYPE I");
         let mut down = ftp.retr_as_stream("mtls.bin").await.expect("RETR");
         let mut data = Vec::new();
         down.read_to_end(&mut data).await.expect("read");

@@ -172,6 +172,20 @@ impl Drop for TestGateway {
     }
 }
 
+/// A suppaftp (rustls) FTPS session to the gateway at `addr`, logged in as the test user, in
+/// binary mode.
+pub async fn suppaftp_session(
+    addr: SocketAddr,
+    ca: &Path,
+) -> suppaftp::tokio::AsyncRustlsFtpStream {
+    let mut ftp = ftpsgate::demo::connect(addr, ca).await.expect("connect");
+    ftp.login(USER, PASSWORD).await.expect("login");
+    ftp.transfer_type(suppaftp::types::FileType::Binary)
+        .await
+        .expect("TYPE I");
+    ftp
+}
+
 /// Returns false (after a loud message) when `tool` is missing on a developer machine;
 /// panics when it is missing in CI.
 pub fn have(tool: &str) -> bool {
