@@ -491,6 +491,7 @@ impl Session {
                 self.reply(200, "Protection level set to Clear.").await
             }
             "C" => {
+                self.ctx.metrics.refused(Reason::clear_data);
                 info!("PROT C refused by policy");
                 self.reply(534, "Clear data connections are not allowed; use PROT P.")
                     .await

@@ -63,6 +63,7 @@ impl Session {
     pub(super) async fn active(&mut self, cmd: &Command) -> Result<(), Fatal> {
         let name = cmd.name();
         if self.ctx.settings.active.mode == Switch::Off {
+            self.ctx.metrics.refused(Reason::port_refused);
             info!(command = %name, "active mode refused: disabled");
             return Ok(self
                 .reply(502, "Active mode is disabled here; use PASV or EPSV.")
@@ -93,6 +94,7 @@ impl Session {
         };
         let peer = canonical(self.client.peer.ip());
         if canonical(target.ip()) != peer {
+            self.ctx.metrics.refused(Reason::port_refused);
             warn!(command = %name, %target, %peer, "refused active-mode address: not the client's own (FTP bounce)");
             return Ok(self
                 .reply(
@@ -102,6 +104,7 @@ impl Session {
                 .await?);
         }
         if target.port() < 1024 {
+            self.ctx.metrics.refused(Reason::port_refused);
             warn!(command = %name, %target, "refused active-mode port below 1024 (FTP bounce)");
             return Ok(self
                 .reply(

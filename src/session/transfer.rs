@@ -9,7 +9,7 @@ use tracing::{info, warn};
 use super::{BackendError, Fatal, Protection, Session};
 use crate::data::{BridgeError, DataBridge, Transferred};
 use crate::ftp::{Command, Reply, Verb};
-use crate::metrics::Outcome;
+use crate::metrics::{Outcome, Reason};
 
 impl Session {
     pub(super) async fn transfer(&mut self, cmd: Command) -> Result<(), Fatal> {
@@ -28,6 +28,7 @@ impl Session {
             && self.client.is_tls()
             && !self.ctx.settings.tls.allow_clear_data
         {
+            self.ctx.metrics.refused(Reason::clear_data);
             info!(command = %cmd.name(), "clear data connection refused");
             return Ok(self
                 .reply(
