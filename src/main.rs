@@ -194,10 +194,10 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let certs = gateway.certs();
+    let reload = gateway.reloader();
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            certs.reload_and_log("SIGHUP");
+            reload();
         }
     });
     let shutdown = async move {

@@ -57,6 +57,15 @@ pub enum HandshakeKind {
     none,
 }
 
+/// What a certificate reload did.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Reload {
+    changed,
+    unchanged,
+    failed,
+}
+
 /// Why the gateway refused something. A closed set: log lines carry the detail.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -97,6 +106,11 @@ struct ReasonLabels {
     reason: Reason,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    outcome: Reload,
+}
+
 /// Everything the gateway counts. Cheap to update from any task: atomics underneath.
 pub struct Metrics {
     registry: Registry,
@@ -108,6 +122,7 @@ pub struct Metrics {
     pub leases_in_use: Gauge,
     pub backend_connect_errors: Counter,
     refusals: Family<ReasonLabels, Counter>,
+    reloads: Family<ReloadLabels, Counter>,
 }
 
 impl Metrics {
@@ -121,6 +136,7 @@ impl Metrics {
         let leases_in_use = Gauge::default();
         let backend_connect_errors = Counter::default();
         let refusals = Family::default();
+        let reloads = Family::default();
         registry.register(
             "sessions_active",
             "Client sessions open now",
@@ -157,6 +173,11 @@ impl Metrics {
             "Requests the gateway refused, by reason",
             refusals.clone(),
         );
+        registry.register(
+            "certificate_reloads",
+            "Certificate reloads (SIGHUP or a file change) by outcome",
+            reloads.clone(),
+        );
         Arc::new(Metrics {
             registry,
             sessions_active,
@@ -167,6 +188,7 @@ impl Metrics {
             leases_in_use,
             backend_connect_errors,
             refusals,
+            reloads,
         })
     }
 
@@ -201,6 +223,10 @@ impl Metrics {
                 kind,
             })
             .inc();
+    }
+
+    pub fn reloaded(&self, outcome: Reload) {
+        self.reloads.get_or_create(&ReloadLabels { outcome }).inc();
     }
 
     pub fn refused(&self, reason: Reason) {

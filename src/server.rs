@@ -50,11 +50,12 @@ pub struct Gateway {
 impl Gateway {
     /// Loads the certificate (or generates one, with a warning), binds every listener.
     pub async fn bind(settings: Settings) -> Result<Gateway, StartError> {
+        let metrics = Metrics::new();
         let (certs, generated) = CertStore::load(&settings.tls, tls::provider())?;
         if generated {
             warn!("no tls.cert/tls.key configured: using a generated self-signed certificate; clients will not trust it");
         } else if settings.tls.watch {
-            certs.watch()?;
+            certs.watch(Arc::clone(&metrics))?;
         }
         let tls = tls::server_config(Arc::clone(&certs), &settings.tls)?;
         let external_ip = settings.external_ip().map_err(StartError::External)?;
@@ -86,7 +87,6 @@ impl Gateway {
             settings.limits.max_sessions,
             settings.limits.max_sessions_per_ip,
         ));
-        let metrics = Metrics::new();
         let pool = PassivePool::new(settings.passive.ports.0.clone());
         let (draining, draining_rx) = watch::channel(false);
         Ok(Gateway {
@@ -112,9 +112,11 @@ impl Gateway {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// The certificate store, to reload on SIGHUP.
-    pub fn certs(&self) -> Arc<CertStore> {
-        Arc::clone(&self.ctx.certs)
+    /// Reloads the certificates now (SIGHUP), keeping the old ones if the files are bad.
+    /// Returns a handle that can do it again after `serve` has taken the gateway.
+    pub fn reloader(&self) -> impl Fn() + Send + 'static {
+        let ctx = Arc::clone(&self.ctx);
+        move || ctx.certs.reload_and_log("SIGHUP", &ctx.metrics)
     }
 
     /// The bound addresses of the listeners of one mode (useful with port 0).

@@ -234,7 +234,18 @@ fn readyz_follows_the_backend_and_healthz_the_process() {
 
 #[test]
 fn certificates_rotate_under_live_sessions_and_a_broken_file_keeps_the_old_one() {
-    let gw = TestGateway::start(BackendKind::Unftp, |_| {});
+    if !have("curl") {
+        return;
+    }
+    let gw = TestGateway::start(BackendKind::Unftp, admin_on_loopback);
+    let admin = gw.admin.expect("admin listener");
+    let reloads = |outcome: &str| {
+        value(
+            &scrape(admin),
+            "ftpsgate_certificate_reloads_total",
+            &[("outcome", outcome)],
+        )
+    };
     let cert = gw.ca.clone();
     let key = cert.with_file_name("key.pem");
     let old = pem_certs(&cert).remove(0);
@@ -249,11 +260,27 @@ fn certificates_rotate_under_live_sessions_and_a_broken_file_keeps_the_old_one()
 
     // A broken file: refused, the old certificate stays and new sessions still work.
     std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nnot base64 at all\n").expect("break");
-    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        eventually(Duration::from_secs(10), || reloads("failed") >= 1.0),
+        "the change is seen and the reload refused"
+    );
     assert_eq!(
         served_cert(gw.explicit, "localhost", std::slice::from_ref(&old)),
         Ok(old.clone()),
         "a broken certificate file must not replace the working one"
+    );
+
+    // Other files in the same directory (a log, say) trigger nothing.
+    let before: f64 = ["changed", "unchanged", "failed"].map(reloads).iter().sum();
+    for i in 0..5 {
+        std::fs::write(cert.with_file_name("notes.txt"), format!("{i}")).expect("write");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    let after: f64 = ["changed", "unchanged", "failed"].map(reloads).iter().sum();
+    assert_eq!(
+        before, after,
+        "unrelated files must not reload the certificates"
     );
 
     // A real rotation: new sessions get the new certificate.
@@ -265,6 +292,7 @@ fn certificates_rotate_under_live_sessions_and_a_broken_file_keeps_the_old_one()
         }),
         "new sessions see the new certificate"
     );
+    assert!(reloads("changed") >= 1.0);
 
     // The session from before the rotation still transfers (its data connections resume the
     // TLS session it began with).

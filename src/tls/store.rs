@@ -10,21 +10,23 @@
 //! certificate) changes nothing: the old certificates stay and the caller logs why.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::{Event, EventKind, RecursiveMode, Watcher};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use sha2::{Digest, Sha256};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use super::{load_identity, Identity, TlsError};
 use crate::config::{CertPair, TlsSettings};
+use crate::metrics::{Metrics, Reload};
 
 /// Where the certificates come from.
 #[derive(Debug, Clone)]
@@ -94,12 +96,19 @@ impl CertStore {
         Ok(true)
     }
 
-    /// Reloads and logs the outcome (for SIGHUP and the file watcher).
-    pub fn reload_and_log(&self, why: &str) {
+    /// Reloads, logs and counts the outcome (for SIGHUP and the file watcher).
+    pub fn reload_and_log(&self, why: &str, metrics: &Metrics) {
         match self.reload() {
-            Ok(true) => info!(trigger = why, "certificates reloaded"),
-            Ok(false) => info!(trigger = why, "certificates unchanged"),
+            Ok(true) => {
+                metrics.reloaded(Reload::changed);
+                info!(trigger = why, "certificates reloaded")
+            }
+            Ok(false) => {
+                metrics.reloaded(Reload::unchanged);
+                debug!(trigger = why, "certificates unchanged")
+            }
             Err(e) => {
+                metrics.reloaded(Reload::failed);
                 warn!(trigger = why, error = %e, "certificate reload failed; keeping the old certificates")
             }
         }
@@ -117,13 +126,20 @@ impl CertStore {
     /// Watches the directories holding the certificate files and reloads on any change there.
     /// Directories, not files: Kubernetes updates a Secret volume by swapping a `..data`
     /// symlink, which replaces every file at once without writing to any of them.
-    pub fn watch(self: &Arc<Self>) -> Result<(), TlsError> {
+    pub fn watch(self: &Arc<Self>, metrics: Arc<Metrics>) -> Result<(), TlsError> {
         let Source::Files { default, sni } = &self.source else {
             return Ok(());
         };
-        let mut dirs: Vec<PathBuf> = std::iter::once(default)
+        let files: Vec<&PathBuf> = std::iter::once(default)
             .chain(sni)
             .flat_map(|p| [&p.cert, &p.key])
+            .collect();
+        let names: Vec<OsString> = files
+            .iter()
+            .filter_map(|f| f.file_name().map(OsString::from))
+            .collect();
+        let mut dirs: Vec<PathBuf> = files
+            .iter()
             .filter_map(|f| f.parent().map(|d| d.to_path_buf()))
             .map(|d| {
                 if d.as_os_str().is_empty() {
@@ -136,8 +152,22 @@ impl CertStore {
         dirs.sort();
         dirs.dedup();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut watcher = notify::recommended_watcher(move |event| {
-            let _ = tx.send(event);
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
+            // Only changes to the certificate files count, or to Kubernetes' `..data` style
+            // entries; anything else in the directory (a log file, say) must not trigger a
+            // reload, let alone a loop of them.
+            let Ok(event) = event else { return };
+            if matches!(event.kind, EventKind::Access(_)) {
+                return;
+            }
+            let relevant = event.paths.iter().any(|p| {
+                p.file_name().is_some_and(|n| {
+                    names.iter().any(|w| w == n) || n.to_string_lossy().starts_with("..")
+                })
+            });
+            if relevant {
+                let _ = tx.send(());
+            }
         })
         .map_err(|e| TlsError::Config(format!("cannot watch the certificate files: {e}")))?;
         for dir in &dirs {
@@ -153,7 +183,7 @@ impl CertStore {
                 // A rotation writes several files: wait for the burst to end, then reload once.
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 while rx.try_recv().is_ok() {}
-                store.reload_and_log("files changed");
+                store.reload_and_log("files changed", &metrics);
             }
         });
         Ok(())
