@@ -257,7 +257,7 @@ fn epsv_and_pasv_work_in_front_of_a_pasv_only_backend_that_lies_about_its_addres
     }
     let mut blob = vec![0u8; 3 * MIB + 17];
     fastrand::Rng::with_seed(7).fill(&mut blob);
-    let backend = PasvOnlyBackend::start(blob);
+    let backend = ScriptedBackend::start(blob);
     let root = tempfile::tempdir().expect("tempdir");
     let gw = TestGateway::start(BackendKind::At(backend.addr, root.path().into()), |_| {});
     let work = tempfile::tempdir().expect("tempdir");
