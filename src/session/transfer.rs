@@ -60,7 +60,25 @@ impl Session {
         while last.is_none() || outcome.is_none() {
             tokio::select! {
                 reply = self.backend.read_reply(), if last.is_none() => {
-                    let reply = reply?;
+                    let reply = match reply {
+                        Ok(reply) => reply,
+                        Err(e) => {
+                            // The backend died mid-transfer: the client hears first that the
+                            // transfer failed (426), then, from `serve`, that the session is
+                            // over (421). The bridge drops with this frame, resetting the
+                            // backend's side.
+                            let record = Record {
+                                cmd,
+                                backend_code: None,
+                                bytes: bridge.progress(),
+                                elapsed: began.elapsed(),
+                            };
+                            let lost = std::io::Error::other(format!("backend control: {e}"));
+                            self.log_transfer(record, Err(&BridgeError::Backend(lost)));
+                            self.client.send(&Reply::new(426, "Connection closed; transfer aborted.")).await?;
+                            return Err(e.into());
+                        }
+                    };
                     if reply.is_preliminary() {
                         self.client.send(&reply).await?;
                     } else {

@@ -521,6 +521,21 @@ impl FtpServer {
         }
     }
 
+    /// The server's own log (vsftpd: `vsftpd_log_file`; with `xferlog_enable=YES` it has one
+    /// `OK UPLOAD` or `FAIL UPLOAD` line per transfer).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("vsftpd.log")).unwrap_or_default()
+    }
+
+    /// Kills the server and every session process it forked, as a crash would: each of them
+    /// has this instance's private directory on its command line.
+    pub fn kill_all(&self) {
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-f"])
+            .arg(self._dir.path())
+            .status();
+    }
+
     /// Puts a fixture where the FTP user can read and replace it.
     pub fn put(&self, name: &str, size: usize) -> String {
         let path = self.root.join(name);
