@@ -22,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use client::{client_config, BoxError, Session, Target};
-use common::{free_port, FtpServer, VsTls, PASSWORD, USER};
+use common::{free_port, raise_fd_limit, FtpServer, VsTls, PASSWORD, USER};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
@@ -250,25 +250,6 @@ fn machine() -> String {
          (yescrypt's ~50 ms would hide the proxies' own cost).",
         kernel.trim()
     )
-}
-
-/// Raises the soft limit on open files to the hard one (children inherit it) and returns it.
-/// An idle session costs the gateway two descriptors (client and backend control
-/// connections), and this process three more (see the idle-session measure).
-fn raise_fd_limit() -> usize {
-    let hard = std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(4).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(1024usize);
-    let pid = std::process::id().to_string();
-    let _ = Command::new("prlimit")
-        .args(["--pid", &pid, &format!("--nofile={hard}:{hard}")])
-        .status();
-    hard
 }
 
 fn floor(report: &mut Report) {

@@ -186,6 +186,24 @@ pub async fn suppaftp_session(
     ftp
 }
 
+/// Raises this process's soft limit on open files to the hard one (children inherit it) and
+/// returns it, for tests and benchmarks that hold thousands of connections.
+pub fn raise_fd_limit() -> usize {
+    let hard = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(4).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(1024usize);
+    let pid = std::process::id().to_string();
+    let _ = Command::new("prlimit")
+        .args(["--pid", &pid, &format!("--nofile={hard}:{hard}")])
+        .status();
+    hard
+}
+
 /// Returns false (after a loud message) when `tool` is missing on a developer machine;
 /// panics when it is missing in CI.
 pub fn have(tool: &str) -> bool {
