@@ -1,0 +1,218 @@
+//! Soak: many sessions of mixed transfers through the real binary to vsftpd, every byte
+//! hash-checked, then the gateway's open files and memory must be back where they started.
+//!
+//! `cargo test --test soak` runs a short version (24 sessions x 5 transfers). The full one,
+//! 1,000 sessions x 20 transfers of 1 KiB to 10 MiB:
+//!
+//! ```sh
+//! FTPSGATE_SOAK=full cargo test --release --test soak -- --nocapture
+//! ```
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use suppaftp::types::Mode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use common::*;
+
+struct Plan {
+    sessions: usize,
+    transfers: usize,
+    concurrency: usize,
+    max_size: usize,
+}
+
+impl Plan {
+    fn from_env() -> Plan {
+        if std::env::var("FTPSGATE_SOAK").is_ok_and(|v| v == "full") {
+            Plan {
+                sessions: 1000,
+                transfers: 20,
+                concurrency: 16,
+                max_size: 10 * MIB,
+            }
+        } else {
+            Plan {
+                sessions: 24,
+                transfers: 5,
+                concurrency: 8,
+                max_size: 2 * MIB,
+            }
+        }
+    }
+}
+
+/// Open descriptors and resident memory (KiB) of a process.
+fn footprint(pid: u32) -> (usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0);
+    (fds, rss)
+}
+
+/// One session: `transfers` uploads and downloads of random sizes, alternating PASV and EPSV.
+async fn session(
+    addr: SocketAddr,
+    ca: std::path::PathBuf,
+    root: std::path::PathBuf,
+    seed: u64,
+    plan: (usize, usize),
+) -> Result<usize, String> {
+    let (transfers, max_size) = plan;
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut ftp = suppaftp_session(addr, &ca).await;
+    let mut checked = 0;
+    for t in 0..transfers {
+        ftp.set_mode(if t % 2 == 0 {
+            Mode::Passive
+        } else {
+            Mode::ExtendedPassive
+        });
+        let size = rng.usize(1024..=max_size);
+        let mut data = vec![0u8; size];
+        rng.fill(&mut data);
+        let name = format!("soak-{seed}-{t}.bin");
+        let mut up = ftp
+            .put_with_stream(&name)
+            .await
+            .map_err(|e| format!("STOR {name}: {e}"))?;
+        up.write_all(&data).await.map_err(|e| e.to_string())?;
+        up.finish().await.map_err(|e| format!("STOR {name}: {e}"))?;
+        let stored = sha256_file(&root.join(&name));
+        if stored != sha256(&data) {
+            return Err(format!("{name}: stored bytes differ"));
+        }
+        let mut down = ftp
+            .retr_as_stream(&name)
+            .await
+            .map_err(|e| format!("RETR {name}: {e}"))?;
+        let mut back = Vec::with_capacity(size);
+        down.read_to_end(&mut back)
+            .await
+            .map_err(|e| e.to_string())?;
+        down.finish()
+            .await
+            .map_err(|e| format!("RETR {name}: {e}"))?;
+        if sha256(&back) != sha256(&data) {
+            return Err(format!("{name}: downloaded bytes differ"));
+        }
+        let _ = std::fs::remove_file(root.join(&name));
+        checked += 2;
+    }
+    ftp.quit().await.map_err(|e| e.to_string())?;
+    Ok(checked)
+}
+
+#[test]
+fn soak_mixed_transfers_lose_nothing_and_leak_nothing() {
+    let plan = Plan::from_env();
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    raise_fd_limit();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = ftpsgate::tls::self_signed(&["localhost".into(), "127.0.0.1".into()])
+        .expect("rcgen")
+        .write_to(dir.path())
+        .expect("write");
+    let port = free_port();
+    let lo = 44000 + (port % 10) * 100;
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ftpsgate"))
+        .arg("run")
+        .args(["--listen", &listen.to_string()])
+        .args(["--backend", &vs.addr.to_string()])
+        .args(["--passive-ports", &format!("{lo}-{}", lo + 99)])
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .env("FTPSGATE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start ftpsgate");
+    let pid = child.id();
+    let end = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(listen).is_err() {
+        assert!(Instant::now() < end, "ftpsgate listens");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let run = |sessions: usize, first_seed: u64| -> (usize, Vec<String>) {
+        rt.block_on(async {
+            let next = Arc::new(AtomicUsize::new(0));
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..plan.concurrency {
+                let next = Arc::clone(&next);
+                let (ca, root) = (cert.clone(), vs.root.clone());
+                let p = (plan.transfers, plan.max_size);
+                tasks.spawn(async move {
+                    let mut checked = 0;
+                    let mut failures = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= sessions {
+                            return (checked, failures);
+                        }
+                        let seed = first_seed + i as u64;
+                        match session(listen, ca.clone(), root.clone(), seed, p).await {
+                            Ok(n) => checked += n,
+                            Err(e) => failures.push(e),
+                        }
+                    }
+                });
+            }
+            let mut total = (0, Vec::new());
+            while let Some(r) = tasks.join_next().await {
+                let (n, mut f) = r.expect("worker");
+                total.0 += n;
+                total.1.append(&mut f);
+            }
+            total
+        })
+    };
+    let settle = || std::thread::sleep(Duration::from_millis(1500));
+
+    // Warm-up at the same concurrency: buffers and thread stacks reach their working size.
+    let (_, failures) = run(plan.concurrency, 1_000_000);
+    assert!(failures.is_empty(), "warm-up: {failures:?}");
+    settle();
+    let (fds_before, rss_before) = footprint(pid);
+
+    let began = Instant::now();
+    let (checked, failures) = run(plan.sessions, 0);
+    let took = began.elapsed();
+    settle();
+    let (fds_after, rss_after) = footprint(pid);
+    let _ = child.kill();
+    let _ = child.wait();
+    println!(
+        "soak: {} sessions x {} transfers ({checked} hash checks) in {took:?}; \
+         gateway fds {fds_before} -> {fds_after}, RSS {rss_before} -> {rss_after} KiB",
+        plan.sessions, plan.transfers
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures: {failures:?}",
+        failures.len()
+    );
+    assert_eq!(checked, plan.sessions * plan.transfers * 2);
+    assert_eq!(fds_after, fds_before, "descriptors leaked");
+    assert!(
+        rss_after <= rss_before + 16 * 1024,
+        "memory grew from {rss_before} to {rss_after} KiB"
+    );
+}
