@@ -40,6 +40,17 @@ pub struct Settings {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub admin: AdminSettings,
+    pub proxy_protocol: ProxyProtocolSettings,
+}
+
+/// PROXY protocol v2 from load balancers in front of the gateway.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyProtocolSettings {
+    /// Networks of the balancers whose PROXY v2 headers are believed (e.g. "10.0.0.0/8").
+    /// Connections from them, control and data alike, must start with a header; from anyone
+    /// else none is read. Empty: no PROXY protocol.
+    pub trusted: Vec<ipnet::IpNet>,
 }
 
 /// The admin listener: `/metrics`, `/healthz`, `/readyz`. Off unless `listen` is set; keep it on
@@ -155,6 +166,12 @@ pub struct PassiveSettings {
     pub external_address: Option<String>,
     /// Ports leased to passive data connections, `LO-HI`. Open these in the firewall.
     pub ports: PortRange,
+    /// Scale-out: how many replicas share `ports` (each owns an equal, disjoint slice, so a
+    /// balancer can forward each slice to its owner) ...
+    pub replicas: u16,
+    /// ... and which one this is, from 0 (`FTPSGATE_REPLICA_INDEX`; in a StatefulSet, the
+    /// pod-index label). `{replica}` in `external_address` is replaced with it.
+    pub replica_index: u16,
 }
 
 impl Default for PassiveSettings {
@@ -162,6 +179,8 @@ impl Default for PassiveSettings {
         Self {
             external_address: None,
             ports: PortRange(50000..=50099),
+            replicas: 1,
+            replica_index: 0,
         }
     }
 }
@@ -399,6 +418,7 @@ pub struct Overrides {
     pub backend_ca: Option<PathBuf>,
     pub backend_insecure: bool,
     pub admin_listen: Option<SocketAddr>,
+    pub replica_index: Option<u16>,
 }
 
 impl Settings {
@@ -462,6 +482,9 @@ impl Settings {
         if let Some(a) = o.admin_listen {
             self.admin.listen = Some(a);
         }
+        if let Some(i) = o.replica_index {
+            self.passive.replica_index = i;
+        }
     }
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
@@ -506,6 +529,28 @@ impl Settings {
                 "SNI certificates need a default tls.cert/tls.key for clients without SNI".into(),
             ));
         }
+        let p = &self.passive;
+        if p.replicas == 0 || p.replica_index >= p.replicas {
+            return Err(bad(
+                "passive.replica_index",
+                format!(
+                    "{} is not a replica of {} (0 to {})",
+                    p.replica_index,
+                    p.replicas,
+                    p.replicas.saturating_sub(1)
+                ),
+            ));
+        }
+        if p.ports.0.len() < usize::from(p.replicas) {
+            return Err(bad(
+                "passive.replicas",
+                format!(
+                    "{} ports cannot be shared by {} replicas",
+                    p.ports.0.len(),
+                    p.replicas
+                ),
+            ));
+        }
         self.external_ip()
             .map_err(|why| bad("passive.external_address", why))?;
         let t = &self.timeouts;
@@ -533,9 +578,29 @@ impl Settings {
         Ok(())
     }
 
+    /// This replica's slice of `passive.ports` (all of it without scale-out).
+    pub fn passive_range(&self) -> RangeInclusive<u16> {
+        let p = &self.passive;
+        let (lo, hi) = (*p.ports.0.start(), *p.ports.0.end());
+        let replicas = p.replicas.max(1);
+        let size = (u32::from(hi - lo) + 1) / u32::from(replicas);
+        let start = u32::from(lo) + size * u32::from(p.replica_index.min(replicas - 1));
+        // Validated: size >= 1 and the slice ends inside the range.
+        let end = (start + size - 1).min(u32::from(hi));
+        (start as u16)..=(end as u16)
+    }
+
+    /// `passive.external_address` with `{replica}` replaced by this replica's index.
+    pub fn external_host(&self) -> Option<String> {
+        self.passive
+            .external_address
+            .as_ref()
+            .map(|h| h.replace("{replica}", &self.passive.replica_index.to_string()))
+    }
+
     /// The configured external address, resolved. A DNS name is looked up once, at start.
     pub fn external_ip(&self) -> Result<Option<IpAddr>, String> {
-        let Some(host) = &self.passive.external_address else {
+        let Some(host) = self.external_host() else {
             return Ok(None);
         };
         if let Ok(ip) = host.parse::<IpAddr>() {
@@ -641,6 +706,28 @@ mod tests {
         assert!(parse_fingerprint("abcd").is_err());
         let err = parse("[backend]\npin_sha256 = \"zz\"\n").expect_err("bad pin");
         assert!(err.to_string().contains("backend.pin_sha256"), "{err}");
+    }
+
+    #[test]
+    fn replicas_own_disjoint_slices_of_the_passive_range() {
+        let slice = |i: u16| {
+            let s = parse(&format!(
+                "[passive]\nports = \"50000-50999\"\nreplicas = 4\nreplica_index = {i}\n\
+                 external_address = \"127.0.0.{i}\"\n"
+            ))
+            .expect("valid");
+            (s.passive_range(), s.external_ip().expect("ip"))
+        };
+        assert_eq!(slice(0).0, 50000..=50249);
+        assert_eq!(slice(3).0, 50750..=50999);
+        assert_eq!(slice(2).1, Some("127.0.0.2".parse().expect("ip")));
+        // No lookup here (tests stay off the network): the template alone.
+        let mut s = Settings::default();
+        s.passive.external_address = Some("ftp-{replica}.example.com".into());
+        s.passive.replica_index = 1;
+        assert_eq!(s.external_host().as_deref(), Some("ftp-1.example.com"));
+        let err = parse("[passive]\nreplicas = 2\nreplica_index = 2\n").expect_err("index");
+        assert!(err.to_string().contains("passive.replica_index"), "{err}");
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub fn firewall(settings: &Settings) -> String {
         .map(|a| a.port().to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let range = &settings.passive.ports.0;
+    let range = settings.passive_range();
     let (lo, hi) = (range.start(), range.end());
     format!(
         "Open these TCP ports to clients (control, then the passive range):\n\
@@ -284,7 +284,7 @@ async fn passive_checks(backend: &mut Backend, login: &Login, settings: &Setting
 
 fn pool_ports(settings: &Settings) -> Check {
     let what = "passive pool";
-    let range = settings.passive.ports.0.clone();
+    let range = settings.passive_range();
     let ip = settings
         .listen
         .all()
@@ -359,7 +359,7 @@ fn external_address(settings: &Settings) -> Vec<Check> {
         .listen
         .all()
         .any(|a| a.ip().is_unspecified() || is_public(a.ip()));
-    let Some(host) = &settings.passive.external_address else {
+    let Some(host) = settings.external_host() else {
         let level = if exposed { Level::Warn } else { Level::Ok };
         let c = check(
             level,
@@ -477,7 +477,7 @@ fn certificate(settings: &Settings) -> Vec<Check> {
             format!("{subject}, valid until {}", cert.validity().not_after),
         ));
     }
-    if let Some(host) = &settings.passive.external_address {
+    if let Some(host) = settings.external_host() {
         let names: Vec<String> = cert
             .subject_alternative_name()
             .ok()
@@ -544,7 +544,7 @@ fn fd_limit(settings: &Settings) -> Check {
         });
     // Per session: the client's and the backend's control connections, and during a transfer
     // a pool listener or data connection on each side.
-    let pool = settings.passive.ports.0.clone().count() as u64;
+    let pool = settings.passive_range().len() as u64;
     let need = settings.limits.max_sessions as u64 * 2 + pool * 2 + 64;
     match soft {
         None => check(Level::Warn, what, "unknown (no /proc/self/limits)"),

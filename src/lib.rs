@@ -14,6 +14,7 @@ pub mod demo;
 pub mod doctor;
 pub mod ftp;
 pub mod metrics;
+pub mod proxy_protocol;
 pub mod server;
 pub mod session;
 mod stream;

@@ -114,6 +114,9 @@ struct RunArgs {
     /// Admin listener for /metrics, /healthz and /readyz, e.g. 127.0.0.1:9100 (off if unset).
     #[arg(long, env = "FTPSGATE_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
+    /// This replica's index, from 0, when `passive.replicas` share the passive range.
+    #[arg(long, env = "FTPSGATE_REPLICA_INDEX")]
+    replica_index: Option<u16>,
 }
 
 impl RunArgs {
@@ -130,6 +133,7 @@ impl RunArgs {
             backend_ca: self.backend_ca.clone(),
             backend_insecure: self.backend_insecure,
             admin_listen: self.admin_listen,
+            replica_index: self.replica_index,
         };
         Settings::load(self.config.as_deref(), &overrides)
     }

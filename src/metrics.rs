@@ -81,6 +81,7 @@ pub enum Reason {
     pool_full,
     shutting_down,
     timeout,
+    bad_proxy_header,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

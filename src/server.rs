@@ -23,6 +23,7 @@ use crate::admin;
 use crate::config::Settings;
 use crate::data::PassivePool;
 use crate::metrics::{Metrics, Reason};
+use crate::proxy_protocol::{self, Trusted};
 use crate::session::{self, Context, Mode};
 use crate::tls::backend::BackendTls;
 use crate::tls::store::CertStore;
@@ -51,6 +52,7 @@ impl Gateway {
     /// Loads the certificate (or generates one, with a warning), binds every listener.
     pub async fn bind(settings: Settings) -> Result<Gateway, StartError> {
         let metrics = Metrics::new();
+        let settings_trusted = settings.proxy_protocol.trusted.clone();
         let (certs, generated) = CertStore::load(&settings.tls, tls::provider())?;
         if generated {
             warn!("no tls.cert/tls.key configured: using a generated self-signed certificate; clients will not trust it");
@@ -87,7 +89,7 @@ impl Gateway {
             settings.limits.max_sessions,
             settings.limits.max_sessions_per_ip,
         ));
-        let pool = PassivePool::new(settings.passive.ports.0.clone());
+        let pool = PassivePool::new(settings.passive_range());
         let (draining, draining_rx) = watch::channel(false);
         Ok(Gateway {
             ctx: Arc::new(Context {
@@ -99,6 +101,7 @@ impl Gateway {
                 backend_tls,
                 metrics,
                 draining: draining_rx,
+                trusted: Trusted::new(settings_trusted),
             }),
             listeners,
             admin,
@@ -206,37 +209,68 @@ async fn accept_loop(
 ) {
     loop {
         let (tcp, peer) = accept(&listener).await;
-        let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
-        // `user` and `backend` are filled in once known, so every line of the session carries
-        // them.
-        let span = info_span!(
-            "session",
-            id,
-            client = %peer,
-            user = field::Empty,
-            backend = field::Empty,
-            client_cert = field::Empty
-        );
-        match limits.admit(peer.ip()) {
-            Ok(permit) => {
-                let ctx = Arc::clone(&ctx);
-                tokio::spawn(
-                    async move {
-                        ctx.metrics.sessions.inc();
-                        ctx.metrics.sessions_active.inc();
-                        session::serve(Arc::clone(&ctx), tcp, mode).await;
-                        ctx.metrics.sessions_active.dec();
-                        drop(permit);
-                    }
-                    .instrument(span),
-                );
+        let (ctx, limits) = (Arc::clone(&ctx), Arc::clone(&limits));
+        if !ctx.trusted.contains(peer.ip()) {
+            admit(ctx, &limits, tcp, peer, None, mode);
+            continue;
+        }
+        // A balancer: the real client is in its PROXY header, read off the loop so a slow one
+        // holds up nobody else.
+        tokio::spawn(async move {
+            let mut tcp = tcp;
+            let limit = ctx.settings.timeouts.tls_handshake();
+            match proxy_protocol::read_header(&mut tcp, limit).await {
+                Ok(client) => admit(ctx, &limits, tcp, client.unwrap_or(peer), Some(peer), mode),
+                Err(e) => {
+                    ctx.metrics.refused(Reason::bad_proxy_header);
+                    warn!(balancer = %peer, error = %e, "connection refused: bad PROXY header");
+                }
             }
-            Err((why, reason)) => {
-                let _enter = span.enter();
-                info!(reason = why, "connection refused");
-                ctx.metrics.refused(reason);
-                tokio::spawn(refuse(tcp, mode, why));
-            }
+        });
+    }
+}
+
+/// Admits a session from `client` (reached through the balancer `via`, if any) or refuses it.
+fn admit(
+    ctx: Arc<Context>,
+    limits: &Arc<SessionLimits>,
+    tcp: TcpStream,
+    client: SocketAddr,
+    via: Option<SocketAddr>,
+    mode: Mode,
+) {
+    let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
+    // `user` and `backend` are filled in once known, so every line of the session carries them.
+    let span = info_span!(
+        "session",
+        id,
+        client = %client,
+        via = field::Empty,
+        user = field::Empty,
+        backend = field::Empty,
+        client_cert = field::Empty
+    );
+    if let Some(via) = via {
+        span.record("via", field::display(via));
+    }
+    match limits.admit(client.ip()) {
+        Ok(permit) => {
+            tokio::spawn(
+                async move {
+                    ctx.metrics.sessions.inc();
+                    ctx.metrics.sessions_active.inc();
+                    session::serve(Arc::clone(&ctx), tcp, mode, client).await;
+                    ctx.metrics.sessions_active.dec();
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+        Err((why, reason)) => {
+            let _enter = span.enter();
+            info!(reason = why, "connection refused");
+            ctx.metrics.refused(reason);
+            tokio::spawn(refuse(tcp, mode, why));
         }
     }
 }

@@ -37,6 +37,7 @@ use super::pool::Lease;
 use crate::config::ReuseMode;
 use crate::ftp::{Direction, Reply};
 use crate::metrics::{self, Channel, Metrics, Reason};
+use crate::proxy_protocol::{self, Trusted};
 use crate::stream::Stream;
 use crate::tls::backend::BackendSession;
 
@@ -124,6 +125,8 @@ pub struct BridgeParams {
     /// `Some` when the backend's data connections are TLS (backend PROT P).
     pub backend_tls: Option<BackendSession>,
     pub metrics: Arc<Metrics>,
+    /// Balancers whose PROXY headers name the client on a data connection.
+    pub trusted: Trusted,
 }
 
 /// A finished transfer, for the transfer log line.
@@ -231,7 +234,7 @@ async fn run(
         let backend = match backend {
             BackendSide::Connected(tcp) => tcp,
             BackendSide::Listening(listener, backend_ip) => {
-                let tcp = timeout(limit, accept_from(&listener, backend_ip, &params.metrics))
+                let tcp = timeout(limit, accept_from(&listener, backend_ip, None, params))
                     .await
                     .map_err(|_| BridgeError::Backend(io::ErrorKind::TimedOut.into()))?
                     .map_err(BridgeError::Backend)?;
@@ -272,7 +275,7 @@ async fn run(
             let client_side = async {
                 let tcp = timeout(
                     params.accept_timeout,
-                    accept_from(&listener, params.client_ip, &params.metrics),
+                    accept_from(&listener, params.client_ip, Some(&params.trusted), params),
                 )
                 .await
                 .map_err(|_| BridgeError::AcceptTimeout)?
@@ -361,19 +364,33 @@ fn upload_read_error(e: io::Error) -> BridgeError {
 }
 
 /// Accepts the first connection from `allowed`; others are logged and closed, and the wait goes
-/// on, so a port thief cannot take a transfer away from its client.
+/// on, so a port thief cannot take a transfer away from its client. A connection from a
+/// `trusted` balancer counts as coming from the client its PROXY header names.
 async fn accept_from(
     listener: &TcpListener,
     allowed: IpAddr,
-    metrics: &Metrics,
+    trusted: Option<&Trusted>,
+    params: &BridgeParams,
 ) -> io::Result<TcpStream> {
     loop {
-        let (tcp, peer) = listener.accept().await?;
-        if canonical(peer.ip()) == canonical(allowed) {
+        let (mut tcp, peer) = listener.accept().await?;
+        let mut source = peer.ip();
+        if trusted.is_some_and(|t| t.contains(peer.ip())) {
+            match proxy_protocol::read_header(&mut tcp, params.handshake_timeout).await {
+                Ok(Some(client)) => source = client.ip(),
+                Ok(None) => {}
+                Err(e) => {
+                    params.metrics.refused(Reason::bad_proxy_header);
+                    warn!(balancer = %peer, error = %e, "refused data connection: bad PROXY header");
+                    continue;
+                }
+            }
+        }
+        if canonical(source) == canonical(allowed) {
             return Ok(tcp);
         }
-        metrics.refused(Reason::data_from_other_address);
-        warn!(%peer, expected = %allowed, "refused data connection: not from the control connection's address");
+        params.metrics.refused(Reason::data_from_other_address);
+        warn!(peer = %source, expected = %allowed, "refused data connection: not from the control connection's address");
     }
 }
 

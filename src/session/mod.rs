@@ -10,7 +10,7 @@ mod client;
 mod setup;
 mod transfer;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use crate::config::Settings;
 use crate::data::{DataBridge, PassivePool};
 use crate::ftp::{rewrite_feat, Command, LineError, Reply, Verb};
 use crate::metrics::{Channel, HandshakeKind, Metrics, Reason};
+use crate::proxy_protocol::Trusted;
 use crate::stream::Stream;
 use crate::tls;
 use crate::tls::backend::BackendTls;
@@ -48,6 +49,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Becomes true when the gateway shuts down: idle sessions say 421 and end.
     pub draining: watch::Receiver<bool>,
+    /// Load balancers whose PROXY headers name the real client (control and data).
+    pub trusted: Trusted,
 }
 
 impl Context {
@@ -128,10 +131,10 @@ struct Session {
 }
 
 /// Serves one client connection from accept to close.
-pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, mode: Mode) {
-    let (peer, local) = match (tcp.peer_addr(), tcp.local_addr()) {
-        (Ok(p), Ok(l)) => (p, l),
-        _ => return,
+/// `peer` is the client: the TCP peer, or the one a trusted balancer's PROXY header named.
+pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, mode: Mode, peer: SocketAddr) {
+    let Ok(local) = tcp.local_addr() else {
+        return;
     };
     let _ = tcp.set_nodelay(true);
     let session_tls = match tls::session_config(&ctx.tls, ctx.settings.tls.data_session_reuse) {

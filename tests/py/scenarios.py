@@ -11,6 +11,7 @@ import ftplib
 import hashlib
 import io
 import os
+import random
 import socket
 import ssl
 import sys
@@ -622,6 +623,48 @@ def s_stat_during_transfer(args):
     print("stat during transfer ok:", status.splitlines()[1].strip())
 
 
+def s_balanced(args):
+    """Sessions through a load balancer that sends PROXY v2 to several replicas: each logs in,
+    uploads and downloads (PASV and EPSV alternating), every byte checked; and a port thief at
+    another address, also through the balancer, is refused a data connection."""
+    src = (args.source, 0)
+    thief_src = (args.thief, 0)
+    for i in range(args.count):
+        ftp = ReusingFTP_TLS(context=context(args), timeout=30, source_address=src)
+        ftp.connect("127.0.0.1", args.port)
+        ftp.login(args.user, args.password)
+        ftp.prot_p()
+        if i % 2:
+            ftp.makepasv = lambda f=ftp: ftplib.parse229(f.sendcmd("EPSV"), f.sock.getpeername())
+        data = random.Random(i).randbytes(random.Random(-i).randrange(1, 256 * 1024))
+        name = f"lb-{i}.bin"
+        ftp.storbinary(f"STOR {name}", io.BytesIO(data))
+        with open(os.path.join(args.root, name), "rb") as f:
+            check(sha(f.read()) == sha(data), f"{name}: stored bytes differ")
+        if i == 0:
+            # The thief connects to the data port first; the gateway must see its real
+            # address in the PROXY header and close it, then serve the real client.
+            host, port = ftp.makepasv()
+            thief = socket.create_connection((host, port), timeout=10, source_address=thief_src)
+            check(read_to_eof(thief) == b"", "the thief got data")
+            conn = socket.create_connection((host, port), timeout=10, source_address=src)
+            conn = ftp.context.wrap_socket(conn, server_hostname=ftp.host, session=ftp.sock.session)
+            resp = ftp.sendcmd(f"RETR {name}")
+            check(resp.startswith("150"), f"RETR: {resp}")
+            back = bytearray()
+            while chunk := conn.recv(65536):
+                back.extend(chunk)
+            conn.unwrap()
+            conn.close()
+            check(ftp.voidresp().startswith("226"), "226")
+            back = bytes(back)
+        else:
+            back = download(ftp, name)
+        check(sha(back) == sha(data), f"{name}: downloaded bytes differ")
+        ftp.quit()
+    print(f"balanced: {args.count} sessions ok")
+
+
 SCENARIOS = {name[2:].replace("_", "-"): fn for name, fn in globals().items() if name.startswith("s_")}
 
 
@@ -643,6 +686,8 @@ def main():
     p.add_argument("--count", type=int, default=20)
     p.add_argument("--size", type=int, default=10 << 20)
     p.add_argument("--expect-feat", action="append", default=[])
+    p.add_argument("--source", default="127.0.0.1", help="client source address")
+    p.add_argument("--thief", default="127.0.0.7", help="source address of a port thief")
     args = p.parse_args()
     SCENARIOS[args.scenario](args)
 

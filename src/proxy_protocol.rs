@@ -1,0 +1,144 @@
+//! PROXY protocol v2 (HAProxy) from trusted load balancers.
+//!
+//! Behind an L4 balancer every connection comes from the balancer's address. With
+//! `send-proxy-v2` the balancer prefixes each connection (control and data alike) with a
+//! binary header naming the real client; the gateway reads it from trusted peers only, so the
+//! per-address limits, the logs and the data-connection source check all see the real client.
+//! From any other peer a header is not read: a client cannot claim someone else's address.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use ppp::v2::{Addresses, Command, Header, PROTOCOL_PREFIX};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::data::canonical;
+
+/// A v2 header is 16 bytes plus its addresses and TLVs; balancers send a few dozen bytes.
+const MAX_HEADER: usize = 16 + 2048;
+
+#[derive(Debug, Error)]
+pub enum ProxyError {
+    #[error("reading the PROXY header: {0}")]
+    Io(#[from] io::Error),
+    #[error("no PROXY header in time")]
+    Timeout,
+    #[error("not a PROXY protocol v2 header")]
+    NotV2,
+    #[error("PROXY header of {0} bytes is too long")]
+    TooLong(usize),
+    #[error("malformed PROXY header: {0}")]
+    Malformed(String),
+}
+
+/// The load balancers whose PROXY headers are believed.
+#[derive(Debug, Clone, Default)]
+pub struct Trusted(Vec<IpNet>);
+
+impl Trusted {
+    pub fn new(nets: Vec<IpNet>) -> Self {
+        Trusted(nets)
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// The client a header names: `Some(source)` for PROXY, `None` for LOCAL (the balancer's own
+/// health check) or an address family that carries no IP.
+pub fn source(header: &[u8]) -> Result<Option<SocketAddr>, ProxyError> {
+    let header = Header::try_from(header).map_err(|e| ProxyError::Malformed(e.to_string()))?;
+    if header.command == Command::Local {
+        return Ok(None);
+    }
+    Ok(match header.addresses {
+        Addresses::IPv4(a) => Some(SocketAddr::new(a.source_address.into(), a.source_port)),
+        Addresses::IPv6(a) => Some(SocketAddr::new(a.source_address.into(), a.source_port)),
+        Addresses::Unspecified | Addresses::Unix(_) => None,
+    })
+}
+
+/// Reads exactly one v2 header from the start of `stream` (nothing after it) within `limit`.
+pub async fn read_header<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    limit: Duration,
+) -> Result<Option<SocketAddr>, ProxyError> {
+    let read = async {
+        let mut head = [0u8; 16];
+        stream.read_exact(&mut head).await?;
+        if head[..PROTOCOL_PREFIX.len()] != *PROTOCOL_PREFIX {
+            return Err(ProxyError::NotV2);
+        }
+        let total = 16 + usize::from(u16::from_be_bytes([head[14], head[15]]));
+        if total > MAX_HEADER {
+            return Err(ProxyError::TooLong(total));
+        }
+        let mut all = vec![0u8; total];
+        all[..16].copy_from_slice(&head);
+        stream.read_exact(&mut all[16..]).await?;
+        source(&all)
+    };
+    tokio::time::timeout(limit, read)
+        .await
+        .map_err(|_| ProxyError::Timeout)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ppp::v2::{Builder, Protocol, Version};
+
+    fn header(command: Command, from: &str, to: &str) -> Vec<u8> {
+        let from: SocketAddr = from.parse().expect("addr");
+        let to: SocketAddr = to.parse().expect("addr");
+        Builder::with_addresses(Version::Two | command, Protocol::Stream, (from, to))
+            .build()
+            .expect("header")
+    }
+
+    #[tokio::test]
+    async fn a_header_names_the_client_and_leaves_the_rest_unread() {
+        let mut wire = header(Command::Proxy, "198.51.100.7:40000", "127.0.0.1:21");
+        wire.extend_from_slice(b"USER alice\r\n");
+        let mut reader = &wire[..];
+        let got = read_header(&mut reader, Duration::from_secs(1))
+            .await
+            .expect("parse");
+        assert_eq!(got, Some("198.51.100.7:40000".parse().expect("addr")));
+        assert_eq!(reader, b"USER alice\r\n");
+        let v6 = header(Command::Proxy, "[2001:db8::1]:5000", "[::1]:21");
+        assert_eq!(source(&v6).expect("v6").map(|a| a.port()), Some(5000));
+        let local = header(Command::Local, "10.0.0.1:1", "10.0.0.2:2");
+        assert_eq!(source(&local).expect("local"), None);
+    }
+
+    #[tokio::test]
+    async fn garbage_and_v1_headers_are_refused() {
+        for bad in [
+            &b"USER alice\r\n\r\n\r\n\r\n"[..],
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n",
+        ] {
+            let mut reader = bad;
+            assert!(read_header(&mut reader, Duration::from_secs(1))
+                .await
+                .is_err());
+        }
+    }
+
+    #[test]
+    fn only_listed_networks_are_trusted() {
+        let t = Trusted::new(vec!["10.0.0.0/8".parse().expect("net")]);
+        assert!(t.contains("10.1.2.3".parse().expect("ip")));
+        assert!(
+            t.contains("::ffff:10.1.2.3".parse().expect("ip")),
+            "mapped IPv4"
+        );
+        assert!(!t.contains("192.0.2.1".parse().expect("ip")));
+        assert!(!Trusted::default().contains("10.1.2.3".parse().expect("ip")));
+    }
+}

@@ -1,0 +1,129 @@
+//! Scale-out: two replicas behind HAProxy (Debian's, TCP mode) that sends PROXY v2 on the
+//! control port and on each replica's slice of the passive range. 100 sessions from a client
+//! address the replicas only learn from the headers, every byte hash-checked, and a port thief
+//! at another address refused through the same balancer.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The whole passive range; replica i owns the i-th HALF.
+const PASSIVE: (u16, u16) = (19000, 19099);
+const HALF: u16 = 50;
+
+struct Haproxy(Child);
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One replica; all of them serve the same certificate, as replicas behind one name do.
+fn replica(backend: &FtpServer, index: u16, cert: &(PathBuf, PathBuf)) -> TestGateway {
+    let root = backend.root.clone();
+    let addr = backend.addr;
+    let (cert, key) = cert.clone();
+    TestGateway::start(BackendKind::At(addr, root), move |s| {
+        s.tls.cert = Some(cert);
+        s.tls.key = Some(key);
+        // Each replica on its own loopback address, so the balancer can hold the public ports.
+        let ip = Ipv4Addr::new(127, 0, 1, 1 + index as u8);
+        s.listen.explicit[0] = SocketAddr::from((ip, 0));
+        s.listen.implicit = vec![SocketAddr::from((ip, 0))];
+        s.passive.ports = format!("{}-{}", PASSIVE.0, PASSIVE.1)
+            .parse()
+            .expect("range");
+        s.passive.replicas = 2;
+        s.passive.replica_index = index;
+        s.passive.external_address = Some("127.0.0.1".into());
+        s.proxy_protocol.trusted = vec!["127.0.0.1/32".parse().expect("net")];
+    })
+}
+
+#[test]
+fn two_replicas_behind_haproxy_serve_100_sessions_whole() {
+    if !have("haproxy") || !have("python3") {
+        return;
+    }
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    run_ok(Command::new("chmod").arg("777").arg(&vs.root));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pair = ftpsgate::tls::self_signed(&["localhost".into(), "127.0.0.1".into()])
+        .expect("rcgen")
+        .write_to(dir.path())
+        .expect("write");
+    let replicas = [replica(&vs, 0, &pair), replica(&vs, 1, &pair)];
+    let control = free_port();
+    let mut cfg = format!(
+        "global\n  maxconn 2000\ndefaults\n  mode tcp\n  timeout connect 5s\n  \
+         timeout client 60s\n  timeout server 60s\n\
+         frontend control\n  bind 127.0.0.1:{control}\n  default_backend replicas\n\
+         backend replicas\n  balance roundrobin\n"
+    );
+    for (i, r) in replicas.iter().enumerate() {
+        cfg += &format!("  server r{i} {} send-proxy-v2\n", r.explicit);
+    }
+    for (i, r) in replicas.iter().enumerate() {
+        let lo = PASSIVE.0 + i as u16 * HALF;
+        // No port on the server: each connection goes to the port it arrived on.
+        cfg += &format!(
+            "frontend data{i}\n  bind 127.0.0.1:{lo}-{}\n  default_backend data{i}\n\
+             backend data{i}\n  server r{i} {} send-proxy-v2\n",
+            lo + HALF - 1,
+            r.explicit.ip()
+        );
+    }
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, &cfg).expect("config");
+    run_ok(Command::new("haproxy").args(["-c", "-q", "-f"]).arg(&path));
+    let _haproxy = Haproxy(
+        Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start haproxy"),
+    );
+    let front = SocketAddr::from((Ipv4Addr::LOCALHOST, control));
+    let end = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(front).is_err() {
+        assert!(Instant::now() < end, "haproxy listens");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let mut args = replicas[0].py_args();
+    let port = args.iter().position(|a| a == "--port").expect("--port") + 1;
+    args[port] = control.to_string();
+    let root = args.iter().position(|a| a == "--root").expect("--root") + 1;
+    args[root] = vs.root.display().to_string();
+    let ca = args.iter().position(|a| a == "--ca").expect("--ca") + 1;
+    args[ca] = pair.0.display().to_string();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/scenarios.py");
+    let out = run_ok(
+        Command::new("python3")
+            .arg(script)
+            .arg("balanced")
+            .args(&args)
+            .args([
+                "--count",
+                "100",
+                "--source",
+                "127.0.0.5",
+                "--thief",
+                "127.0.0.7",
+            ]),
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    println!("{said}");
+    assert!(said.contains("balanced: 100 sessions ok"), "{said}");
+}
