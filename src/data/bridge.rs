@@ -30,7 +30,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use super::gate::{SignalOnTicket, TicketGate, READ_BUFFER};
 use super::pool::Lease;
@@ -167,17 +167,21 @@ impl DataBridge {
         let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
         let progress = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&progress);
-        tokio::spawn(async move {
-            // Both data connections are owned by `run` and closed when it returns or is
-            // cancelled; the backend's resets (see `Backend::connect_data`).
-            let outcome = tokio::select! {
-                r = run(client, backend, &params, start_rx, &counter) => r,
-                _ = cancel_rx => Err(BridgeError::Cancelled),
-            };
-            // Free the port before the session can relay 226: a client may PASV again at once.
-            drop(lease);
-            let _ = done_tx.send(outcome);
-        });
+        tokio::spawn(
+            async move {
+                // Both data connections are owned by `run` and closed when it returns or is
+                // cancelled; the backend's resets (see `Backend::connect_data`).
+                let outcome = tokio::select! {
+                    r = run(client, backend, &params, start_rx, &counter) => r,
+                    _ = cancel_rx => Err(BridgeError::Cancelled),
+                };
+                // Free the port before the session can relay 226: a client may PASV again at once.
+                drop(lease);
+                let _ = done_tx.send(outcome);
+            }
+            // The session's span: the bridge's lines carry its id, client and user.
+            .instrument(tracing::Span::current()),
+        );
         DataBridge {
             progress,
             start: Some(start_tx),
