@@ -115,6 +115,18 @@ pub struct BackendSettings {
     /// backend's PASV/EPSV port) or `active` (the gateway sends PORT/EPRT and the backend
     /// connects to it), for backends that only do active mode.
     pub data_mode: BackendDataMode,
+    /// PROXY protocol header at the start of each control connection to the backend, so it
+    /// logs the real client: `off`, `v1` (text) or `v2` (binary).
+    pub proxy_protocol: ProxyVersion,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyVersion {
+    #[default]
+    Off,
+    V1,
+    V2,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +151,7 @@ impl Default for BackendSettings {
             max_tls_version: TlsVersion::V1_3,
             data_protection: DataProtection::Private,
             data_mode: BackendDataMode::Passive,
+            proxy_protocol: ProxyVersion::Off,
         }
     }
 }

@@ -10,7 +10,7 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::config::Settings;
 use crate::ftp::addr;
-use crate::session::Backend;
+use crate::session::{connect_backend, Backend};
 use crate::tls::backend::BackendTls;
 use crate::tls::store::CertStore;
 use crate::tls::{self, TlsError};
@@ -120,15 +120,8 @@ async fn backend_checks(settings: &Settings, login: Option<&Login>) -> Vec<Check
             return out;
         }
     };
-    let t = &settings.timeouts;
     let address = &settings.backend.address;
-    let connected = Backend::connect(
-        address,
-        backend_tls.as_ref().map(BackendTls::session),
-        t.backend_connect(),
-        t.backend_reply(),
-    )
-    .await;
+    let connected = connect_backend(settings, backend_tls.as_ref(), None).await;
     let (mut backend, greeting) = match connected {
         Ok(b) => b,
         Err(e) => {

@@ -11,10 +11,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use ppp::v2::{Addresses, Command, Header, PROTOCOL_PREFIX};
+use ppp::v2::{Addresses, Builder, Command, Header, Protocol, Version, PROTOCOL_PREFIX};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::config::ProxyVersion;
 use crate::data::canonical;
 
 /// A v2 header is 16 bytes plus its addresses and TLVs; balancers send a few dozen bytes.
@@ -46,6 +47,51 @@ impl Trusted {
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         self.0.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// The header the gateway sends a backend that wants one (`backend.proxy_protocol`), so the
+/// backend logs and limits by the real client: `client` is `(client, the gateway address it
+/// connected to)`; `None` (a health probe of the gateway's own) sends LOCAL / UNKNOWN.
+pub fn header(version: ProxyVersion, client: Option<(SocketAddr, SocketAddr)>) -> Option<Vec<u8>> {
+    // One family for both ends: IPv4-mapped addresses are IPv4; a real mix is unknown.
+    let pair = client.and_then(|(from, to)| {
+        let from = SocketAddr::new(canonical(from.ip()), from.port());
+        let to = SocketAddr::new(canonical(to.ip()), to.port());
+        (from.is_ipv4() == to.is_ipv4()).then_some((from, to))
+    });
+    match version {
+        ProxyVersion::Off => None,
+        ProxyVersion::V1 => Some(
+            match pair {
+                Some((from, to)) => format!(
+                    "PROXY {} {} {} {} {}\r\n",
+                    if from.is_ipv4() { "TCP4" } else { "TCP6" },
+                    from.ip(),
+                    to.ip(),
+                    from.port(),
+                    to.port()
+                ),
+                None => "PROXY UNKNOWN\r\n".to_string(),
+            }
+            .into_bytes(),
+        ),
+        ProxyVersion::V2 => {
+            let built = match pair {
+                Some(addrs) => {
+                    Builder::with_addresses(Version::Two | Command::Proxy, Protocol::Stream, addrs)
+                        .build()
+                }
+                None => Builder::with_addresses(
+                    Version::Two | Command::Local,
+                    Protocol::Unspecified,
+                    Addresses::Unspecified,
+                )
+                .build(),
+            };
+            // Building into memory cannot fail for these address families.
+            built.ok()
+        }
     }
 }
 
@@ -91,9 +137,8 @@ pub async fn read_header<S: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ppp::v2::{Builder, Protocol, Version};
 
-    fn header(command: Command, from: &str, to: &str) -> Vec<u8> {
+    fn built(command: Command, from: &str, to: &str) -> Vec<u8> {
         let from: SocketAddr = from.parse().expect("addr");
         let to: SocketAddr = to.parse().expect("addr");
         Builder::with_addresses(Version::Two | command, Protocol::Stream, (from, to))
@@ -103,7 +148,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_header_names_the_client_and_leaves_the_rest_unread() {
-        let mut wire = header(Command::Proxy, "198.51.100.7:40000", "127.0.0.1:21");
+        let mut wire = built(Command::Proxy, "198.51.100.7:40000", "127.0.0.1:21");
         wire.extend_from_slice(b"USER alice\r\n");
         let mut reader = &wire[..];
         let got = read_header(&mut reader, Duration::from_secs(1))
@@ -111,9 +156,9 @@ mod tests {
             .expect("parse");
         assert_eq!(got, Some("198.51.100.7:40000".parse().expect("addr")));
         assert_eq!(reader, b"USER alice\r\n");
-        let v6 = header(Command::Proxy, "[2001:db8::1]:5000", "[::1]:21");
+        let v6 = built(Command::Proxy, "[2001:db8::1]:5000", "[::1]:21");
         assert_eq!(source(&v6).expect("v6").map(|a| a.port()), Some(5000));
-        let local = header(Command::Local, "10.0.0.1:1", "10.0.0.2:2");
+        let local = built(Command::Local, "10.0.0.1:1", "10.0.0.2:2");
         assert_eq!(source(&local).expect("local"), None);
     }
 
@@ -128,6 +173,28 @@ mod tests {
                 .await
                 .is_err());
         }
+    }
+
+    #[test]
+    fn headers_sent_to_backends_parse_back() {
+        let client: SocketAddr = "198.51.100.7:40000".parse().expect("addr");
+        let gateway: SocketAddr = "[::ffff:10.0.0.1]:21".parse().expect("addr");
+        let v2 = super::header(ProxyVersion::V2, Some((client, gateway))).expect("v2");
+        assert_eq!(source(&v2).expect("parse"), Some(client));
+        let v1 = super::header(ProxyVersion::V1, Some((client, gateway))).expect("v1");
+        assert_eq!(v1, b"PROXY TCP4 198.51.100.7 10.0.0.1 40000 21\r\n");
+        assert_eq!(
+            header(ProxyVersion::V1, None).expect("v1"),
+            b"PROXY UNKNOWN\r\n"
+        );
+        assert_eq!(
+            source(&header(ProxyVersion::V2, None).expect("v2")).expect("local"),
+            None
+        );
+        assert_eq!(
+            super::header(ProxyVersion::Off, Some((client, gateway))),
+            None
+        );
     }
 
     #[test]

@@ -1,7 +1,10 @@
-//! Scale-out: two replicas behind HAProxy (Debian's, TCP mode) that sends PROXY v2 on the
-//! control port and on each replica's slice of the passive range. 100 sessions from a client
-//! address the replicas only learn from the headers, every byte hash-checked, and a port thief
-//! at another address refused through the same balancer.
+//! PROXY protocol with a real peer, Debian's HAProxy in TCP mode, both ways:
+//! - scale-out: two replicas behind HAProxy, which sends PROXY v2 on the control port and on
+//!   each replica's slice of the passive range; 100 sessions from a client address the
+//!   replicas only learn from the headers, every byte hash-checked, and a port thief at another
+//!   address refused through the same balancer;
+//! - toward a backend that wants it: the gateway sends v1 or v2 to HAProxy (`accept-proxy`) in
+//!   front of vsftpd, and HAProxy's own log names the real client.
 
 mod common;
 
@@ -82,24 +85,7 @@ fn two_replicas_behind_haproxy_serve_100_sessions_whole() {
             r.explicit.ip()
         );
     }
-    let path = dir.path().join("haproxy.cfg");
-    std::fs::write(&path, &cfg).expect("config");
-    run_ok(Command::new("haproxy").args(["-c", "-q", "-f"]).arg(&path));
-    let _haproxy = Haproxy(
-        Command::new("haproxy")
-            .args(["-db", "-f"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start haproxy"),
-    );
-    let front = SocketAddr::from((Ipv4Addr::LOCALHOST, control));
-    let end = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(front).is_err() {
-        assert!(Instant::now() < end, "haproxy listens");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _haproxy = haproxy(dir.path(), &cfg, control);
 
     let mut args = replicas[0].py_args();
     let port = args.iter().position(|a| a == "--port").expect("--port") + 1;
@@ -126,4 +112,77 @@ fn two_replicas_behind_haproxy_serve_100_sessions_whole() {
     let said = String::from_utf8_lossy(&out.stdout);
     println!("{said}");
     assert!(said.contains("balanced: 100 sessions ok"), "{said}");
+}
+
+/// Starts HAProxy on `cfg`, with its log on a pipe; waits for `port`.
+fn haproxy(dir: &std::path::Path, cfg: &str, port: u16) -> Haproxy {
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, cfg).expect("config");
+    run_ok(Command::new("haproxy").args(["-c", "-q", "-f"]).arg(&path));
+    let log = std::fs::File::create(dir.join("haproxy.log")).expect("log");
+    let child = Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(&path)
+        .stdout(log)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start haproxy");
+    let front = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let end = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(front).is_err() {
+        assert!(Instant::now() < end, "haproxy listens");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Haproxy(child)
+}
+
+#[test]
+fn backends_that_want_proxy_protocol_learn_the_real_client() {
+    if !have("haproxy") || !have("python3") {
+        return;
+    }
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    run_ok(Command::new("chmod").arg("777").arg(&vs.root));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let cfg = format!(
+        "global\n  log stdout format raw local0 info\ndefaults\n  mode tcp\n  log global\n  \
+         option tcplog\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+         frontend ftp\n  bind 127.0.0.1:{port} accept-proxy\n  default_backend vsftpd\n\
+         backend vsftpd\n  server vs {}\n",
+        vs.addr
+    );
+    let _haproxy = haproxy(dir.path(), &cfg, port);
+    let behind = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    for (version, source) in [
+        (ftpsgate::config::ProxyVersion::V1, "127.0.0.5"),
+        (ftpsgate::config::ProxyVersion::V2, "127.0.0.6"),
+    ] {
+        let root = vs.root.clone();
+        let gw = TestGateway::start(BackendKind::At(behind, root), move |s| {
+            s.backend.proxy_protocol = version;
+        });
+        let mut args = gw.py_args();
+        let root = args.iter().position(|a| a == "--root").expect("--root") + 1;
+        args[root] = vs.root.display().to_string();
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/scenarios.py");
+        run_ok(
+            Command::new("python3")
+                .arg(script)
+                .arg("balanced")
+                .args(&args)
+                .args(["--count", "2", "--source", source]),
+        );
+        // HAProxy logs a TCP session when it ends: the client address is the header's.
+        let wanted = format!("{source}:");
+        let seen = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            std::fs::read_to_string(dir.path().join("haproxy.log"))
+                .is_ok_and(|log| log.lines().any(|l| l.starts_with(&wanted)))
+        });
+        let log = std::fs::read_to_string(dir.path().join("haproxy.log")).unwrap_or_default();
+        assert!(seen, "{version:?}: HAProxy never saw {source}:\n{log}");
+    }
 }

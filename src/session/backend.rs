@@ -63,18 +63,23 @@ pub struct Backend {
 impl Backend {
     /// Connects to `address` (`host:port`, resolved now so DNS changes are followed), sets up
     /// TLS as configured, and returns the backend with its greeting (relayed to the client).
+    /// `proxy_header` (PROXY protocol) is written first, before TLS or anything else.
     pub async fn connect(
         address: &str,
         tls: Option<BackendSession>,
+        proxy_header: Option<&[u8]>,
         connect_timeout: Duration,
         reply_timeout: Duration,
     ) -> Result<(Backend, Vec<Reply>), BackendError> {
         let fail = |e: io::Error| BackendError::Connect(address.to_string(), e);
-        let tcp = timeout(connect_timeout, TcpStream::connect(address))
+        let mut tcp = timeout(connect_timeout, TcpStream::connect(address))
             .await
             .map_err(|_| fail(io::ErrorKind::TimedOut.into()))?
             .map_err(fail)?;
         tcp.set_nodelay(true)?;
+        if let Some(header) = proxy_header {
+            tcp.write_all(header).await?;
+        }
         let mut backend = Backend {
             peer: tcp.peer_addr()?,
             local: tcp.local_addr()?,

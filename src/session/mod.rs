@@ -53,18 +53,32 @@ pub struct Context {
     pub trusted: Trusted,
 }
 
+/// Connects to the backend as `settings` say, with `tls`, and (if the backend wants PROXY
+/// protocol) a header naming `client` = (client address, gateway address it reached); `None`
+/// is the gateway's own probe.
+pub(crate) async fn connect_backend(
+    settings: &Settings,
+    tls: Option<&BackendTls>,
+    client: Option<(SocketAddr, SocketAddr)>,
+) -> Result<(Backend, Vec<Reply>), BackendError> {
+    let t = &settings.timeouts;
+    let header = crate::proxy_protocol::header(settings.backend.proxy_protocol, client);
+    Backend::connect(
+        &settings.backend.address,
+        tls.map(BackendTls::session),
+        header.as_deref(),
+        t.backend_connect(),
+        t.backend_reply(),
+    )
+    .await
+}
+
 impl Context {
     /// Connects to the backend as a session would (TLS included) and checks its greeting, for
     /// `/readyz` and `ftpsgate doctor`.
     pub async fn probe_backend(&self) -> Result<Reply, BackendError> {
-        let t = &self.settings.timeouts;
-        let (mut backend, greeting) = Backend::connect(
-            &self.settings.backend.address,
-            self.backend_tls.as_ref().map(BackendTls::session),
-            t.backend_connect(),
-            t.backend_reply(),
-        )
-        .await?;
+        let (mut backend, greeting) =
+            connect_backend(&self.settings, self.backend_tls.as_ref(), None).await?;
         let last = greeting.last().cloned().ok_or(BackendError::Closed)?;
         let _ = backend.send(b"QUIT\r\n").await;
         if last.is_success() {
@@ -154,15 +168,8 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, mode: Mode, peer: SocketAd
         }
     }
     let t = &ctx.settings.timeouts;
-    let backend_tls = ctx.backend_tls.as_ref().map(BackendTls::session);
-    let (backend, greeting) = match Backend::connect(
-        &ctx.settings.backend.address,
-        backend_tls,
-        t.backend_connect(),
-        t.backend_reply(),
-    )
-    .await
-    {
+    let connected = connect_backend(&ctx.settings, ctx.backend_tls.as_ref(), Some((peer, local)));
+    let (backend, greeting) = match connected.await {
         Ok(b) => b,
         Err(e) => {
             ctx.metrics.backend_connect_errors.inc();
