@@ -358,18 +358,10 @@ fn sighup_reloads_and_sigterm_drains_a_transfer_in_flight() {
     let lo = 43000 + (port % 20) * 20;
     let listen: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let log = dir.path().join("ftpsgate.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ftpsgate"))
-        .arg("run")
+    let mut child = gateway_command(listen, vs.addr, (lo, 20), &cert, &key)
         .args(["--log-format", "json"])
         .arg("--config")
         .arg(&config)
-        .args(["--listen", &listen.to_string()])
-        .args(["--backend", &vs.addr.to_string()])
-        .args(["--passive-ports", &format!("{lo}-{}", lo + 19)])
-        .arg("--cert")
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
         .env("FTPSGATE_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log file"))

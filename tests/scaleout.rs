@@ -50,15 +50,22 @@ fn replica(backend: &FtpServer, index: u16, cert: &(PathBuf, PathBuf)) -> TestGa
     })
 }
 
+/// The peers both tests need: HAProxy, python3, and a vsftpd whose root the scenario can read
+/// back. `None` (after the loud skip message) when one is missing.
+fn peers() -> Option<FtpServer> {
+    if !have("haproxy") || !have("python3") {
+        return None;
+    }
+    let vs = FtpServer::vsftpd(VsTls::None)?;
+    run_ok(Command::new("chmod").arg("777").arg(&vs.root));
+    Some(vs)
+}
+
 #[test]
 fn two_replicas_behind_haproxy_serve_100_sessions_whole() {
-    if !have("haproxy") || !have("python3") {
-        return;
-    }
-    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+    let Some(vs) = peers() else {
         return;
     };
-    run_ok(Command::new("chmod").arg("777").arg(&vs.root));
     let dir = tempfile::tempdir().expect("tempdir");
     let pair = ftpsgate::tls::self_signed(&["localhost".into(), "127.0.0.1".into()])
         .expect("rcgen")
@@ -138,13 +145,9 @@ fn haproxy(dir: &std::path::Path, cfg: &str, port: u16) -> Haproxy {
 
 #[test]
 fn backends_that_want_proxy_protocol_learn_the_real_client() {
-    if !have("haproxy") || !have("python3") {
-        return;
-    }
-    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+    let Some(vs) = peers() else {
         return;
     };
-    run_ok(Command::new("chmod").arg("777").arg(&vs.root));
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let cfg = format!(

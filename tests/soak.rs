@@ -11,7 +11,7 @@
 mod common;
 
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -130,15 +130,7 @@ fn soak_mixed_transfers_lose_nothing_and_leak_nothing() {
     let port = free_port();
     let lo = 44000 + (port % 10) * 100;
     let listen: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ftpsgate"))
-        .arg("run")
-        .args(["--listen", &listen.to_string()])
-        .args(["--backend", &vs.addr.to_string()])
-        .args(["--passive-ports", &format!("{lo}-{}", lo + 99)])
-        .arg("--cert")
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
+    let mut child = gateway_command(listen, vs.addr, (lo, 100), &cert, &key)
         .env("FTPSGATE_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

@@ -22,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use client::{client_config, BoxError, Session, Target};
-use common::{free_port, raise_fd_limit, FtpServer, VsTls, PASSWORD, USER};
+use common::{free_port, gateway_command, raise_fd_limit, FtpServer, VsTls, PASSWORD, USER};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
@@ -81,17 +81,10 @@ impl Gateway {
             "[limits]\nmax_sessions = 1000000\nmax_sessions_per_ip = 1000000\n",
         )
         .expect("bench config");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ftpsgate"));
-        cmd.arg("run")
-            .arg("--config")
+        let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut cmd = gateway_command(listen, backend, (lo, 40), cert, key);
+        cmd.arg("--config")
             .arg(&config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--backend", &backend.to_string()])
-            .args(["--passive-ports", &format!("{lo}-{}", lo + 39)])
-            .arg("--cert")
-            .arg(cert)
-            .arg("--key")
-            .arg(key)
             .env("FTPSGATE_LOG", "warn")
             .stdout(Stdio::null());
         // The gateway's warnings explain a failed measure; they are noise otherwise.

@@ -186,6 +186,31 @@ pub async fn suppaftp_session(
     ftp
 }
 
+/// The ftpsgate binary, as an operator runs it: `run` on `listen` in front of `backend`, with
+/// a passive range starting at `pool` (`len` ports) and the given certificate. Callers add
+/// their own flags, environment and output.
+pub fn gateway_command(
+    listen: SocketAddr,
+    backend: SocketAddr,
+    pool: (u16, u16),
+    cert: &Path,
+    key: &Path,
+) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ftpsgate"));
+    cmd.arg("run")
+        .args(["--listen", &listen.to_string()])
+        .args(["--backend", &backend.to_string()])
+        .args([
+            "--passive-ports",
+            &format!("{}-{}", pool.0, pool.0 + pool.1 - 1),
+        ])
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key);
+    cmd
+}
+
 /// Raises this process's soft limit on open files to the hard one (children inherit it) and
 /// returns it, for tests and benchmarks that hold thousands of connections.
 pub fn raise_fd_limit() -> usize {
