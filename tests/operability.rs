@@ -358,16 +358,18 @@ fn sighup_reloads_and_sigterm_drains_a_transfer_in_flight() {
     let lo = 43000 + (port % 20) * 20;
     let listen: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let log = dir.path().join("ftpsgate.log");
-    let mut child = gateway_command(listen, vs.addr, (lo, 20), &cert, &key)
-        .args(["--log-format", "json"])
-        .arg("--config")
-        .arg(&config)
-        .env("FTPSGATE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("start ftpsgate");
-    let pid = child.id().to_string();
+    let mut child = KillOnDrop(
+        gateway_command(listen, vs.addr, (lo, 20), &cert, &key)
+            .args(["--log-format", "json"])
+            .arg("--config")
+            .arg(&config)
+            .env("FTPSGATE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start ftpsgate"),
+    );
+    let pid = child.0.id().to_string();
     assert!(
         eventually(Duration::from_secs(20), || TcpStream::connect(listen)
             .is_ok()),
@@ -418,7 +420,7 @@ fn sighup_reloads_and_sigterm_drains_a_transfer_in_flight() {
     });
     let end = Instant::now() + Duration::from_secs(30);
     let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
+        if let Some(status) = child.0.try_wait().expect("wait") {
             break status;
         }
         assert!(Instant::now() < end, "ftpsgate exits after the drain");

@@ -10,7 +10,7 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -18,15 +18,6 @@ use common::*;
 /// The whole passive range; replica i owns the i-th HALF.
 const PASSIVE: (u16, u16) = (19000, 19099);
 const HALF: u16 = 50;
-
-struct Haproxy(Child);
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// One replica; all of them serve the same certificate, as replicas behind one name do.
 fn replica(backend: &FtpServer, index: u16, cert: &(PathBuf, PathBuf)) -> TestGateway {
@@ -122,7 +113,7 @@ fn two_replicas_behind_haproxy_serve_100_sessions_whole() {
 }
 
 /// Starts HAProxy on `cfg`, with its log on a pipe; waits for `port`.
-fn haproxy(dir: &std::path::Path, cfg: &str, port: u16) -> Haproxy {
+fn haproxy(dir: &std::path::Path, cfg: &str, port: u16) -> KillOnDrop {
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, cfg).expect("config");
     run_ok(Command::new("haproxy").args(["-c", "-q", "-f"]).arg(&path));
@@ -140,7 +131,7 @@ fn haproxy(dir: &std::path::Path, cfg: &str, port: u16) -> Haproxy {
         assert!(Instant::now() < end, "haproxy listens");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Haproxy(child)
+    KillOnDrop(child)
 }
 
 #[test]

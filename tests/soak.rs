@@ -130,13 +130,14 @@ fn soak_mixed_transfers_lose_nothing_and_leak_nothing() {
     let port = free_port();
     let lo = 44000 + (port % 10) * 100;
     let listen: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let mut child = gateway_command(listen, vs.addr, (lo, 100), &cert, &key)
+    let child = gateway_command(listen, vs.addr, (lo, 100), &cert, &key)
         .env("FTPSGATE_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start ftpsgate");
     let pid = child.id();
+    let child = KillOnDrop(child);
     let end = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(listen).is_err() {
         assert!(Instant::now() < end, "ftpsgate listens");
@@ -189,8 +190,7 @@ fn soak_mixed_transfers_lose_nothing_and_leak_nothing() {
     let took = began.elapsed();
     settle();
     let (fds_after, rss_after) = footprint(pid);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     println!(
         "soak: {} sessions x {} transfers ({checked} hash checks) in {took:?}; \
          gateway fds {fds_before} -> {fds_after}, RSS {rss_before} -> {rss_after} KiB",

@@ -186,6 +186,16 @@ pub async fn suppaftp_session(
     ftp
 }
 
+/// A child process killed and reaped when the guard drops, even when a test panics first.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The ftpsgate binary, as an operator runs it: `run` on `listen` in front of `backend`, with
 /// a passive range starting at `pool` (`len` ports) and the given certificate. Callers add
 /// their own flags, environment and output.
