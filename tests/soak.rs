@@ -62,6 +62,21 @@ fn footprint(pid: u32) -> (usize, u64) {
     (fds, rss)
 }
 
+/// No single step of a session may take longer: a hang becomes a failure that names its step.
+const STEP_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs one step of a session within [`STEP_LIMIT`].
+async fn step<T, E: std::fmt::Display>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(STEP_LIMIT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no progress in {STEP_LIMIT:?}")),
+    }
+}
+
 /// One session: `transfers` uploads and downloads of random sizes, alternating PASV and EPSV.
 async fn session(
     addr: SocketAddr,
@@ -84,34 +99,24 @@ async fn session(
         let mut data = vec![0u8; size];
         rng.fill(&mut data);
         let name = format!("soak-{seed}-{t}.bin");
-        let mut up = ftp
-            .put_with_stream(&name)
-            .await
-            .map_err(|e| format!("STOR {name}: {e}"))?;
-        up.write_all(&data).await.map_err(|e| e.to_string())?;
-        up.finish().await.map_err(|e| format!("STOR {name}: {e}"))?;
+        let mut up = step(&format!("STOR {name} (t={t})"), ftp.put_with_stream(&name)).await?;
+        step(&format!("STOR {name} data"), up.write_all(&data)).await?;
+        step(&format!("STOR {name} 226"), up.finish()).await?;
         let stored = sha256_file(&root.join(&name));
         if stored != sha256(&data) {
             return Err(format!("{name}: stored bytes differ"));
         }
-        let mut down = ftp
-            .retr_as_stream(&name)
-            .await
-            .map_err(|e| format!("RETR {name}: {e}"))?;
+        let mut down = step(&format!("RETR {name}"), ftp.retr_as_stream(&name)).await?;
         let mut back = Vec::with_capacity(size);
-        down.read_to_end(&mut back)
-            .await
-            .map_err(|e| e.to_string())?;
-        down.finish()
-            .await
-            .map_err(|e| format!("RETR {name}: {e}"))?;
+        step(&format!("RETR {name} data"), down.read_to_end(&mut back)).await?;
+        step(&format!("RETR {name} 226"), down.finish()).await?;
         if sha256(&back) != sha256(&data) {
             return Err(format!("{name}: downloaded bytes differ"));
         }
         let _ = std::fs::remove_file(root.join(&name));
         checked += 2;
     }
-    ftp.quit().await.map_err(|e| e.to_string())?;
+    step("QUIT", ftp.quit()).await?;
     Ok(checked)
 }
 
@@ -131,9 +136,16 @@ fn soak_mixed_transfers_lose_nothing_and_leak_nothing() {
     let lo = 44000 + (port % 10) * 100;
     let listen: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let child = gateway_command(listen, vs.addr, (lo, 100), &cert, &key)
-        .env("FTPSGATE_LOG", "warn")
+        .env(
+            "FTPSGATE_LOG",
+            std::env::var("FTPSGATE_SOAK_LOG_FILTER").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(match std::env::var_os("FTPSGATE_SOAK_LOG") {
+            // The gateway's log in a file, for a long soak that fails.
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("soak log")),
+            None => Stdio::inherit(),
+        })
         .spawn()
         .expect("start ftpsgate");
     let pid = child.id();
