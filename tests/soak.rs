@@ -7,6 +7,13 @@
 //! ```sh
 //! FTPSGATE_SOAK=full cargo test --release --test soak -- --nocapture
 //! ```
+//!
+//! Known: the full run does not pass yet, and not through the gateway's fault. About 0.3% of
+//! the sessions stall before a STOR: suppaftp writes each command into its TLS control stream
+//! and never flushes, so when the socket is momentarily full (16 concurrent 10 MiB transfers
+//! on loopback) the command stays in rustls' buffer and never leaves; the gateway's log shows
+//! no such command arriving and its socket's receive queue is empty. The client needs
+//! replacing with one that flushes (the benchmark's own client does).
 
 mod common;
 
@@ -37,11 +44,21 @@ impl Plan {
                 concurrency: 16,
                 max_size: 10 * MIB,
             }
+        } else if let Some(n) = std::env::var("FTPSGATE_SOAK_SESSIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            Plan {
+                sessions: n,
+                transfers: 20,
+                concurrency: 16,
+                max_size: 10 * MIB,
+            }
         } else {
             Plan {
                 sessions: 24,
                 transfers: 5,
-                concurrency: 8,
+                concurrency: 4,
                 max_size: 2 * MIB,
             }
         }

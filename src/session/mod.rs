@@ -19,7 +19,7 @@ use thiserror::Error;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
-use tracing::{info, warn, Span};
+use tracing::{debug, info, warn, Span};
 
 use crate::config::Settings;
 use crate::data::{DataBridge, PassivePool};
@@ -341,6 +341,8 @@ impl Session {
     }
 
     async fn handle(&mut self, cmd: Command) -> Result<Flow, Fatal> {
+        // Display redacts PASS.
+        debug!(command = %cmd, "client command");
         let verb = cmd.verb();
         if self.ctx.settings.tls.required && !self.client.is_tls() && !verb.allowed_before_tls() {
             self.ctx.metrics.refused(Reason::tls_required);
