@@ -212,9 +212,11 @@ impl Metrics {
             .inc();
     }
 
-    pub fn handshake(&self, channel: Channel, result: Option<HandshakeKind>) {
-        let (outcome, kind) = match result {
-            Some(kind) => (Outcome::ok, kind),
+    /// A TLS handshake with a client: `Some(resumed)` when it completed, `None` when it failed.
+    pub fn handshake(&self, channel: Channel, resumed: Option<bool>) {
+        let (outcome, kind) = match resumed {
+            Some(true) => (Outcome::ok, HandshakeKind::resumed),
+            Some(false) => (Outcome::ok, HandshakeKind::full),
             None => (Outcome::failed, HandshakeKind::none),
         };
         self.handshakes
@@ -253,7 +255,7 @@ mod tests {
         m.sessions.inc();
         m.bytes(Direction::Download).inc_by(42);
         m.transfer(Direction::Upload, Outcome::aborted);
-        m.handshake(Channel::data, Some(HandshakeKind::resumed));
+        m.handshake(Channel::data, Some(true));
         m.refused(Reason::pool_full);
         let text = m.render();
         for line in [

@@ -36,7 +36,7 @@ use super::gate::{SignalOnTicket, TicketGate, READ_BUFFER};
 use super::pool::Lease;
 use crate::config::ReuseMode;
 use crate::ftp::{Direction, Reply};
-use crate::metrics::{self, Channel, Metrics, Reason};
+use crate::metrics::{Channel, Metrics, Reason};
 use crate::proxy_protocol::{self, Trusted};
 use crate::stream::Stream;
 use crate::tls::backend::BackendSession;
@@ -471,14 +471,7 @@ async fn handshake(
     };
     tls.get_mut().0.release();
     let resumed = tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
-    params.metrics.handshake(
-        Channel::data,
-        Some(if resumed {
-            metrics::HandshakeKind::resumed
-        } else {
-            metrics::HandshakeKind::full
-        }),
-    );
+    params.metrics.handshake(Channel::data, Some(resumed));
     if params.reuse == ReuseMode::Require && !resumed {
         params.metrics.refused(Reason::data_not_resumed);
         info!("data connection refused: TLS session not resumed (data_session_reuse = require)");

@@ -24,7 +24,7 @@ use tracing::{debug, info, warn, Span};
 use crate::config::Settings;
 use crate::data::{DataBridge, PassivePool};
 use crate::ftp::{rewrite_feat, Command, LineError, Reply, Verb};
-use crate::metrics::{Channel, HandshakeKind, Metrics, Reason};
+use crate::metrics::{Channel, Metrics, Reason};
 use crate::proxy_protocol::Trusted;
 use crate::stream::Stream;
 use crate::tls;
@@ -75,7 +75,7 @@ pub(crate) async fn connect_backend(
 
 impl Context {
     /// Connects to the backend as a session would (TLS included) and checks its greeting, for
-    /// `/readyz` and `ftpsgate doctor`.
+    /// `/readyz`.
     pub async fn probe_backend(&self) -> Result<Reply, BackendError> {
         let (mut backend, greeting) =
             connect_backend(&self.settings, self.backend_tls.as_ref(), None).await?;
@@ -238,14 +238,11 @@ async fn secure_control(
     let result = client
         .upgrade(config, ctx.settings.timeouts.tls_handshake())
         .await;
-    let kind = result.as_ref().ok().map(|()| {
-        if client.tls_info().is_some_and(|(_, resumed)| resumed) {
-            HandshakeKind::resumed
-        } else {
-            HandshakeKind::full
-        }
-    });
-    ctx.metrics.handshake(Channel::control, kind);
+    let resumed = result
+        .as_ref()
+        .ok()
+        .map(|()| client.tls_info().is_some_and(|(_, resumed)| resumed));
+    ctx.metrics.handshake(Channel::control, resumed);
     if let Some(subject) = client.peer_subject() {
         Span::current().record("client_cert", subject.as_str());
         info!(subject, "client certificate accepted");

@@ -67,12 +67,7 @@ impl Session {
                             // transfer failed (426), then, from `serve`, that the session is
                             // over (421). The bridge drops with this frame, resetting the
                             // backend's side.
-                            let record = Record {
-                                cmd,
-                                backend_code: None,
-                                bytes: bridge.progress(),
-                                elapsed: began.elapsed(),
-                            };
+                            let record = Record::now(cmd, &bridge, began, None);
                             let lost = std::io::Error::other(format!("backend control: {e}"));
                             self.log_transfer(record, Err(&BridgeError::Backend(lost)));
                             self.client.send(&Reply::new(426, "Connection closed; transfer aborted.")).await?;
@@ -103,12 +98,7 @@ impl Session {
                     };
                     match verb {
                         Some((Verb::Abor, _)) => {
-                            let record = Record {
-                                cmd,
-                                backend_code: None,
-                                bytes: bridge.progress(),
-                                elapsed: began.elapsed(),
-                            };
+                            let record = Record::now(cmd, &bridge, began, None);
                             return self.abort(record, bridge, last, outcome).await;
                         }
                         // STAT without argument asks about the transfer itself (RFC 959
@@ -134,12 +124,7 @@ impl Session {
         let (Some(last), Some(outcome)) = (last, outcome) else {
             return Ok(());
         };
-        let record = Record {
-            cmd,
-            backend_code: Some(last.code()),
-            bytes: bridge.progress(),
-            elapsed: began.elapsed(),
-        };
+        let record = Record::now(cmd, &bridge, began, Some(last.code()));
         let reply = match outcome {
             Ok(t) => {
                 self.log_transfer(record, Ok(&t));
@@ -208,6 +193,23 @@ struct Record<'a> {
     backend_code: Option<u16>,
     bytes: u64,
     elapsed: std::time::Duration,
+}
+
+impl<'a> Record<'a> {
+    /// The transfer as it stands: its bytes so far and its time since `began`.
+    fn now(
+        cmd: &'a Command,
+        bridge: &DataBridge,
+        began: std::time::Instant,
+        backend_code: Option<u16>,
+    ) -> Self {
+        Record {
+            cmd,
+            backend_code,
+            bytes: bridge.progress(),
+            elapsed: began.elapsed(),
+        }
+    }
 }
 
 impl Session {
