@@ -109,18 +109,28 @@ fn pem_why(e: rustls::pki_types::pem::Error) -> String {
 
 /// Loads a PEM chain and key from disk.
 pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
+    let read = |file: &Path| {
+        std::fs::read(file).map_err(|e| TlsError::File {
+            file: file.into(),
+            why: e.to_string(),
+        })
+    };
+    parse_identity((cert, &read(cert)?), (key, &read(key)?))
+}
+
+/// Parses a PEM chain and key already read from `(path, bytes)`; errors name the path.
+pub fn parse_identity(cert: (&Path, &[u8]), key: (&Path, &[u8])) -> Result<Identity, TlsError> {
     let file_err = |file: &Path, why: String| TlsError::File {
         file: file.into(),
         why,
     };
-    let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| file_err(cert, pem_why(e)))?
+    let chain = CertificateDer::pem_slice_iter(cert.1)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_err(cert, pem_why(e)))?;
+        .map_err(|e| file_err(cert.0, pem_why(e)))?;
     if chain.is_empty() {
-        return Err(file_err(cert, "no CERTIFICATE block found".into()));
+        return Err(file_err(cert.0, "no CERTIFICATE block found".into()));
     }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, pem_why(e)))?;
+    let key_der = PrivateKeyDer::from_pem_slice(key.1).map_err(|e| file_err(key.0, pem_why(e)))?;
     Ok(Identity {
         chain,
         key: key_der,

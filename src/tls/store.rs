@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-use super::{load_identity, Identity, TlsError};
+use super::{parse_identity, Identity, TlsError};
 use crate::config::{CertPair, TlsSettings};
 use crate::metrics::{Metrics, Reload};
 
@@ -214,20 +214,21 @@ fn build(source: &Source, provider: &CryptoProvider) -> Result<Certs, TlsError> 
         }
         Source::Files { default, sni } => {
             let mut load = |pair: &CertPair| -> Result<Arc<CertifiedKey>, TlsError> {
-                for file in [&pair.cert, &pair.key] {
-                    let bytes = std::fs::read(file).map_err(|e| TlsError::File {
+                // Read once: the digest and the parse see the same bytes, even mid-rotation.
+                let read = |file: &PathBuf| {
+                    std::fs::read(file).map_err(|e| TlsError::File {
                         file: file.clone(),
                         why: e.to_string(),
-                    })?;
-                    digest.update(&bytes);
-                }
-                let key =
-                    certified(load_identity(&pair.cert, &pair.key)?, provider).map_err(|e| {
-                        TlsError::File {
-                            file: pair.key.clone(),
-                            why: e.to_string(),
-                        }
-                    })?;
+                    })
+                };
+                let (cert, key) = (read(&pair.cert)?, read(&pair.key)?);
+                digest.update(&cert);
+                digest.update(&key);
+                let identity = parse_identity((&pair.cert, &cert), (&pair.key, &key))?;
+                let key = certified(identity, provider).map_err(|e| TlsError::File {
+                    file: pair.key.clone(),
+                    why: e.to_string(),
+                })?;
                 Ok(key)
             };
             let default = load(default)?;
