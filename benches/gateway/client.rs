@@ -1,6 +1,11 @@
-//! A minimal, fast FTP/FTPS client for the benchmarks: explicit TLS, EPSV, RETR/STOR with large
-//! buffers, TLS session reuse on data connections (one rustls config, one server name), and
-//! nothing else. curl and Python would be the bottleneck at the speeds measured here.
+//! A minimal, fast FTP/FTPS client for the benchmarks and the soak: explicit TLS, EPSV or PASV,
+//! RETR/STOR with large buffers, TLS session reuse on data connections (one rustls config, one
+//! server name), and nothing else. curl and Python would be the bottleneck at the speeds
+//! measured here.
+//!
+//! Every command is flushed before its reply is awaited. A client that only writes (suppaftp
+//! does) leaves the command in rustls' buffer whenever the socket is momentarily full, and the
+//! session waits forever for a reply to a command nobody sent.
 
 use std::io;
 use std::net::SocketAddr;
@@ -48,6 +53,16 @@ pub struct Session {
     control: BufReader<Box<dyn Io>>,
     target: Target,
     tls: Option<TlsConnector>,
+    passive: Passive,
+}
+
+/// How the data connection is asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Passive {
+    /// `EPSV`: a port; the host is the control connection's.
+    Extended,
+    /// `PASV`: the address and port from the 227 reply.
+    Classic,
 }
 
 const DATA_BUF: usize = 256 * 1024;
@@ -75,6 +90,7 @@ impl Session {
             control: BufReader::new(control),
             target: target.clone(),
             tls,
+            passive: Passive::Extended,
         };
         s.command(&format!("USER {}", target.user), 331).await?;
         s.command(&format!("PASS {}", target.password), 230).await?;
@@ -124,20 +140,52 @@ impl Session {
         Ok(line)
     }
 
+    /// The passive command the next transfers use.
+    pub fn set_passive(&mut self, passive: Passive) {
+        self.passive = passive;
+    }
+
     async fn data(&mut self) -> Result<Box<dyn Io>, BoxError> {
-        let reply = self.command("EPSV", 229).await?;
-        let port: u16 = reply
-            .split('|')
-            .nth(3)
-            .and_then(|p| p.parse().ok())
-            .ok_or("bad 229")?;
-        let tcp = TcpStream::connect(SocketAddr::new(self.target.addr.ip(), port)).await?;
+        let to = match self.passive {
+            Passive::Extended => {
+                let reply = self.command("EPSV", 229).await?;
+                let port = reply
+                    .split('|')
+                    .nth(3)
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(|| format!("bad 229: {reply}"))?;
+                SocketAddr::new(self.target.addr.ip(), port)
+            }
+            Passive::Classic => {
+                let reply = self.command("PASV", 227).await?;
+                pasv_address(&reply).ok_or_else(|| format!("bad 227: {reply}"))?
+            }
+        };
+        let tcp = TcpStream::connect(to).await?;
         // rustls reads 4 KiB per call on its own; a large buffer under it saves the syscalls.
         Ok(Box::new(BufReader::with_capacity(DATA_BUF, tcp)))
     }
 
     /// Downloads `name`, discarding the bytes; returns how many arrived.
     pub async fn download(&mut self, name: &str) -> Result<u64, BoxError> {
+        self.download_with(name, |_| {}).await
+    }
+
+    /// Downloads `name` whole.
+    #[allow(dead_code)] // the soak's; the benchmark discards what it downloads
+    pub async fn download_bytes(&mut self, name: &str) -> Result<Vec<u8>, BoxError> {
+        let mut all = Vec::new();
+        self.download_with(name, |b| all.extend_from_slice(b))
+            .await?;
+        Ok(all)
+    }
+
+    /// Downloads `name`, handing each chunk to `sink`; returns how many bytes arrived.
+    async fn download_with(
+        &mut self,
+        name: &str,
+        mut sink: impl FnMut(&[u8]),
+    ) -> Result<u64, BoxError> {
         let tcp = self.data().await?;
         self.command(&format!("RETR {name}"), 150).await?;
         let mut data = secure(self.tls.clone(), tcp).await?;
@@ -146,7 +194,10 @@ impl Session {
         loop {
             match data.read(&mut buf).await {
                 Ok(0) => break,
-                Ok(n) => total += n as u64,
+                Ok(n) => {
+                    sink(&buf[..n]);
+                    total += n as u64;
+                }
                 // Servers that close without close_notify after a download.
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
                 Err(e) => return Err(e.into()),
@@ -157,17 +208,32 @@ impl Session {
         Ok(total)
     }
 
-    /// Uploads `size` bytes as `name`.
+    /// Uploads `size` bytes (a fixed pattern) as `name`.
     pub async fn upload(&mut self, name: &str, size: u64) -> Result<(), BoxError> {
+        let buf = vec![0x5au8; DATA_BUF];
+        let whole = usize::try_from(size / DATA_BUF as u64)?;
+        let rest = (size % DATA_BUF as u64) as usize;
+        let chunks = std::iter::repeat_n(&buf[..], whole).chain([&buf[..rest]]);
+        self.upload_from(name, chunks).await
+    }
+
+    /// Uploads `data` as `name`.
+    #[allow(dead_code)] // the soak's; the benchmark uploads a pattern
+    pub async fn upload_bytes(&mut self, name: &str, data: &[u8]) -> Result<(), BoxError> {
+        self.upload_from(name, data.chunks(DATA_BUF)).await
+    }
+
+    /// Uploads the chunks, in order, as `name`.
+    async fn upload_from<'a>(
+        &mut self,
+        name: &str,
+        chunks: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<(), BoxError> {
         let tcp = self.data().await?;
         self.command(&format!("STOR {name}"), 150).await?;
         let mut data = secure(self.tls.clone(), tcp).await?;
-        let buf = vec![0x5au8; DATA_BUF];
-        let mut left = size;
-        while left > 0 {
-            let n = left.min(DATA_BUF as u64) as usize;
-            data.write_all(&buf[..n]).await?;
-            left -= n as u64;
+        for chunk in chunks {
+            data.write_all(chunk).await?;
         }
         data.shutdown().await?;
         // Read to the server's end: its late TLS tickets, and proof it has every byte.
@@ -213,6 +279,20 @@ async fn secure(tls: Option<TlsConnector>, tcp: Box<dyn Io>) -> Result<Box<dyn I
         None => Ok(tcp),
         Some(tls) => Ok(Box::new(tls.connect(server_name(), tcp).await?)),
     }
+}
+
+/// The address in a 227 reply: `227 Entering Passive Mode (h1,h2,h3,h4,p1,p2)`.
+fn pasv_address(reply: &str) -> Option<SocketAddr> {
+    let inner = reply.get(reply.find('(')? + 1..reply.rfind(')')?)?;
+    let n: Vec<u8> = inner
+        .split(',')
+        .map(|v| v.trim().parse().ok())
+        .collect::<Option<_>>()?;
+    let [a, b, c, d, hi, lo] = n[..] else {
+        return None;
+    };
+    let ip = std::net::Ipv4Addr::new(a, b, c, d);
+    Some(SocketAddr::new(ip.into(), u16::from_be_bytes([hi, lo])))
 }
 
 fn server_name() -> ServerName<'static> {

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use client::{client_config, BoxError, Session, Target};
+use client::{client_config, BoxError, Passive, Session, Target};
 use common::{free_port, gateway_command, raise_fd_limit, FtpServer, VsTls, PASSWORD, USER};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -453,7 +453,10 @@ async fn measure(plan: &Plan, fd_limit: usize, report: &mut Report) -> Result<()
                 let n = total / concurrency + usize::from(worker < total % concurrency);
                 tasks.spawn(async move {
                     for _ in 0..n {
+                        // The session: connect, AUTH TLS, login, PBSZ/PROT P, PASV,
+                        // LIST, QUIT.
                         let mut s = Session::open(&t).await?;
+                        s.set_passive(Passive::Classic);
                         s.list().await?;
                         s.quit().await?;
                     }
