@@ -23,7 +23,7 @@ pub enum ConfigError {
     #[error("{origin}: `{key}`: {why}")]
     Invalid {
         origin: String,
-        key: &'static str,
+        key: String,
         why: String,
     },
 }
@@ -33,7 +33,13 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub listen: ListenSettings,
+    /// The default backend: where a session goes when no route claims it.
     pub backend: BackendSettings,
+    /// Named backends, each with its own addresses and TLS settings, and the SNI names and
+    /// HOST names (RFC 7151) that send a session to it. `USER name@route` picks one too when
+    /// `routing.user_suffix` is on.
+    pub routes: std::collections::BTreeMap<String, BackendSettings>,
+    pub routing: RoutingSettings,
     pub passive: PassiveSettings,
     pub active: ActiveSettings,
     pub tls: TlsSettings,
@@ -41,6 +47,41 @@ pub struct Settings {
     pub limits: Limits,
     pub admin: AdminSettings,
     pub proxy_protocol: ProxyProtocolSettings,
+}
+
+/// How sessions are spread over backends and their addresses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingSettings {
+    /// `USER name@route` sends the session to the route of that name, and the backend sees
+    /// `USER name`. Off by default: `@` is common in user names, and a suffix that names no
+    /// route is left alone either way.
+    pub user_suffix: bool,
+    /// Seconds between health checks of a backend with several addresses (each must greet
+    /// within `health_timeout_secs`); 0 turns them off. A backend with one address is always
+    /// tried: its sessions see its failures directly.
+    pub health_interval_secs: u64,
+    pub health_timeout_secs: u64,
+}
+
+impl Default for RoutingSettings {
+    fn default() -> Self {
+        Self {
+            user_suffix: false,
+            health_interval_secs: 10,
+            health_timeout_secs: 5,
+        }
+    }
+}
+
+impl RoutingSettings {
+    /// `None` when health checks are off.
+    pub fn health_interval(&self) -> Option<Duration> {
+        (self.health_interval_secs > 0).then(|| Duration::from_secs(self.health_interval_secs))
+    }
+    pub fn health_timeout(&self) -> Duration {
+        Duration::from_secs(self.health_timeout_secs)
+    }
 }
 
 /// PROXY protocol v2 from load balancers in front of the gateway.
@@ -92,6 +133,16 @@ pub struct BackendSettings {
     /// `host:port` of the internal FTP server. Resolved at each connect, so a Kubernetes
     /// Service name works.
     pub address: String,
+    /// Several `host:port` addresses of one FTP service (replicas sharing storage); when set,
+    /// used instead of `address`. Unhealthy ones are skipped.
+    pub addresses: Vec<String>,
+    /// How a session picks among `addresses`: `round-robin` or `least-connections`.
+    pub balance: Balance,
+    /// For a route: SNI names (from the client's TLS handshake) that select it. Exact,
+    /// case-insensitive.
+    pub sni: Vec<String>,
+    /// For a route: names in the client's `HOST` command (RFC 7151) that select it.
+    pub hosts: Vec<String>,
     /// How the gateway talks to the backend: `none` (plain FTP), `explicit` (AUTH TLS, then
     /// PBSZ 0 and PROT P after login) or `implicit` (TLS from the first byte).
     pub tls: BackendTlsMode,
@@ -130,6 +181,46 @@ pub enum ProxyVersion {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConnections,
+}
+
+impl BackendSettings {
+    /// The addresses to spread sessions over: `addresses`, or `address` alone.
+    pub fn all_addresses(&self) -> Vec<&str> {
+        if self.addresses.is_empty() {
+            vec![self.address.as_str()]
+        } else {
+            self.addresses.iter().map(String::as_str).collect()
+        }
+    }
+
+    /// Checks one backend's settings; `key` is its table (`backend` or `routes.NAME`).
+    fn validate(
+        &self,
+        key: &str,
+        bad: &dyn Fn(String, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        for a in self.all_addresses() {
+            split_host_port(a).map_err(|why| bad(format!("{key}.address"), why))?;
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return Err(bad(
+                format!("{key}.client_cert"),
+                "set both client_cert and client_key, or neither".into(),
+            ));
+        }
+        if let Some(pin) = &self.pin_sha256 {
+            parse_fingerprint(pin).map_err(|why| bad(format!("{key}.pin_sha256"), why))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendDataMode {
     #[default]
@@ -141,6 +232,10 @@ impl Default for BackendSettings {
     fn default() -> Self {
         Self {
             address: "127.0.0.1:21".into(),
+            addresses: Vec::new(),
+            balance: Balance::RoundRobin,
+            sni: Vec::new(),
+            hosts: Vec::new(),
             tls: BackendTlsMode::None,
             ca: None,
             server_name: None,
@@ -501,9 +596,9 @@ impl Settings {
     }
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let bad = |key: &'static str, why: String| ConfigError::Invalid {
+        let bad = |key: &str, why: String| ConfigError::Invalid {
             origin: origin.to_string(),
-            key,
+            key: key.to_string(),
             why,
         };
         if self.listen.explicit.is_empty() && self.listen.implicit.is_empty() {
@@ -512,17 +607,7 @@ impl Settings {
                 "no listener: set listen.explicit or listen.implicit".into(),
             ));
         }
-        split_host_port(&self.backend.address).map_err(|why| bad("backend.address", why))?;
-        let b = &self.backend;
-        if b.client_cert.is_some() != b.client_key.is_some() {
-            return Err(bad(
-                "backend.client_cert",
-                "set both backend.client_cert and backend.client_key, or neither".into(),
-            ));
-        }
-        if let Some(pin) = &b.pin_sha256 {
-            parse_fingerprint(pin).map_err(|why| bad("backend.pin_sha256", why))?;
-        }
+        self.validate_backends(&|key, why| bad(&key, why))?;
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(bad(
                 "tls.cert",
@@ -587,6 +672,46 @@ impl Settings {
                 "limits.max_line_length",
                 "must be between 512 (RFC 959) and 1048576".into(),
             ));
+        }
+        Ok(())
+    }
+
+    /// Every backend's own checks, then the routing rules: a name selects one route only.
+    fn validate_backends(
+        &self,
+        bad: &dyn Fn(String, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        self.backend.validate("backend", bad)?;
+        if !self.backend.sni.is_empty() || !self.backend.hosts.is_empty() {
+            return Err(bad(
+                "backend.sni".into(),
+                "the default backend takes what no route claims; put sni and hosts on a \
+                 [routes.NAME] table"
+                    .into(),
+            ));
+        }
+        let mut claimed = std::collections::HashMap::new();
+        for (name, route) in &self.routes {
+            let key = format!("routes.{name}");
+            let valid_name = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid_name {
+                return Err(bad(key, "route names are letters, digits, - and _".into()));
+            }
+            route.validate(&key, bad)?;
+            for (kind, names) in [("sni", &route.sni), ("hosts", &route.hosts)] {
+                for n in names {
+                    let n = n.to_ascii_lowercase();
+                    if let Some(other) = claimed.insert((kind, n.clone()), name) {
+                        return Err(bad(
+                            format!("{key}.{kind}"),
+                            format!("`{n}` already selects route `{other}`"),
+                        ));
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -669,6 +794,33 @@ mod tests {
         let path = dir.path().join("t.toml");
         std::fs::write(&path, text).expect("write");
         Settings::load(Some(&path), &Overrides::default())
+    }
+
+    #[test]
+    fn routes_are_checked_like_the_backend_and_names_select_one_route_only() {
+        let ok = parse(
+            "[routes.sales]\naddresses = [\"10.0.0.1:21\", \"10.0.0.2:21\"]\n\
+             balance = \"least-connections\"\nsni = [\"a.example\"]\n",
+        )
+        .expect("valid route");
+        assert_eq!(
+            ok.routes["sales"].all_addresses(),
+            ["10.0.0.1:21", "10.0.0.2:21"]
+        );
+        assert_eq!(ok.routes["sales"].balance, Balance::LeastConnections);
+        let err = parse("[routes.sales]\naddress = \"nohostport\"\n").expect_err("bad address");
+        assert!(err.to_string().contains("routes.sales.address"), "{err}");
+        let err =
+            parse("[routes.a]\nhosts = [\"X.example\"]\n[routes.b]\nhosts = [\"x.example\"]\n")
+                .expect_err("one name, two routes");
+        assert!(
+            err.to_string().contains("already selects route `a`"),
+            "{err}"
+        );
+        let err = parse("[backend]\nsni = [\"a.example\"]\n").expect_err("sni on default");
+        assert!(err.to_string().contains("backend.sni"), "{err}");
+        let err = parse("[routes.\"a b\"]\n").expect_err("bad name");
+        assert!(err.to_string().contains("route names"), "{err}");
     }
 
     #[test]

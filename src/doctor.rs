@@ -8,9 +8,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
+use crate::config::BackendSettings;
 use crate::config::Settings;
 use crate::ftp::addr;
-use crate::session::{connect_backend, Backend};
+use crate::routing;
+use crate::session::Backend;
 use crate::tls::backend::BackendTls;
 use crate::tls::store::CertStore;
 use crate::tls::{self, TlsError};
@@ -107,27 +109,67 @@ pub fn firewall(settings: &Settings) -> String {
     )
 }
 
+/// Every address of the default backend and of each route.
 async fn backend_checks(settings: &Settings, login: Option<&Login>) -> Vec<Check> {
     let mut out = Vec::new();
-    let what = "backend";
-    let backend_tls = match BackendTls::from_settings(&settings.backend) {
-        Ok(t) => t,
-        Err(e) => {
-            out.push(with_fix(
-                check(Level::Fail, what, format!("TLS settings: {e}")),
-                "fix the [backend] TLS keys (ca, pin_sha256, client_cert/client_key)",
-            ));
-            return out;
+    let backends = std::iter::once(("backend".to_string(), &settings.backend)).chain(
+        settings
+            .routes
+            .iter()
+            .map(|(n, b)| (format!("routes.{n}"), b)),
+    );
+    for (key, b) in backends {
+        let tls = match BackendTls::from_settings(b) {
+            Ok(t) => t,
+            Err(e) => {
+                out.push(with_fix(
+                    check(Level::Fail, "backend", format!("[{key}] TLS settings: {e}")),
+                    format!("fix the [{key}] TLS keys (ca, pin_sha256, client_cert/client_key)"),
+                ));
+                continue;
+            }
+        };
+        for address in b.all_addresses() {
+            // The default backend's lines name the address alone; a route's say which route.
+            let label = if key == "backend" {
+                address.to_string()
+            } else {
+                format!("{key} {address}")
+            };
+            let to = Target {
+                settings: b,
+                tls: tls.as_ref(),
+                address,
+                label: &label,
+            };
+            out.extend(address_checks(settings, to, login).await);
         }
-    };
-    let address = &settings.backend.address;
-    let connected = connect_backend(settings, backend_tls.as_ref(), None).await;
+    }
+    out
+}
+
+/// One backend address to check.
+struct Target<'a> {
+    settings: &'a BackendSettings,
+    tls: Option<&'a BackendTls>,
+    address: &'a str,
+    /// How the lines name it.
+    label: &'a str,
+}
+
+async fn address_checks(settings: &Settings, to: Target<'_>, login: Option<&Login>) -> Vec<Check> {
+    let mut out = Vec::new();
+    let what = "backend";
+    let address = to.label;
+    let t = &settings.timeouts;
+    let timeouts = (t.backend_connect(), t.backend_reply());
+    let connected = routing::dial(to.settings, to.tls, to.address, None, timeouts).await;
     let (mut backend, greeting) = match connected {
         Ok(b) => b,
         Err(e) => {
             out.push(with_fix(
                 check(Level::Fail, what, format!("{address}: {e}")),
-                "check backend.address and backend.tls, and that the server runs and is reachable from this host",
+                "check the address and tls keys, and that the server runs and is reachable from this host",
             ));
             return out;
         }

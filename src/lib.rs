@@ -15,6 +15,7 @@ pub mod doctor;
 pub mod ftp;
 pub mod metrics;
 pub mod proxy_protocol;
+pub mod routing;
 pub mod server;
 pub mod session;
 mod stream;

@@ -82,6 +82,8 @@ pub enum Reason {
     shutting_down,
     timeout,
     bad_proxy_header,
+    /// Every address of the chosen backend is down or unreachable.
+    backend_down,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -107,6 +109,13 @@ struct ReasonLabels {
     reason: Reason,
 }
 
+/// A backend address. Both values come from the configuration, never from a peer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    route: String,
+    address: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     outcome: Reload,
@@ -122,6 +131,7 @@ pub struct Metrics {
     handshakes: Family<HandshakeLabels, Counter>,
     pub leases_in_use: Gauge,
     pub backend_connect_errors: Counter,
+    backends_up: Family<BackendLabels, Gauge>,
     refusals: Family<ReasonLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
 }
@@ -136,6 +146,7 @@ impl Metrics {
         let handshakes = Family::default();
         let leases_in_use = Gauge::default();
         let backend_connect_errors = Counter::default();
+        let backends_up = Family::default();
         let refusals = Family::default();
         let reloads = Family::default();
         registry.register(
@@ -170,6 +181,11 @@ impl Metrics {
             backend_connect_errors.clone(),
         );
         registry.register(
+            "backend_up",
+            "1 while a backend address is taking sessions, 0 while health checks find it down",
+            backends_up.clone(),
+        );
+        registry.register(
             "refusals",
             "Requests the gateway refused, by reason",
             refusals.clone(),
@@ -188,6 +204,7 @@ impl Metrics {
             handshakes,
             leases_in_use,
             backend_connect_errors,
+            backends_up,
             refusals,
             reloads,
         })
@@ -226,6 +243,15 @@ impl Metrics {
                 kind,
             })
             .inc();
+    }
+
+    pub fn backend_up(&self, route: &str, address: &str, up: bool) {
+        self.backends_up
+            .get_or_create(&BackendLabels {
+                route: route.to_string(),
+                address: address.to_string(),
+            })
+            .set(i64::from(up));
     }
 
     pub fn reloaded(&self, outcome: Reload) {

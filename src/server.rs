@@ -24,8 +24,8 @@ use crate::config::Settings;
 use crate::data::PassivePool;
 use crate::metrics::{Metrics, Reason};
 use crate::proxy_protocol::{self, Trusted};
+use crate::routing::Router;
 use crate::session::{self, Context, Mode};
-use crate::tls::backend::BackendTls;
 use crate::tls::store::CertStore;
 use crate::tls::{self, TlsError};
 
@@ -61,9 +61,9 @@ impl Gateway {
         }
         let tls = tls::server_config(Arc::clone(&certs), &settings.tls)?;
         let external_ip = settings.external_ip().map_err(StartError::External)?;
-        let backend_tls = BackendTls::from_settings(&settings.backend)?;
-        if settings.backend.insecure_skip_verify && backend_tls.is_some() {
-            warn!("backend.insecure_skip_verify: the backend's certificate is NOT verified; anyone between the gateway and the backend can read and change the traffic");
+        let router = Router::new(&settings, &metrics)?;
+        if let Some(interval) = settings.routing.health_interval() {
+            router.spawn_health_checks(interval, settings.routing.health_timeout());
         }
         let mut listeners = Vec::new();
         for (addrs, mode) in [
@@ -98,7 +98,7 @@ impl Gateway {
                 certs,
                 pool,
                 external_ip,
-                backend_tls,
+                router,
                 metrics,
                 draining: draining_rx,
                 trusted: Trusted::new(settings_trusted),
@@ -248,6 +248,7 @@ fn admit(
         via = field::Empty,
         user = field::Empty,
         backend = field::Empty,
+        route = field::Empty,
         client_cert = field::Empty
     );
     if let Some(via) = via {

@@ -174,6 +174,16 @@ impl Command {
         })
     }
 
+    /// `USER name`, for a user name taken from a client's own USER line (so free of line
+    /// breaks): the gateway strips a route suffix from it.
+    pub fn user(name: &str) -> Command {
+        Command {
+            line: format!("USER {name}").into_bytes(),
+            verb: Verb::User,
+            verb_len: 4,
+        }
+    }
+
     pub fn verb(&self) -> Verb {
         self.verb
     }

@@ -108,6 +108,17 @@ impl ClientControl {
         }
     }
 
+    /// The server name the client asked for in its TLS handshake (SNI), if any.
+    pub fn sni(&self) -> Option<String> {
+        match self.stream.as_ref()? {
+            Stream::Tls(tls) => match &**tls {
+                tokio_rustls::TlsStream::Server(s) => s.get_ref().1.server_name().map(String::from),
+                tokio_rustls::TlsStream::Client(_) => None,
+            },
+            _ => None,
+        }
+    }
+
     /// Says goodbye politely: TLS close_notify, then FIN.
     pub async fn close(&mut self) {
         if let Some(stream) = self.stream.as_mut() {

@@ -26,9 +26,9 @@ use crate::data::{DataBridge, PassivePool};
 use crate::ftp::{rewrite_feat, Command, LineError, Reply, Verb};
 use crate::metrics::{Channel, Metrics, Reason};
 use crate::proxy_protocol::Trusted;
+use crate::routing::{Lease, RouteError, Router, Upstream};
 use crate::stream::Stream;
 use crate::tls;
-use crate::tls::backend::BackendTls;
 use crate::tls::store::CertStore;
 
 pub(crate) use backend::Backend;
@@ -44,8 +44,8 @@ pub struct Context {
     pub certs: Arc<CertStore>,
     pub pool: Arc<PassivePool>,
     pub external_ip: Option<IpAddr>,
-    /// `None` for a plain-FTP backend.
-    pub backend_tls: Option<BackendTls>,
+    /// The backends, and which one a session goes to.
+    pub router: Router,
     pub metrics: Arc<Metrics>,
     /// Becomes true when the gateway shuts down: idle sessions say 421 and end.
     pub draining: watch::Receiver<bool>,
@@ -53,32 +53,13 @@ pub struct Context {
     pub trusted: Trusted,
 }
 
-/// Connects to the backend as `settings` say, with `tls`, and (if the backend wants PROXY
-/// protocol) a header naming `client` = (client address, gateway address it reached); `None`
-/// is the gateway's own probe.
-pub(crate) async fn connect_backend(
-    settings: &Settings,
-    tls: Option<&BackendTls>,
-    client: Option<(SocketAddr, SocketAddr)>,
-) -> Result<(Backend, Vec<Reply>), BackendError> {
-    let t = &settings.timeouts;
-    let header = crate::proxy_protocol::header(settings.backend.proxy_protocol, client);
-    Backend::connect(
-        &settings.backend.address,
-        tls.map(BackendTls::session),
-        header.as_deref(),
-        t.backend_connect(),
-        t.backend_reply(),
-    )
-    .await
-}
-
 impl Context {
-    /// Connects to the backend as a session would (TLS included) and checks its greeting, for
-    /// `/readyz`.
-    pub async fn probe_backend(&self) -> Result<Reply, BackendError> {
-        let (mut backend, greeting) =
-            connect_backend(&self.settings, self.backend_tls.as_ref(), None).await?;
+    /// Connects to the default backend as a session would (TLS included) and checks its
+    /// greeting, for `/readyz`.
+    pub async fn probe_backend(&self) -> Result<Reply, RouteError> {
+        let upstream = self.router.default_route();
+        let (mut backend, greeting, _lease) =
+            upstream.connect(None, &self.settings.timeouts).await?;
         let last = greeting.last().cloned().ok_or(BackendError::Closed)?;
         let _ = backend.send(b"QUIT\r\n").await;
         if last.is_success() {
@@ -87,7 +68,8 @@ impl Context {
             Err(BackendError::Refused {
                 what: "the connection",
                 reply: format!("{} {}", last.code(), last.text()),
-            })
+            }
+            .into())
         }
     }
 }
@@ -108,6 +90,19 @@ enum Fatal {
     Client(#[from] std::io::Error),
     #[error("backend {0}")]
     Backend(#[from] BackendError),
+    /// No backend could be reached when the session needed one.
+    #[error("{0}")]
+    Unreachable(RouteError),
+    /// The backend turned the session away in its greeting (421 too many users, ...): the
+    /// client hears that reply.
+    #[error("backend refused the session: {}", .0.code())]
+    Greeting(Reply),
+}
+
+impl From<RouteError> for Fatal {
+    fn from(e: RouteError) -> Self {
+        Fatal::Unreachable(e)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,10 +123,20 @@ struct Pending {
     protection: Protection,
 }
 
+/// The session's control connection to its backend, and its place in that backend's count.
+struct Link {
+    backend: Backend,
+    lease: Lease,
+}
+
 struct Session {
     ctx: Arc<Context>,
     client: ClientControl,
-    backend: Backend,
+    /// `None` until a command needs the backend (with routes: once HOST or USER may have
+    /// chosen it), or after HOST or USER moved the session to another route.
+    link: Option<Link>,
+    /// The route HOST or USER chose; until then, the one the SNI name (or nothing) selects.
+    route: Option<Arc<Upstream>>,
     /// This session's own TLS configs, for its control and data handshakes.
     tls: tls::SessionTls,
     prot: Protection,
@@ -168,28 +173,28 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, mode: Mode, peer: SocketAd
         }
     }
     let t = &ctx.settings.timeouts;
-    let connected = connect_backend(&ctx.settings, ctx.backend_tls.as_ref(), Some((peer, local)));
-    let (backend, greeting) = match connected.await {
-        Ok(b) => b,
-        Err(e) => {
-            ctx.metrics.backend_connect_errors.inc();
-            warn!(error = %e, "backend unreachable");
-            let _ = client
-                .send(&Reply::new(
-                    421,
-                    "Service not available: the FTP server cannot be reached.",
-                ))
-                .await;
-            client.close().await;
-            return;
+    // One backend: connect now and relay its greeting, as if the client reached it directly.
+    // With routes, the gateway greets and connects once the route is known.
+    let (link, greeting) = if ctx.router.is_static() {
+        let upstream = ctx.router.default_route();
+        match upstream.connect(Some((peer, local)), t).await {
+            Ok((backend, greeting, lease)) => (Some(Link { backend, lease }), greeting),
+            Err(e) => {
+                unreachable(&ctx, &mut client, &e).await;
+                client.close().await;
+                return;
+            }
         }
+    } else {
+        (None, vec![Reply::new(220, "ftpsgate: FTP gateway ready.")])
     };
     let implicit = mode == Mode::Implicit;
     let mut session = Session {
         login_deadline: Some(Instant::now() + t.login()),
         ctx: Arc::clone(&ctx),
         client,
-        backend,
+        link,
+        route: None,
         tls: session_tls,
         // Implicit FTPS: the data channel is protected from the start (DESIGN §2).
         prot: if implicit {
@@ -202,7 +207,9 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, mode: Mode, peer: SocketAd
         pending: None,
         deferred: None,
     };
-    Span::current().record("backend", tracing::field::display(session.backend.peer()));
+    if let Some(link) = &session.link {
+        Span::current().record("backend", tracing::field::display(link.backend.peer()));
+    }
     info!(?mode, "session started");
     match session.run(greeting).await {
         Ok(()) => info!(user = session.user.as_deref(), "session closed"),
@@ -216,9 +223,35 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, mode: Mode, peer: SocketAd
                 ))
                 .await;
         }
+        Err(Fatal::Unreachable(e)) => unreachable(&ctx, &mut session.client, &e).await,
+        Err(Fatal::Greeting(reply)) => {
+            info!(code = reply.code(), "backend refused the session");
+            let _ = session.client.send(&reply).await;
+        }
         Err(Fatal::Client(e)) => info!(error = %e, "client connection lost"),
     }
     session.client.close().await;
+}
+
+/// No address of the backend could be reached: counted, logged, and 421 to the client.
+async fn unreachable(ctx: &Context, client: &mut ClientControl, e: &RouteError) {
+    ctx.metrics.backend_connect_errors.inc();
+    ctx.metrics.refused(Reason::backend_down);
+    warn!(error = %e, "backend unreachable");
+    let _ = client
+        .send(&Reply::new(
+            421,
+            "Service not available: the FTP server cannot be reached.",
+        ))
+        .await;
+}
+
+/// The next reply from the backend, if connected; never resolves otherwise.
+async fn backend_reply(link: &mut Option<Link>) -> Result<Reply, BackendError> {
+    match link {
+        Some(link) => link.backend.read_reply().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves once the gateway starts draining (never, if it is gone without draining).
@@ -310,7 +343,7 @@ impl Session {
                     self.reply(421, "Service shutting down; please reconnect later.").await?;
                     return Ok(None);
                 }
-                reply = self.backend.read_reply() => {
+                reply = backend_reply(&mut self.link) => {
                     let reply = reply?;
                     info!(code = reply.code(), "unsolicited backend reply relayed");
                     self.client.send(&reply).await?;
@@ -379,7 +412,7 @@ impl Session {
                 self.quit().await?;
                 return Ok(Flow::Close);
             }
-            Verb::User | Verb::Pass => self.login(&cmd).await?,
+            Verb::User | Verb::Pass => self.login(cmd).await?,
             Verb::Retr
             | Verb::Stor
             | Verb::Stou
@@ -387,6 +420,7 @@ impl Session {
             | Verb::List
             | Verb::Nlst
             | Verb::Mlsd => self.transfer(cmd).await?,
+            Verb::Host if !self.ctx.router.is_static() => self.host(&cmd).await?,
             Verb::Abor
             | Verb::Stat
             | Verb::Help
@@ -406,11 +440,58 @@ impl Session {
         Ok(self.client.send(&reply).await?)
     }
 
+    /// The backend, connected now if the session has none yet: to the route HOST or USER
+    /// chose, else the one the SNI name selects, else the default.
+    async fn backend(&mut self) -> Result<&mut Backend, Fatal> {
+        if self.link.is_none() {
+            let upstream = match &self.route {
+                Some(route) => Arc::clone(route),
+                None => Arc::clone(self.ctx.router.by_sni(self.client.sni().as_deref())),
+            };
+            let client = Some((self.client.peer, self.client.local));
+            let (backend, greeting, lease) = upstream
+                .connect(client, &self.ctx.settings.timeouts)
+                .await?;
+            let span = Span::current();
+            span.record("backend", tracing::field::display(backend.peer()));
+            span.record("route", upstream.name.as_str());
+            // The client had the gateway's own greeting; the backend's is only checked.
+            if let Some(last) = greeting.last().filter(|r| !r.is_success()) {
+                return Err(Fatal::Greeting(last.clone()));
+            }
+            info!(route = %upstream.name, "backend connected");
+            self.link = Some(Link { backend, lease });
+        }
+        self.linked()
+    }
+
+    /// The backend of a session that has one: every session past login does.
+    fn linked(&mut self) -> Result<&mut Backend, Fatal> {
+        match &mut self.link {
+            Some(link) => Ok(&mut link.backend),
+            None => Err(BackendError::Closed.into()),
+        }
+    }
+
+    /// Moves a session that has not logged in to `upstream`: a connection to another backend
+    /// is closed, and the next command opens one to this.
+    async fn choose(&mut self, upstream: &Arc<Upstream>) {
+        if let Some(link) = &mut self.link {
+            if Arc::ptr_eq(link.lease.upstream(), upstream) {
+                return;
+            }
+            let _ = link.backend.send(b"QUIT\r\n").await;
+            self.link = None;
+        }
+        info!(route = %upstream.name, "route chosen");
+        self.route = Some(Arc::clone(upstream));
+    }
+
     /// Forwards the command, relays preliminary (1xx) replies, returns the final one unsent.
     async fn forward(&mut self, cmd: &Command) -> Result<Reply, Fatal> {
-        self.backend.send(&cmd.to_wire()).await?;
+        self.backend().await?.send(&cmd.to_wire()).await?;
         loop {
-            let reply = self.backend.expect_reply().await?;
+            let reply = self.linked()?.expect_reply().await?;
             if !reply.is_preliminary() {
                 return Ok(reply);
             }
@@ -418,16 +499,31 @@ impl Session {
         }
     }
 
-    async fn login(&mut self, cmd: &Command) -> Result<(), Fatal> {
+    async fn login(&mut self, mut cmd: Command) -> Result<(), Fatal> {
         if cmd.verb() == Verb::User {
-            let user = cmd.arg_text();
+            let mut user = cmd.arg_text();
+            // `USER name@route`: the route is the gateway's business; the backend sees `name`.
+            if let Some((upstream, name)) = self.ctx.router.by_user(&user) {
+                let upstream = Arc::clone(upstream);
+                if self.login_deadline.is_none() && !self.on_route(&upstream) {
+                    return Ok(self
+                        .reply(
+                            530,
+                            "Already logged in on another route; reconnect to change.",
+                        )
+                        .await?);
+                }
+                user = name.to_string();
+                cmd = Command::user(&user);
+                self.choose(&upstream).await;
+            }
             Span::current().record("user", user.as_str());
             self.user = Some(user);
         }
-        let reply = self.forward(cmd).await?;
+        let reply = self.forward(&cmd).await?;
         if reply.code() == 230 {
             // Before the client hears 230: a TLS backend's data channel is secured first.
-            self.backend.protect_data().await?;
+            self.linked()?.protect_data().await?;
             self.login_deadline = None;
             info!(user = self.user.as_deref(), "logged in");
         } else if reply.code() >= 400 {
@@ -513,17 +609,50 @@ impl Session {
         }
     }
 
+    /// Whether the session's backend connection (if any) is to `upstream`.
+    fn on_route(&self, upstream: &Arc<Upstream>) -> bool {
+        self.link
+            .as_ref()
+            .is_none_or(|l| Arc::ptr_eq(l.lease.upstream(), upstream))
+    }
+
+    /// HOST (RFC 7151) with routes: a name that selects a route moves the session there, and
+    /// the backend hears HOST too, for virtual hosts of its own. A backend that does not know
+    /// the command (500, 502, or vsftpd's 530 for anything before login) has still been
+    /// chosen, so the gateway answers for it.
+    async fn host(&mut self, cmd: &Command) -> Result<(), Fatal> {
+        if self.user.is_some() {
+            return Ok(self.reply(503, "HOST must come before USER.").await?);
+        }
+        let name = cmd.arg_text();
+        let Some(upstream) = self.ctx.router.by_host(&name).cloned() else {
+            return self.pass_through(cmd).await;
+        };
+        self.choose(&upstream).await;
+        let reply = self.forward(cmd).await?;
+        if matches!(reply.code(), 500 | 502 | 530) {
+            return Ok(self.reply(220, &format!("Host {name} selected.")).await?);
+        }
+        Ok(self.client.send(&reply).await?)
+    }
+
     async fn feat(&mut self) -> Result<(), Fatal> {
-        self.backend.send(b"FEAT\r\n").await?;
-        let backend = self.backend.expect_reply().await?;
-        self.client.send(&rewrite_feat(&backend)).await?;
+        let backend = self.backend().await?;
+        backend.send(b"FEAT\r\n").await?;
+        let reply = backend.expect_reply().await?;
+        self.client.send(&rewrite_feat(&reply)).await?;
         Ok(())
     }
 
     async fn quit(&mut self) -> Result<(), Fatal> {
         self.pending = None;
-        let _ = self.backend.send(b"QUIT\r\n").await;
-        let reply = tokio::time::timeout(Duration::from_secs(5), self.backend.read_reply()).await;
+        let reply = match &mut self.link {
+            Some(link) => {
+                let _ = link.backend.send(b"QUIT\r\n").await;
+                tokio::time::timeout(Duration::from_secs(5), link.backend.read_reply()).await
+            }
+            None => return Ok(self.reply(221, "Goodbye.").await?),
+        };
         match reply {
             Ok(Ok(reply)) => self.client.send(&reply).await?,
             _ => self.reply(221, "Goodbye.").await?,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::{Fatal, Pending, Protection, Session};
+use super::{BackendError, Fatal, Pending, Protection, Session};
 use crate::config::{BackendDataMode, Switch};
 use crate::data::{canonical, BackendSide, BridgeParams, ClientSide, DataBridge};
 use crate::ftp::addr::{self, EpsvArg};
@@ -178,7 +178,7 @@ impl Session {
             reuse: self.ctx.settings.tls.data_session_reuse,
             accept_timeout: t.data_connection(),
             handshake_timeout: t.tls_handshake(),
-            backend_tls: self.backend.data_tls(),
+            backend_tls: self.linked()?.data_tls(),
             metrics: Arc::clone(&self.ctx.metrics),
             trusted: self.ctx.trusted.clone(),
         };
@@ -192,19 +192,20 @@ impl Session {
     /// The backend's end of the next data connection, as `backend.data_mode` says. `None` when
     /// a refusal was sent.
     async fn backend_data(&mut self) -> Result<Option<BackendSide>, Fatal> {
-        if self.ctx.settings.backend.data_mode == BackendDataMode::Active {
-            return match self.backend.listen_active().await? {
-                Ok(listener) => Ok(Some(BackendSide::Listening(
-                    listener,
-                    self.backend.peer().ip(),
-                ))),
+        let Some(link) = &mut self.link else {
+            return Err(BackendError::Closed.into());
+        };
+        let backend = &mut link.backend;
+        if link.lease.upstream().settings.data_mode == BackendDataMode::Active {
+            return match backend.listen_active().await? {
+                Ok(listener) => Ok(Some(BackendSide::Listening(listener, backend.peer().ip()))),
                 Err(refusal) => {
                     self.client.send(&refusal).await?;
                     Ok(None)
                 }
             };
         }
-        let port = match self.backend.open_passive().await? {
+        let port = match backend.open_passive().await? {
             Ok(port) => port,
             Err(refusal) => {
                 self.client.send(&refusal).await?;
@@ -212,7 +213,7 @@ impl Session {
             }
         };
         let limit = self.ctx.settings.timeouts.backend_connect();
-        match self.backend.connect_data(port, limit).await {
+        match backend.connect_data(port, limit).await {
             Ok(tcp) => Ok(Some(BackendSide::Connected(tcp))),
             Err(e) => {
                 warn!(error = %e, port, "cannot reach the backend's data port");

@@ -38,9 +38,10 @@ impl Session {
                 .await?);
         }
         let mut bridge = pending.bridge;
-        self.backend.send(&cmd.to_wire()).await?;
+        let backend = self.linked()?;
+        backend.send(&cmd.to_wire()).await?;
         bridge.start(direction);
-        let first = self.backend.expect_reply().await?;
+        let first = backend.expect_reply().await?;
         self.client.send(&first).await?;
         if !first.is_preliminary() {
             // Refused (550 and the like): dropping the bridge releases the lease.
@@ -59,7 +60,7 @@ impl Session {
         let mut reply_deadline: Option<Instant> = None;
         while last.is_none() || outcome.is_none() {
             tokio::select! {
-                reply = self.backend.read_reply(), if last.is_none() => {
+                reply = super::backend_reply(&mut self.link), if last.is_none() => {
                     let reply = match reply {
                         Ok(reply) => reply,
                         Err(e) => {
@@ -159,11 +160,12 @@ impl Session {
             Some(Ok(t)) if completed => self.log_transfer(record, Ok(t)),
             _ => self.log_transfer(record, Err(&BridgeError::Cancelled)),
         }
-        self.backend.send(b"ABOR\r\n").await?;
+        let backend = self.linked()?;
+        backend.send(b"ABOR\r\n").await?;
         let mut after_abor = Vec::with_capacity(2);
         let expected = if last.is_some() { 1 } else { 2 };
         while after_abor.len() < expected {
-            let reply = self.backend.expect_reply().await?;
+            let reply = backend.expect_reply().await?;
             if !reply.is_preliminary() {
                 after_abor.push(reply);
             }

@@ -665,6 +665,27 @@ def s_balanced(args):
     print(f"balanced: {args.count} sessions ok")
 
 
+def s_host(args):
+    """HOST (RFC 7151) before USER picks the server: the file downloaded is that server's own
+    (--expect is its hash), an upload lands in its root (--root), and HOST after USER is 503."""
+    ftp = ReusingFTP_TLS(context=context(args), timeout=30)
+    ftp.connect("127.0.0.1", args.port)
+    ftp.auth()
+    resp = ftp.sendcmd(f"HOST {args.host_name}")
+    check(resp.startswith("220"), f"HOST: {resp}")
+    ftp.login(args.user, args.password)
+    ftp.prot_p()
+    check(sha(download(ftp, args.name)) == args.expect, f"{args.name} came from another server")
+    data = random.Random(7151).randbytes(300_000)
+    ftp.storbinary("STOR host-up.bin", io.BytesIO(data))
+    with open(os.path.join(args.root, "host-up.bin"), "rb") as f:
+        check(sha(f.read()) == sha(data), "host-up.bin: stored bytes differ")
+    late = reply_of(ftp, f"HOST {args.host_name}")
+    check(late.startswith("503"), f"HOST after USER: {late}")
+    ftp.quit()
+    print(f"host: {args.host_name} served {args.name} and stored host-up.bin; late HOST: {late}")
+
+
 SCENARIOS = {name[2:].replace("_", "-"): fn for name, fn in globals().items() if name.startswith("s_")}
 
 
@@ -688,6 +709,9 @@ def main():
     p.add_argument("--expect-feat", action="append", default=[])
     p.add_argument("--source", default="127.0.0.1", help="client source address")
     p.add_argument("--thief", default="127.0.0.7", help="source address of a port thief")
+    p.add_argument("--host-name", help="host: the name sent in HOST")
+    p.add_argument("--name", help="host: the file to download")
+    p.add_argument("--expect", help="host: the SHA-256 it must have")
     args = p.parse_args()
     SCENARIOS[args.scenario](args)
 

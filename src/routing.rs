@@ -1,0 +1,372 @@
+//! Where a session goes. A route (a named backend) is chosen, in order, by the client's SNI
+//! name, by its `HOST` command (RFC 7151), by `USER name@route`, else the default backend.
+//! Within a backend, one of its addresses is picked by round-robin or least connections,
+//! skipping the addresses the health checks found down; a failed connect falls over to the
+//! next address. All down: the session gets 421.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::config::{BackendSettings, Balance, Settings, Timeouts};
+use crate::ftp::Reply;
+use crate::metrics::Metrics;
+use crate::session::{Backend, BackendError};
+use crate::tls::backend::BackendTls;
+use crate::tls::TlsError;
+
+/// The name the default backend goes by in logs and metrics.
+pub const DEFAULT_ROUTE: &str = "default";
+
+#[derive(Debug, Error)]
+pub enum RouteError {
+    #[error("no address of backend `{0}` is up")]
+    AllDown(String),
+    #[error("{0}")]
+    Backend(#[from] BackendError),
+}
+
+/// All backends and the rules that choose among them. Built once at start.
+pub struct Router {
+    default: Arc<Upstream>,
+    routes: Vec<Arc<Upstream>>,
+    user_suffix: bool,
+}
+
+/// One backend: its settings, its TLS, and the state of each of its addresses.
+pub struct Upstream {
+    pub name: String,
+    pub settings: BackendSettings,
+    tls: Option<BackendTls>,
+    members: Vec<Member>,
+    /// Round-robin position, and the tie-break for least connections.
+    next: AtomicUsize,
+    /// Health checks run: an address that fails is marked down until a check passes.
+    checked: bool,
+    metrics: Arc<Metrics>,
+}
+
+struct Member {
+    address: String,
+    up: AtomicBool,
+    sessions: AtomicUsize,
+}
+
+/// A session's hold on one address of an upstream (counted for least connections).
+pub struct Lease {
+    upstream: Arc<Upstream>,
+    member: usize,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.upstream.members[self.member]
+            .sessions
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Lease {
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+}
+
+impl Router {
+    pub fn new(settings: &Settings, metrics: &Arc<Metrics>) -> Result<Router, TlsError> {
+        let checked = settings.routing.health_interval().is_some();
+        let default = Upstream::new(DEFAULT_ROUTE, &settings.backend, checked, metrics)?;
+        let routes = settings
+            .routes
+            .iter()
+            .map(|(name, b)| Upstream::new(name, b, checked, metrics))
+            .collect::<Result<_, _>>()?;
+        Ok(Router {
+            default,
+            routes,
+            user_suffix: settings.routing.user_suffix,
+        })
+    }
+
+    /// One backend and no rules: sessions connect at once and relay the backend's greeting.
+    pub fn is_static(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    pub fn default_route(&self) -> &Arc<Upstream> {
+        &self.default
+    }
+
+    /// The route for a TLS server name, else the default.
+    pub fn by_sni(&self, name: Option<&str>) -> &Arc<Upstream> {
+        name.and_then(|n| find(&self.routes, |r| &r.settings.sni, n))
+            .unwrap_or(&self.default)
+    }
+
+    /// The route a `HOST` name selects, if any.
+    pub fn by_host(&self, host: &str) -> Option<&Arc<Upstream>> {
+        find(&self.routes, |r| &r.settings.hosts, host)
+    }
+
+    /// With `routing.user_suffix` on, `name@route` names a route: returns it and `name`.
+    /// The last `@` counts (user names may hold one); a suffix that names no route is left
+    /// alone.
+    pub fn by_user<'u>(&self, user: &'u str) -> Option<(&Arc<Upstream>, &'u str)> {
+        if !self.user_suffix {
+            return None;
+        }
+        let (name, route) = user.rsplit_once('@')?;
+        let upstream = self.routes.iter().find(|r| r.name == route)?;
+        (!name.is_empty()).then_some((upstream, name))
+    }
+
+    /// Starts a health check for each address of every backend that has several, every
+    /// `interval`: the FTP greeting (over TLS for an implicit backend) within `limit`. The
+    /// tasks end with the router.
+    pub fn spawn_health_checks(&self, interval: Duration, limit: Duration) {
+        for upstream in std::iter::once(&self.default).chain(&self.routes) {
+            if upstream.members.len() < 2 {
+                continue;
+            }
+            for member in 0..upstream.members.len() {
+                tokio::spawn(health_loop(
+                    Arc::downgrade(upstream),
+                    member,
+                    interval,
+                    limit,
+                ));
+            }
+        }
+    }
+}
+
+/// Opens a control connection to one address of a backend configured as `b`, with a PROXY
+/// header if it wants one; `timeouts` = (connect, reply).
+pub async fn dial(
+    b: &BackendSettings,
+    tls: Option<&BackendTls>,
+    address: &str,
+    client: Option<(SocketAddr, SocketAddr)>,
+    timeouts: (Duration, Duration),
+) -> Result<(Backend, Vec<Reply>), BackendError> {
+    let header = crate::proxy_protocol::header(b.proxy_protocol, client);
+    let session = tls.map(BackendTls::session);
+    Backend::connect(address, session, header.as_deref(), timeouts.0, timeouts.1).await
+}
+
+fn find<'r>(
+    routes: &'r [Arc<Upstream>],
+    names: impl Fn(&Upstream) -> &Vec<String>,
+    wanted: &str,
+) -> Option<&'r Arc<Upstream>> {
+    routes
+        .iter()
+        .find(|r| names(r).iter().any(|n| n.eq_ignore_ascii_case(wanted)))
+}
+
+async fn health_loop(upstream: Weak<Upstream>, member: usize, interval: Duration, limit: Duration) {
+    loop {
+        let Some(u) = upstream.upgrade() else {
+            return;
+        };
+        let healthy = u.check(member, limit).await;
+        u.mark(member, healthy);
+        drop(u);
+        tokio::time::sleep(interval).await;
+    }
+}
+
+impl Upstream {
+    fn new(
+        name: &str,
+        settings: &BackendSettings,
+        checked: bool,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Arc<Upstream>, TlsError> {
+        let tls = BackendTls::from_settings(settings)?;
+        if settings.insecure_skip_verify && tls.is_some() {
+            warn!(route = name, "insecure_skip_verify: the backend's certificate is NOT verified; anyone between the gateway and the backend can read and change the traffic");
+        }
+        let members: Vec<Member> = settings
+            .all_addresses()
+            .into_iter()
+            .map(|address| Member {
+                address: address.to_string(),
+                up: AtomicBool::new(true),
+                sessions: AtomicUsize::new(0),
+            })
+            .collect();
+        for m in &members {
+            metrics.backend_up(name, &m.address, true);
+        }
+        Ok(Arc::new(Upstream {
+            name: name.to_string(),
+            settings: settings.clone(),
+            tls,
+            checked: checked && members.len() > 1,
+            members,
+            next: AtomicUsize::new(0),
+            metrics: Arc::clone(metrics),
+        }))
+    }
+
+    /// The addresses that are up, in the order to try them.
+    fn candidates(&self) -> Vec<usize> {
+        let n = self.members.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut order: Vec<usize> = (0..n)
+            .map(|i| (start + i) % n)
+            .filter(|&i| self.members[i].up.load(Ordering::Relaxed))
+            .collect();
+        if self.settings.balance == Balance::LeastConnections {
+            // Stable: equal loads keep the round-robin order.
+            order.sort_by_key(|&i| self.members[i].sessions.load(Ordering::Relaxed));
+        }
+        order
+    }
+
+    /// Opens a control connection to one of the addresses that are up, falling over to the
+    /// next when one fails. `client` = (client address, gateway address it reached), for a
+    /// PROXY header; `None` is the gateway's own probe.
+    pub async fn connect(
+        self: &Arc<Self>,
+        client: Option<(SocketAddr, SocketAddr)>,
+        t: &Timeouts,
+    ) -> Result<(Backend, Vec<Reply>, Lease), RouteError> {
+        let mut last = None;
+        for member in self.candidates() {
+            self.members[member]
+                .sessions
+                .fetch_add(1, Ordering::Relaxed);
+            let lease = Lease {
+                upstream: Arc::clone(self),
+                member,
+            };
+            match self
+                .dial(member, client, t.backend_connect(), t.backend_reply())
+                .await
+            {
+                Ok((backend, greeting)) => return Ok((backend, greeting, lease)),
+                Err(e) => {
+                    let address = &self.members[member].address;
+                    warn!(route = %self.name, address, error = %e, "backend address failed");
+                    if self.checked {
+                        self.mark(member, false);
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.map_or_else(|| RouteError::AllDown(self.name.clone()), RouteError::from))
+    }
+
+    async fn dial(
+        &self,
+        member: usize,
+        client: Option<(SocketAddr, SocketAddr)>,
+        connect: Duration,
+        reply: Duration,
+    ) -> Result<(Backend, Vec<Reply>), BackendError> {
+        let address = &self.members[member].address;
+        let t = (connect, reply);
+        dial(&self.settings, self.tls.as_ref(), address, client, t).await
+    }
+
+    /// One health check: a greeting of 2xx within `limit`.
+    async fn check(&self, member: usize, limit: Duration) -> bool {
+        let dialled = tokio::time::timeout(limit, self.dial(member, None, limit, limit)).await;
+        match dialled {
+            Ok(Ok((mut backend, greeting))) => {
+                let _ = backend.send(b"QUIT\r\n").await;
+                greeting.last().is_some_and(Reply::is_success)
+            }
+            _ => false,
+        }
+    }
+
+    /// Records an address's health, logging each change.
+    fn mark(&self, member: usize, up: bool) {
+        let m = &self.members[member];
+        if m.up.swap(up, Ordering::Relaxed) != up {
+            self.metrics.backend_up(&self.name, &m.address, up);
+            if up {
+                info!(route = %self.name, address = %m.address, "backend address is up again");
+            } else {
+                warn!(route = %self.name, address = %m.address, "backend address is down; skipped until a health check passes");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(toml: &str) -> Router {
+        let settings: Settings = toml::from_str(toml).expect("settings");
+        Router::new(&settings, &Metrics::new()).expect("router")
+    }
+
+    const ROUTES: &str = r#"
+        [backend]
+        address = "127.0.0.1:21"
+        [routes.sales]
+        address = "127.0.0.1:2101"
+        sni = ["sales.example.test"]
+        hosts = ["ftp.sales.example.test"]
+        [routes.ops]
+        addresses = ["127.0.0.1:2102", "127.0.0.1:2103"]
+        hosts = ["OPS.example.test"]
+        [routing]
+        user_suffix = true
+    "#;
+
+    #[test]
+    fn rules_pick_routes_by_sni_host_and_user() {
+        let r = router(ROUTES);
+        assert!(!r.is_static());
+        assert_eq!(r.by_sni(Some("SALES.example.test")).name, "sales");
+        assert_eq!(r.by_sni(Some("other.example.test")).name, DEFAULT_ROUTE);
+        assert_eq!(r.by_sni(None).name, DEFAULT_ROUTE);
+        assert_eq!(
+            r.by_host("ops.example.test").map(|u| u.name.as_str()),
+            Some("ops")
+        );
+        assert!(r.by_host("sales.example.test").is_none());
+        let (u, name) = r.by_user("alice@example.com@ops").expect("route");
+        assert_eq!((u.name.as_str(), name), ("ops", "alice@example.com"));
+        assert!(r.by_user("alice@example.com").is_none());
+        assert!(r.by_user("@ops").is_none());
+    }
+
+    #[test]
+    fn user_suffix_is_off_by_default() {
+        let r = router(&ROUTES.replace("user_suffix = true", ""));
+        assert!(r.by_user("alice@ops").is_none());
+    }
+
+    #[test]
+    fn balancing_rotates_and_prefers_the_least_loaded() {
+        let r = router(ROUTES);
+        let ops = r.by_host("ops.example.test").expect("ops");
+        let firsts: Vec<usize> = (0..4).map(|_| ops.candidates()[0]).collect();
+        assert_eq!(firsts, [0, 1, 0, 1]);
+        ops.members[0].sessions.store(3, Ordering::Relaxed);
+        let lc = router(&ROUTES.replace(
+            "hosts = [\"OPS.example.test\"]",
+            "hosts = [\"OPS.example.test\"]\nbalance = \"least-connections\"",
+        ));
+        let ops = lc.by_host("ops.example.test").expect("ops");
+        ops.members[0].sessions.store(3, Ordering::Relaxed);
+        assert_eq!(ops.candidates(), [1, 0]);
+        assert_eq!(ops.candidates(), [1, 0]);
+        ops.mark(1, false);
+        assert_eq!(ops.candidates(), [0]);
+        ops.mark(0, false);
+        assert!(ops.candidates().is_empty());
+    }
+}
