@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use rustls::{HandshakeKind, ProtocolVersion, ServerConfig};
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn, Instrument};
@@ -306,19 +306,19 @@ async fn run(
         }
     };
     let began = Instant::now();
-    let mut buf = vec![0u8; BUF_SIZE];
     let counted = Counted {
         progress,
         total: params.metrics.bytes(direction),
     };
     let bytes = match direction {
-        Direction::Download => pump(&mut backend, &mut client, &mut buf, &counted)
-            .await
-            .map_err(|e| e.into_bridge(BridgeError::Backend, BridgeError::Client))?,
+        Direction::Download => {
+            let (copied, _backend) = pump(backend, &mut client, &counted).await;
+            copied.map_err(|e| e.into_bridge(BridgeError::Backend, BridgeError::Client))?
+        }
         Direction::Upload => {
-            let n = pump(&mut client, &mut backend, &mut buf, &counted)
-                .await
-                .map_err(|e| e.into_bridge(upload_read_error, BridgeError::Backend))?;
+            let (copied, client_back) = pump(client, &mut backend, &counted).await;
+            let n = copied.map_err(|e| e.into_bridge(upload_read_error, BridgeError::Backend))?;
+            client = client_back.ok_or(BridgeError::Cancelled)?;
             // Wait for the backend to close its side: then it has read every byte (so closing
             // ours cannot cut the file short) and any TLS 1.3 tickets it sent on this
             // connection are stored for the next data connection.
@@ -505,29 +505,76 @@ struct Counted<'a> {
 }
 
 /// Copies `from` to `to` until a clean end of file, then ends `to` cleanly (FIN, or
-/// close_notify then FIN for TLS).
-async fn pump<R, W>(
-    from: &mut R,
-    to: &mut W,
-    buf: &mut [u8],
+/// close_notify then FIN for TLS). Returns the count and, after a clean end, `from` again.
+///
+/// The reading runs in a task of its own, two buffers going back and forth: on a machine with
+/// more than one core, one side's work (a socket read, or TLS decryption) overlaps the other's
+/// (TLS encryption, or a socket write) instead of taking turns with it. Buffers are allocated
+/// once per transfer; a dropped pump (a cancelled transfer) aborts the reader, which drops
+/// `from` with it.
+async fn pump(
+    mut from: Stream,
+    to: &mut Stream,
     counted: &Counted<'_>,
-) -> Result<u64, PumpError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut total = 0u64;
-    loop {
-        let n = from.read(buf).await.map_err(PumpError::Read)?;
-        if n == 0 {
-            break;
+) -> (Result<u64, PumpError>, Option<Stream>) {
+    let (full_tx, mut full) = mpsc::channel::<io::Result<(Vec<u8>, usize)>>(2);
+    let (empty, mut empty_rx) = mpsc::channel::<Vec<u8>>(2);
+    for _ in 0..2 {
+        let _ = empty.try_send(vec![0u8; BUF_SIZE]);
+    }
+    let reader = tokio::spawn(async move {
+        while let Some(mut buf) = empty_rx.recv().await {
+            let read = match from.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => Ok((buf, n)),
+                Err(e) => Err(e),
+            };
+            let failed = read.is_err();
+            if full_tx.send(read).await.is_err() || failed {
+                break;
+            }
         }
-        to.write_all(&buf[..n]).await.map_err(PumpError::Write)?;
+        from
+    });
+    let reader = AbortOnDrop(reader);
+    let mut total = 0u64;
+    // `None`: the reader has stopped, at the end of the stream.
+    while let Some(read) = full.recv().await {
+        let (buf, n) = match read {
+            Ok(chunk) => chunk,
+            Err(e) => return (Err(PumpError::Read(e)), None),
+        };
+        if let Err(e) = to.write_all(&buf[..n]).await {
+            return (Err(PumpError::Write(e)), None);
+        }
         total += n as u64;
         counted.progress.store(total, Ordering::Relaxed);
         counted.total.inc_by(n as u64);
+        let _ = empty.send(buf).await;
     }
-    to.flush().await.map_err(PumpError::Write)?;
-    to.shutdown().await.map_err(PumpError::Write)?;
-    Ok(total)
+    let from = reader.join().await;
+    let ended = async {
+        to.flush().await?;
+        to.shutdown().await
+    };
+    match ended.await {
+        Ok(()) => (Ok(total), from),
+        Err(e) => (Err(PumpError::Write(e)), None),
+    }
+}
+
+/// A spawned task that is aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    /// Waits for the task; `None` if it panicked or was aborted.
+    async fn join(mut self) -> Option<T> {
+        (&mut self.0).await.ok()
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
