@@ -162,6 +162,9 @@ impl Session {
             }
         };
         let tcp = TcpStream::connect(to).await?;
+        // As curl does: no Nagle, so the last flight of a TLS handshake never waits for the
+        // server's delayed ACK of the one before.
+        tcp.set_nodelay(true)?;
         // rustls reads 4 KiB per call on its own; a large buffer under it saves the syscalls.
         Ok(Box::new(BufReader::with_capacity(DATA_BUF, tcp)))
     }
