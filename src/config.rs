@@ -91,7 +91,7 @@ pub struct ProxyProtocolSettings {
     /// Networks of the balancers whose PROXY v2 headers are believed (e.g. "10.0.0.0/8").
     /// Connections from them, control and data alike, must start with a header; from anyone
     /// else none is read. Empty: no PROXY protocol.
-    pub trusted: Vec<ipnet::IpNet>,
+    pub trusted: crate::proxy_protocol::Trusted,
 }
 
 /// The admin listener: `/metrics`, `/healthz`, `/readyz`. Off unless `listen` is set; keep it on

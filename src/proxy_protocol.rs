@@ -36,7 +36,8 @@ pub enum ProxyError {
 }
 
 /// The load balancers whose PROXY headers are believed.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Trusted(Vec<IpNet>);
 
 impl Trusted {

@@ -23,7 +23,7 @@ use crate::admin;
 use crate::config::Settings;
 use crate::data::PassivePool;
 use crate::metrics::{Metrics, Reason};
-use crate::proxy_protocol::{self, Trusted};
+use crate::proxy_protocol;
 use crate::routing::Router;
 use crate::session::{self, Context, Mode};
 use crate::tls::store::CertStore;
@@ -52,7 +52,6 @@ impl Gateway {
     /// Loads the certificate (or generates one, with a warning), binds every listener.
     pub async fn bind(settings: Settings) -> Result<Gateway, StartError> {
         let metrics = Metrics::new();
-        let settings_trusted = settings.proxy_protocol.trusted.clone();
         let (certs, generated) = CertStore::load(&settings.tls, tls::provider())?;
         if generated {
             warn!("no tls.cert/tls.key configured: using a generated self-signed certificate; clients will not trust it");
@@ -101,7 +100,6 @@ impl Gateway {
                 router,
                 metrics,
                 draining: draining_rx,
-                trusted: Trusted::new(settings_trusted),
             }),
             listeners,
             admin,
@@ -210,7 +208,7 @@ async fn accept_loop(
     loop {
         let (tcp, peer) = accept(&listener).await;
         let (ctx, limits) = (Arc::clone(&ctx), Arc::clone(&limits));
-        if !ctx.trusted.contains(peer.ip()) {
+        if !ctx.settings.proxy_protocol.trusted.contains(peer.ip()) {
             admit(ctx, &limits, tcp, peer, None, mode);
             continue;
         }

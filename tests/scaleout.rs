@@ -37,7 +37,8 @@ fn replica(backend: &FtpServer, index: u16, cert: &(PathBuf, PathBuf)) -> TestGa
         s.passive.replicas = 2;
         s.passive.replica_index = index;
         s.passive.external_address = Some("127.0.0.1".into());
-        s.proxy_protocol.trusted = vec!["127.0.0.1/32".parse().expect("net")];
+        s.proxy_protocol.trusted =
+            ftpsgate::proxy_protocol::Trusted::new(vec!["127.0.0.1/32".parse().expect("net")]);
     })
 }
 

@@ -25,7 +25,6 @@ use crate::config::Settings;
 use crate::data::{DataBridge, PassivePool};
 use crate::ftp::{rewrite_feat, Command, LineError, Reply, Verb};
 use crate::metrics::{Channel, Metrics, Reason};
-use crate::proxy_protocol::Trusted;
 use crate::routing::{Lease, RouteError, Router, Upstream};
 use crate::stream::Stream;
 use crate::tls;
@@ -49,8 +48,6 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Becomes true when the gateway shuts down: idle sessions say 421 and end.
     pub draining: watch::Receiver<bool>,
-    /// Load balancers whose PROXY headers name the real client (control and data).
-    pub trusted: Trusted,
 }
 
 impl Context {

@@ -180,7 +180,7 @@ impl Session {
             handshake_timeout: t.tls_handshake(),
             backend_tls: self.linked()?.data_tls(),
             metrics: Arc::clone(&self.ctx.metrics),
-            trusted: self.ctx.trusted.clone(),
+            trusted: self.ctx.settings.proxy_protocol.trusted.clone(),
         };
         self.pending = Some(Pending {
             bridge: DataBridge::spawn(client, backend, params),
