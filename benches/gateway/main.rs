@@ -432,7 +432,7 @@ async fn measure(plan: &Plan, fd_limit: usize, report: &mut Report) -> Result<()
         }
     }
 
-    // b. Full sessions per second: connect, AUTH TLS, login, PBSZ/PROT P, EPSV, LIST, QUIT.
+    // b. Full sessions per second: connect, AUTH TLS, login, PBSZ/PROT P, PASV, LIST, QUIT.
     let mut rate_targets = vec![
         ("direct_ftps", &direct_ftps),
         ("ftpsgate_tls_to_plain", &via_plain),
