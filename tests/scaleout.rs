@@ -39,6 +39,7 @@ fn replica(backend: &FtpServer, index: u16, cert: &(PathBuf, PathBuf)) -> TestGa
         s.passive.external_address = Some("127.0.0.1".into());
         s.proxy_protocol.trusted =
             ftpsgate::proxy_protocol::Trusted::new(vec!["127.0.0.1/32".parse().expect("net")]);
+        s.admin.listen = Some(SocketAddr::from((ip, 0)));
     })
 }
 
@@ -109,8 +110,39 @@ fn two_replicas_behind_haproxy_serve_100_sessions_whole() {
             ]),
     );
     let said = String::from_utf8_lossy(&out.stdout);
-    println!("{said}");
+    println!("{}", said.trim());
     assert!(said.contains("balanced: 100 sessions ok"), "{said}");
+    // Each replica served its share, and every transfer it carried ended well.
+    let (mut sessions, mut thieves_refused) = (0, 0);
+    for (i, r) in replicas.iter().enumerate() {
+        let m = scrape(r.admin.expect("admin listener"));
+        let count = |name, labels: &[(&str, &str)]| value(&m, name, labels) as u64;
+        let served = count("ftpsgate_sessions_total", &[]);
+        let ok = count("ftpsgate_transfers_total", &[("outcome", "ok")]);
+        let bad = count("ftpsgate_transfers_total", &[]) - ok;
+        let thieves = count(
+            "ftpsgate_refusals_total",
+            &[("reason", "data_from_other_address")],
+        );
+        println!(
+            "replica {i} ({}, ports {}-{}): {served} sessions, {ok} transfers ok, {bad} not, \
+             {thieves} data connections from another address refused",
+            r.explicit,
+            PASSIVE.0 + i as u16 * HALF,
+            PASSIVE.0 + (i as u16 + 1) * HALF - 1
+        );
+        assert!(served >= 40, "replica {i} served {served} sessions");
+        assert_eq!(bad, 0, "replica {i}");
+        sessions += served;
+        thieves_refused += thieves;
+    }
+    // The 100, and perhaps the connection that waited for HAProxy to listen (HAProxy may or
+    // may not have passed it on before it closed).
+    assert!(
+        (100..=101).contains(&sessions),
+        "{sessions} sessions across the replicas"
+    );
+    assert_eq!(thieves_refused, 1, "the port thief");
 }
 
 /// Starts HAProxy on `cfg`, with its log on a pipe; waits for `port`.
