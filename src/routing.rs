@@ -103,8 +103,12 @@ impl Router {
 
     /// The route for a TLS server name, else the default.
     pub fn by_sni(&self, name: Option<&str>) -> &Arc<Upstream> {
+        self.sni_route(name).unwrap_or(&self.default)
+    }
+
+    /// The route a TLS server name selects, if any.
+    pub fn sni_route(&self, name: Option<&str>) -> Option<&Arc<Upstream>> {
         name.and_then(|n| find(&self.routes, |r| &r.settings.sni, n))
-            .unwrap_or(&self.default)
     }
 
     /// The route a `HOST` name selects, if any.

@@ -125,7 +125,7 @@ fn sni_host_and_user_suffix_each_reach_their_own_server() {
     ) else {
         return;
     };
-    let (b_addr, b_cert) = (b.addr, b.cert.clone());
+    let (a_addr, b_addr, b_cert) = (a.addr, b.addr, b.cert.clone());
     let gw = TestGateway::start(a.backend(), move |s| {
         let mut sales = route(b_addr);
         sales.tls = BackendTlsMode::Explicit;
@@ -133,6 +133,9 @@ fn sni_host_and_user_suffix_each_reach_their_own_server() {
         sales.sni = vec!["localhost".into()];
         sales.hosts = vec!["sales.example.test".into()];
         s.routes.insert("sales".into(), sales);
+        let mut ops = route(a_addr);
+        ops.hosts = vec!["ops.example.test".into()];
+        s.routes.insert("ops".into(), ops);
         s.routing.user_suffix = true;
     });
     let on_a = a.put("which.bin", 100_000);
@@ -186,6 +189,25 @@ fn sni_host_and_user_suffix_each_reach_their_own_server() {
     };
     println!("{}", out.trim());
     assert!(out.contains("late HOST: 503"), "{out}");
+
+    // Rules apply in order: once SNI chose `sales`, neither HOST nor a user suffix may move
+    // the session to `ops`.
+    let conflict = py_scenario(&gw, "host-conflict", &["--host-name", "ops.example.test"]);
+    let conflict = conflict.expect("python3 ran above");
+    println!("{}", conflict.trim());
+    assert!(conflict.contains("route sales"), "{conflict}");
+    let port = gw.explicit.port();
+    let out = curl(
+        &gw,
+        &[
+            "--resolve",
+            &format!("localhost:{port}:127.0.0.1"),
+            "-u",
+            &format!("{USER}@ops:{PASSWORD}"),
+            &format!("ftp://localhost:{port}/which.bin"),
+        ],
+    );
+    assert!(!out.status.success(), "USER @ops moved an SNI session");
 }
 
 #[test]

@@ -502,13 +502,13 @@ impl Session {
             // `USER name@route`: the route is the gateway's business; the backend sees `name`.
             if let Some((upstream, name)) = self.ctx.router.by_user(&user) {
                 let upstream = Arc::clone(upstream);
-                if self.login_deadline.is_none() && !self.on_route(&upstream) {
-                    return Ok(self
-                        .reply(
-                            530,
-                            "Already logged in on another route; reconnect to change.",
-                        )
-                        .await?);
+                if let Some(fixed) = self.fixed_route().filter(|f| !Arc::ptr_eq(f, &upstream)) {
+                    info!(wanted = %upstream.name, route = %fixed.name, "USER suffix refused: the route is already chosen");
+                    let text = format!(
+                        "This connection is for route {}; reconnect for {}.",
+                        fixed.name, upstream.name
+                    );
+                    return Ok(self.reply(530, &text).await?);
                 }
                 user = name.to_string();
                 cmd = Command::user(&user);
@@ -606,14 +606,23 @@ impl Session {
         }
     }
 
-    /// Whether the session's backend connection (if any) is to `upstream`.
-    fn on_route(&self, upstream: &Arc<Upstream>) -> bool {
-        self.link
-            .as_ref()
-            .is_none_or(|l| Arc::ptr_eq(l.lease.upstream(), upstream))
+    /// The route an earlier rule has fixed, which a later one may not change (rules apply in
+    /// order: SNI, HOST, USER suffix): the one in use once logged in, else the one HOST chose,
+    /// else the one the SNI name selects. `None` while only the default applies.
+    fn fixed_route(&self) -> Option<Arc<Upstream>> {
+        if self.login_deadline.is_none() {
+            if let Some(link) = &self.link {
+                return Some(Arc::clone(link.lease.upstream()));
+            }
+        }
+        let sni = self.client.sni();
+        self.route
+            .clone()
+            .or_else(|| self.ctx.router.sni_route(sni.as_deref()).cloned())
     }
 
-    /// HOST (RFC 7151) with routes: a name that selects a route moves the session there, and
+    /// HOST (RFC 7151) with routes: a name that selects a route moves the session there (unless
+    /// the SNI name chose another: 504), and
     /// the backend hears HOST too, for virtual hosts of its own. A backend that does not know
     /// the command (500, 502, or vsftpd's 530 for anything before login) has still been
     /// chosen, so the gateway answers for it.
@@ -625,6 +634,14 @@ impl Session {
         let Some(upstream) = self.ctx.router.by_host(&name).cloned() else {
             return self.pass_through(cmd).await;
         };
+        if let Some(fixed) = self.fixed_route().filter(|f| !Arc::ptr_eq(f, &upstream)) {
+            info!(wanted = %upstream.name, route = %fixed.name, "HOST refused: an earlier rule chose another route");
+            let text = format!(
+                "Host {name} is not served on this connection (it is for route {}).",
+                fixed.name
+            );
+            return Ok(self.reply(504, &text).await?);
+        }
         self.choose(&upstream).await;
         let reply = self.forward(cmd).await?;
         if matches!(reply.code(), 500 | 502 | 530) {

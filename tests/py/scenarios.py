@@ -686,6 +686,19 @@ def s_host(args):
     print(f"host: {args.host_name} served {args.name} and stored host-up.bin; late HOST: {late}")
 
 
+def s_host_conflict(args):
+    """Rules apply in order: a session whose TLS server name (SNI: the host connected to,
+    --host-name's route being another) chose a route may not move elsewhere with HOST."""
+    ftp = ReusingFTP_TLS(context=context(args), timeout=30)
+    ftp.connect("localhost", args.port)
+    ftp.auth()
+    resp = reply_of(ftp, f"HOST {args.host_name}")
+    check(resp.startswith("504"), f"HOST to another route after SNI: {resp}")
+    ftp.login(args.user, args.password)
+    ftp.quit()
+    print(f"host conflict: {resp}")
+
+
 SCENARIOS = {name[2:].replace("_", "-"): fn for name, fn in globals().items() if name.startswith("s_")}
 
 
