@@ -138,10 +138,11 @@ pub struct BackendSettings {
     pub addresses: Vec<String>,
     /// How a session picks among `addresses`: `round-robin` or `least-connections`.
     pub balance: Balance,
-    /// For a route: SNI names (from the client's TLS handshake) that select it. Exact,
-    /// case-insensitive.
+    /// For a route: SNI names (from the client's TLS handshake) that select it.
+    /// Case-insensitive; `*.example.com` matches one label, and an exact name elsewhere wins.
     pub sni: Vec<String>,
-    /// For a route: names in the client's `HOST` command (RFC 7151) that select it.
+    /// For a route: names in the client's `HOST` command (RFC 7151) that select it, matched
+    /// as `sni` is.
     pub hosts: Vec<String>,
     /// How the gateway talks to the backend: `none` (plain FTP), `explicit` (AUTH TLS, then
     /// PBSZ 0 and PROT P after login) or `implicit` (TLS from the first byte).

@@ -162,14 +162,29 @@ pub async fn dial(
     Backend::connect(address, session, header.as_deref(), timeouts.0, timeouts.1).await
 }
 
+/// The first route one of whose `names` matches `wanted`: an exact name first, then a
+/// wildcard (`*.example.com`, one label, as in certificates), so `a.example.com` goes to the
+/// route that names it even when another claims `*.example.com`.
 fn find<'r>(
     routes: &'r [Arc<Upstream>],
     names: impl Fn(&Upstream) -> &Vec<String>,
     wanted: &str,
 ) -> Option<&'r Arc<Upstream>> {
+    let exact = |r: &&Arc<Upstream>| names(r).iter().any(|n| n.eq_ignore_ascii_case(wanted));
+    let wildcard = |r: &&Arc<Upstream>| {
+        names(r).iter().any(|n| {
+            let (Some(suffix), Some((label, rest))) =
+                (n.strip_prefix("*."), wanted.split_once('.'))
+            else {
+                return false;
+            };
+            !label.is_empty() && rest.eq_ignore_ascii_case(suffix)
+        })
+    };
     routes
         .iter()
-        .find(|r| names(r).iter().any(|n| n.eq_ignore_ascii_case(wanted)))
+        .find(exact)
+        .or_else(|| routes.iter().find(wildcard))
 }
 
 async fn health_loop(upstream: Weak<Upstream>, member: usize, interval: Duration, limit: Duration) {
@@ -321,6 +336,9 @@ mod tests {
         [routes.sales]
         address = "127.0.0.1:2101"
         sni = ["sales.example.test"]
+        [routes.any]
+        address = "127.0.0.1:2104"
+        sni = ["*.example.test"]
         hosts = ["ftp.sales.example.test"]
         [routes.ops]
         addresses = ["127.0.0.1:2102", "127.0.0.1:2103"]
@@ -334,7 +352,10 @@ mod tests {
         let r = router(ROUTES);
         assert!(!r.is_static());
         assert_eq!(r.by_sni(Some("SALES.example.test")).name, "sales");
-        assert_eq!(r.by_sni(Some("other.example.test")).name, DEFAULT_ROUTE);
+        assert_eq!(r.by_sni(Some("other.example.test")).name, "any");
+        assert_eq!(r.by_sni(Some("a.b.example.test")).name, DEFAULT_ROUTE);
+        assert_eq!(r.by_sni(Some("example.test")).name, DEFAULT_ROUTE);
+        assert_eq!(r.by_sni(Some("other.example.org")).name, DEFAULT_ROUTE);
         assert_eq!(r.by_sni(None).name, DEFAULT_ROUTE);
         assert_eq!(
             r.by_host("ops.example.test").map(|u| u.name.as_str()),
