@@ -9,43 +9,42 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use ftpsgate::config::{BackendSettings, BackendTlsMode, Balance};
 
 use common::*;
 
-/// curl with the gateway's CA and `args`.
-fn curl(gw: &TestGateway, args: &[&str]) -> std::process::Output {
-    Command::new("curl")
-        .args(["-sS", "--max-time", "60", "--ssl-reqd", "--cacert"])
+/// curl as `user` for `name` through the gateway reached as `host` (an SNI name when not an
+/// address), uploading `upload` when given.
+fn curl(gw: &TestGateway, host: &str, user: &str, name: &str, upload: Option<&Path>) -> Output {
+    let port = gw.explicit.port();
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "60", "--ssl-reqd", "--cacert"])
         .arg(&gw.ca)
-        .args(args)
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .args(["-u", &format!("{user}:{PASSWORD}")]);
+    if let Some(file) = upload {
+        cmd.arg("-T").arg(file);
+    }
+    cmd.arg(format!("ftp://{host}:{port}/{name}"))
         .output()
         .expect("run curl")
 }
 
-/// Downloads `name` as `user`, to the gateway reached as `host` (an SNI name when not an
-/// address); returns the SHA-256 of what arrived.
-fn fetch(gw: &TestGateway, host: &str, user: &str, name: &str) -> String {
-    let port = gw.explicit.port();
-    let out = curl(
-        gw,
-        &[
-            "--resolve",
-            &format!("{host}:{port}:127.0.0.1"),
-            "-u",
-            &format!("{user}:{PASSWORD}"),
-            &format!("ftp://{host}:{port}/{name}"),
-        ],
-    );
+fn succeeded(out: Output) -> Output {
     assert!(
         out.status.success(),
         "curl: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    sha256(&out.stdout)
+    out
+}
+
+/// Downloads `name` as `user` through `host`; returns the SHA-256 of what arrived.
+fn fetch(gw: &TestGateway, host: &str, user: &str, name: &str) -> String {
+    sha256(&succeeded(curl(gw, host, user, name, None)).stdout)
 }
 
 /// Uploads `size` random bytes as `name` through `host` as `user`; returns their hash.
@@ -53,24 +52,7 @@ fn store(gw: &TestGateway, host: &str, user: &str, name: &str, size: usize) -> S
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join(name);
     let hash = random_file(&file, size);
-    let port = gw.explicit.port();
-    let out = curl(
-        gw,
-        &[
-            "--resolve",
-            &format!("{host}:{port}:127.0.0.1"),
-            "-u",
-            &format!("{user}:{PASSWORD}"),
-            "-T",
-            &file.display().to_string(),
-            &format!("ftp://{host}:{port}/{name}"),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(curl(gw, host, user, name, Some(&file)));
     hash
 }
 
@@ -160,15 +142,14 @@ fn sni_host_and_user_suffix_each_reach_their_own_server() {
     let h = store(&gw, "127.0.0.1", &suffixed, "user-up.bin", 200_000);
     assert_eq!(landed(&roots, "user-up.bin", &h), 1);
     // A suffix that names no route is left alone (and vsftpd refuses the name).
-    let out = curl(
+    let nowhere = curl(
         &gw,
-        &[
-            "-u",
-            &format!("{USER}@nowhere:{PASSWORD}"),
-            &format!("ftp://127.0.0.1:{}/which.bin", gw.explicit.port()),
-        ],
+        "127.0.0.1",
+        &format!("{USER}@nowhere"),
+        "which.bin",
+        None,
     );
-    assert!(!out.status.success(), "an unknown route logged in");
+    assert!(!nowhere.status.success(), "an unknown route logged in");
 
     // HOST (Python's ftplib, which sends it after AUTH TLS and before USER).
     let Some(out) = py_scenario(
@@ -196,18 +177,8 @@ fn sni_host_and_user_suffix_each_reach_their_own_server() {
     let conflict = conflict.expect("python3 ran above");
     println!("{}", conflict.trim());
     assert!(conflict.contains("route sales"), "{conflict}");
-    let port = gw.explicit.port();
-    let out = curl(
-        &gw,
-        &[
-            "--resolve",
-            &format!("localhost:{port}:127.0.0.1"),
-            "-u",
-            &format!("{USER}@ops:{PASSWORD}"),
-            &format!("ftp://localhost:{port}/which.bin"),
-        ],
-    );
-    assert!(!out.status.success(), "USER @ops moved an SNI session");
+    let moved = curl(&gw, "localhost", &format!("{USER}@ops"), "which.bin", None);
+    assert!(!moved.status.success(), "USER @ops moved an SNI session");
 }
 
 #[test]
