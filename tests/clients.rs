@@ -206,7 +206,7 @@ fn ftplib_implicit_ftps() {
 fn suppaftp_round_trips(gw: &TestGateway, sizes: &[usize]) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let mut ftp = suppaftp_session(gw.explicit, &gw.ca).await;
         for &size in sizes {
             let name = format!("suppa-{size}.bin");
@@ -221,10 +221,7 @@ fn suppaftp_round_trips(gw: &TestGateway, sizes: &[usize]) {
                 sha256(&data),
                 "stored {name}"
             );
-            let mut down = ftp.retr_as_stream(&name).await.expect("RETR");
-            let mut back = Vec::new();
-            down.read_to_end(&mut back).await.expect("read");
-            down.finish().await.expect("RETR done");
+            let back = suppaftp_retr(&mut ftp, &name).await;
             assert_eq!(sha256(&back), sha256(&data), "downloaded {name}");
         }
         let names = ftp.nlst(None).await.expect("NLST");

@@ -29,11 +29,7 @@ async fn download_checks(ftp: &mut suppaftp::tokio::AsyncRustlsFtpStream, want: 
     ftp.transfer_type(suppaftp::types::FileType::Binary)
         .await
         .expect("TYPE I");
-    let mut down = ftp.retr_as_stream("blob").await.expect("RETR");
-    let mut data = Vec::new();
-    down.read_to_end(&mut data).await.expect("read");
-    down.finish().await.expect("226");
-    assert_eq!(sha256(&data), want);
+    assert_eq!(sha256(&suppaftp_retr(ftp, "blob").await), want);
 }
 
 #[test]

@@ -7,8 +7,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncReadExt;
-
 use common::*;
 
 const HANDSHAKE_SECS: u64 = 2;
@@ -58,10 +56,7 @@ fn connections_that_never_finish_tls_are_cut_while_real_sessions_work() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let mut ftp = suppaftp_session(gw.explicit, &gw.ca).await;
-        let mut down = ftp.retr_as_stream("real.bin").await.expect("RETR");
-        let mut data = Vec::new();
-        down.read_to_end(&mut data).await.expect("read");
-        down.finish().await.expect("226");
+        let data = suppaftp_retr(&mut ftp, "real.bin").await;
         assert_eq!(sha256(&data), want, "served while under the slowloris");
         ftp.quit().await.expect("QUIT");
     });

@@ -259,10 +259,7 @@ fn certificates_rotate_under_live_sessions_and_a_broken_file_keeps_the_old_one()
     // The session from before the rotation still transfers (its data connections resume the
     // TLS session it began with).
     rt.block_on(async {
-        let mut down = live.retr_as_stream("before.bin").await.expect("RETR");
-        let mut data = Vec::new();
-        down.read_to_end(&mut data).await.expect("read");
-        down.finish().await.expect("226");
+        let data = suppaftp_retr(&mut live, "before.bin").await;
         assert_eq!(
             sha256(&data),
             want,
@@ -584,11 +581,7 @@ fn client_certificates_are_required_or_optional_as_configured() {
         ftp.transfer_type(suppaftp::types::FileType::Binary)
             .await
             .expect("TYPE I");
-        let mut down = ftp.retr_as_stream("mtls.bin").await.expect("RETR");
-        let mut data = Vec::new();
-        down.read_to_end(&mut data).await.expect("read");
-        down.finish().await.expect("226");
-        assert_eq!(sha256(&data), want);
+        assert_eq!(sha256(&suppaftp_retr(&mut ftp, "mtls.bin").await), want);
         ftp.quit().await.expect("QUIT");
         let refused = mtls_session(&gw, None).await;
         assert!(refused.is_err(), "no certificate, no session");

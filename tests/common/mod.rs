@@ -186,6 +186,16 @@ pub async fn suppaftp_session(
     ftp
 }
 
+/// RETR `name` whole over a suppaftp session: its bytes, once the transfer's 226 came.
+pub async fn suppaftp_retr(ftp: &mut suppaftp::tokio::AsyncRustlsFtpStream, name: &str) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut down = ftp.retr_as_stream(name).await.expect("RETR");
+    let mut data = Vec::new();
+    down.read_to_end(&mut data).await.expect("read");
+    down.finish().await.expect("226");
+    data
+}
+
 /// A child process killed and reaped when the guard drops, even when a test panics first.
 pub struct KillOnDrop(pub Child);
 
