@@ -95,28 +95,28 @@ impl ClientControl {
         self.stream.as_ref().and_then(Stream::tls_info)
     }
 
-    /// The subject of the client's certificate, when it presented one (mutual TLS).
-    pub fn peer_subject(&self) -> Option<String> {
+    /// The gateway's side of the client's TLS session, once there is one.
+    fn tls_server(&self) -> Option<&rustls::ServerConnection> {
         match self.stream.as_ref()? {
             Stream::Tls(tls) => match &**tls {
-                tokio_rustls::TlsStream::Server(s) => {
-                    s.get_ref().1.peer_certificates()?.first().and_then(subject)
-                }
+                tokio_rustls::TlsStream::Server(s) => Some(s.get_ref().1),
                 tokio_rustls::TlsStream::Client(_) => None,
             },
             _ => None,
         }
     }
 
+    /// The subject of the client's certificate, when it presented one (mutual TLS).
+    pub fn peer_subject(&self) -> Option<String> {
+        self.tls_server()?
+            .peer_certificates()?
+            .first()
+            .and_then(subject)
+    }
+
     /// The server name the client asked for in its TLS handshake (SNI), if any.
     pub fn sni(&self) -> Option<String> {
-        match self.stream.as_ref()? {
-            Stream::Tls(tls) => match &**tls {
-                tokio_rustls::TlsStream::Server(s) => s.get_ref().1.server_name().map(String::from),
-                tokio_rustls::TlsStream::Client(_) => None,
-            },
-            _ => None,
-        }
+        self.tls_server()?.server_name().map(String::from)
     }
 
     /// Says goodbye politely: TLS close_notify, then FIN.
