@@ -38,31 +38,31 @@ struct Plan {
 }
 
 impl Plan {
+    /// `FTPSGATE_SOAK=full`: 1,000 sessions; `FTPSGATE_SOAK_SESSIONS=N`: the same with N;
+    /// neither: the short version.
     fn from_env() -> Plan {
-        if std::env::var("FTPSGATE_SOAK").is_ok_and(|v| v == "full") {
-            Plan {
-                sessions: 1000,
-                transfers: 20,
-                concurrency: 16,
-                max_size: 10 * MIB,
-            }
-        } else if let Some(n) = std::env::var("FTPSGATE_SOAK_SESSIONS")
+        let full = std::env::var("FTPSGATE_SOAK").is_ok_and(|v| v == "full");
+        let sessions = std::env::var("FTPSGATE_SOAK_SESSIONS")
             .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            Plan {
-                sessions: n,
-                transfers: 20,
-                concurrency: 16,
-                max_size: 10 * MIB,
-            }
-        } else {
-            Plan {
+            .and_then(|v| v.parse().ok());
+        match (full, sessions) {
+            (true, _) => Plan::long(1000),
+            (false, Some(n)) => Plan::long(n),
+            (false, None) => Plan {
                 sessions: 24,
                 transfers: 5,
                 concurrency: 4,
                 max_size: 2 * MIB,
-            }
+            },
+        }
+    }
+
+    fn long(sessions: usize) -> Plan {
+        Plan {
+            sessions,
+            transfers: 20,
+            concurrency: 16,
+            max_size: 10 * MIB,
         }
     }
 }
