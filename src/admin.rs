@@ -21,8 +21,9 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 
 /// Serves admin requests until the task is aborted.
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
+    let mut acceptor = crate::server::Acceptor::new(None);
     loop {
-        let (tcp, peer) = crate::server::accept(&listener).await;
+        let (tcp, peer) = acceptor.accept(&listener, &ctx.metrics).await;
         let ctx = Arc::clone(&ctx);
         tokio::spawn(async move {
             let service = service_fn(move |req| {

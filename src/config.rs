@@ -29,9 +29,12 @@ pub enum ConfigError {
 }
 
 /// Everything the gateway needs to run. Field names are the TOML keys.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
+    /// The text of the gateway's own `220` greeting. The backend's greeting names its server
+    /// and version, so it is only relayed with `backend.relay_greeting`.
+    pub greeting: String,
     pub listen: ListenSettings,
     /// The default backend: where a session goes when no route claims it.
     pub backend: BackendSettings,
@@ -47,6 +50,25 @@ pub struct Settings {
     pub limits: Limits,
     pub admin: AdminSettings,
     pub proxy_protocol: ProxyProtocolSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            greeting: "FTP gateway ready.".into(),
+            listen: ListenSettings::default(),
+            backend: BackendSettings::default(),
+            routes: Default::default(),
+            routing: RoutingSettings::default(),
+            passive: PassiveSettings::default(),
+            active: ActiveSettings::default(),
+            tls: TlsSettings::default(),
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+            admin: AdminSettings::default(),
+            proxy_protocol: ProxyProtocolSettings::default(),
+        }
+    }
 }
 
 /// How sessions are spread over backends and their addresses.
@@ -170,6 +192,14 @@ pub struct BackendSettings {
     /// PROXY protocol header at the start of each control connection to the backend, so it
     /// logs the real client: `off`, `v1` (text) or `v2` (binary).
     pub proxy_protocol: ProxyVersion,
+    /// Connect to the backend as soon as a client connects and relay its greeting, as before
+    /// the gateway greeted by itself. Off by default: the gateway greets, and connects only
+    /// once the client has finished TLS, so connections that never get that far cost the
+    /// backend nothing. Only for the default backend of a gateway without routes.
+    pub relay_greeting: bool,
+    /// Relay `STAT` without an argument to the backend. Off by default: the gateway answers
+    /// it, since the backend's status names its server, version and internal addresses.
+    pub relay_stat: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -248,6 +278,8 @@ impl Default for BackendSettings {
             data_protection: DataProtection::Private,
             data_mode: BackendDataMode::Passive,
             proxy_protocol: ProxyVersion::Off,
+            relay_greeting: false,
+            relay_stat: false,
         }
     }
 }
@@ -404,8 +436,16 @@ pub struct Timeouts {
     pub login_secs: u64,
     /// No command from the client for this long ends the session (421).
     pub idle_secs: u64,
-    /// From PASV/EPSV until the client's data connection is up.
+    /// From PASV/EPSV/PORT/EPRT until the client's data connection is up and its transfer
+    /// command has come; a passive port leased and not used is released after this.
     pub data_connection_secs: u64,
+    /// A transfer that moves no byte for this long ends with 426, releasing its backend
+    /// connection (as vsftpd's data_connection_timeout): one read, or one write of at most
+    /// 256 KiB, that does not complete in this time.
+    pub data_stall_secs: u64,
+    /// How long one reply on the control connection may wait for the client to read it;
+    /// past it the session ends.
+    pub client_write_secs: u64,
     pub backend_connect_secs: u64,
     /// How long the backend may take to answer a command (transfers excepted).
     pub backend_reply_secs: u64,
@@ -420,6 +460,8 @@ impl Default for Timeouts {
             login_secs: 60,
             idle_secs: 300,
             data_connection_secs: 30,
+            data_stall_secs: 300,
+            client_write_secs: 30,
             backend_connect_secs: 10,
             backend_reply_secs: 60,
             shutdown_grace_secs: 30,
@@ -440,6 +482,12 @@ impl Timeouts {
     pub fn data_connection(&self) -> Duration {
         Duration::from_secs(self.data_connection_secs)
     }
+    pub fn data_stall(&self) -> Duration {
+        Duration::from_secs(self.data_stall_secs)
+    }
+    pub fn client_write(&self) -> Duration {
+        Duration::from_secs(self.client_write_secs)
+    }
     pub fn backend_connect(&self) -> Duration {
         Duration::from_secs(self.backend_connect_secs)
     }
@@ -456,6 +504,9 @@ impl Timeouts {
 pub struct Limits {
     pub max_sessions: usize,
     pub max_sessions_per_ip: usize,
+    /// Passive ports one client address may hold leased at once (a lease lasts from PASV or
+    /// EPSV until its data connection is accepted). Beyond it PASV/EPSV get 425.
+    pub max_passive_per_ip: usize,
     /// Longest command line accepted from a client, in bytes (RFC 959 needs at least 512).
     pub max_line_length: usize,
 }
@@ -465,6 +516,7 @@ impl Default for Limits {
         Self {
             max_sessions: 1000,
             max_sessions_per_ip: 50,
+            max_passive_per_ip: 20,
             max_line_length: 4096,
         }
     }
@@ -609,6 +661,15 @@ impl Settings {
             ));
         }
         self.validate_backends(&|key, why| bad(&key, why))?;
+        if self.greeting.is_empty()
+            || self.greeting.len() > 512
+            || self.greeting.chars().any(char::is_control)
+        {
+            return Err(bad(
+                "greeting",
+                "one line of text, 1 to 512 bytes, no control characters".into(),
+            ));
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(bad(
                 "tls.cert",
@@ -658,6 +719,8 @@ impl Settings {
             ("timeouts.login_secs", t.login_secs),
             ("timeouts.idle_secs", t.idle_secs),
             ("timeouts.data_connection_secs", t.data_connection_secs),
+            ("timeouts.data_stall_secs", t.data_stall_secs),
+            ("timeouts.client_write_secs", t.client_write_secs),
             ("timeouts.backend_connect_secs", t.backend_connect_secs),
             ("timeouts.backend_reply_secs", t.backend_reply_secs),
         ] {
@@ -667,6 +730,12 @@ impl Settings {
         }
         if self.limits.max_sessions == 0 || self.limits.max_sessions_per_ip == 0 {
             return Err(bad("limits.max_sessions", "must be at least 1".into()));
+        }
+        if self.limits.max_passive_per_ip == 0 {
+            return Err(bad(
+                "limits.max_passive_per_ip",
+                "must be at least 1".into(),
+            ));
         }
         if !(512..=1 << 20).contains(&self.limits.max_line_length) {
             return Err(bad(
@@ -683,6 +752,12 @@ impl Settings {
         bad: &dyn Fn(String, String) -> ConfigError,
     ) -> Result<(), ConfigError> {
         self.backend.validate("backend", bad)?;
+        if self.backend.relay_greeting && !self.routes.is_empty() {
+            return Err(bad(
+                "backend.relay_greeting".into(),
+                "with routes the gateway greets before it knows the backend".into(),
+            ));
+        }
         if !self.backend.sni.is_empty() || !self.backend.hosts.is_empty() {
             return Err(bad(
                 "backend.sni".into(),
@@ -702,6 +777,12 @@ impl Settings {
                 return Err(bad(key, "route names are letters, digits, - and _".into()));
             }
             route.validate(&key, bad)?;
+            if route.relay_greeting {
+                return Err(bad(
+                    format!("{key}.relay_greeting"),
+                    "a route is chosen after the greeting; only [backend] can relay one".into(),
+                ));
+            }
             for (kind, names) in [("sni", &route.sni), ("hosts", &route.hosts)] {
                 for n in names {
                     let n = n.to_ascii_lowercase();

@@ -577,10 +577,7 @@ fn fd_limit(settings: &Settings) -> Check {
                         .and_then(|v| v.parse::<u64>().ok())
                 })
         });
-    // Per session: the client's and the backend's control connections, and during a transfer
-    // a pool listener or data connection on each side.
-    let pool = settings.passive_range().len() as u64;
-    let need = settings.limits.max_sessions as u64 * 2 + pool * 2 + 64;
+    let need = crate::fdlimit::needed(settings);
     match soft {
         None => check(Level::Warn, what, "unknown (no /proc/self/limits)"),
         Some(have) if have >= need => check(
@@ -594,7 +591,7 @@ fn fd_limit(settings: &Settings) -> Check {
                 what,
                 format!("{have}, but limits.max_sessions and the pool need about {need}"),
             ),
-            format!("raise it (systemd: LimitNOFILE={need}; shell: ulimit -n {need}) or lower limits.max_sessions"),
+            format!("raise it (systemd: LimitNOFILE={need}; shell: ulimit -n {need}) or lower limits.max_sessions; the gateway raises its soft limit to the hard one at start, and lowers max_sessions to fit if it must"),
         ),
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Clients speak FTPS (explicit `AUTH TLS` or implicit) to the gateway; the gateway speaks FTP to
 //! an unmodified internal server, answers passive mode itself from a pooled port range, and
-//! splices data connections through. See `README.md` and `DESIGN.md` for the whole picture.
+//! splices data connections through. See `README.md` and `docs/ARCHITECTURE.md` for the whole picture.
 //!
 //! Layers, outermost first: [`server`] (listeners, limits) → [`session`] (the control relay) →
 //! [`data`] (passive pool, data bridges) → [`ftp`] (pure protocol, no I/O).
@@ -12,6 +12,7 @@ pub mod config;
 pub mod data;
 pub mod demo;
 pub mod doctor;
+pub mod fdlimit;
 pub mod ftp;
 pub mod metrics;
 pub mod proxy_protocol;

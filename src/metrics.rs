@@ -79,6 +79,14 @@ pub enum Reason {
     clear_data,
     port_refused,
     pool_full,
+    /// A client address holds `limits.max_passive_per_ip` passive ports already.
+    passive_per_ip,
+    /// A transfer moved no byte for `timeouts.data_stall_secs`.
+    data_stalled,
+    /// A client did not read a reply within `timeouts.client_write_secs`.
+    client_write_timeout,
+    /// The listener could not accept a connection (out of descriptors, most often).
+    accept_failed,
     shutting_down,
     timeout,
     bad_proxy_header,

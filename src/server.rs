@@ -22,6 +22,7 @@ use tracing::{field, info, info_span, warn, Instrument};
 use crate::admin;
 use crate::config::Settings;
 use crate::data::PassivePool;
+use crate::fdlimit;
 use crate::metrics::{Metrics, Reason};
 use crate::proxy_protocol;
 use crate::routing::Router;
@@ -37,6 +38,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("passive.external_address: {0}")]
     External(String),
+    #[error("{0}")]
+    Descriptors(String),
 }
 
 /// A gateway with its listeners bound, ready to serve.
@@ -50,7 +53,25 @@ pub struct Gateway {
 
 impl Gateway {
     /// Loads the certificate (or generates one, with a warning), binds every listener.
-    pub async fn bind(settings: Settings) -> Result<Gateway, StartError> {
+    pub async fn bind(mut settings: Settings) -> Result<Gateway, StartError> {
+        if let Some(limit) = fdlimit::raise() {
+            match fdlimit::fit(&mut settings, limit).map_err(StartError::Descriptors)? {
+                fdlimit::Fit::Fits => {}
+                fdlimit::Fit::Lowered {
+                    limit,
+                    need,
+                    was,
+                    now,
+                } => warn!(
+                    open_file_limit = limit,
+                    needed = need,
+                    max_sessions = now,
+                    configured = was,
+                    "the open-file limit cannot hold limits.max_sessions; lowered it to fit \
+                     (raise LimitNOFILE / ulimit -n to serve more)"
+                ),
+            }
+        }
         let metrics = Metrics::new();
         let (certs, generated) = CertStore::load(&settings.tls, tls::provider())?;
         if generated {
@@ -88,7 +109,7 @@ impl Gateway {
             settings.limits.max_sessions,
             settings.limits.max_sessions_per_ip,
         ));
-        let pool = PassivePool::new(settings.passive_range());
+        let pool = PassivePool::new(settings.passive_range(), settings.limits.max_passive_per_ip);
         let (draining, draining_rx) = watch::channel(false);
         Ok(Gateway {
             ctx: Arc::new(Context {
@@ -185,17 +206,79 @@ impl Gateway {
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 
-/// The next connection. Errors (usually EMFILE) are logged and retried after a pause, so a
-/// listener never spins and never gives up.
-pub(crate) async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
-    loop {
-        match listener.accept().await {
-            Ok(c) => return c,
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+/// Accepts connections on one listener, never spinning and never giving up.
+///
+/// A failed accept (out of descriptors, most often) is counted and logged, and the next try
+/// waits a pause that doubles up to a second. Out of descriptors, the connection that could not
+/// be accepted would sit in the backlog until its client gave up, so the acceptor keeps one
+/// descriptor in reserve: it lets go of it, accepts that connection, tells it 421 (explicit
+/// mode) and closes it, then takes the reserve again.
+pub(crate) struct Acceptor {
+    reserve: Option<std::fs::File>,
+    pause: Duration,
+    /// Explicit listeners tell a client refused for want of descriptors why.
+    mode: Option<Mode>,
+}
+
+const FIRST_PAUSE: Duration = Duration::from_millis(10);
+/// Linux's "too many open files" errors, for the process and for the system.
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+const LONGEST_PAUSE: Duration = Duration::from_secs(1);
+
+impl Acceptor {
+    pub(crate) fn new(mode: Option<Mode>) -> Self {
+        Acceptor {
+            reserve: std::fs::File::open("/dev/null").ok(),
+            pause: FIRST_PAUSE,
+            mode,
+        }
+    }
+
+    pub(crate) async fn accept(
+        &mut self,
+        listener: &TcpListener,
+        metrics: &Metrics,
+    ) -> (TcpStream, SocketAddr) {
+        loop {
+            match listener.accept().await {
+                Ok(c) => {
+                    self.pause = FIRST_PAUSE;
+                    if self.reserve.is_none() {
+                        self.reserve = std::fs::File::open("/dev/null").ok();
+                    }
+                    return c;
+                }
+                Err(e) => {
+                    metrics.refused(Reason::accept_failed);
+                    let pause_ms = self.pause.as_millis() as u64;
+                    warn!(error = %e, pause_ms, "accept failed");
+                    if matches!(e.raw_os_error(), Some(EMFILE | ENFILE)) {
+                        self.shed(listener).await;
+                    }
+                    tokio::time::sleep(self.pause).await;
+                    self.pause = (self.pause * 2).min(LONGEST_PAUSE);
+                }
             }
         }
+    }
+
+    /// Out of descriptors (EMFILE, ENFILE): spends the reserve on refusing the waiting client.
+    async fn shed(&mut self, listener: &TcpListener) {
+        let Some(reserve) = self.reserve.take() else {
+            return;
+        };
+        drop(reserve);
+        if let Ok(Ok((tcp, peer))) =
+            tokio::time::timeout(Duration::from_millis(50), listener.accept()).await
+        {
+            warn!(%peer, "connection refused: out of file descriptors");
+            match self.mode {
+                Some(mode) => refuse(tcp, mode, "Out of resources").await,
+                None => drop(tcp),
+            }
+        }
+        self.reserve = std::fs::File::open("/dev/null").ok();
     }
 }
 
@@ -205,8 +288,9 @@ async fn accept_loop(
     ctx: Arc<Context>,
     limits: Arc<SessionLimits>,
 ) {
+    let mut acceptor = Acceptor::new(Some(mode));
     loop {
-        let (tcp, peer) = accept(&listener).await;
+        let (tcp, peer) = acceptor.accept(&listener, &ctx.metrics).await;
         let (ctx, limits) = (Arc::clone(&ctx), Arc::clone(&limits));
         if !ctx.settings.proxy_protocol.trusted.contains(peer.ip()) {
             admit(ctx, &limits, tcp, peer, None, mode);

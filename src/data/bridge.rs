@@ -12,6 +12,14 @@
 //! Every failure resets the backend data connection (RST, not FIN) so the backend records an
 //! aborted transfer, never a short file stored as complete.
 //!
+//! Every wait is bounded (docs/ARCHITECTURE.md, "Every wait is bounded"): the client's data
+//! connection and its transfer command must both come within `timeouts.data_connection_secs`
+//! of PASV/EPSV/PORT/EPRT, and once bytes flow, a read or a write that does not complete within
+//! `timeouts.data_stall_secs` ends the transfer with 426. The pool port goes back as soon as
+//! the client's connection has passed the address and TLS checks; until then, connections
+//! from the right address that fail the TLS check (a neighbour behind the same NAT) are
+//! logged, counted and closed, and the wait for the client's own goes on.
+//!
 //! Toward a TLS backend the data handshake runs alongside the client's: vsftpd, for one, only
 //! starts its side after it has answered the transfer command with 150, which may be after the
 //! client's handshake, or before it.
@@ -28,7 +36,8 @@ use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::timeout;
+use tokio::task::JoinSet;
+use tokio::time::{sleep_until, timeout, timeout_at};
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn, Instrument};
 
@@ -43,6 +52,9 @@ use crate::tls::backend::BackendSession;
 
 /// Large enough for several 16 KiB TLS records per read; allocated once per transfer.
 const BUF_SIZE: usize = 256 * 1024;
+/// Data connections from the client's address whose TLS handshakes may run at once while the
+/// bridge waits for the one that passes.
+const MAX_CANDIDATES: usize = 4;
 
 /// Why a data transfer failed. Each maps to the reply the client gets instead of the backend's.
 #[derive(Debug, Error)]
@@ -57,6 +69,10 @@ pub enum BridgeError {
     BackendHandshake(io::Error),
     #[error("data connection did not resume the control connection's TLS session")]
     NotResumed,
+    #[error("no transfer command came within the data connection timeout")]
+    NoTransfer,
+    #[error("no byte moved for {secs} s: the {peer} stopped")]
+    Stalled { peer: &'static str, secs: u64 },
     #[error("client data connection failed: {0}")]
     Client(io::Error),
     #[error("backend data connection failed: {0}")]
@@ -70,8 +86,11 @@ pub enum BridgeError {
 impl BridgeError {
     pub fn reply(&self) -> Reply {
         match self {
-            BridgeError::AcceptTimeout | BridgeError::Accept(_) => {
+            BridgeError::AcceptTimeout | BridgeError::Accept(_) | BridgeError::NoTransfer => {
                 Reply::new(425, "Can't open data connection.")
+            }
+            BridgeError::Stalled { .. } => {
+                Reply::new(426, "Data connection stalled; transfer aborted.")
             }
             BridgeError::Handshake(_) => {
                 Reply::new(522, "TLS handshake on the data connection failed.")
@@ -120,8 +139,12 @@ pub struct BridgeParams {
     /// `Some` for PROT P: this FTP session's own TLS config.
     pub tls: Option<Arc<ServerConfig>>,
     pub reuse: ReuseMode,
+    /// From the bridge's start until the client's data connection is up and the transfer
+    /// command has come.
     pub accept_timeout: Duration,
     pub handshake_timeout: Duration,
+    /// A read or a write that moves nothing for this long ends the transfer.
+    pub stall: Duration,
     /// `Some` when the backend's data connections are TLS (backend PROT P).
     pub backend_tls: Option<BackendSession>,
     pub metrics: Arc<Metrics>,
@@ -154,14 +177,15 @@ impl DataBridge {
     /// Starts the bridge task on an already-leased listener and an already-connected backend
     /// data connection.
     pub fn spawn(client: ClientSide, backend: BackendSide, params: BridgeParams) -> DataBridge {
-        let (lease, client) = match client {
-            ClientSide::Passive { lease, listener } => (Some(lease), Side::Listen(listener)),
+        let client = match client {
+            ClientSide::Passive { lease, listener } => Side::Listen(listener, lease),
             ClientSide::Active {
                 target,
                 source,
                 ports,
-            } => (None, Side::Connect(target, source, ports)),
+            } => Side::Connect(target, source, ports),
         };
+        let params = Arc::new(params);
         let (start_tx, start_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
         let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
@@ -171,12 +195,13 @@ impl DataBridge {
             async move {
                 // Both data connections are owned by `run` and closed when it returns or is
                 // cancelled; the backend's resets (see `Backend::connect_data`).
+                // The lease, inside `client`, is dropped once the client's connection is in (or
+                // with `run`): always before the session can relay 226, so a client may PASV
+                // again at once.
                 let outcome = tokio::select! {
                     r = run(client, backend, &params, start_rx, &counter) => r,
                     _ = cancel_rx => Err(BridgeError::Cancelled),
                 };
-                // Free the port before the session can relay 226: a client may PASV again at once.
-                drop(lease);
                 let _ = done_tx.send(outcome);
             }
             // The session's span: the bridge's lines carry its id, client and user.
@@ -218,19 +243,27 @@ impl DataBridge {
     }
 }
 
-/// [`ClientSide`] without the lease, which stays with the task.
+/// [`ClientSide`] as the task holds it.
 enum Side {
-    Listen(TcpListener),
+    Listen(TcpListener, Lease),
     Connect(SocketAddr, IpAddr, Option<RangeInclusive<u16>>),
 }
 
 async fn run(
     client: Side,
     backend: BackendSide,
-    params: &BridgeParams,
+    params: &Arc<BridgeParams>,
     start: oneshot::Receiver<Direction>,
     progress: &AtomicU64,
 ) -> Outcome {
+    let deadline = tokio::time::Instant::now() + params.accept_timeout;
+    // The transfer command, which the session forwards once the client sends it.
+    let command = async {
+        timeout_at(deadline, start)
+            .await
+            .map_err(|_| BridgeError::NoTransfer)?
+            .map_err(|_| BridgeError::Cancelled)
+    };
     let backend_side = async {
         // The backend acts only once it has the transfer command, so its side may wait as long
         // as the client's accept and handshake together.
@@ -262,44 +295,28 @@ async fn run(
             .map(|s| Stream::BackendDataTls(Box::new(s)))
             .map_err(BridgeError::BackendHandshake)
     };
-    let secure = |tcp: TcpStream| async move {
-        // Writes are large, so Nagle saves nothing here; but the last small records (the end of
-        // a short listing, close_notify) would wait on the client's delayed ACK, tens of
-        // milliseconds per transfer.
-        tcp.set_nodelay(true).map_err(BridgeError::Accept)?;
-        match &params.tls {
-            None => Ok(Stream::Plain(tcp)),
-            // RFC 4217 §7: the FTP client is the TLS client whoever connects, so the gateway
-            // is the TLS server on an active-mode connection too.
-            Some(config) => handshake(tcp, config, params).await,
-        }
-    };
     let (mut client, mut backend, direction) = match client {
-        Side::Listen(listener) => {
+        Side::Listen(listener, lease) => {
             let client_side = async {
-                let tcp = timeout(
-                    params.accept_timeout,
-                    accept_from(&listener, params.client_ip, Some(&params.trusted), params),
-                )
-                .await
-                .map_err(|_| BridgeError::AcceptTimeout)?
-                .map_err(BridgeError::Accept)?;
+                let client = accept_client(&listener, params, deadline).await?;
+                // The port goes back now: this connection keeps it as its own local port, and
+                // the next lease binds beside it.
                 drop(listener);
-                secure(tcp).await
+                drop(lease);
+                Ok(client)
             };
             let (client, backend) = tokio::try_join!(client_side, backend_side)?;
-            let direction = start.await.map_err(|_| BridgeError::Cancelled)?;
-            (client, backend, direction)
+            (client, backend, command.await?)
         }
         Side::Connect(target, source, ports) => {
             // The client expects the connection once its transfer command is answered.
-            let direction = start.await.map_err(|_| BridgeError::Cancelled)?;
+            let direction = command.await?;
             let client_side = async {
                 let tcp = timeout(params.accept_timeout, connect_from(source, ports, target))
                     .await
                     .map_err(|_| BridgeError::AcceptTimeout)?
                     .map_err(BridgeError::Accept)?;
-                secure(tcp).await
+                secure(tcp, params).await
             };
             let (client, backend) = tokio::try_join!(client_side, backend_side)?;
             (client, backend, direction)
@@ -310,14 +327,27 @@ async fn run(
         progress,
         total: params.metrics.bytes(direction),
     };
+    let stall = params.stall;
     let bytes = match direction {
         Direction::Download => {
-            let (copied, _backend) = pump(backend, &mut client, &counted).await;
-            copied.map_err(|e| e.into_bridge(BridgeError::Backend, BridgeError::Client))?
+            let (copied, _backend) = pump(backend, &mut client, &counted, stall).await;
+            copied.map_err(|e| {
+                e.into_bridge(
+                    stall,
+                    ("backend", BridgeError::Backend),
+                    ("client", BridgeError::Client),
+                )
+            })?
         }
         Direction::Upload => {
-            let (copied, client_back) = pump(client, &mut backend, &counted).await;
-            let n = copied.map_err(|e| e.into_bridge(upload_read_error, BridgeError::Backend))?;
+            let (copied, client_back) = pump(client, &mut backend, &counted, stall).await;
+            let n = copied.map_err(|e| {
+                e.into_bridge(
+                    stall,
+                    ("client", upload_read_error),
+                    ("backend", BridgeError::Backend),
+                )
+            })?;
             client = client_back.ok_or(BridgeError::Cancelled)?;
             // Wait for the backend to close its side: then it has read every byte (so closing
             // ours cannot cut the file short) and any TLS 1.3 tickets it sent on this
@@ -364,6 +394,56 @@ fn upload_read_error(e: io::Error) -> BridgeError {
         BridgeError::Truncated
     } else {
         BridgeError::Client(e)
+    }
+}
+
+/// The client's passive data connection: the first from the control connection's address that
+/// also passes the TLS check, by `deadline`. A connection that fails the check is logged,
+/// counted and closed, and the wait goes on: behind one NAT a neighbour connecting across the
+/// pool has the client's address, and must not fail the client's transfer. Up to
+/// [`MAX_CANDIDATES`] handshakes run at once, so a neighbour that stalls its handshake holds
+/// up nobody. At the deadline the client hears why the last candidate failed, if one did.
+async fn accept_client(
+    listener: &TcpListener,
+    params: &Arc<BridgeParams>,
+    deadline: tokio::time::Instant,
+) -> Result<Stream, BridgeError> {
+    let mut candidates = JoinSet::new();
+    let mut failed = None;
+    loop {
+        tokio::select! {
+            accepted = accept_from(listener, params.client_ip, Some(&params.trusted), params),
+                if candidates.len() < MAX_CANDIDATES =>
+            {
+                let tcp = accepted.map_err(BridgeError::Accept)?;
+                let params = Arc::clone(params);
+                let check = async move { secure(tcp, &params).await };
+                candidates.spawn(check.instrument(tracing::Span::current()));
+            }
+            Some(done) = candidates.join_next() => match done {
+                Ok(Ok(stream)) => return Ok(stream),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "data connection from the client's address failed the TLS check; waiting on for the client's own");
+                    failed = Some(e);
+                }
+                Err(e) => warn!(error = %e, "data connection check ended abnormally"),
+            },
+            () = sleep_until(deadline) => return Err(failed.unwrap_or(BridgeError::AcceptTimeout)),
+        }
+    }
+}
+
+/// The client's data connection made ready: TLS when the session is at PROT P.
+async fn secure(tcp: TcpStream, params: &BridgeParams) -> Result<Stream, BridgeError> {
+    // Writes are large, so Nagle saves nothing here; but the last small records (the end of
+    // a short listing, close_notify) would wait on the client's delayed ACK, tens of
+    // milliseconds per transfer.
+    tcp.set_nodelay(true).map_err(BridgeError::Accept)?;
+    match &params.tls {
+        None => Ok(Stream::Plain(tcp)),
+        // RFC 4217 §7: the FTP client is the TLS client whoever connects, so the gateway is
+        // the TLS server on an active-mode connection too.
+        Some(config) => handshake(tcp, config, params).await,
     }
 }
 
@@ -483,17 +563,29 @@ async fn handshake(
 enum PumpError {
     Read(io::Error),
     Write(io::Error),
+    /// A read (`true`) or a write (`false`) moved nothing within the stall limit.
+    Stalled {
+        reading: bool,
+    },
 }
 
 impl PumpError {
+    /// The bridge's error, given each side's name and the error its I/O failures become.
     fn into_bridge(
         self,
-        read: impl FnOnce(io::Error) -> BridgeError,
-        write: impl FnOnce(io::Error) -> BridgeError,
+        stall: Duration,
+        read: (&'static str, impl FnOnce(io::Error) -> BridgeError),
+        write: (&'static str, impl FnOnce(io::Error) -> BridgeError),
     ) -> BridgeError {
+        let secs = stall.as_secs();
         match self {
-            PumpError::Read(e) => read(e),
-            PumpError::Write(e) => write(e),
+            PumpError::Read(e) => (read.1)(e),
+            PumpError::Write(e) => (write.1)(e),
+            PumpError::Stalled { reading: true } => BridgeError::Stalled { peer: read.0, secs },
+            PumpError::Stalled { reading: false } => BridgeError::Stalled {
+                peer: write.0,
+                secs,
+            },
         }
     }
 }
@@ -512,22 +604,27 @@ struct Counted<'a> {
 /// (TLS encryption, or a socket write) instead of taking turns with it. Buffers are allocated
 /// once per transfer; a dropped pump (a cancelled transfer) aborts the reader, which drops
 /// `from` with it.
+///
+/// Each read and each write must complete within `stall`: a peer that stops sending, or stops
+/// reading, ends the copy with [`PumpError::Stalled`].
 async fn pump(
     mut from: Stream,
     to: &mut Stream,
     counted: &Counted<'_>,
+    stall: Duration,
 ) -> (Result<u64, PumpError>, Option<Stream>) {
-    let (full_tx, mut full) = mpsc::channel::<io::Result<(Vec<u8>, usize)>>(2);
+    let (full_tx, mut full) = mpsc::channel::<Result<(Vec<u8>, usize), PumpError>>(2);
     let (empty, mut empty_rx) = mpsc::channel::<Vec<u8>>(2);
     for _ in 0..2 {
         let _ = empty.try_send(vec![0u8; BUF_SIZE]);
     }
     let reader = tokio::spawn(async move {
         while let Some(mut buf) = empty_rx.recv().await {
-            let read = match from.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => Ok((buf, n)),
-                Err(e) => Err(e),
+            let read = match timeout(stall, from.read(&mut buf)).await {
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => Ok((buf, n)),
+                Ok(Err(e)) => Err(PumpError::Read(e)),
+                Err(_) => Err(PumpError::Stalled { reading: true }),
             };
             let failed = read.is_err();
             if full_tx.send(read).await.is_err() || failed {
@@ -542,10 +639,12 @@ async fn pump(
     while let Some(read) = full.recv().await {
         let (buf, n) = match read {
             Ok(chunk) => chunk,
-            Err(e) => return (Err(PumpError::Read(e)), None),
+            Err(e) => return (Err(e), None),
         };
-        if let Err(e) = to.write_all(&buf[..n]).await {
-            return (Err(PumpError::Write(e)), None);
+        match timeout(stall, to.write_all(&buf[..n])).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return (Err(PumpError::Write(e)), None),
+            Err(_) => return (Err(PumpError::Stalled { reading: false }), None),
         }
         total += n as u64;
         counted.progress.store(total, Ordering::Relaxed);
@@ -557,9 +656,10 @@ async fn pump(
         to.flush().await?;
         to.shutdown().await
     };
-    match ended.await {
-        Ok(()) => (Ok(total), from),
-        Err(e) => (Err(PumpError::Write(e)), None),
+    match timeout(stall, ended).await {
+        Ok(Ok(())) => (Ok(total), from),
+        Ok(Err(e)) => (Err(PumpError::Write(e)), None),
+        Err(_) => (Err(PumpError::Stalled { reading: false }), None),
     }
 }
 

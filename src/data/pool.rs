@@ -1,12 +1,16 @@
 //! The passive port pool: each PASV/EPSV leases one port from the configured range and binds a
 //! listener on it. A lease is released when its [`Lease`] is dropped, so no code path can leak
-//! a port.
+//! a port. The bridge drops it as soon as its data connection is accepted (the connection keeps
+//! the port as its own local port; the next lease binds beside it), so a lease lasts only from
+//! PASV to accept, and one client address may hold only so many of them at once: a client that
+//! never connects cannot drain the pool for anyone else.
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
-use dashmap::DashSet;
+use dashmap::mapref::entry::Entry;
+use dashmap::{DashMap, DashSet};
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpSocket};
 
@@ -15,12 +19,18 @@ pub enum PoolError {
     /// Every port is leased or bound by something else. The client gets 425 at once.
     #[error("no free passive port in {0}-{1}")]
     Exhausted(u16, u16),
+    /// The client's address holds its share of leases already.
+    #[error("{0} holds {1} passive ports already")]
+    PerAddress(IpAddr, usize),
 }
 
 #[derive(Debug)]
 pub struct PassivePool {
     range: RangeInclusive<u16>,
     leased: DashSet<u16>,
+    /// Leases held per client address, and the most one may hold.
+    per_client: DashMap<IpAddr, usize>,
+    max_per_client: usize,
 }
 
 /// One leased port. Dropping it returns the port to the pool.
@@ -28,6 +38,7 @@ pub struct PassivePool {
 pub struct Lease {
     pool: Arc<PassivePool>,
     port: u16,
+    client: IpAddr,
 }
 
 impl Lease {
@@ -39,25 +50,65 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.pool.leased.remove(&self.port);
+        self.pool.release_client(self.client);
     }
 }
 
 impl PassivePool {
-    pub fn new(range: RangeInclusive<u16>) -> Arc<Self> {
+    pub fn new(range: RangeInclusive<u16>, max_per_client: usize) -> Arc<Self> {
         Arc::new(Self {
             range,
             leased: DashSet::new(),
+            per_client: DashMap::new(),
+            max_per_client,
         })
+    }
+
+    fn release_client(&self, client: IpAddr) {
+        if let Entry::Occupied(mut e) = self.per_client.entry(client) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
     }
 
     pub fn in_use(&self) -> usize {
         self.leased.len()
     }
 
-    /// Leases a port and binds a listener on `ip` there. The search starts at a random port so
-    /// that the next data port cannot be guessed from the last (DESIGN §4, port theft), then
-    /// walks the range once; ports bound by other programs are skipped.
-    pub fn lease(self: &Arc<Self>, ip: IpAddr) -> Result<(Lease, TcpListener), PoolError> {
+    /// Leases a port for `client` and binds a listener on `ip` there. The search starts at a
+    /// random port so that the next data port cannot be guessed from the last (port theft,
+    /// docs/ARCHITECTURE.md), then walks the range once; ports bound by other programs are
+    /// skipped.
+    pub fn lease(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        client: IpAddr,
+    ) -> Result<(Lease, TcpListener), PoolError> {
+        {
+            let mut held = self.per_client.entry(client).or_insert(0);
+            if *held >= self.max_per_client {
+                return Err(PoolError::PerAddress(client, *held));
+            }
+            *held += 1;
+        }
+        match self.free_port(ip) {
+            Some((port, listener)) => {
+                let pool = Arc::clone(self);
+                Ok((Lease { pool, port, client }, listener))
+            }
+            None => {
+                self.release_client(client);
+                let (lo, hi) = (*self.range.start(), *self.range.end());
+                Err(PoolError::Exhausted(lo, hi))
+            }
+        }
+    }
+
+    /// Marks a free port of the range leased and binds it, walking the range once from a
+    /// random start.
+    fn free_port(&self, ip: IpAddr) -> Option<(u16, TcpListener)> {
         let (lo, hi) = (*self.range.start(), *self.range.end());
         let size = u32::from(hi - lo) + 1;
         let start = fastrand::u32(0..size);
@@ -66,15 +117,14 @@ impl PassivePool {
             if !self.leased.insert(port) {
                 continue;
             }
-            let lease = Lease {
-                pool: Arc::clone(self),
-                port,
-            };
-            if let Ok(listener) = bind(SocketAddr::new(ip, port)) {
-                return Ok((lease, listener));
+            match bind(SocketAddr::new(ip, port)) {
+                Ok(listener) => return Some((port, listener)),
+                Err(_) => {
+                    self.leased.remove(&port);
+                }
             }
         }
-        Err(PoolError::Exhausted(lo, hi))
+        None
     }
 }
 
@@ -96,6 +146,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    const OTHER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
 
     fn free_range(n: u16) -> RangeInclusive<u16> {
         // Below Linux's ephemeral range (32768 and up), so no outgoing connection can take a
@@ -113,14 +164,19 @@ mod tests {
 
     #[tokio::test]
     async fn exhausted_pool_refuses_and_recovers_when_a_lease_is_dropped() {
-        let pool = PassivePool::new(free_range(2));
-        let a = pool.lease(LOCAL).expect("first");
-        let b = pool.lease(LOCAL).expect("second");
+        let pool = PassivePool::new(free_range(2), 10);
+        let a = pool.lease(LOCAL, LOCAL).expect("first");
+        let b = pool.lease(LOCAL, LOCAL).expect("second");
         assert_ne!(a.0.port(), b.0.port());
-        assert!(matches!(pool.lease(LOCAL), Err(PoolError::Exhausted(..))));
+        assert!(matches!(
+            pool.lease(LOCAL, LOCAL),
+            Err(PoolError::Exhausted(..))
+        ));
         assert_eq!(pool.in_use(), 2);
         drop(a);
-        let c = pool.lease(LOCAL).expect("freed port is leased again");
+        let c = pool
+            .lease(LOCAL, LOCAL)
+            .expect("freed port is leased again");
         assert_ne!(c.0.port(), b.0.port());
     }
 
@@ -129,9 +185,25 @@ mod tests {
         let range = free_range(2);
         let _squatter =
             std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, *range.start())).expect("squat");
-        let pool = PassivePool::new(range.clone());
-        let (lease, _l) = pool.lease(LOCAL).expect("the other port");
+        let pool = PassivePool::new(range.clone(), 10);
+        let (lease, _l) = pool.lease(LOCAL, LOCAL).expect("the other port");
         assert_eq!(lease.port(), *range.end());
-        assert!(pool.lease(LOCAL).is_err());
+        assert!(pool.lease(LOCAL, LOCAL).is_err());
+    }
+
+    #[tokio::test]
+    async fn one_address_holds_at_most_its_share_and_gets_it_back() {
+        let pool = PassivePool::new(free_range(3), 2);
+        let a = pool.lease(LOCAL, LOCAL).expect("first");
+        let _b = pool.lease(LOCAL, LOCAL).expect("second");
+        assert!(matches!(
+            pool.lease(LOCAL, LOCAL),
+            Err(PoolError::PerAddress(_, 2))
+        ));
+        let _other = pool.lease(LOCAL, OTHER).expect("another address");
+        drop(a);
+        let _c = pool.lease(LOCAL, LOCAL).expect("share back");
+        drop(_other);
+        assert_eq!(pool.per_client.get(&OTHER).map(|c| *c), None);
     }
 }

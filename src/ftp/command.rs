@@ -213,12 +213,15 @@ impl Command {
     }
 }
 
-/// Logs show commands through this, which hides the password.
+/// Logs show commands through this: the password is hidden, and so is the user name, which
+/// becomes the session's user only once the backend accepts it (a refused name never reaches
+/// a log line); everything else is escaped (see [`super::Escaped`]).
 impl fmt::Debug for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.verb {
             Verb::Pass => f.write_str("PASS ****"),
-            _ => f.write_str(&String::from_utf8_lossy(&self.line)),
+            Verb::User => f.write_str("USER ****"),
+            _ => write!(f, "{}", super::Escaped(&self.line)),
         }
     }
 }
@@ -261,9 +264,16 @@ mod tests {
     }
 
     #[test]
-    fn password_never_appears_in_logs() {
+    fn password_and_user_name_never_appear_in_logs() {
         assert_eq!(format!("{}", cmd("PASS hunter2")), "PASS ****");
         assert_eq!(format!("{:?}", cmd("pass hunter2")), "PASS ****");
+        assert_eq!(format!("{}", cmd("USER alice")), "USER ****");
+    }
+
+    #[test]
+    fn logged_commands_carry_no_control_characters() {
+        let shown = format!("{}", cmd("CWD \x1b]0;owned\x07dir"));
+        assert_eq!(shown, "CWD \\u{1b}]0;owned\\u{7}dir");
     }
 
     #[test]

@@ -16,7 +16,7 @@ const ADDED: &[&str] = &["AUTH TLS", "PBSZ", "PROT", "EPSV"];
 /// Builds the client's 211 FEAT reply from the backend's reply to FEAT. A backend that does not
 /// implement FEAT (500/502) still gets the gateway's own features listed.
 pub fn rewrite_feat(backend: &Reply) -> Reply {
-    let mut features: Vec<String> = ADDED.iter().map(|f| format!(" {f}")).collect();
+    let mut features: Vec<String> = gateway_feat().body_lines();
     if backend.code() == 211 {
         for line in backend.body_lines() {
             let name = line
@@ -30,6 +30,13 @@ pub fn rewrite_feat(backend: &Reply) -> Reply {
             features.push(format!(" {}", line.trim_start()));
         }
     }
+    Reply::multi(211, "Features:", &features, "End")
+}
+
+/// The gateway's own FEAT reply, for a client that asks before the backend is connected
+/// (before TLS): only what the gateway provides itself.
+pub fn gateway_feat() -> Reply {
+    let features: Vec<String> = ADDED.iter().map(|f| format!(" {f}")).collect();
     Reply::multi(211, "Features:", &features, "End")
 }
 

@@ -3,11 +3,13 @@
 
 pub mod addr;
 mod command;
+mod escape;
 mod feat;
 mod line;
 mod reply;
 
 pub use command::{Command, CommandError, Direction, Verb};
-pub use feat::rewrite_feat;
+pub use escape::{escaped, Escaped};
+pub use feat::{gateway_feat, rewrite_feat};
 pub use line::{strip_telnet, LineError, LineFramer, Peer};
 pub use reply::{Reply, ReplyAssembler, ReplyError};

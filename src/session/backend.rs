@@ -171,10 +171,18 @@ impl Backend {
         self.peer
     }
 
+    /// Writes a command, within the reply timeout: a backend that stops reading is as dead as
+    /// one that stops answering.
     pub async fn send(&mut self, wire: &[u8]) -> Result<(), BackendError> {
+        let limit = self.reply_timeout;
         let stream = self.stream()?;
-        stream.write_all(wire).await?;
-        stream.flush().await?;
+        let write = async {
+            stream.write_all(wire).await?;
+            stream.flush().await
+        };
+        timeout(limit, write)
+            .await
+            .map_err(|_| BackendError::Timeout)??;
         Ok(())
     }
 

@@ -20,6 +20,9 @@ pub struct ClientControl {
     framer: LineFramer,
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// How long one reply may wait for the client to read: a client that stops reading must
+    /// not hold its session (see docs/ARCHITECTURE.md, "Every wait is bounded").
+    write_limit: Duration,
 }
 
 fn gone() -> io::Error {
@@ -27,12 +30,19 @@ fn gone() -> io::Error {
 }
 
 impl ClientControl {
-    pub fn new(stream: Stream, peer: SocketAddr, local: SocketAddr, max_line: usize) -> Self {
+    pub fn new(
+        stream: Stream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        max_line: usize,
+        write_limit: Duration,
+    ) -> Self {
         Self {
             stream: Some(stream),
             framer: LineFramer::new(max_line, Peer::Client),
             peer,
             local,
+            write_limit,
         }
     }
 
@@ -67,10 +77,22 @@ impl ClientControl {
         }
     }
 
+    /// Writes one reply, within the write limit: past it the client is taken to have stopped
+    /// reading, and the error ends the session.
     pub async fn send(&mut self, reply: &Reply) -> io::Result<()> {
         let stream = self.stream.as_mut().ok_or_else(gone)?;
-        stream.write_all(reply.as_bytes()).await?;
-        stream.flush().await
+        let write = async {
+            stream.write_all(reply.as_bytes()).await?;
+            stream.flush().await
+        };
+        tokio::time::timeout(self.write_limit, write)
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client did not read its replies in time",
+                )
+            })?
     }
 
     /// Runs the TLS handshake on the plain connection (after `234`, or at once for implicit
@@ -114,7 +136,8 @@ impl ClientControl {
             .and_then(subject)
     }
 
-    /// The server name the client asked for in its TLS handshake (SNI), if any.
+    /// The server name the client asked for in its TLS handshake (SNI), if any. rustls only
+    /// accepts DNS names here, but the name still goes through [`crate::ftp::Escaped`] in logs.
     pub fn sni(&self) -> Option<String> {
         self.tls_server()?.server_name().map(String::from)
     }

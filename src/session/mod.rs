@@ -4,6 +4,15 @@
 //! The relay is lockstep, as FTP is: read one client command, decide (answer locally,
 //! translate, or pass through), relay the backend's replies. The only time both sides are read
 //! at once is during a transfer, when the client may send `ABOR`.
+//!
+//! Every wait is bounded (docs/ARCHITECTURE.md): each reply to the client within
+//! `timeouts.client_write_secs`, and the whole handling of a command, not only the read of the
+//! next one, within the login deadline (before login) or the idle one (after). Transfers are
+//! bounded by the data plane's own limits instead.
+//!
+//! The gateway greets the client itself and connects to the backend only when a command needs
+//! it, which, when TLS is required, is only once TLS is up: a client that never finishes TLS
+//! never reaches the backend (see `backend.relay_greeting` for the old way).
 
 mod backend;
 mod client;
@@ -18,12 +27,12 @@ use rustls::ServerConfig;
 use thiserror::Error;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep_until, timeout_at, Instant};
 use tracing::{debug, info, warn, Span};
 
 use crate::config::Settings;
 use crate::data::{DataBridge, PassivePool};
-use crate::ftp::{rewrite_feat, Command, LineError, Reply, Verb};
+use crate::ftp::{escaped, gateway_feat, rewrite_feat, Command, LineError, Reply, Verb};
 use crate::metrics::{Channel, Metrics, Reason};
 use crate::routing::{Lease, RouteError, Router, Upstream};
 use crate::stream::Stream;
@@ -134,13 +143,24 @@ struct Session {
     link: Option<Link>,
     /// The route HOST or USER chose; until then, the one the SNI name (or nothing) selects.
     route: Option<Arc<Upstream>>,
+    /// True when `route` came from a `USER name@route` whose login has not succeeded yet: a
+    /// refused login gives the choice back.
+    route_by_user: bool,
+    /// A HOST the gateway answered before the backend was connected; sent to it on connect,
+    /// for virtual hosts of its own.
+    host_pending: Option<Command>,
     /// This session's own TLS configs, for its control and data handshakes.
     tls: tls::SessionTls,
     prot: Protection,
     epsv_all: bool,
+    /// The user the backend accepted (its 230), for logs and routing; never a name it refused.
     user: Option<String>,
+    /// The name in the last USER, which becomes `user` on 230.
+    attempt: Option<String>,
     /// `None` once logged in.
     login_deadline: Option<Instant>,
+    /// When the session last finished a command: the idle deadline counts from here.
+    idle_since: Instant,
     pending: Option<Pending>,
     /// A client line received during a transfer, handled after it.
     deferred: Option<Result<Vec<u8>, LineError>>,
@@ -161,7 +181,8 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, mode: Mode, peer: SocketAd
         }
     };
     let max_line = ctx.settings.limits.max_line_length;
-    let mut client = ClientControl::new(Stream::Plain(tcp), peer, local, max_line);
+    let write_limit = ctx.settings.timeouts.client_write();
+    let mut client = ClientControl::new(Stream::Plain(tcp), peer, local, max_line, write_limit);
     if mode == Mode::Implicit {
         let config = Arc::clone(&session_tls.control);
         if let Err(e) = secure_control(&ctx, &mut client, config).await {
@@ -170,9 +191,9 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, mode: Mode, peer: SocketAd
         }
     }
     let t = &ctx.settings.timeouts;
-    // One backend: connect now and relay its greeting, as if the client reached it directly.
-    // With routes, the gateway greets and connects once the route is known.
-    let (link, greeting) = if ctx.router.is_static() {
+    // `relay_greeting` (one backend only): connect now and relay its greeting, as if the client
+    // reached it directly. Otherwise the gateway greets, and connects when a command needs it.
+    let (link, greeting) = if ctx.router.is_static() && ctx.settings.backend.relay_greeting {
         let upstream = ctx.router.default_route();
         match upstream.connect(Some((peer, local)), t).await {
             Ok((backend, greeting, lease)) => (Some(Link { backend, lease }), greeting),
@@ -183,15 +204,18 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, mode: Mode, peer: SocketAd
             }
         }
     } else {
-        (None, vec![Reply::new(220, "ftpsgate: FTP gateway ready.")])
+        (None, vec![Reply::new(220, &ctx.settings.greeting)])
     };
     let implicit = mode == Mode::Implicit;
     let mut session = Session {
         login_deadline: Some(Instant::now() + t.login()),
+        idle_since: Instant::now(),
         ctx: Arc::clone(&ctx),
         client,
         link,
         route: None,
+        route_by_user: false,
+        host_pending: None,
         tls: session_tls,
         // Implicit FTPS: the data channel is protected from the start (DESIGN §2).
         prot: if implicit {
@@ -201,6 +225,7 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, mode: Mode, peer: SocketAd
         },
         epsv_all: false,
         user: None,
+        attempt: None,
         pending: None,
         deferred: None,
     };
@@ -209,7 +234,7 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, mode: Mode, peer: SocketAd
     }
     info!(?mode, "session started");
     match session.run(greeting).await {
-        Ok(()) => info!(user = session.user.as_deref(), "session closed"),
+        Ok(()) => info!("session closed"),
         Err(Fatal::Backend(e)) => {
             warn!(error = %e, "backend failed; closing session");
             let _ = session
@@ -222,8 +247,22 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, mode: Mode, peer: SocketAd
         }
         Err(Fatal::Unreachable(e)) => unreachable(&ctx, &mut session.client, &e).await,
         Err(Fatal::Greeting(reply)) => {
-            info!(code = reply.code(), "backend refused the session");
-            let _ = session.client.send(&reply).await;
+            // The code is relayed; the text, which may name the server, is the gateway's own.
+            info!(code = reply.code(), text = %escaped(&reply.text()), "backend refused the session");
+            let code = if reply.code() >= 400 {
+                reply.code()
+            } else {
+                421
+            };
+            let refusal = Reply::new(
+                code,
+                "Service not available: the FTP server refused the session.",
+            );
+            let _ = session.client.send(&refusal).await;
+        }
+        Err(Fatal::Client(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+            ctx.metrics.refused(Reason::client_write_timeout);
+            info!(error = %e, "client stopped reading its replies; closing");
         }
         Err(Fatal::Client(e)) => info!(error = %e, "client connection lost"),
     }
@@ -273,7 +312,7 @@ async fn secure_control(
         .ok()
         .map(|()| client.tls_info().is_some_and(|(_, resumed)| resumed));
     ctx.metrics.handshake(Channel::control, resumed);
-    if let Some(subject) = client.peer_subject() {
+    if let Some(subject) = client.peer_subject().map(|s| escaped(&s)) {
         Span::current().record("client_cert", subject.as_str());
         info!(subject, "client certificate accepted");
     }
@@ -297,6 +336,12 @@ impl Session {
                     None => return Ok(()),
                 },
             };
+            // Lines a client keeps queued are served before timers are looked at, so the
+            // deadline is checked here too: a client that pipelines without end still meets it.
+            let (deadline, why) = self.deadline();
+            if Instant::now() >= deadline {
+                return Ok(self.timed_out(why).await?);
+            }
             let line = match line {
                 Ok(line) => line,
                 Err(e) => {
@@ -316,18 +361,49 @@ impl Session {
                     continue;
                 }
             };
-            if self.handle(cmd).await? == Flow::Close {
+            // A transfer is bounded by the data plane's limits (connection, stall), not by the
+            // idle deadline; everything else must be done by the deadline.
+            let bounded = self.login_deadline.is_some() || cmd.verb().transfer().is_none();
+            let flow = if bounded {
+                match timeout_at(deadline, self.handle(cmd)).await {
+                    Ok(flow) => flow?,
+                    Err(_) => return Ok(self.timed_out(why).await?),
+                }
+            } else {
+                self.handle(cmd).await?
+            };
+            if flow == Flow::Close {
                 return Ok(());
             }
+            self.idle_since = Instant::now();
         }
+    }
+
+    /// When the session must have been served by, and which timer that is.
+    fn deadline(&self) -> (Instant, &'static str) {
+        let idle = self.idle_since + self.ctx.settings.timeouts.idle();
+        match self.login_deadline {
+            Some(login) if login <= idle => (login, "login"),
+            _ => (idle, "idle"),
+        }
+    }
+
+    /// The login or idle deadline passed: 421, counted and logged; the session ends.
+    async fn timed_out(&mut self, why: &'static str) -> std::io::Result<()> {
+        self.ctx.metrics.refused(Reason::timeout);
+        info!(timeout = why, "session timed out");
+        self.reply(
+            421,
+            &format!("Timeout ({why}); closing control connection."),
+        )
+        .await
     }
 
     /// Waits for the client's next line while watching the backend (it may announce its own
     /// shutdown with an unsolicited 421) and the idle and login timers.
     async fn next_line(&mut self) -> Result<Option<Result<Vec<u8>, LineError>>, Fatal> {
-        let t = &self.ctx.settings.timeouts;
-        let idle = Instant::now() + t.idle();
-        let deadline = self.login_deadline.map_or(idle, |login| login.min(idle));
+        self.idle_since = Instant::now();
+        let (deadline, why) = self.deadline();
         let mut draining = self.ctx.draining.clone();
         loop {
             tokio::select! {
@@ -349,14 +425,7 @@ impl Session {
                     }
                 }
                 _ = sleep_until(deadline) => {
-                    let why = if self.login_deadline.is_some_and(|l| l <= Instant::now()) {
-                        "login"
-                    } else {
-                        "idle"
-                    };
-                    self.ctx.metrics.refused(Reason::timeout);
-                    info!(timeout = why, "session timed out");
-                    self.reply(421, &format!("Timeout ({why}); closing control connection.")).await?;
+                    self.timed_out(why).await?;
                     return Ok(None);
                 }
             }
@@ -368,7 +437,7 @@ impl Session {
     }
 
     async fn handle(&mut self, cmd: Command) -> Result<Flow, Fatal> {
-        // Display redacts PASS.
+        // Display hides PASS and USER and escapes the rest.
         debug!(command = %cmd, "client command");
         let verb = cmd.verb();
         if self.ctx.settings.tls.required && !self.client.is_tls() && !verb.allowed_before_tls() {
@@ -404,6 +473,16 @@ impl Session {
             }
             Verb::Pasv => self.pasv().await?,
             Verb::Epsv => self.epsv(&cmd).await?,
+            Verb::Feat if self.unconnected_before_tls() => {
+                self.client.send(&gateway_feat()).await?
+            }
+            Verb::Syst if self.unconnected_before_tls() => self.reply(215, "UNIX Type: L8").await?,
+            Verb::Noop if self.unconnected_before_tls() => self.reply(200, "NOOP ok.").await?,
+            Verb::Help if self.unconnected_before_tls() => {
+                self.reply(214, "Send AUTH TLS, then log in with USER and PASS.")
+                    .await?
+            }
+            Verb::Stat if cmd.arg().is_empty() && !self.relay_stat() => self.status().await?,
             Verb::Feat => self.feat().await?,
             Verb::Quit => {
                 self.quit().await?;
@@ -429,6 +508,43 @@ impl Session {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// True while the session has no backend and its control connection is not yet
+    /// encrypted: the gateway answers the commands allowed before TLS itself, so a client that
+    /// never finishes TLS never reaches the backend.
+    fn unconnected_before_tls(&self) -> bool {
+        self.link.is_none() && !self.client.is_tls()
+    }
+
+    /// `backend.relay_stat` of the route the session is on (or would be).
+    fn relay_stat(&self) -> bool {
+        match (&self.link, &self.route) {
+            (Some(link), _) => link.lease.upstream().settings.relay_stat,
+            (None, Some(route)) => route.settings.relay_stat,
+            (None, None) => self.ctx.router.default_route().settings.relay_stat,
+        }
+    }
+
+    /// STAT without an argument, outside a transfer (RFC 959 §4.1.3): the gateway's own
+    /// status, since the backend's names its server, its version and internal addresses.
+    async fn status(&mut self) -> std::io::Result<()> {
+        let mut lines = vec![format!(" Connected from {}", self.client.peer)];
+        match &self.user {
+            Some(user) => lines.push(format!(" Logged in as {user}")),
+            None => lines.push(" Not logged in".into()),
+        }
+        lines.push(match self.client.tls_info() {
+            Some((version, _)) => format!(" Control connection: {version:?}"),
+            None => " Control connection: plain".into(),
+        });
+        let prot = match self.prot {
+            Protection::Private => "private (PROT P)",
+            Protection::Clear => "clear (PROT C)",
+        };
+        lines.push(format!(" Data connections: {prot}"));
+        let reply = Reply::multi(211, "FTP gateway status:", &lines, "End of status.");
+        self.client.send(&reply).await
     }
 
     /// Forwards the command and relays its replies.
@@ -457,7 +573,16 @@ impl Session {
                 return Err(Fatal::Greeting(last.clone()));
             }
             info!(route = %upstream.name, "backend connected");
-            self.link = Some(Link { backend, lease });
+            let link = self.link.insert(Link { backend, lease });
+            if let Some(host) = self.host_pending.take() {
+                // Answered already; the backend's own answer only matters to itself.
+                link.backend.send(&host.to_wire()).await?;
+                let reply = link.backend.expect_reply().await?;
+                debug!(
+                    code = reply.code(),
+                    "backend answered the HOST sent on connect"
+                );
+            }
         }
         self.linked()
     }
@@ -496,6 +621,8 @@ impl Session {
         }
     }
 
+    /// USER and PASS, relayed. The session's user changes only when the backend says 230: a
+    /// name it refused never reaches a log line, a metric or a route decision.
     async fn login(&mut self, mut cmd: Command) -> Result<(), Fatal> {
         if cmd.verb() == Verb::User {
             let mut user = cmd.arg_text();
@@ -512,23 +639,30 @@ impl Session {
                 }
                 user = name.to_string();
                 cmd = Command::user(&user);
+                let unchosen = self.route.is_none();
                 self.choose(&upstream).await;
+                self.route_by_user |= unchosen;
             }
-            Span::current().record("user", user.as_str());
-            self.user = Some(user);
+            self.attempt = Some(user);
         }
         let reply = self.forward(&cmd).await?;
         if reply.code() == 230 {
             // Before the client hears 230: a TLS backend's data channel is secured first.
             self.linked()?.protect_data().await?;
             self.login_deadline = None;
-            info!(user = self.user.as_deref(), "logged in");
+            self.route_by_user = false;
+            if let Some(user) = self.attempt.take() {
+                Span::current().record("user", escaped(&user).as_str());
+                self.user = Some(user);
+            }
+            info!("logged in");
         } else if reply.code() >= 400 {
-            info!(
-                user = self.user.as_deref(),
-                code = reply.code(),
-                "login refused by backend"
-            );
+            self.attempt = None;
+            if std::mem::take(&mut self.route_by_user) {
+                // The refused name's suffix does not fix the route.
+                self.route = None;
+            }
+            info!(code = reply.code(), "login refused by backend");
         }
         Ok(self.client.send(&reply).await?)
     }
@@ -627,7 +761,7 @@ impl Session {
     /// the command (500, 502, or vsftpd's 530 for anything before login) has still been
     /// chosen, so the gateway answers for it.
     async fn host(&mut self, cmd: &Command) -> Result<(), Fatal> {
-        if self.user.is_some() {
+        if self.user.is_some() || self.attempt.is_some() {
             return Ok(self.reply(503, "HOST must come before USER.").await?);
         }
         let name = cmd.arg_text();
@@ -643,6 +777,14 @@ impl Session {
             return Ok(self.reply(504, &text).await?);
         }
         self.choose(&upstream).await;
+        if self.unconnected_before_tls() {
+            // RFC 7151 puts HOST before AUTH TLS, when the gateway does not connect yet: the
+            // route is chosen now, and the backend hears HOST once it is connected.
+            self.host_pending = Some(cmd.clone());
+            return Ok(self
+                .reply(220, &format!("Host {} selected.", escaped(&name)))
+                .await?);
+        }
         let reply = self.forward(cmd).await?;
         if matches!(reply.code(), 500 | 502 | 530) {
             return Ok(self.reply(220, &format!("Host {name} selected.")).await?);

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::{BackendError, Fatal, Pending, Protection, Session};
 use crate::config::{BackendDataMode, Switch};
-use crate::data::{canonical, BackendSide, BridgeParams, ClientSide, DataBridge};
+use crate::data::{canonical, BackendSide, BridgeParams, ClientSide, DataBridge, PoolError};
 use crate::ftp::addr::{self, EpsvArg};
 use crate::ftp::{Command, Verb};
 use crate::metrics::Reason;
@@ -133,13 +133,24 @@ impl Session {
         if !self.prepare_data().await? {
             return Ok(None);
         }
-        let (lease, listener) = match self.ctx.pool.lease(self.client.local.ip()) {
+        let client = canonical(self.client.peer.ip());
+        let (lease, listener) = match self.ctx.pool.lease(self.client.local.ip(), client) {
             Ok(l) => l,
-            Err(e) => {
+            Err(e @ PoolError::Exhausted(..)) => {
                 warn!(error = %e, "passive pool exhausted");
                 self.ctx.metrics.refused(Reason::pool_full);
                 self.reply(425, "No passive port available; try again later.")
                     .await?;
+                return Ok(None);
+            }
+            Err(e @ PoolError::PerAddress(..)) => {
+                warn!(error = %e, "passive port refused: per-address limit");
+                self.ctx.metrics.refused(Reason::passive_per_ip);
+                self.reply(
+                    425,
+                    "Too many passive ports held from your address; try again later.",
+                )
+                .await?;
                 return Ok(None);
             }
         };
@@ -178,6 +189,7 @@ impl Session {
             reuse: self.ctx.settings.tls.data_session_reuse,
             accept_timeout: t.data_connection(),
             handshake_timeout: t.tls_handshake(),
+            stall: t.data_stall(),
             backend_tls: self.linked()?.data_tls(),
             metrics: Arc::clone(&self.ctx.metrics),
             trusted: self.ctx.settings.proxy_protocol.trusted.clone(),

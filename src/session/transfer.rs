@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 use super::{BackendError, Fatal, Protection, Session};
 use crate::data::{BridgeError, DataBridge, Transferred};
-use crate::ftp::{Command, Reply, Verb};
+use crate::ftp::{Command, Escaped, Reply, Verb};
 use crate::metrics::{Outcome, Reason};
 
 impl Session {
@@ -220,7 +220,10 @@ impl Session {
         let Some(direction) = r.cmd.verb().transfer() else {
             return;
         };
-        let path = String::from_utf8_lossy(r.cmd.arg()).into_owned();
+        let path = Escaped(r.cmd.arg()).to_string();
+        if let Err(BridgeError::Stalled { .. }) = result {
+            self.ctx.metrics.refused(Reason::data_stalled);
+        }
         let outcome = match result {
             Ok(_) => Outcome::ok,
             Err(BridgeError::Cancelled) => Outcome::aborted,
