@@ -1,5 +1,6 @@
 //! The `ftpsgate` command line.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -146,7 +147,10 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("FTPSGATE_LOG")
                 .unwrap_or_else(|_| "info,libunftp=warn".into()),
         )
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: in a file they are control characters, which the
+        // log must not carry (client fields are escaped for the same reason).
+        .with_ansi(std::io::stderr().is_terminal());
     match cli.log_format {
         LogFormat::Text => logs.init(),
         // Span fields (session id, client, user, backend) go into every line.

@@ -131,8 +131,8 @@ fn metrics_are_scraped_and_parsed_during_a_transfer() {
         );
         assert_eq!(
             value(&during, "ftpsgate_passive_leases_in_use", &[]),
-            1.0,
-            "a transfer holds its pool port until it ends"
+            0.0,
+            "the pool port goes back once the data connection is accepted"
         );
 
         let mut rest = Vec::new();

@@ -112,6 +112,17 @@ fn unreachable_backend_gets_421() {
         s.timeouts.backend_connect_secs = 5;
     });
     py_scenario(&gw, "backend-down", &[]);
+    // With `relay_greeting` the gateway connects at once, so the 421 is the first line.
+    let relayed = TestGateway::start(BackendKind::Unftp, move |s| {
+        s.backend.address = format!("127.0.0.1:{dead}");
+        s.backend.relay_greeting = true;
+    });
+    let tcp = std::net::TcpStream::connect(relayed.explicit).expect("connect");
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .expect("timeout");
+    let mut line = String::new();
+    BufReader::new(tcp).read_line(&mut line).expect("line");
+    assert!(line.starts_with("421 "), "{line}");
 }
 
 #[test]
@@ -134,7 +145,9 @@ fn backend_dropping_the_connection_gets_421() {
 }
 
 #[test]
-fn data_connection_offering_another_sessions_tls_session_is_refused() {
-    let gw = TestGateway::start(BackendKind::Unftp, |_| {});
-    py_scenario(&gw, "cross-session", &[]);
+fn neighbour_offering_another_sessions_tls_session_is_refused_and_the_client_still_served() {
+    let gw = TestGateway::start(BackendKind::Unftp, |s| {
+        s.timeouts.data_connection_secs = 3;
+    });
+    py_scenario(&gw, "cross-session", &["--deadline", "3"]);
 }

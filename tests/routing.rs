@@ -211,12 +211,13 @@ fn round_robin_alternates_and_least_connections_avoids_the_busy_server() {
     let lc = TestGateway::start(a.backend(), move |s| {
         s.backend.addresses = both;
         s.backend.balance = Balance::LeastConnections;
+        s.backend.relay_greeting = true;
         s.routing.health_interval_secs = 0;
         s.admin.listen = Some("127.0.0.1:0".parse().expect("addr"));
     });
     let admin = lc.admin.expect("admin listener");
-    // One session held open on the first server (with one backend, the gateway connects at
-    // once; its greeting is the backend's).
+    // One session held open on the first server (with `relay_greeting`, the gateway connects
+    // at once; its greeting is the backend's).
     let mut held = BufReader::new(TcpStream::connect(lc.explicit).expect("connect"));
     let mut greeting = String::new();
     held.read_line(&mut greeting).expect("greeting");
@@ -247,6 +248,8 @@ fn health_checks_route_around_dead_servers_and_421_when_none_is_left() {
     let addresses = vec![silent_addr.clone(), a.addr.to_string(), b.addr.to_string()];
     let gw = TestGateway::start(a.backend(), move |s| {
         s.backend.addresses = addresses;
+        // The gateway connects at once, so "all down" is the first line a client reads.
+        s.backend.relay_greeting = true;
         s.routing.health_interval_secs = 1;
         s.routing.health_timeout_secs = 1;
         s.admin.listen = Some("127.0.0.1:0".parse().expect("addr"));

@@ -67,8 +67,9 @@ pub enum BridgeError {
     Handshake(io::Error),
     #[error("TLS handshake on the backend's data connection failed: {0}")]
     BackendHandshake(io::Error),
-    #[error("data connection did not resume the control connection's TLS session")]
-    NotResumed,
+    /// `offered`: the client offered a session to resume, only not this one's.
+    #[error("data connection did not resume the control connection's TLS session (offered one: {offered})")]
+    NotResumed { offered: bool },
     #[error("no transfer command came within the data connection timeout")]
     NoTransfer,
     #[error("no byte moved for {secs} s: the {peer} stopped")]
@@ -98,7 +99,7 @@ impl BridgeError {
             BridgeError::BackendHandshake(_) => {
                 Reply::new(425, "Can't open data connection: TLS to the server failed.")
             }
-            BridgeError::NotResumed => Reply::new(
+            BridgeError::NotResumed { .. } => Reply::new(
                 522,
                 "Data connection must resume the TLS session of the control connection.",
             ),
@@ -233,6 +234,12 @@ impl DataBridge {
         let DataBridge { done, _cancel, .. } = self;
         drop(_cancel);
         let _ = done.await;
+    }
+
+    /// The outcome, if the bridge has already ended (it failed before the transfer command: the
+    /// client never connected in time, say), so the command need not reach the backend.
+    pub fn ended(&mut self) -> Option<Outcome> {
+        self.done.try_recv().ok()
     }
 
     /// Resolves once both data connections are closed. Cancel-safe.
@@ -403,6 +410,13 @@ fn upload_read_error(e: io::Error) -> BridgeError {
 /// pool has the client's address, and must not fail the client's transfer. Up to
 /// [`MAX_CANDIDATES`] handshakes run at once, so a neighbour that stalls its handshake holds
 /// up nobody. At the deadline the client hears why the last candidate failed, if one did.
+///
+/// One failure ends the wait at once: a completed handshake that offered no session to resume
+/// at all, under `require`. That is a client that never resumes (Apache Commons Net, plain
+/// ftplib): its own connection will not do better, and it deserves a prompt 522 rather than
+/// one at the deadline. A neighbour's client that never resumes cannot hold a transfer under
+/// `require` in the first place, so it is not the neighbour this wait protects against; a
+/// neighbour's resuming client offers its own session, which keeps the wait going.
 async fn accept_client(
     listener: &TcpListener,
     params: &Arc<BridgeParams>,
@@ -422,6 +436,7 @@ async fn accept_client(
             }
             Some(done) = candidates.join_next() => match done {
                 Ok(Ok(stream)) => return Ok(stream),
+                Ok(Err(e @ BridgeError::NotResumed { offered: false })) => return Err(e),
                 Ok(Err(e)) => {
                     warn!(error = %e, "data connection from the client's address failed the TLS check; waiting on for the client's own");
                     failed = Some(e);
@@ -532,10 +547,12 @@ async fn handshake(
     // This connection's own view of the session's config: the same ticketer and cache (so
     // resumption works), but tickets made here arm this connection's gate (see `gate`).
     let armed = Arc::new(AtomicBool::new(false));
+    let offered = Arc::new(AtomicBool::new(false));
     let mut config = (**config).clone();
     config.ticketer = Arc::new(SignalOnTicket {
         inner: Arc::clone(&config.ticketer),
         armed: Arc::clone(&armed),
+        offered: Arc::clone(&offered),
     });
     let accept = TlsAcceptor::from(Arc::new(config)).accept(TicketGate::new(tcp, armed));
     let accepted = timeout(params.handshake_timeout, accept)
@@ -555,7 +572,9 @@ async fn handshake(
     if params.reuse == ReuseMode::Require && !resumed {
         params.metrics.refused(Reason::data_not_resumed);
         info!("data connection refused: TLS session not resumed (data_session_reuse = require)");
-        return Err(BridgeError::NotResumed);
+        return Err(BridgeError::NotResumed {
+            offered: offered.load(Ordering::Acquire),
+        });
     }
     Ok(Stream::DataTls(Box::new(tls)))
 }

@@ -31,11 +31,15 @@ use tokio::net::TcpStream;
 
 const APPLICATION_DATA: u8 = 23;
 
-/// A session's ticketer, reporting each ticket it makes to one data connection's gate.
+/// A session's ticketer, reporting each ticket it makes to one data connection's gate, and
+/// whether the client offered one at all (see `data::bridge::accept_client` on why that
+/// matters).
 #[derive(Debug)]
 pub struct SignalOnTicket {
     pub inner: Arc<dyn ProducesTickets>,
     pub armed: Arc<AtomicBool>,
+    /// Set when the client offers a ticket, whoever issued it.
+    pub offered: Arc<AtomicBool>,
 }
 
 impl ProducesTickets for SignalOnTicket {
@@ -53,6 +57,7 @@ impl ProducesTickets for SignalOnTicket {
     }
 
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        self.offered.store(true, Ordering::Release);
         self.inner.decrypt(cipher)
     }
 }

@@ -38,6 +38,12 @@ impl Session {
                 .await?);
         }
         let mut bridge = pending.bridge;
+        if let Some(Err(e)) = bridge.ended() {
+            // The data connection is already lost (not up in time): the backend never hears
+            // of this transfer.
+            info!(command = %cmd.name(), error = %e, "data connection gone before the transfer");
+            return Ok(self.client.send(&e.reply()).await?);
+        }
         let backend = self.linked()?;
         backend.send(&cmd.to_wire()).await?;
         bridge.start(direction);

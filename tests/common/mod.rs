@@ -316,13 +316,18 @@ pub fn py_scenario(gw: &TestGateway, scenario: &str, extra: &[&str]) -> Option<S
 /// A free port below Linux's ephemeral range (32768 and up), for a port that must stay free
 /// until something binds it later: no outgoing connection can take it meanwhile.
 pub fn free_low_port() -> u16 {
+    free_low_range(1)
+}
+
+/// The first of `n` consecutive free ports below the ephemeral range (see [`free_low_port`]).
+pub fn free_low_range(n: u16) -> u16 {
     for _ in 0..1000 {
-        let port = 11000 + fastrand::u16(0..8000);
-        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            return port;
+        let lo = 11000 + fastrand::u16(0..8000);
+        if (lo..lo + n).all(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok()) {
+            return lo;
         }
     }
-    panic!("no free port in 11000-18999");
+    panic!("no {n} free ports in 11000-18999");
 }
 
 pub fn free_port() -> u16 {

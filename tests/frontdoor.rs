@@ -1,0 +1,828 @@
+//! The front door under attack: nothing a client does holds a session slot, a passive port or an
+//! identity for longer than its configured limit.
+//!
+//! Each test runs the real binary in front of vsftpd, drives a hostile client at it with raw
+//! sockets, keeps a well-behaved session of the same gateway working throughout, and ends by
+//! checking that nothing is left behind: sessions and passive leases back to zero, and the
+//! gateway's descriptors (client, backend and data sockets) back to their count before.
+//! (The data connection of a neighbour behind the same NAT is in tests/refusals.rs, with
+//! Python's ftplib.)
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ftpsgate::config::Settings;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
+
+use common::*;
+
+/// The ftpsgate binary with a config file of the test's making, its log in a file.
+struct Gate {
+    child: KillOnDrop,
+    explicit: SocketAddr,
+    implicit: SocketAddr,
+    admin: SocketAddr,
+    ca: PathBuf,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Gate {
+    /// Starts the gateway in front of `backend` with a `pool`-port passive range; `tweak` sets
+    /// the rest. `env` adds variables (FTPSGATE_LOG...) and `wrap` a command to run it under.
+    fn start(
+        backend: SocketAddr,
+        pool: u16,
+        tweak: impl FnOnce(&mut Settings),
+        env: &[(&str, &str)],
+        wrap: &[&str],
+    ) -> Gate {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pair = ftpsgate::tls::self_signed(&["localhost".into(), "127.0.0.1".into()])
+            .expect("certificate");
+        let (cert, key) = pair.write_to(&dir.path().join("certs")).expect("write");
+        let lo = free_low_range(pool);
+        let (explicit, implicit, admin) = (
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
+        );
+        let mut s = Settings::default();
+        s.listen.explicit = vec![explicit];
+        s.listen.implicit = vec![implicit];
+        s.backend.address = backend.to_string();
+        s.passive.ports = format!("{lo}-{}", lo + pool - 1).parse().expect("range");
+        s.tls.cert = Some(cert.clone());
+        s.tls.key = Some(key);
+        s.admin.listen = Some(admin);
+        tweak(&mut s);
+        let config = dir.path().join("ftpsgate.toml");
+        std::fs::write(&config, toml::to_string(&s).expect("toml")).expect("write config");
+        let log = dir.path().join("ftpsgate.log");
+        let program = env!("CARGO_BIN_EXE_ftpsgate");
+        let mut cmd = match wrap.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        let child = KillOnDrop(cmd.spawn().expect("start ftpsgate"));
+        let gate = Gate {
+            child,
+            explicit,
+            implicit,
+            admin,
+            ca: cert,
+            log,
+            _dir: dir,
+        };
+        let up = eventually(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(gate.admin).is_ok()
+        });
+        assert!(up, "gateway did not start:\n{}", gate.log());
+        gate
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// The gateway's open descriptors.
+    fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        value(&scrape(self.admin), name, labels)
+    }
+
+    /// Waits until no session is open, no port leased, and the descriptors are back to
+    /// `baseline`: nothing a test did is left behind.
+    fn settles_to(&self, baseline: usize) {
+        let settled = eventually(Duration::from_secs(20), || {
+            self.metric("ftpsgate_sessions_active", &[]) == 0.0
+                && self.metric("ftpsgate_passive_leases_in_use", &[]) == 0.0
+                && self.fds() <= baseline
+        });
+        assert!(
+            settled,
+            "left behind: {} sessions, {} leases, {} descriptors (baseline {baseline})",
+            self.metric("ftpsgate_sessions_active", &[]),
+            self.metric("ftpsgate_passive_leases_in_use", &[]),
+            self.fds()
+        );
+    }
+
+    fn tls(&self) -> TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&self.ca).expect("ca") {
+            roots.add(c.expect("cert")).expect("add");
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        TlsConnector::from(Arc::new(config))
+    }
+
+    /// A control connection from `source`, after AUTH TLS.
+    async fn secured(&self, source: [u8; 4]) -> Session {
+        let tcp = connect_from(source, self.explicit, None).await;
+        let mut plain = Ctl::new(tcp);
+        assert!(plain.reply().await.starts_with("220"));
+        assert!(plain.cmd("AUTH TLS").await.starts_with("234"));
+        let name = ServerName::try_from("localhost").expect("name");
+        let tls = self.tls();
+        let stream = tls.connect(name, plain.into_inner()).await.expect("TLS");
+        Session {
+            ctl: Ctl::new(stream),
+            tls,
+        }
+    }
+
+    /// A secured session from `source` logged in as the test user, in binary mode.
+    async fn logged_in(&self, source: [u8; 4]) -> Session {
+        let mut s = self.secured(source).await;
+        assert!(s.ctl.cmd(&format!("USER {USER}")).await.starts_with("331"));
+        let r = s.ctl.cmd(&format!("PASS {PASSWORD}")).await;
+        assert!(r.starts_with("230"), "{r}");
+        for cmd in ["PBSZ 0", "PROT P", "TYPE I"] {
+            assert!(s.ctl.cmd(cmd).await.starts_with("200"), "{cmd}");
+        }
+        s
+    }
+}
+
+/// A TCP connection from `source` (127.0.0.x) to `to`, with a small receive buffer if asked:
+/// a client that stops reading fills it at once.
+async fn connect_from(source: [u8; 4], to: SocketAddr, rcvbuf: Option<u32>) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from((source, 0)))
+        .expect("bind source");
+    if let Some(size) = rcvbuf {
+        socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
+    }
+    socket.connect(to).await.expect("connect")
+}
+
+/// A raw FTP control connection: one command, one reply.
+struct Ctl<S> {
+    io: BufReader<S>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Ctl<S> {
+    fn new(io: S) -> Self {
+        Ctl {
+            io: BufReader::new(io),
+        }
+    }
+
+    fn into_inner(self) -> S {
+        self.io.into_inner()
+    }
+
+    /// The next whole reply (multi-line ones too), or what came before the connection closed.
+    async fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            let read = tokio::time::timeout(Duration::from_secs(30), self.io.read_line(&mut line));
+            match read.await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return all,
+            }
+            all.push_str(&line);
+            let b = line.as_bytes();
+            if b.len() >= 4 && b[..3].iter().all(u8::is_ascii_digit) && b[3] == b' ' {
+                return all;
+            }
+        }
+    }
+
+    async fn send(&mut self, line: &str) {
+        let io = self.io.get_mut();
+        io.write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .expect("send");
+        io.flush().await.expect("flush");
+    }
+
+    async fn cmd(&mut self, line: &str) -> String {
+        self.send(line).await;
+        self.reply().await
+    }
+
+    /// PASV, and the port it names.
+    async fn pasv(&mut self) -> Result<u16, String> {
+        let r = self.cmd("PASV").await;
+        if !r.starts_with("227") {
+            return Err(r);
+        }
+        let inside = r
+            .split(['(', ')'])
+            .nth(1)
+            .ok_or_else(|| r.clone())?
+            .split(',')
+            .map(|n| n.trim().parse::<u16>().unwrap_or(0))
+            .collect::<Vec<_>>();
+        Ok(inside[4] * 256 + inside[5])
+    }
+}
+
+/// A logged-in TLS session: its control connection and the connector whose session cache holds
+/// the control session, so its data connections resume it, as `require` wants.
+struct Session {
+    ctl: Ctl<tokio_rustls::client::TlsStream<TcpStream>>,
+    tls: TlsConnector,
+}
+
+impl Session {
+    /// Opens a passive data connection (not yet secured) and sends `command`.
+    async fn open(&mut self, command: &str) -> Result<TcpStream, String> {
+        let port = self.ctl.pasv().await?;
+        let tcp = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.ctl.send(command).await;
+        Ok(tcp)
+    }
+
+    async fn secure(&self, tcp: TcpStream) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let name = ServerName::try_from("localhost").expect("name");
+        self.tls.connect(name, tcp).await.expect("data TLS")
+    }
+
+    /// A whole RETR: its bytes, once 226 came.
+    async fn retr(&mut self, name: &str) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let tcp = self.open(&format!("RETR {name}")).await.expect("PASV");
+        let mut tls = self.secure(tcp).await;
+        let first = self.ctl.reply().await;
+        assert!(first.starts_with("150"), "{first}");
+        let mut data = Vec::new();
+        tls.read_to_end(&mut data).await.expect("read");
+        let done = self.ctl.reply().await;
+        assert!(done.starts_with("226"), "{done}");
+        data
+    }
+}
+
+/// Polls `f` until it returns true or `limit` passes.
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().expect("runtime")
+}
+
+/// Floods `count` lines at the gateway without ever reading a reply, then holds the connection
+/// (still unread), writing a line now and then; the task ends when a write fails because the
+/// gateway hung up, or after a minute.
+fn flood<S: AsyncWrite + Unpin + Send + 'static>(
+    mut io: S,
+    line: &'static str,
+    count: usize,
+) -> tokio::task::JoinHandle<bool> {
+    tokio::spawn(async move {
+        let lines = line.repeat(count);
+        let until = Instant::now() + Duration::from_secs(60);
+        let write = tokio::time::timeout(Duration::from_secs(60), io.write_all(lines.as_bytes()));
+        if !matches!(write.await, Ok(Ok(()))) {
+            return true;
+        }
+        while Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let more = async {
+                io.write_all(line.as_bytes()).await?;
+                io.flush().await
+            };
+            if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(1), more).await {
+                return true;
+            }
+        }
+        false
+    })
+}
+
+#[test]
+fn clients_that_never_read_their_replies_lose_their_slots_within_the_write_limit() {
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    let want = vs.put("file.bin", 3 * MIB);
+    let gate = Gate::start(
+        vs.addr,
+        4,
+        |s| {
+            s.limits.max_sessions = 5;
+            s.timeouts.client_write_secs = 2;
+        },
+        // Each refused line is an info line; a quarter of a million of them say nothing new.
+        &[("FTPSGATE_LOG", "warn")],
+        &[],
+    );
+    let baseline = gate.fds();
+    runtime().block_on(async {
+        let mut bystander = gate.logged_in([127, 0, 0, 1]).await;
+        assert_eq!(sha256(&bystander.retr("file.bin").await), want);
+
+        // Four clients from two addresses send about 2 MB of commands each and never read a
+        // reply, with a 4 KiB receive buffer: two before TLS (USER, refused by the gateway
+        // itself), two after it (STAT).
+        let began = Instant::now();
+        let mut floods = Vec::new();
+        for i in 0..4u8 {
+            let source = [127, 0, 0, 20 + i % 2];
+            let tcp = connect_from(source, gate.explicit, Some(4096)).await;
+            if i < 2 {
+                let mut ctl = Ctl::new(tcp);
+                assert!(ctl.reply().await.starts_with("220"));
+                floods.push(flood(ctl.into_inner(), "USER x\r\n", 250_000));
+            } else {
+                let mut ctl = Ctl::new(tcp);
+                assert!(ctl.reply().await.starts_with("220"));
+                assert!(ctl.cmd("AUTH TLS").await.starts_with("234"));
+                let name = ServerName::try_from("localhost").expect("name");
+                let tls = gate
+                    .tls()
+                    .connect(name, ctl.into_inner())
+                    .await
+                    .expect("TLS");
+                floods.push(flood(tls, "STAT\r\n", 330_000));
+            }
+        }
+        // The gateway is full while they hold on ...
+        let mut refused = Ctl::new(TcpStream::connect(gate.explicit).await.expect("connect"));
+        let line = refused.reply().await;
+        assert!(line.starts_with("421 Too many sessions"), "{line}");
+        // ... and they lose their slots within the write limit (2 s), with room for a loaded
+        // machine: a new client gets in and downloads.
+        let freed = loop {
+            let mut probe = Ctl::new(TcpStream::connect(gate.explicit).await.expect("connect"));
+            if probe.reply().await.starts_with("220") {
+                break began.elapsed();
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(30),
+                "slots still held"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        println!("never-reading clients lost their slots after {freed:?}");
+        let mut newcomer = gate.logged_in([127, 0, 0, 1]).await;
+        assert_eq!(sha256(&newcomer.retr("file.bin").await), want);
+        for f in floods {
+            let hung_up = f.await.expect("flood task");
+            assert!(hung_up, "the gateway kept a flood's connection open");
+        }
+        assert!(
+            gate.metric(
+                "ftpsgate_refusals_total",
+                &[("reason", "client_write_timeout")]
+            ) >= 4.0
+        );
+        // The bystander was served throughout.
+        assert_eq!(sha256(&bystander.retr("file.bin").await), want);
+        for mut s in [bystander, newcomer] {
+            assert!(s.ctl.cmd("QUIT").await.starts_with("221"));
+        }
+    });
+    gate.settles_to(baseline);
+}
+
+#[test]
+fn a_stalled_transfer_ends_with_426_and_its_port_goes_back_at_accept() {
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    let big = vs.put("big.bin", 64 * MIB);
+    let small = vs.put("small.bin", 100_000);
+    let _ = big;
+    let gate = Gate::start(
+        vs.addr,
+        2,
+        |s| {
+            s.timeouts.data_stall_secs = 2;
+        },
+        &[],
+        &[],
+    );
+    let baseline = gate.fds();
+    runtime().block_on(async {
+        let mut bystander = gate.logged_in([127, 0, 0, 1]).await;
+        // Two downloads whose clients read the first 64 KiB and then nothing: with a 2-port
+        // pool, both ports are leased ...
+        let mut stalled = Vec::new();
+        for _ in 0..2 {
+            let mut s = gate.logged_in([127, 0, 0, 1]).await;
+            let tcp = s.open("RETR big.bin").await.expect("PASV");
+            let mut data = s.secure(tcp).await;
+            assert!(s.ctl.reply().await.starts_with("150"));
+            let mut first = vec![0u8; 64 * 1024];
+            tokio::io::AsyncReadExt::read_exact(&mut data, &mut first)
+                .await
+                .expect("first 64 KiB");
+            stalled.push((s, data, Instant::now()));
+        }
+        // ... and back in the pool as soon as each data connection was accepted: a third
+        // transfer runs beside the two stalled ones.
+        assert_eq!(gate.metric("ftpsgate_passive_leases_in_use", &[]), 0.0);
+        assert_eq!(sha256(&bystander.retr("small.bin").await), small);
+        // Each stalled transfer ends with 426 once nothing moved for 2 s (the bound leaves
+        // room for the buffers to fill on a loaded machine), and its session carries on.
+        for (s, data, since) in &mut stalled {
+            let end = s.ctl.reply().await;
+            let took = since.elapsed();
+            assert!(end.starts_with("426"), "{end}");
+            assert!(took < Duration::from_secs(20), "426 after {took:?}");
+            println!("stalled download: {} after {took:?}", end.trim());
+            let _ = data;
+            assert!(s.ctl.cmd("NOOP").await.starts_with("200"));
+        }
+        assert!(gate.metric("ftpsgate_refusals_total", &[("reason", "data_stalled")]) >= 2.0);
+        assert_eq!(sha256(&bystander.retr("small.bin").await), small);
+        drop(stalled);
+        assert!(bystander.ctl.cmd("QUIT").await.starts_with("221"));
+    });
+    gate.settles_to(baseline);
+}
+
+#[test]
+fn unused_passive_leases_expire_and_one_address_holds_only_its_share() {
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    let small = vs.put("small.bin", 100_000);
+    let gate = Gate::start(
+        vs.addr,
+        3,
+        |s| {
+            s.limits.max_passive_per_ip = 1;
+            s.timeouts.data_connection_secs = 3;
+        },
+        &[],
+        &[],
+    );
+    let baseline = gate.fds();
+    runtime().block_on(async {
+        let mut a = gate.logged_in([127, 0, 0, 1]).await;
+        let mut b = gate.logged_in([127, 0, 0, 1]).await;
+        let mut c = gate.logged_in([127, 0, 0, 2]).await;
+        a.ctl.pasv().await.expect("first lease of 127.0.0.1");
+        let refused = b.ctl.pasv().await.expect_err("second lease of 127.0.0.1");
+        assert!(refused.starts_with("425"), "{refused}");
+        c.ctl
+            .pasv()
+            .await
+            .expect("another address has its own share");
+        assert_eq!(
+            gate.metric("ftpsgate_refusals_total", &[("reason", "passive_per_ip")]),
+            1.0
+        );
+        // Nobody connects: the leases end with the data connection timeout (3 s).
+        let expired = eventually_async(Duration::from_secs(15), || async {
+            gate.metric("ftpsgate_passive_leases_in_use", &[]) == 0.0
+        })
+        .await;
+        assert!(
+            expired,
+            "pending leases outlived timeouts.data_connection_secs"
+        );
+        let late = a.ctl.cmd("LIST").await;
+        assert!(late.starts_with("425"), "LIST on an expired lease: {late}");
+        // The address has its share back.
+        assert_eq!(sha256(&b.retr("small.bin").await), small);
+        assert_eq!(sha256(&a.retr("small.bin").await), small);
+        for mut s in [a, b, c] {
+            assert!(s.ctl.cmd("QUIT").await.starts_with("221"));
+        }
+    });
+    gate.settles_to(baseline);
+}
+
+/// Polls an async condition until it holds or `limit` passes.
+async fn eventually_async<F, Fut>(limit: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[test]
+fn a_user_name_the_backend_refused_never_becomes_the_sessions_user() {
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    let want = vs.put("file.bin", 200_000);
+    let gate = Gate::start(
+        vs.addr,
+        2,
+        |_| {},
+        &[("FTPSGATE_LOG_FORMAT", "json"), ("FTPSGATE_LOG", "debug")],
+        &[],
+    );
+    let baseline = gate.fds();
+    runtime().block_on(async {
+        let mut s = gate.logged_in([127, 0, 0, 1]).await;
+        let refused = s.ctl.cmd("USER alice").await;
+        assert!(
+            refused.starts_with("530"),
+            "vsftpd refuses a second USER: {refused}"
+        );
+        assert_eq!(sha256(&s.retr("file.bin").await), want);
+        let status = s.ctl.cmd("STAT").await;
+        assert!(status.contains(&format!("Logged in as {USER}")), "{status}");
+        assert!(s.ctl.cmd("QUIT").await.starts_with("221"));
+    });
+    gate.settles_to(baseline);
+    let log = gate.log();
+    assert!(
+        !log.contains("alice"),
+        "a refused name reached the log:\n{log}"
+    );
+    let transfer = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "transfer")
+        .expect("a transfer line");
+    assert_eq!(transfer["span"]["user"], USER, "{transfer}");
+}
+
+#[test]
+fn connections_that_never_finish_tls_never_reach_the_backend() {
+    // vsftpd takes two clients at a time: three connections that never finish TLS would
+    // take its places if the gateway connected at once.
+    let Some(vs) = FtpServer::vsftpd_on(VsTls::None, false, "max_clients=2\n") else {
+        return;
+    };
+    let want = vs.put("file.bin", 200_000);
+    let gate = Gate::start(vs.addr, 2, |_| {}, &[], &[]);
+    let baseline = gate.fds();
+    runtime().block_on(async {
+        let mut idle = Vec::new();
+        for _ in 0..3 {
+            let mut ctl = Ctl::new(TcpStream::connect(gate.explicit).await.expect("connect"));
+            let greeting = ctl.reply().await;
+            assert_eq!(greeting, "220 FTP gateway ready.\r\n");
+            idle.push(ctl);
+            // Implicit: TCP only, no handshake.
+            idle.push(Ctl::new(
+                TcpStream::connect(gate.implicit).await.expect("connect"),
+            ));
+        }
+        let mut s = gate.logged_in([127, 0, 0, 1]).await;
+        assert_eq!(sha256(&s.retr("file.bin").await), want);
+        assert!(s.ctl.cmd("QUIT").await.starts_with("221"));
+        drop(idle);
+    });
+    gate.settles_to(baseline);
+
+    // `relay_greeting` keeps the old way, and shows what the default prevents: two
+    // connections that only read the greeting take both of vsftpd's places.
+    let relaying = Gate::start(vs.addr, 2, |s| s.backend.relay_greeting = true, &[], &[]);
+    runtime().block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut ctl = Ctl::new(
+                TcpStream::connect(relaying.explicit)
+                    .await
+                    .expect("connect"),
+            );
+            assert!(ctl.reply().await.starts_with("220"));
+            held.push(ctl);
+        }
+        let mut third = Ctl::new(
+            TcpStream::connect(relaying.explicit)
+                .await
+                .expect("connect"),
+        );
+        let refused = third.reply().await;
+        assert!(refused.starts_with("421"), "{refused}");
+    });
+}
+
+#[test]
+fn greeting_and_status_are_the_gateways_own() {
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    let gate = Gate::start(
+        vs.addr,
+        2,
+        |s| s.greeting = "Welcome to Example Corp.".into(),
+        &[],
+        &[],
+    );
+    let baseline = gate.fds();
+    let leaks = [
+        "vsFTPd",
+        "plain text",
+        "Connected to",
+        &vs.addr.port().to_string(),
+    ];
+    runtime().block_on(async {
+        let mut ctl = Ctl::new(TcpStream::connect(gate.explicit).await.expect("connect"));
+        assert_eq!(ctl.reply().await, "220 Welcome to Example Corp.\r\n");
+        drop(ctl);
+        let mut s = gate.logged_in([127, 0, 0, 1]).await;
+        let status = s.ctl.cmd("STAT").await;
+        assert!(status.starts_with("211-") && status.ends_with("211 End of status.\r\n"));
+        assert!(status.contains(&format!("Logged in as {USER}")), "{status}");
+        for leak in leaks {
+            assert!(!status.contains(leak), "STAT shows `{leak}`:\n{status}");
+        }
+        // STAT with an argument still goes to the backend (a listing).
+        assert!(s.ctl.cmd("STAT .").await.starts_with("213"));
+        assert!(s.ctl.cmd("QUIT").await.starts_with("221"));
+    });
+    gate.settles_to(baseline);
+
+    // `relay_greeting` and `relay_stat` show the backend's own words again.
+    let relaying = Gate::start(
+        vs.addr,
+        2,
+        |s| {
+            s.backend.relay_greeting = true;
+            s.backend.relay_stat = true;
+        },
+        &[],
+        &[],
+    );
+    runtime().block_on(async {
+        let mut s = relaying.logged_in([127, 0, 0, 1]).await;
+        let status = s.ctl.cmd("STAT").await;
+        assert!(status.contains("vsFTPd"), "{status}");
+    });
+}
+
+#[test]
+fn client_supplied_fields_reach_the_log_escaped() {
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    let name = "\u{1b}[31mred\u{7}.bin";
+    let want = vs.put(name, 50_000);
+    let gate = Gate::start(vs.addr, 2, |_| {}, &[("FTPSGATE_LOG", "debug")], &[]);
+    let baseline = gate.fds();
+    runtime().block_on(async {
+        let mut s = gate.logged_in([127, 0, 0, 1]).await;
+        let cwd = s.ctl.cmd("CWD \u{1b}]0;owned\u{7}").await;
+        assert!(cwd.starts_with("550"), "{cwd}");
+        assert!(s.ctl.cmd("MKD \u{1b}[2Jgone").await.starts_with("257"));
+        assert_eq!(sha256(&s.retr(name).await), want);
+        assert!(s.ctl.cmd("QUIT").await.starts_with("221"));
+        // A name refused at login, with escapes of its own.
+        let mut t = gate.secured([127, 0, 0, 1]).await;
+        t.ctl.cmd("USER \u{1b}[5mmallory").await;
+        assert!(t.ctl.cmd("PASS x").await.starts_with("530"));
+    });
+    gate.settles_to(baseline);
+    let log = std::fs::read(&gate.log).expect("log");
+    let text = String::from_utf8_lossy(&log);
+    let bad: Vec<&str> = text
+        .lines()
+        .filter(|l| l.chars().any(char::is_control))
+        .collect();
+    assert!(bad.is_empty(), "control characters in the log:\n{bad:?}");
+    assert!(
+        text.contains("\\u{1b}]0;owned\\u{7}"),
+        "CWD not in the log, escaped:\n{text}"
+    );
+    assert!(
+        text.contains("\\u{1b}[31mred\\u{7}.bin"),
+        "path not escaped:\n{text}"
+    );
+    assert!(
+        !text.contains("mallory"),
+        "a refused user name reached the log"
+    );
+}
+
+#[test]
+fn a_low_open_file_limit_is_fitted_at_start_and_exhaustion_answers_421() {
+    if !have("prlimit") {
+        return;
+    }
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    let want = vs.put("file.bin", 100_000);
+    // A hard limit of 128 cannot be raised: the 1000 default sessions are lowered to what
+    // fits, (128 - 64 reserved - 2 listeners) / 4 per session = 15, and the log says so.
+    let gate = Gate::start(
+        vs.addr,
+        2,
+        |_| {},
+        &[],
+        &["prlimit", "--nofile=128:128", "--"],
+    );
+    let log = gate.log();
+    assert!(
+        log.contains("lowered it to fit") && log.contains("max_sessions=15"),
+        "{log}"
+    );
+    runtime().block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..15 {
+            let mut ctl = Ctl::new(TcpStream::connect(gate.explicit).await.expect("connect"));
+            assert!(ctl.reply().await.starts_with("220"));
+            held.push(ctl);
+        }
+        let mut over = Ctl::new(TcpStream::connect(gate.explicit).await.expect("connect"));
+        let refused = over.reply().await;
+        assert!(refused.starts_with("421 Too many sessions"), "{refused}");
+        drop(held);
+        drop(over);
+        let idle = eventually_async(Duration::from_secs(10), || async {
+            gate.metric("ftpsgate_sessions_active", &[]) == 0.0
+        });
+        assert!(idle.await);
+
+        // Descriptors running out anyway (the limit lowered under the running gateway): the
+        // client that cannot be accepted hears 421 at once, instead of waiting in the backlog.
+        let soft = gate.fds() + 2;
+        let pid = gate.pid().to_string();
+        run_ok(Command::new("prlimit").args(["--pid", &pid, &format!("--nofile={soft}:128")]));
+        let mut squeezed = Vec::new();
+        let began = Instant::now();
+        let refusal = loop {
+            let mut ctl = Ctl::new(TcpStream::connect(gate.explicit).await.expect("connect"));
+            let line = ctl.reply().await;
+            if !line.starts_with("220") {
+                break line;
+            }
+            squeezed.push(ctl);
+            assert!(squeezed.len() < 10, "never out of descriptors");
+        };
+        assert!(refusal.starts_with("421 Out of resources"), "{refusal:?}");
+        assert!(began.elapsed() < Duration::from_secs(10));
+        run_ok(Command::new("prlimit").args(["--pid", &pid, "--nofile=128:128"]));
+        drop(squeezed);
+        let mut s = gate.logged_in([127, 0, 0, 1]).await;
+        assert_eq!(sha256(&s.retr("file.bin").await), want);
+        assert!(s.ctl.cmd("QUIT").await.starts_with("221"));
+    });
+    assert!(gate.metric("ftpsgate_refusals_total", &[("reason", "accept_failed")]) >= 1.0);
+
+    // A soft limit below a higher hard one is raised to it, and nothing is lowered.
+    let raised = Gate::start(
+        vs.addr,
+        2,
+        |_| {},
+        &[],
+        &["prlimit", "--nofile=128:8192", "--"],
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", raised.pid())).expect("limits");
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("limit line");
+    assert!(
+        open_files.split_whitespace().nth(3) == Some("8192"),
+        "{open_files}"
+    );
+    assert!(!raised.log().contains("lowered it to fit"));
+}
