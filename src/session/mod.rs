@@ -496,14 +496,8 @@ impl Session {
             | Verb::List
             | Verb::Nlst
             | Verb::Mlsd => self.transfer(cmd).await?,
-            Verb::Host if !self.ctx.router.is_static() => self.host(&cmd).await?,
-            Verb::Abor
-            | Verb::Stat
-            | Verb::Help
-            | Verb::Syst
-            | Verb::Noop
-            | Verb::Host
-            | Verb::Other => {
+            Verb::Host => self.host(&cmd).await?,
+            Verb::Abor | Verb::Stat | Verb::Help | Verb::Syst | Verb::Noop | Verb::Other => {
                 self.pass_through(&cmd).await?;
             }
         }
@@ -765,25 +759,27 @@ impl Session {
             return Ok(self.reply(503, "HOST must come before USER.").await?);
         }
         let name = cmd.arg_text();
-        let Some(upstream) = self.ctx.router.by_host(&name).cloned() else {
-            return self.pass_through(cmd).await;
-        };
-        if let Some(fixed) = self.fixed_route().filter(|f| !Arc::ptr_eq(f, &upstream)) {
-            info!(wanted = %upstream.name, route = %fixed.name, "HOST refused: an earlier rule chose another route");
-            let text = format!(
-                "Host {name} is not served on this connection (it is for route {}).",
-                fixed.name
-            );
-            return Ok(self.reply(504, &text).await?);
+        let upstream = self.ctx.router.by_host(&name).cloned();
+        if let Some(upstream) = &upstream {
+            if let Some(fixed) = self.fixed_route().filter(|f| !Arc::ptr_eq(f, upstream)) {
+                info!(wanted = %upstream.name, route = %fixed.name, "HOST refused: an earlier rule chose another route");
+                let text = format!(
+                    "Host {name} is not served on this connection (it is for route {}).",
+                    fixed.name
+                );
+                return Ok(self.reply(504, &text).await?);
+            }
+            self.choose(upstream).await;
         }
-        self.choose(&upstream).await;
         if self.unconnected_before_tls() {
             // RFC 7151 puts HOST before AUTH TLS, when the gateway does not connect yet: the
-            // route is chosen now, and the backend hears HOST once it is connected.
+            // route (if the name selects one) is chosen now, and the backend hears HOST once
+            // it is connected.
             self.host_pending = Some(cmd.clone());
-            return Ok(self
-                .reply(220, &format!("Host {} selected.", escaped(&name)))
-                .await?);
+            return Ok(self.reply(220, &format!("Host {name} selected.")).await?);
+        }
+        if upstream.is_none() {
+            return self.pass_through(cmd).await;
         }
         let reply = self.forward(cmd).await?;
         if matches!(reply.code(), 500 | 502 | 530) {
