@@ -74,11 +74,13 @@ impl Gateway {
     fn start(backend: SocketAddr, cert: &Path, key: &Path, backend_ca: Option<&Path>) -> Gateway {
         let port = free_port();
         let lo = 42000 + (port % 50) * 40;
-        // The idle-session measure opens thousands of sessions from one address.
+        // The idle-session measure opens thousands of sessions from one address, and the
+        // session-rate one holds up to 32 passive leases from it at once.
         let config = cert.with_file_name(format!("bench-{port}.toml"));
         std::fs::write(
             &config,
-            "[limits]\nmax_sessions = 1000000\nmax_sessions_per_ip = 1000000\n",
+            "[limits]\nmax_sessions = 1000000\nmax_sessions_per_ip = 1000000\n\
+             max_passive_per_ip = 1000000\n",
         )
         .expect("bench config");
         let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
