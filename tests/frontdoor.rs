@@ -759,6 +759,7 @@ fn a_low_open_file_limit_is_fitted_at_start_and_exhaustion_answers_421() {
         &[],
         &["prlimit", "--nofile=128:128", "--"],
     );
+    let baseline = gate.fds();
     let log = gate.log();
     assert!(
         log.contains("lowered it to fit") && log.contains("max_sessions=15"),
@@ -806,6 +807,7 @@ fn a_low_open_file_limit_is_fitted_at_start_and_exhaustion_answers_421() {
         assert!(s.ctl.cmd("QUIT").await.starts_with("221"));
     });
     assert!(gate.metric("ftpsgate_refusals_total", &[("reason", "accept_failed")]) >= 1.0);
+    gate.settles_to(baseline);
 
     // A soft limit below a higher hard one is raised to it, and nothing is lowered.
     let raised = Gate::start(
