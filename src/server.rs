@@ -119,6 +119,7 @@ impl Gateway {
                 pool,
                 external_ip,
                 router,
+                bindings: tls::binding::Registry::new(),
                 metrics,
                 draining: draining_rx,
             }),

@@ -144,10 +144,19 @@ fn backend_dropping_the_connection_gets_421() {
     py_scenario(&gw, "backend-drops", &[]);
 }
 
+/// A sibling session's TLS session is good on a data connection; a neighbour's (same address,
+/// another user) is refused and the client's own connection still carries the transfer.
 #[test]
-fn neighbour_offering_another_sessions_tls_session_is_refused_and_the_client_still_served() {
-    let gw = TestGateway::start(BackendKind::Unftp, |s| {
+fn neighbour_offering_another_users_tls_session_is_refused_and_the_client_still_served() {
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let want = sha256(&blob);
+    let backend = ScriptedBackend::start(blob);
+    let gw = TestGateway::start(BackendKind::At(backend.addr, std::env::temp_dir()), |s| {
         s.timeouts.data_connection_secs = 3;
     });
-    py_scenario(&gw, "cross-session", &["--deadline", "3"]);
+    py_scenario(
+        &gw,
+        "cross-session",
+        &["--deadline", "3", "--expect", &want],
+    );
 }

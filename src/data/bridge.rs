@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout, timeout_at};
 use tokio_rustls::TlsAcceptor;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use super::gate::{SignalOnTicket, TicketGate, READ_BUFFER};
 use super::pool::Lease;
@@ -49,6 +49,7 @@ use crate::metrics::{Channel, Metrics, Reason};
 use crate::proxy_protocol::{self, Trusted};
 use crate::stream::Stream;
 use crate::tls::backend::BackendSession;
+use crate::tls::binding::Siblings;
 
 /// Large enough for several 16 KiB TLS records per read; allocated once per transfer.
 const BUF_SIZE: usize = 256 * 1024;
@@ -146,6 +147,8 @@ pub struct BridgeParams {
     pub handshake_timeout: Duration,
     /// A read or a write that moves nothing for this long ends the transfer.
     pub stall: Duration,
+    /// Sibling sessions whose TLS sessions the data connection may resume too.
+    pub siblings: Option<Siblings>,
     /// `Some` when the backend's data connections are TLS (backend PROT P).
     pub backend_tls: Option<BackendSession>,
     pub metrics: Arc<Metrics>,
@@ -548,11 +551,14 @@ async fn handshake(
     // resumption works), but tickets made here arm this connection's gate (see `gate`).
     let armed = Arc::new(AtomicBool::new(false));
     let offered = Arc::new(AtomicBool::new(false));
+    let issuer = Arc::new(std::sync::Mutex::new(None));
     let mut config = (**config).clone();
     config.ticketer = Arc::new(SignalOnTicket {
         inner: Arc::clone(&config.ticketer),
         armed: Arc::clone(&armed),
         offered: Arc::clone(&offered),
+        siblings: params.siblings.clone(),
+        issuer: Arc::clone(&issuer),
     });
     let accept = TlsAcceptor::from(Arc::new(config)).accept(TicketGate::new(tcp, armed));
     let accepted = timeout(params.handshake_timeout, accept)
@@ -575,6 +581,17 @@ async fn handshake(
         return Err(BridgeError::NotResumed {
             offered: offered.load(Ordering::Acquire),
         });
+    }
+    // A sibling's ticket opened the handshake: it passes only if the sibling is (or, still
+    // logging in, becomes) the same user on the same route (see `tls::binding`).
+    let issuer = issuer.lock().ok().and_then(|mut i| i.take());
+    if let (true, Some(issuer), Some(siblings)) = (resumed, issuer, &params.siblings) {
+        if !issuer.is(&siblings.who, params.handshake_timeout).await {
+            params.metrics.refused(Reason::data_not_resumed);
+            warn!("data connection refused: it resumed the TLS session of another user's or route's session from the same address");
+            return Err(BridgeError::NotResumed { offered: true });
+        }
+        debug!("data connection resumed a sibling session's TLS session");
     }
     Ok(Stream::DataTls(Box::new(tls)))
 }

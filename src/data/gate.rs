@@ -22,12 +22,14 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use rustls::server::ProducesTickets;
 use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::tls::binding::{Member, Siblings};
 
 const APPLICATION_DATA: u8 = 23;
 
@@ -40,6 +42,10 @@ pub struct SignalOnTicket {
     pub armed: Arc<AtomicBool>,
     /// Set when the client offers a ticket, whoever issued it.
     pub offered: Arc<AtomicBool>,
+    /// The session's siblings, whose tickets may open the handshake too (`tls::binding`).
+    pub siblings: Option<Siblings>,
+    /// The sibling whose ticket did, if one did: the bridge checks who it is.
+    pub issuer: Arc<Mutex<Option<Arc<Member>>>>,
 }
 
 impl ProducesTickets for SignalOnTicket {
@@ -58,7 +64,14 @@ impl ProducesTickets for SignalOnTicket {
 
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
         self.offered.store(true, Ordering::Release);
-        self.inner.decrypt(cipher)
+        if let Some(plain) = self.inner.decrypt(cipher) {
+            return Some(plain);
+        }
+        let (plain, issuer) = self.siblings.as_ref()?.decrypt(cipher)?;
+        if let Ok(mut slot) = self.issuer.lock() {
+            *slot = Some(issuer);
+        }
+        Some(plain)
     }
 }
 

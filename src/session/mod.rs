@@ -54,6 +54,9 @@ pub struct Context {
     pub external_ip: Option<IpAddr>,
     /// The backends, and which one a session goes to.
     pub router: Router,
+    /// Logged-in sessions by client address, user and route, whose TLS sessions their
+    /// siblings' data connections may resume (see [`tls::binding`]).
+    pub bindings: Arc<tls::binding::Registry>,
     pub metrics: Arc<Metrics>,
     /// Becomes true when the gateway shuts down: idle sessions say 421 and end.
     pub draining: watch::Receiver<bool>,
@@ -161,6 +164,9 @@ struct Session {
     login_deadline: Option<Instant>,
     /// When the session last finished a command: the idle deadline counts from here.
     idle_since: Instant,
+    /// Once the control connection is TLS: the session's place among the sessions whose data
+    /// connections may resume each other's TLS sessions (see [`tls::binding`]).
+    membership: Option<tls::binding::Membership>,
     pending: Option<Pending>,
     /// A client line received during a transfer, handled after it.
     deferred: Option<Result<Vec<u8>, LineError>>,
@@ -210,6 +216,7 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, mode: Mode, peer: SocketAd
     let mut session = Session {
         login_deadline: Some(Instant::now() + t.login()),
         idle_since: Instant::now(),
+        membership: None,
         ctx: Arc::clone(&ctx),
         client,
         link,
@@ -231,6 +238,9 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, mode: Mode, peer: SocketAd
     };
     if let Some(link) = &session.link {
         Span::current().record("backend", tracing::field::display(link.backend.peer()));
+    }
+    if implicit {
+        session.join_siblings();
     }
     info!(?mode, "session started");
     match session.run(greeting).await {
@@ -649,6 +659,9 @@ impl Session {
                 Span::current().record("user", escaped(&user).as_str());
                 self.user = Some(user);
             }
+            if let (Some(membership), Some(who)) = (&self.membership, self.identity()) {
+                membership.logged_in(who);
+            }
             info!("logged in");
         } else if reply.code() >= 400 {
             self.attempt = None;
@@ -659,6 +672,28 @@ impl Session {
             info!(code = reply.code(), "login refused by backend");
         }
         Ok(self.client.send(&reply).await?)
+    }
+
+    /// Who the session is for the TLS binding: the user the backend accepted, on its route.
+    fn identity(&self) -> Option<tls::binding::Identity> {
+        Some(tls::binding::Identity {
+            user: self.user.clone()?,
+            route: self.link.as_ref()?.lease.upstream().name.clone(),
+        })
+    }
+
+    /// What a data connection needs to accept its siblings' TLS sessions.
+    fn siblings(&self) -> Option<tls::binding::Siblings> {
+        Some(self.membership.as_ref()?.siblings(self.identity()?))
+    }
+
+    /// The control connection is TLS: the session's tickets exist from now on, so it enters
+    /// the registry its siblings' data connections look in.
+    fn join_siblings(&mut self) {
+        if let Some(ticketer) = &self.tls.ticketer {
+            let client = crate::data::canonical(self.client.peer.ip());
+            self.membership = Some(self.ctx.bindings.join(client, Arc::clone(ticketer)));
+        }
     }
 
     async fn auth(&mut self, cmd: &Command) -> Result<Flow, Fatal> {
@@ -688,6 +723,7 @@ impl Session {
             info!(error = %e, "control TLS handshake failed");
             return Ok(Flow::Close);
         }
+        self.join_siblings();
         if implies_prot_p {
             self.prot = Protection::Private;
         }

@@ -190,6 +190,7 @@ impl Session {
             accept_timeout: t.data_connection(),
             handshake_timeout: t.tls_handshake(),
             stall: t.data_stall(),
+            siblings: self.siblings(),
             backend_tls: self.linked()?.data_tls(),
             metrics: Arc::clone(&self.ctx.metrics),
             trusted: self.ctx.settings.proxy_protocol.trusted.clone(),

@@ -2,6 +2,7 @@
 //! binds data connections to their control connection. TLS toward backends is in [`backend`].
 
 pub mod backend;
+pub mod binding;
 pub mod store;
 
 use std::path::{Path, PathBuf};
@@ -201,25 +202,31 @@ pub fn server_config(
 pub struct SessionTls {
     pub control: Arc<ServerConfig>,
     pub data: Arc<ServerConfig>,
+    /// The session's own ticketer, which its siblings' data connections may use too (see
+    /// [`binding`]); `None` with `data_session_reuse = "off"`.
+    pub ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
 }
 
 pub fn session_config(base: &Arc<ServerConfig>, reuse: ReuseMode) -> Result<SessionTls, TlsError> {
     let mut config = (**base).clone();
-    match reuse {
+    let ticketer = match reuse {
         ReuseMode::Off => {
             config.session_storage = Arc::new(NoServerSessionStorage {});
             config.send_tls13_tickets = 0;
+            None
         }
         ReuseMode::Allow | ReuseMode::Require => {
             config.session_storage = ServerSessionMemoryCache::new(16);
             config.ticketer = aws_lc_rs::Ticketer::new()?;
+            Some(Arc::clone(&config.ticketer))
         }
-    }
+    };
     let mut data = config.clone();
     data.send_tls13_tickets = data.send_tls13_tickets.min(1);
     Ok(SessionTls {
         control: Arc::new(config),
         data: Arc::new(data),
+        ticketer,
     })
 }
 
