@@ -356,6 +356,34 @@ fn tls13_backend_proftpd_two_transfers_per_session() {
     py_scenario(&gw, "uploads", &["--count", "2", "--size", "10485760"]);
 }
 
+// pure-ftpd 1.0.50, plain and with TLS (explicit: Debian's build has no implicit TLS).
+
+#[test]
+fn plain_pure_ftpd_backend_all_clients() {
+    let Some(ftpd) = FtpServer::pure_ftpd(VsTls::None) else {
+        return;
+    };
+    let gw = TestGateway::start(ftpd.backend(), |_| {});
+    let sizes = [0, 1, MIB, 8 * MIB];
+    if have("curl") {
+        curl_round_trips(&gw, &sizes, "epsv", |n, s| ftpd.put(n, s));
+        curl_round_trips(&gw, &sizes, "pasv", |n, s| ftpd.put(n, s));
+    }
+    if have("lftp") {
+        lftp_round_trips(&gw, &ftpd.root, |n, s| ftpd.put(n, s));
+    }
+    py_scenario(&gw, "roundtrip", &["--sizes", "0,1,1048576"]);
+}
+
+#[test]
+fn explicit_tls_backend_pure_ftpd_all_clients() {
+    tls_backend_matrix(
+        FtpServer::pure_ftpd(VsTls::Explicit),
+        VsTls::Explicit,
+        TlsVersion::V1_3,
+    );
+}
+
 #[test]
 fn plain_proftpd_backend_with_ftplib() {
     let Some(ftpd) = FtpServer::proftpd(VsTls::None) else {

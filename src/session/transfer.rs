@@ -3,12 +3,14 @@
 //! The backend's final reply is held until the bridge reports both data connections closed: a
 //! client that sees `226` before the last byte reads a short file (DESIGN §2).
 
-use tokio::time::{sleep_until, Instant};
-use tracing::{info, warn};
+use std::time::Duration;
+
+use tokio::time::{sleep_until, timeout_at, Instant};
+use tracing::{debug, info, warn};
 
 use super::{BackendError, Fatal, Protection, Session};
 use crate::data::{BridgeError, DataBridge, Transferred};
-use crate::ftp::{Command, Escaped, Reply, Verb};
+use crate::ftp::{abort, Command, Escaped, Reply, Verb};
 use crate::metrics::{Outcome, Reason};
 
 impl Session {
@@ -61,6 +63,10 @@ impl Session {
     async fn await_transfer(&mut self, cmd: &Command, mut bridge: DataBridge) -> Result<(), Fatal> {
         let began = std::time::Instant::now();
         let mut last: Option<Reply> = None;
+        // A 1xx after the one relayed already. pure-ftpd ends a download cut short with its
+        // statistics line coded 150: it stands for the transfer's reply, and is never relayed
+        // (a client would read it as the answer to its next command).
+        let mut stray = false;
         let mut outcome: Option<Result<Transferred, BridgeError>> = None;
         // Once the copy is over, the backend gets the usual reply timeout to say so.
         let mut reply_deadline: Option<Instant> = None;
@@ -82,7 +88,8 @@ impl Session {
                         }
                     };
                     if reply.is_preliminary() {
-                        self.client.send(&reply).await?;
+                        debug!(code = reply.code(), "extra preliminary reply withheld");
+                        stray = true;
                     } else {
                         last = Some(reply);
                     }
@@ -106,7 +113,7 @@ impl Session {
                     match verb {
                         Some((Verb::Abor, _)) => {
                             let record = Record::now(cmd, &bridge, began, None);
-                            return self.abort(record, bridge, last, outcome).await;
+                            return self.abort(record, bridge, (last, stray), outcome).await;
                         }
                         // STAT without argument asks about the transfer itself (RFC 959
                         // §4.1.3): answered here, since the backend's answer would interleave
@@ -146,53 +153,84 @@ impl Session {
     }
 
     /// ABOR during a transfer (RFC 959 §4.1.3). Inside TLS there is no urgent data, so ABOR is
-    /// an ordinary line: stop the bridge, forward ABOR, and relay two replies, the transfer's
-    /// (426 unless it had completed) and the ABOR's own (225/226).
-    ///
-    /// Servers differ in the order they write those two (vsftpd: 426 then 225; libunftp: 226 for
-    /// ABOR at once, the transfer's 426 later), so the gateway reads both and sends them in the
-    /// order RFC 959 gives: the transfer's reply first, then the ABOR's 2xx.
+    /// an ordinary line. It is forwarded first, then the bridge is dropped (resetting the
+    /// backend's data connection, which is how servers that only look for ABOR between writes
+    /// notice it), then the backend's replies are gathered, in whatever order it sends them:
+    /// until the transfer's and ABOR's have both come, for at most [`ABOR_SETTLE`]; after that
+    /// a NOOP, whose 200 marks the end of whatever was left, for at most [`ABOR_LIMIT`] in all.
+    /// The client then hears the transfer's reply and ABOR's 2xx (`ftp::abort::settle`), and
+    /// the session is in step with the backend again. A backend that does not even answer the
+    /// NOOP ends the session (421), after the client has had its two replies.
     async fn abort(
         &mut self,
         record: Record<'_>,
         bridge: DataBridge,
-        last: Option<Reply>,
+        (last, mut stray): (Option<Reply>, bool),
         outcome: Option<Result<Transferred, BridgeError>>,
     ) -> Result<(), Fatal> {
-        let completed =
-            matches!(outcome, Some(Ok(_))) && last.as_ref().is_some_and(Reply::is_success);
-        drop(bridge);
-        match &outcome {
-            Some(Ok(t)) if completed => self.log_transfer(record, Ok(t)),
-            _ => self.log_transfer(record, Err(&BridgeError::Cancelled)),
-        }
+        let began = Instant::now();
         let backend = self.linked()?;
         backend.send(b"ABOR\r\n").await?;
-        let mut after_abor = Vec::with_capacity(2);
-        let expected = if last.is_some() { 1 } else { 2 };
-        while after_abor.len() < expected {
-            let reply = backend.expect_reply().await?;
-            if !reply.is_preliminary() {
-                after_abor.push(reply);
+        drop(bridge);
+        let mut after = Vec::with_capacity(2);
+        // The transfer's reply is in hand when it came before ABOR, or a stray 1xx stood for
+        // it; ABOR's is still to come.
+        let transfer_replied = |stray: bool| last.is_some() || stray;
+        let mut in_step = true;
+        while after.len() < abort::expected(transfer_replied(stray)) {
+            match timeout_at(began + ABOR_SETTLE, backend.read_reply()).await {
+                Ok(reply) => {
+                    let reply = reply?;
+                    if !reply.is_preliminary() {
+                        after.push(reply);
+                    } else if !transfer_replied(stray) {
+                        stray = true;
+                    }
+                }
+                Err(_) => {
+                    in_step = false;
+                    break;
+                }
             }
         }
-        match (&last, completed) {
-            (Some(done), true) => self.client.send(done).await?,
-            _ => {
-                self.reply(426, "Connection closed; transfer aborted.")
-                    .await?
+        if !in_step {
+            // Fewer replies than expected: a NOOP, whose 200 comes after all the rest.
+            debug!(
+                replies = after.len(),
+                "backend quiet after ABOR; resynchronising with NOOP"
+            );
+            backend.send(b"NOOP\r\n").await?;
+            while let Ok(reply) = timeout_at(began + ABOR_LIMIT, backend.read_reply()).await {
+                let reply = reply?;
+                if reply.code() == 200 {
+                    in_step = true;
+                    break;
+                }
+                if !reply.is_preliminary() {
+                    after.push(reply);
+                }
             }
         }
-        let abor_reply = after_abor
-            .iter()
-            .rev()
-            .find(|r| r.is_success())
-            .or(after_abor.last())
-            .cloned()
-            .unwrap_or_else(|| Reply::new(226, "ABOR command successful."));
-        Ok(self.client.send(&abor_reply).await?)
+        let copied_whole = matches!(outcome, Some(Ok(_)));
+        let replies = abort::settle(last.as_ref(), &after, copied_whole);
+        match &outcome {
+            Some(Ok(t)) if replies.completed => self.log_transfer(record, Ok(t)),
+            _ => self.log_transfer(record, Err(&BridgeError::Cancelled)),
+        }
+        self.client.send(&replies.transfer).await?;
+        self.client.send(&replies.abor).await?;
+        if !in_step {
+            return Err(BackendError::Timeout.into());
+        }
+        Ok(())
     }
 }
+
+/// How long the backend has to send both the transfer's reply and ABOR's before the gateway
+/// asks with a NOOP where it stands.
+const ABOR_SETTLE: Duration = Duration::from_secs(2);
+/// How long an ABOR may take in all before the backend counts as lost.
+const ABOR_LIMIT: Duration = Duration::from_secs(5);
 
 /// What the transfer log line says about a transfer besides its outcome.
 struct Record<'a> {

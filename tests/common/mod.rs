@@ -372,6 +372,8 @@ pub struct FtpServer {
 /// Where .ci/run unpacks ProFTPD (it conflicts with vsftpd as a package, so it is not
 /// installed, only unpacked): `FTPSGATE_PROFTPD_ROOT` or this default.
 const PROFTPD_ROOT: &str = "/opt/ftpsgate-peers/proftpd";
+/// Where .ci/run unpacks pure-ftpd (it conflicts with vsftpd too).
+const PURE_FTPD_ROOT: &str = "/opt/ftpsgate-peers/pure-ftpd";
 
 fn missing_peer(what: &str) -> Option<FtpServer> {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
@@ -435,6 +437,53 @@ impl FtpServer {
 
     /// ProFTPD 1.3.8 with mod_tls at its defaults, which include comparing each data
     /// connection's TLS session with the control connection's.
+    /// pure-ftpd 1.0.50 (unpacked from Debian's package, since it conflicts with vsftpd),
+    /// logging in the test user as a virtual user of its own PureDB whose home is the root.
+    /// With TLS: explicit only (`-Y 3`: TLS required on control and data).
+    pub fn pure_ftpd(tls: VsTls) -> Option<FtpServer> {
+        let base =
+            std::env::var("FTPSGATE_PURE_FTPD_ROOT").unwrap_or_else(|_| PURE_FTPD_ROOT.into());
+        let binary = Path::new(&base).join("usr/sbin/pure-ftpd");
+        if !binary.exists() {
+            return missing_peer("pure-ftpd (unpacked under /opt/ftpsgate-peers/pure-ftpd)");
+        }
+        assert_ne!(
+            tls,
+            VsTls::Implicit,
+            "Debian's pure-ftpd has no implicit TLS"
+        );
+        Self::spawn(tls, Ipv4Addr::LOCALHOST.into(), |port, root, dir, cert| {
+            let db = dir.join("pureftpd.pdb");
+            let mut pw = Command::new(Path::new(&base).join("usr/bin/pure-pw"))
+                .args(["useradd", USER, "-u", USER, "-d"])
+                .arg(root)
+                .arg("-f")
+                .arg(dir.join("pureftpd.passwd"))
+                .arg("-m")
+                .arg("-F")
+                .arg(&db)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("pure-pw");
+            if let Some(mut stdin) = pw.stdin.take() {
+                let _ = writeln!(stdin, "{PASSWORD}\n{PASSWORD}");
+            }
+            assert!(pw.wait().is_ok_and(|s| s.success()), "pure-pw useradd");
+            let mut cmd = Command::new(&binary);
+            cmd.arg("-S")
+                .arg(format!("127.0.0.1,{port}"))
+                .args(["-p", "20000:24999", "-E", "-H", "-A", "-f", "none"])
+                .arg("-l")
+                .arg(format!("puredb:{}", db.display()));
+            if let Some((cert, key)) = cert {
+                cmd.args(["-Y", "3", "-2"])
+                    .arg(format!("{},{}", cert.display(), key.display()));
+            }
+            cmd
+        })
+    }
+
     pub fn proftpd(tls: VsTls) -> Option<FtpServer> {
         let base = std::env::var("FTPSGATE_PROFTPD_ROOT").unwrap_or_else(|_| PROFTPD_ROOT.into());
         let binary = Path::new(&base).join("usr/sbin/proftpd");

@@ -265,6 +265,51 @@ def s_abort(args):
     print("abort ok", first, second)
 
 
+def s_abort_storm(args):
+    """ABOR at random points of downloads and uploads, --count times each (--seed): every ABOR
+    is answered, the transfer's reply then ABOR's 2xx, within a few seconds, and a whole
+    transfer works after each one."""
+    rng = random.Random(args.seed)
+    ftp = login(args)
+    ftp.voidcmd("TYPE I")
+    big = pattern(4 << 20)
+    ftp.storbinary("STOR storm.bin", io.BytesIO(big), blocksize=1 << 20)
+    small = pattern(20_000)
+    worst = 0.0
+    codes = {}
+    for i in range(args.count):
+        for direction in ("download", "upload"):
+            if direction == "download":
+                conn = ftp.transfercmd("RETR storm.bin")
+                want = rng.randrange(0, len(big))
+                got = 0
+                while got < want:
+                    chunk = conn.recv(min(1 << 16, want - got))
+                    if not chunk:
+                        break
+                    got += len(chunk)
+            else:
+                conn = ftp.transfercmd(f"STOR storm-up-{i}.bin")
+                conn.sendall(big[: rng.randrange(0, 2 << 20)])
+            began = time.monotonic()
+            ftp.putcmd("ABOR")
+            conn.close()
+            first = ftp.getmultiline()
+            second = ftp.getmultiline()
+            took = time.monotonic() - began
+            worst = max(worst, took)
+            key = (direction, first[:3], second[:3])
+            codes[key] = codes.get(key, 0) + 1
+            check(first[:3] in ("426", "226", "250"), f"{direction} {i}: transfer reply {first!r}")
+            check(second[:3] in ("225", "226"), f"{direction} {i}: ABOR reply {second!r}")
+            check(took < 6, f"{direction} {i}: ABOR answered after {took:.1f}s")
+            # In step: the next transfer works, whole.
+            name = f"after-{i}-{direction}.bin"
+            store_and_fetch(ftp, name, small, f"transfer after ABOR {i} ({direction})")
+    ftp.quit()
+    print(f"{2 * args.count} ABORs answered, slowest {worst:.2f}s: {codes}")
+
+
 def s_feat(args):
     """FEAT before AUTH TLS is the gateway's own answer (it does not reach for the backend
     before TLS); after it, the backend's features are listed too."""
@@ -786,6 +831,7 @@ def main():
     p.add_argument("--name", help="host: the file to download")
     p.add_argument("--expect", help="host: the SHA-256 it must have")
     p.add_argument("--deadline", type=float, default=30, help="timeouts.data_connection_secs")
+    p.add_argument("--seed", type=int, default=959)
     args = p.parse_args()
     SCENARIOS[args.scenario](args)
 
