@@ -158,7 +158,10 @@ pub async fn dial(
     timeouts: (Duration, Duration),
 ) -> Result<(Backend, Vec<Reply>), BackendError> {
     let header = crate::proxy_protocol::header(b.proxy_protocol, client);
-    let session = tls.map(BackendTls::session);
+    let session = tls
+        .map(|t| t.session(address))
+        .transpose()
+        .map_err(|e| BackendError::Handshake(std::io::Error::other(e.to_string())))?;
     Backend::connect(address, session, header.as_deref(), timeouts.0, timeouts.1).await
 }
 

@@ -24,7 +24,9 @@ use crate::config::{
 pub struct BackendTls {
     pub implicit: bool,
     pub protect_data: bool,
-    pub server_name: ServerName<'static>,
+    /// `server_name` from the settings; without it, each address is checked against its own
+    /// host (see [`BackendTls::session`]).
+    server_name: Option<ServerName<'static>>,
     base: Arc<ClientConfig>,
 }
 
@@ -63,15 +65,11 @@ impl BackendTls {
             }
             _ => builder.with_no_client_auth(),
         };
-        let name = match &b.server_name {
-            Some(n) => n.clone(),
-            None => split_host_port(&b.address)
-                .map_err(TlsError::Config)?
-                .0
-                .to_string(),
-        };
-        let server_name = ServerName::try_from(name.clone())
-            .map_err(|_| TlsError::Config(format!("`{name}` is not a valid server name")))?;
+        let server_name = b.server_name.as_deref().map(server_name).transpose()?;
+        // Every address must give a name now, not at a session's connect.
+        for address in b.all_addresses() {
+            name_of(address)?;
+        }
         Ok(Some(BackendTls {
             implicit,
             protect_data: b.data_protection == DataProtection::Private,
@@ -80,19 +78,35 @@ impl BackendTls {
         }))
     }
 
-    /// A config for one FTP session: the shared verifier and client certificate, but its own
-    /// session store. Resumption across FTP sessions would not satisfy a strict backend anyway
-    /// (it wants *this* control connection's session), and must not leak between users.
-    pub fn session(&self) -> BackendSession {
+    /// A config for one FTP session with the backend at `address`: the shared verifier and
+    /// client certificate, but its own session store. Resumption across FTP sessions would not
+    /// satisfy a strict backend anyway (it wants *this* control connection's session), and
+    /// must not leak between users. The certificate must name `server_name` if set, else the
+    /// host of `address` itself: each of several addresses has its own.
+    pub fn session(&self, address: &str) -> Result<BackendSession, TlsError> {
         let mut config = (*self.base).clone();
         config.resumption = Resumption::in_memory_sessions(32);
-        BackendSession {
+        let server_name = match &self.server_name {
+            Some(name) => name.clone(),
+            None => name_of(address)?,
+        };
+        Ok(BackendSession {
             implicit: self.implicit,
             connector: TlsConnector::from(Arc::new(config)),
-            server_name: self.server_name.clone(),
+            server_name,
             protect_data: self.protect_data,
-        }
+        })
     }
+}
+
+/// The TLS name of a backend address: its host (a DNS name or an IP address).
+fn name_of(address: &str) -> Result<ServerName<'static>, TlsError> {
+    server_name(split_host_port(address).map_err(TlsError::Config)?.0)
+}
+
+fn server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
+    ServerName::try_from(name.to_string())
+        .map_err(|_| TlsError::Config(format!("`{name}` is not a valid server name")))
 }
 
 fn verifier(
@@ -221,4 +235,42 @@ pub fn fingerprint(cert: &Path) -> Result<String, TlsError> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn explicit(addresses: &[&str], server_name: Option<&str>) -> BackendTls {
+        let settings = BackendSettings {
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            tls: BackendTlsMode::Explicit,
+            insecure_skip_verify: true,
+            server_name: server_name.map(String::from),
+            ..BackendSettings::default()
+        };
+        BackendTls::from_settings(&settings)
+            .expect("valid")
+            .expect("TLS")
+    }
+
+    #[test]
+    fn each_address_is_checked_against_its_own_host_unless_a_name_is_set() {
+        let tls = explicit(&["ftp-a.internal:21", "10.0.0.2:2121", "[::1]:21"], None);
+        let name = |a: &str| {
+            tls.session(a)
+                .expect("session")
+                .server_name
+                .to_str()
+                .to_string()
+        };
+        assert_eq!(name("ftp-a.internal:21"), "ftp-a.internal");
+        assert_eq!(name("10.0.0.2:2121"), "10.0.0.2");
+        assert_eq!(name("[::1]:21"), "::1");
+        let pinned = explicit(&["10.0.0.1:21", "10.0.0.2:21"], Some("ftp.internal"));
+        for a in ["10.0.0.1:21", "10.0.0.2:21"] {
+            let s = pinned.session(a).expect("session");
+            assert_eq!(s.server_name.to_str(), "ftp.internal");
+        }
+    }
 }
