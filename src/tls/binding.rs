@@ -87,7 +87,12 @@ impl Member {
 pub struct Registry {
     by_client: DashMap<IpAddr, Vec<Arc<Member>>>,
     next_id: AtomicU64,
+    /// Sessions ended so far, for the occasional prune of every address.
+    ended: AtomicU64,
 }
+
+/// Every this many session ends, addresses whose sessions are all past their grace go.
+const PRUNE_EVERY: u64 = 256;
 
 /// A session's place in the registry. Dropping it (the session ends) starts its grace period.
 pub struct Membership {
@@ -179,11 +184,20 @@ impl Drop for Membership {
         if let Ok(mut closed) = self.member.closed.lock() {
             *closed = Some(Instant::now());
         }
-        // Addresses whose sessions are all past their grace are forgotten.
-        self.registry.by_client.retain(|_, members| {
+        // Sessions past their grace are forgotten: this address's now, every address's once in
+        // a while (an address that never comes back must not stay forever), so a session's end
+        // costs a scan of the whole registry only rarely.
+        let prune = |members: &mut Vec<Arc<Member>>| {
             members.retain(|m| m.live());
             !members.is_empty()
-        });
+        };
+        self.registry
+            .by_client
+            .remove_if_mut(&self.client, |_, m| !prune(m));
+        let ended = self.registry.ended.fetch_add(1, Ordering::Relaxed);
+        if ended % PRUNE_EVERY == 0 {
+            self.registry.by_client.retain(|_, m| prune(m));
+        }
     }
 }
 
