@@ -163,7 +163,7 @@ async fn address_checks(settings: &Settings, to: Target<'_>, login: Option<&Logi
     let address = to.label;
     let t = &settings.timeouts;
     let timeouts = (t.backend_connect(), t.backend_reply());
-    let connected = routing::dial(to.settings, to.tls, to.address, None, timeouts).await;
+    let connected = routing::dial(to.settings, to.tls, to.address, None, timeouts, None).await;
     let (mut backend, greeting) = match connected {
         Ok(b) => b,
         Err(e) => {

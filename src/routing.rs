@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use crate::config::{BackendSettings, Balance, Settings, Timeouts};
 use crate::ftp::Reply;
 use crate::metrics::Metrics;
-use crate::session::{Backend, BackendError};
+use crate::session::{Backend, BackendError, Io};
 use crate::tls::backend::BackendTls;
 use crate::tls::TlsError;
 
@@ -29,6 +29,13 @@ pub enum RouteError {
     #[error("{0}")]
     Backend(#[from] BackendError),
 }
+
+/// Opens a control connection to a backend address instead of TCP: what tests use to put a
+/// peer scripted in Rust on the other end of a `tokio::io::duplex`. Returns the connection and
+/// the (backend, gateway) addresses it stands for: data connections still go, over TCP, to the
+/// backend address's IP.
+pub type Dialer =
+    Arc<dyn Fn(&str) -> std::io::Result<(Box<dyn Io>, SocketAddr, SocketAddr)> + Send + Sync>;
 
 /// All backends and the rules that choose among them. Built once at start.
 pub struct Router {
@@ -48,6 +55,8 @@ pub struct Upstream {
     /// Health checks run: an address that fails is marked down until a check passes.
     checked: bool,
     metrics: Arc<Metrics>,
+    /// `None`: TCP.
+    dialer: Option<Dialer>,
 }
 
 struct Member {
@@ -77,13 +86,19 @@ impl Lease {
 }
 
 impl Router {
-    pub fn new(settings: &Settings, metrics: &Arc<Metrics>) -> Result<Router, TlsError> {
+    /// The router of `settings`; `dialer` replaces TCP toward the backends (tests).
+    pub fn new(
+        settings: &Settings,
+        metrics: &Arc<Metrics>,
+        dialer: Option<Dialer>,
+    ) -> Result<Router, TlsError> {
         let checked = settings.routing.health_interval().is_some();
-        let default = Upstream::new(DEFAULT_ROUTE, &settings.backend, checked, metrics)?;
+        let upstream = |name: &str, b| Upstream::new(name, b, checked, metrics, dialer.clone());
+        let default = upstream(DEFAULT_ROUTE, &settings.backend)?;
         let routes = settings
             .routes
             .iter()
-            .map(|(name, b)| Upstream::new(name, b, checked, metrics))
+            .map(|(name, b)| upstream(name, b))
             .collect::<Result<_, _>>()?;
         Ok(Router {
             default,
@@ -156,13 +171,21 @@ pub async fn dial(
     address: &str,
     client: Option<(SocketAddr, SocketAddr)>,
     timeouts: (Duration, Duration),
+    dialer: Option<&Dialer>,
 ) -> Result<(Backend, Vec<Reply>), BackendError> {
     let header = crate::proxy_protocol::header(b.proxy_protocol, client);
     let session = tls
         .map(|t| t.session(address))
         .transpose()
         .map_err(|e| BackendError::Handshake(std::io::Error::other(e.to_string())))?;
-    Backend::connect(address, session, header.as_deref(), timeouts.0, timeouts.1).await
+    match dialer {
+        None => Backend::connect(address, session, header.as_deref(), timeouts.0, timeouts.1).await,
+        Some(dial) => {
+            let (io, peer, local) =
+                dial(address).map_err(|e| BackendError::Connect(address.to_string(), e))?;
+            Backend::over(io, (peer, local), session, header.as_deref(), timeouts).await
+        }
+    }
 }
 
 /// The first route one of whose `names` matches `wanted`: an exact name first, then a
@@ -208,6 +231,7 @@ impl Upstream {
         settings: &BackendSettings,
         checked: bool,
         metrics: &Arc<Metrics>,
+        dialer: Option<Dialer>,
     ) -> Result<Arc<Upstream>, TlsError> {
         let tls = BackendTls::from_settings(settings)?;
         if settings.insecure_skip_verify && tls.is_some() {
@@ -233,6 +257,7 @@ impl Upstream {
             members,
             next: AtomicUsize::new(0),
             metrics: Arc::clone(metrics),
+            dialer,
         }))
     }
 
@@ -295,7 +320,16 @@ impl Upstream {
     ) -> Result<(Backend, Vec<Reply>), BackendError> {
         let address = &self.members[member].address;
         let t = (connect, reply);
-        dial(&self.settings, self.tls.as_ref(), address, client, t).await
+        let dialer = self.dialer.as_ref();
+        dial(
+            &self.settings,
+            self.tls.as_ref(),
+            address,
+            client,
+            t,
+            dialer,
+        )
+        .await
     }
 
     /// One health check: a greeting of 2xx within `limit`.
@@ -330,7 +364,7 @@ mod tests {
 
     fn router(toml: &str) -> Router {
         let settings: Settings = toml::from_str(toml).expect("settings");
-        Router::new(&settings, &Metrics::new()).expect("router")
+        Router::new(&settings, &Metrics::new(), None).expect("router")
     }
 
     const ROUTES: &str = r#"

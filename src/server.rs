@@ -25,7 +25,7 @@ use crate::data::PassivePool;
 use crate::fdlimit;
 use crate::metrics::{Metrics, Reason};
 use crate::proxy_protocol;
-use crate::routing::Router;
+use crate::routing::{Dialer, Router};
 use crate::session::{self, Context, Mode};
 use crate::tls::store::CertStore;
 use crate::tls::{self, TlsError};
@@ -53,7 +53,16 @@ pub struct Gateway {
 
 impl Gateway {
     /// Loads the certificate (or generates one, with a warning), binds every listener.
-    pub async fn bind(mut settings: Settings) -> Result<Gateway, StartError> {
+    pub async fn bind(settings: Settings) -> Result<Gateway, StartError> {
+        Gateway::bind_with(settings, None).await
+    }
+
+    /// [`Gateway::bind`], with `dialer` opening the backends' control connections instead of
+    /// TCP: tests put peers scripted in Rust there, over `tokio::io::duplex`.
+    pub async fn bind_with(
+        mut settings: Settings,
+        dialer: Option<Dialer>,
+    ) -> Result<Gateway, StartError> {
         if let Some(limit) = fdlimit::raise() {
             match fdlimit::fit(&mut settings, limit).map_err(StartError::Descriptors)? {
                 fdlimit::Fit::Fits => {}
@@ -81,7 +90,7 @@ impl Gateway {
         }
         let tls = tls::server_config(Arc::clone(&certs), &settings.tls)?;
         let external_ip = settings.external_ip().map_err(StartError::External)?;
-        let router = Router::new(&settings, &metrics)?;
+        let router = Router::new(&settings, &metrics, dialer)?;
         if let Some(interval) = settings.routing.health_interval() {
             router.spawn_health_checks(interval, settings.routing.health_timeout());
         }
@@ -128,6 +137,12 @@ impl Gateway {
             limits,
             draining,
         })
+    }
+
+    /// What every session shares: with [`session::serve`], a test drives a session over any
+    /// connection (one end of a `tokio::io::duplex`) without the listeners.
+    pub fn context(&self) -> Arc<Context> {
+        Arc::clone(&self.ctx)
     }
 
     /// The admin listener's address, if one is configured.
@@ -343,7 +358,10 @@ fn admit(
                 async move {
                     ctx.metrics.sessions.inc();
                     ctx.metrics.sessions_active.inc();
-                    session::serve(Arc::clone(&ctx), tcp, mode, client).await;
+                    if let Ok(local) = tcp.local_addr() {
+                        let _ = tcp.set_nodelay(true);
+                        session::serve(Arc::clone(&ctx), Box::new(tcp), local, mode, client).await;
+                    }
                     ctx.metrics.sessions_active.dec();
                     drop(permit);
                 }

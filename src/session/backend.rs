@@ -1,5 +1,7 @@
 //! The gateway's own control connection to the backend FTP server: plain, explicit TLS
-//! (`AUTH TLS`) or implicit TLS.
+//! (`AUTH TLS`) or implicit TLS, over any [`Io`] (TCP, or in tests a scripted peer on a
+//! `tokio::io::duplex`). Data connections to the backend are always TCP, to its control
+//! address.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,7 +14,7 @@ use tokio::time::timeout;
 use tracing::debug;
 
 use crate::ftp::{addr, LineError, LineFramer, Peer, Reply, ReplyAssembler, ReplyError};
-use crate::stream::Stream;
+use crate::stream::{Control, Io};
 use crate::tls::backend::BackendSession;
 
 /// A backend line longer than this is hostile or broken, not FTP.
@@ -50,7 +52,7 @@ enum PassiveStyle {
 
 pub struct Backend {
     /// `None` only during a TLS upgrade.
-    stream: Option<Stream>,
+    stream: Option<Control>,
     tls: Option<BackendSession>,
     framer: LineFramer,
     assembler: ReplyAssembler,
@@ -72,18 +74,36 @@ impl Backend {
         reply_timeout: Duration,
     ) -> Result<(Backend, Vec<Reply>), BackendError> {
         let fail = |e: io::Error| BackendError::Connect(address.to_string(), e);
-        let mut tcp = timeout(connect_timeout, TcpStream::connect(address))
+        let tcp = timeout(connect_timeout, TcpStream::connect(address))
             .await
             .map_err(|_| fail(io::ErrorKind::TimedOut.into()))?
             .map_err(fail)?;
         tcp.set_nodelay(true)?;
+        let (peer, local) = (tcp.peer_addr()?, tcp.local_addr()?);
+        let timeouts = (connect_timeout, reply_timeout);
+        Backend::over(Box::new(tcp), (peer, local), tls, proxy_header, timeouts).await
+    }
+
+    /// The greeting, TLS and all, over a connection already open to a backend whose control
+    /// address is `addrs.0` (where its data connections go) from `addrs.1`; `timeouts` =
+    /// (handshake, reply).
+    pub async fn over(
+        mut io: Box<dyn Io>,
+        addrs: (SocketAddr, SocketAddr),
+        tls: Option<BackendSession>,
+        proxy_header: Option<&[u8]>,
+        timeouts: (Duration, Duration),
+    ) -> Result<(Backend, Vec<Reply>), BackendError> {
+        let (connect_timeout, reply_timeout) = timeouts;
         if let Some(header) = proxy_header {
-            tcp.write_all(header).await?;
+            timeout(reply_timeout, io.write_all(header))
+                .await
+                .map_err(|_| BackendError::Timeout)??;
         }
         let mut backend = Backend {
-            peer: tcp.peer_addr()?,
-            local: tcp.local_addr()?,
-            stream: Some(Stream::Plain(tcp)),
+            peer: addrs.0,
+            local: addrs.1,
+            stream: Some(Control::Plain(io)),
             tls,
             framer: LineFramer::new(MAX_BACKEND_LINE, Peer::Backend),
             assembler: ReplyAssembler::new(MAX_BACKEND_REPLY),
@@ -118,17 +138,19 @@ impl Backend {
                 "no TLS configured",
             )));
         };
-        let Some(Stream::Plain(tcp)) = self.stream.take() else {
+        let Some(Control::Plain(plain)) = self.stream.take() else {
             return Err(BackendError::Handshake(io::Error::other(
                 "not a plain connection",
             )));
         };
-        let handshake = tls.connector.connect(tls.server_name.clone(), tcp);
+        let handshake = tls.connector.connect(tls.server_name.clone(), plain);
         let stream = timeout(limit, handshake)
             .await
             .map_err(|_| BackendError::Handshake(io::ErrorKind::TimedOut.into()))?
             .map_err(BackendError::Handshake)?;
-        self.stream = Some(Stream::from(stream));
+        self.stream = Some(Control::Tls(Box::new(tokio_rustls::TlsStream::Client(
+            stream,
+        ))));
         Ok(())
     }
 
@@ -161,7 +183,7 @@ impl Backend {
         })
     }
 
-    fn stream(&mut self) -> io::Result<&mut Stream> {
+    fn stream(&mut self) -> io::Result<&mut Control> {
         self.stream
             .as_mut()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "backend connection lost"))

@@ -1,5 +1,6 @@
 //! The client's control connection: reading command lines, writing replies, and the in-place
-//! upgrade to TLS on `AUTH TLS`.
+//! upgrade to TLS on `AUTH TLS`. It runs over any [`Io`]: a TCP socket, or in tests one end of
+//! a `tokio::io::duplex`.
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,12 +12,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsAcceptor;
 
 use crate::ftp::{LineError, LineFramer, Peer, Reply};
-use crate::stream::Stream;
+use crate::stream::{Control, Io};
 use crate::tls::store::subject;
 
 pub struct ClientControl {
     /// `None` only while an upgrade is in progress (or after it failed).
-    stream: Option<Stream>,
+    stream: Option<Control>,
     framer: LineFramer,
     pub peer: SocketAddr,
     pub local: SocketAddr,
@@ -31,14 +32,14 @@ fn gone() -> io::Error {
 
 impl ClientControl {
     pub fn new(
-        stream: Stream,
+        io: Box<dyn Io>,
         peer: SocketAddr,
         local: SocketAddr,
         max_line: usize,
         write_limit: Duration,
     ) -> Self {
         Self {
-            stream: Some(stream),
+            stream: Some(Control::Plain(io)),
             framer: LineFramer::new(max_line, Peer::Client),
             peer,
             local,
@@ -47,7 +48,7 @@ impl ClientControl {
     }
 
     pub fn is_tls(&self) -> bool {
-        self.stream.as_ref().is_some_and(Stream::is_tls)
+        self.stream.as_ref().is_some_and(Control::is_tls)
     }
 
     /// Bytes the client sent that are not yet a full line.
@@ -98,34 +99,28 @@ impl ClientControl {
     /// Runs the TLS handshake on the plain connection (after `234`, or at once for implicit
     /// FTPS).
     pub async fn upgrade(&mut self, config: Arc<ServerConfig>, limit: Duration) -> io::Result<()> {
-        let tcp = match self.stream.take() {
-            Some(Stream::Plain(tcp)) => tcp,
+        let plain = match self.stream.take() {
+            Some(Control::Plain(io)) => io,
             other => {
                 self.stream = other;
                 return Err(io::Error::other("control connection is already TLS"));
             }
         };
-        let tls = tokio::time::timeout(limit, TlsAcceptor::from(config).accept(tcp))
+        let tls = tokio::time::timeout(limit, TlsAcceptor::from(config).accept(plain))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
-        self.stream = Some(Stream::from(tls));
+        self.stream = Some(Control::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))));
         Ok(())
     }
 
     /// The TLS version and whether the handshake resumed a session.
     pub fn tls_info(&self) -> Option<(rustls::ProtocolVersion, bool)> {
-        self.stream.as_ref().and_then(Stream::tls_info)
+        self.stream.as_ref().and_then(Control::tls_info)
     }
 
     /// The gateway's side of the client's TLS session, once there is one.
     fn tls_server(&self) -> Option<&rustls::ServerConnection> {
-        match self.stream.as_ref()? {
-            Stream::Tls(tls) => match &**tls {
-                tokio_rustls::TlsStream::Server(s) => Some(s.get_ref().1),
-                tokio_rustls::TlsStream::Client(_) => None,
-            },
-            _ => None,
-        }
+        self.stream.as_ref()?.tls_server()
     }
 
     /// The subject of the client's certificate, when it presented one (mutual TLS).

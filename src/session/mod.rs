@@ -25,7 +25,6 @@ use std::time::Duration;
 
 use rustls::ServerConfig;
 use thiserror::Error;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tracing::{debug, info, warn, Span};
@@ -35,7 +34,7 @@ use crate::data::{DataBridge, PassivePool};
 use crate::ftp::{escaped, gateway_feat, rewrite_feat, Command, LineError, Reply, Verb};
 use crate::metrics::{Channel, Metrics, Reason};
 use crate::routing::{Lease, RouteError, Router, Upstream};
-use crate::stream::Stream;
+pub use crate::stream::Io;
 use crate::tls;
 use crate::tls::store::CertStore;
 
@@ -174,11 +173,17 @@ struct Session {
 
 /// Serves one client connection from accept to close.
 /// `peer` is the client: the TCP peer, or the one a trusted balancer's PROXY header named.
-pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, mode: Mode, peer: SocketAddr) {
-    let Ok(local) = tcp.local_addr() else {
-        return;
-    };
-    let _ = tcp.set_nodelay(true);
+///
+/// The connection can be anything a session runs over ([`Io`]): the listeners hand a TCP
+/// socket; tests may hand one end of a `tokio::io::duplex`. `local` is the address the client
+/// reached (PASV answers with it unless an external address is set).
+pub async fn serve(
+    ctx: Arc<Context>,
+    io: Box<dyn Io>,
+    local: SocketAddr,
+    mode: Mode,
+    peer: SocketAddr,
+) {
     let session_tls = match tls::session_config(&ctx.tls, ctx.settings.tls.data_session_reuse) {
         Ok(c) => c,
         Err(e) => {
@@ -188,7 +193,7 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, mode: Mode, peer: SocketAd
     };
     let max_line = ctx.settings.limits.max_line_length;
     let write_limit = ctx.settings.timeouts.client_write();
-    let mut client = ClientControl::new(Stream::Plain(tcp), peer, local, max_line, write_limit);
+    let mut client = ClientControl::new(io, peer, local, max_line, write_limit);
     if mode == Mode::Implicit {
         let config = Arc::clone(&session_tls.control);
         if let Err(e) = secure_control(&ctx, &mut client, config).await {
