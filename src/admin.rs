@@ -21,7 +21,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 
 /// Serves admin requests until the task is aborted.
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
-    let mut acceptor = crate::server::Acceptor::new(None);
+    let mut acceptor = crate::accept::Acceptor::new(None);
     loop {
         let (tcp, peer) = acceptor.accept(&listener, &ctx.metrics).await;
         let ctx = Arc::clone(&ctx);

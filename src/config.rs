@@ -113,7 +113,24 @@ pub struct ProxyProtocolSettings {
     /// Networks of the balancers whose PROXY v2 headers are believed (e.g. "10.0.0.0/8").
     /// Connections from them, control and data alike, must start with a header; from anyone
     /// else none is read. Empty: no PROXY protocol.
-    pub trusted: crate::proxy_protocol::Trusted,
+    pub trusted: Trusted,
+}
+
+/// The load balancers whose PROXY headers are believed: CIDR networks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Trusted(Vec<ipnet::IpNet>);
+
+impl Trusted {
+    pub fn new(nets: Vec<ipnet::IpNet>) -> Self {
+        Trusted(nets)
+    }
+
+    /// An IPv4-mapped IPv6 address counts as the IPv4 address it carries.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
 }
 
 /// The admin listener: `/metrics`, `/healthz`, `/readyz`. Off unless `listen` is set; keep it on
@@ -975,6 +992,18 @@ mod tests {
         assert_eq!(s.external_host().as_deref(), Some("ftp-1.example.com"));
         let err = parse("[passive]\nreplicas = 2\nreplica_index = 2\n").expect_err("index");
         assert!(err.to_string().contains("passive.replica_index"), "{err}");
+    }
+
+    #[test]
+    fn only_listed_networks_are_trusted() {
+        let t = Trusted::new(vec!["10.0.0.0/8".parse().expect("net")]);
+        assert!(t.contains("10.1.2.3".parse().expect("ip")));
+        assert!(
+            t.contains("::ffff:10.1.2.3".parse().expect("ip")),
+            "mapped IPv4"
+        );
+        assert!(!t.contains("192.0.2.1".parse().expect("ip")));
+        assert!(!Trusted::default().contains("10.1.2.3".parse().expect("ip")));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! Layers, outermost first: [`server`] (listeners, limits) → [`session`] (the control relay) →
 //! [`data`] (passive pool, data bridges) → [`ftp`] (pure protocol, no I/O).
 
+mod accept;
 pub mod admin;
 pub mod config;
 pub mod data;

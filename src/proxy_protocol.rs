@@ -7,16 +7,14 @@
 //! From any other peer a header is not read: a client cannot claim someone else's address.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use ipnet::IpNet;
 use ppp::v2::{Addresses, Builder, Command, Header, Protocol, Version, PROTOCOL_PREFIX};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::config::ProxyVersion;
-use crate::data::canonical;
 
 /// A v2 header is 16 bytes plus its addresses and TLVs; balancers send a few dozen bytes.
 const MAX_HEADER: usize = 16 + 2048;
@@ -35,30 +33,14 @@ pub enum ProxyError {
     Malformed(String),
 }
 
-/// The load balancers whose PROXY headers are believed.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
-pub struct Trusted(Vec<IpNet>);
-
-impl Trusted {
-    pub fn new(nets: Vec<IpNet>) -> Self {
-        Trusted(nets)
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        self.0.iter().any(|net| net.contains(&ip))
-    }
-}
-
 /// The header the gateway sends a backend that wants one (`backend.proxy_protocol`), so the
 /// backend logs and limits by the real client: `client` is `(client, the gateway address it
 /// connected to)`; `None` (a health probe of the gateway's own) sends LOCAL / UNKNOWN.
 pub fn header(version: ProxyVersion, client: Option<(SocketAddr, SocketAddr)>) -> Option<Vec<u8>> {
     // One family for both ends: IPv4-mapped addresses are IPv4; a real mix is unknown.
     let pair = client.and_then(|(from, to)| {
-        let from = SocketAddr::new(canonical(from.ip()), from.port());
-        let to = SocketAddr::new(canonical(to.ip()), to.port());
+        let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+        let to = SocketAddr::new(to.ip().to_canonical(), to.port());
         (from.is_ipv4() == to.is_ipv4()).then_some((from, to))
     });
     match version {
@@ -196,17 +178,5 @@ mod tests {
             super::header(ProxyVersion::Off, Some((client, gateway))),
             None
         );
-    }
-
-    #[test]
-    fn only_listed_networks_are_trusted() {
-        let t = Trusted::new(vec!["10.0.0.0/8".parse().expect("net")]);
-        assert!(t.contains("10.1.2.3".parse().expect("ip")));
-        assert!(
-            t.contains("::ffff:10.1.2.3".parse().expect("ip")),
-            "mapped IPv4"
-        );
-        assert!(!t.contains("192.0.2.1".parse().expect("ip")));
-        assert!(!Trusted::default().contains("10.1.2.3".parse().expect("ip")));
     }
 }

@@ -2,8 +2,8 @@
 //! passive data port.
 //!
 //! Ordering, and the race it avoids. The session connects to the backend's data port right
-//! after the backend's PASV/EPSV reply ("connect eagerly, buffer nothing", DESIGN §2), before
-//! the client has its 227/229. Servers such as vsftpd accept the data connection *before* they
+//! after the backend's PASV/EPSV reply ("connect eagerly, buffer nothing": docs/ARCHITECTURE.md,
+//! "A transfer"), before the client has its 227/229. Servers such as vsftpd accept the data connection *before* they
 //! answer the transfer command with 150, while clients such as Python's ftplib only start the
 //! data TLS handshake *after* that 150: any other order deadlocks one of them. Nothing is read
 //! from either side until the session says which way the transfer goes (it knows once it has
@@ -44,9 +44,10 @@ use tracing::{debug, info, warn, Instrument};
 use super::gate::{SignalOnTicket, TicketGate, READ_BUFFER};
 use super::pool::Lease;
 use crate::config::ReuseMode;
+use crate::config::Trusted;
 use crate::ftp::{Direction, Reply};
 use crate::metrics::{Channel, Metrics, Reason};
-use crate::proxy_protocol::{self, Trusted};
+use crate::proxy_protocol;
 use crate::stream::Stream;
 use crate::tls::backend::BackendSession;
 use crate::tls::binding::Siblings;

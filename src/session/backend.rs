@@ -252,7 +252,7 @@ impl Backend {
             return Ok(Err(reply));
         }
         // Only the port is used: the address in the reply is the backend's idea of itself and
-        // must never decide where the gateway connects (DESIGN §4).
+        // must never decide where the gateway connects (docs/ARCHITECTURE.md, "A transfer").
         match addr::parse_pasv(&reply.text()) {
             Ok(a) => {
                 if a.ip() != &self.peer.ip() {

@@ -1,5 +1,5 @@
 //! One FTP session: the client's control connection, the gateway's own control connection to
-//! the backend, and the relay between them (DESIGN §2).
+//! the backend, and the relay between them (docs/ARCHITECTURE.md, "A session").
 //!
 //! The relay is lockstep, as FTP is: read one client command, decide (answer locally,
 //! translate, or pass through), relay the backend's replies. The only time both sides are read
@@ -229,7 +229,8 @@ pub async fn serve(
         route_by_user: false,
         host_pending: None,
         tls: session_tls,
-        // Implicit FTPS: the data channel is protected from the start (DESIGN §2).
+        // Implicit FTPS: the data channel is protected from the start, as clients expect of
+        // it (none waits to send PROT P before its first transfer).
         prot: if implicit {
             Protection::Private
         } else {

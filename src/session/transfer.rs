@@ -1,7 +1,8 @@
 //! Transfers: RETR, STOR, STOU, APPE, LIST, NLST, MLSD, and ABOR while one runs.
 //!
 //! The backend's final reply is held until the bridge reports both data connections closed: a
-//! client that sees `226` before the last byte reads a short file (DESIGN §2).
+//! client that sees `226` before the last byte reads a short file (docs/ARCHITECTURE.md,
+//! "A transfer").
 
 use std::time::Duration;
 

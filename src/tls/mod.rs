@@ -191,7 +191,7 @@ pub fn server_config(
 /// Both share a ticketer of their own (a fresh random key) and a small session-ID cache of their
 /// own. A data connection can only resume a session this FTP session issued, so
 /// `HandshakeKind::Resumed` proves the data connection comes from the client that owns this
-/// control connection (DESIGN §3). A ticketer or cache shared between sessions would prove
+/// control connection (docs/ARCHITECTURE.md, "The TLS binding"). A ticketer or cache shared between sessions would prove
 /// nothing: another client's ticket would resume just as well. Stateless tickets rather than
 /// rustls' stateful TLS 1.3 tickets, because the stateful ones are single-use and FTP clients
 /// resume the control connection's session once per data connection.
