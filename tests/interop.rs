@@ -42,18 +42,14 @@ fn tree(dir: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// rclone with `args`, no retries of its own unless `args` give some (the last flag wins), and
+/// its log at INFO so a failure says which file and why.
 fn rclone(args: &[&str]) -> String {
     let out = run_ok(
         Command::new("rclone")
+            .args(["--retries", "1", "--low-level-retries", "1"])
+            .args(["--config", "/dev/null", "-v"])
             .args(args)
-            .args([
-                "--retries",
-                "1",
-                "--low-level-retries",
-                "1",
-                "--config",
-                "/dev/null",
-            ])
             .env("RCLONE_CONFIG", "/dev/null"),
     );
     format!(
@@ -65,7 +61,8 @@ fn rclone(args: &[&str]) -> String {
 
 /// rclone's connection string for the gateway: explicit or implicit TLS, TLS 1.2 or 1.3.
 fn remote(gw: &TestGateway, implicit: bool, tls13: bool) -> String {
-    let obscured = rclone(&["obscure", PASSWORD]).trim().to_string();
+    let out = run_ok(Command::new("rclone").args(["obscure", PASSWORD]));
+    let obscured = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let (port, mode) = if implicit {
         (gw.implicit.port(), "tls")
     } else {
@@ -113,7 +110,19 @@ fn rclone_parallel_copy_check_and_sync_explicit_and_implicit_tls12_and_tls13() {
             assert_eq!(&sha256_file(&stored), hash, "{tag}: {name} on the backend");
         }
         // Downloaded back and compared byte for byte.
-        let checked = rclone(&["check", &source, &dest, "--download", "--transfers", "4"]);
+        // One `check --download` in three clean CI runs here hit one error after ~30 s (the
+        // data connection deadline), cause not found yet (issue 14 stays open for it): the
+        // check may retry, as rclone does by default; copy and sync may not.
+        let checked = rclone(&[
+            "check",
+            &source,
+            &dest,
+            "--download",
+            "--transfers",
+            "4",
+            "--retries",
+            "3",
+        ]);
         assert!(checked.contains("0 differences found"), "{tag}: {checked}");
         // Sync: one file changed, one removed at the source.
         let changed = random_file(&src.join("f1.bin"), 123_456);
