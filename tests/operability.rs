@@ -83,18 +83,6 @@ fn rotate(cert: &Path, key: &Path, names: &[&str]) -> CertificateDer<'static> {
     pem_certs(cert).remove(0)
 }
 
-/// Polls `f` until it returns true or `limit` passes.
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
 fn admin_on_loopback(s: &mut ftpsgate::config::Settings) {
     s.admin.listen = Some("127.0.0.1:0".parse().expect("addr"));
 }

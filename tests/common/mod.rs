@@ -249,6 +249,18 @@ pub fn raise_fd_limit() -> usize {
     hard
 }
 
+/// Polls `f` until it returns true or `limit` passes.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
 /// Returns false (after a loud message) when `tool` is missing on a developer machine;
 /// panics when it is missing in CI.
 pub fn have(tool: &str) -> bool {
