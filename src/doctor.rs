@@ -11,11 +11,10 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 use crate::config::BackendSettings;
 use crate::config::Settings;
 use crate::ftp::addr;
-use crate::routing;
-use crate::session::Backend;
 use crate::tls::backend::BackendTls;
 use crate::tls::store::CertStore;
 use crate::tls::{self, TlsError};
+use crate::upstream::{self, Backend, BackendError};
 
 /// A certificate this close to expiry is a warning.
 const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -163,7 +162,7 @@ async fn address_checks(settings: &Settings, to: Target<'_>, login: Option<&Logi
     let address = to.label;
     let t = &settings.timeouts;
     let timeouts = (t.backend_connect(), t.backend_reply());
-    let connected = routing::dial(to.settings, to.tls, to.address, None, timeouts, None).await;
+    let connected = upstream::dial(to.settings, to.tls, to.address, None, timeouts, None).await;
     let (mut backend, greeting) = match connected {
         Ok(b) => b,
         Err(e) => {
@@ -224,7 +223,7 @@ async fn passive_checks(backend: &mut Backend, login: &Login, settings: &Setting
         if reply.code() == 230 {
             backend.protect_data().await?;
         }
-        Ok::<_, crate::session::BackendError>(reply)
+        Ok::<_, BackendError>(reply)
     }
     .await;
     match logged_in {

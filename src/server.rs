@@ -25,10 +25,10 @@ use crate::data::PassivePool;
 use crate::fdlimit;
 use crate::metrics::{Metrics, Reason};
 use crate::proxy_protocol;
-use crate::routing::{Dialer, Router};
 use crate::session::{self, Context, Mode};
 use crate::tls::store::CertStore;
 use crate::tls::{self, TlsError};
+use crate::upstream::{Dialer, Router};
 
 #[derive(Debug, Error)]
 pub enum StartError {

@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ftpsgate::config::Settings;
-use ftpsgate::routing::Dialer;
 use ftpsgate::server::Gateway;
 use ftpsgate::session::{self, Mode};
+use ftpsgate::upstream::Dialer;
 use tokio::io::{
     AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf,
 };

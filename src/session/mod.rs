@@ -14,7 +14,6 @@
 //! it, which, when TLS is required, is only once TLS is up: a client that never finishes TLS
 //! never reaches the backend (see `backend.relay_greeting` for the old way).
 
-mod backend;
 mod client;
 mod setup;
 mod transfer;
@@ -33,13 +32,11 @@ use crate::config::Settings;
 use crate::data::{DataBridge, PassivePool};
 use crate::ftp::{escaped, gateway_feat, rewrite_feat, Command, LineError, Reply, Verb};
 use crate::metrics::{Channel, Metrics, Reason};
-use crate::routing::{Lease, RouteError, Router, Upstream};
 pub use crate::stream::Io;
 use crate::tls;
 use crate::tls::store::CertStore;
+use crate::upstream::{Backend, BackendError, Lease, RouteError, Router, Upstream};
 
-pub(crate) use backend::Backend;
-pub use backend::BackendError;
 use client::ClientControl;
 
 /// What every session shares.

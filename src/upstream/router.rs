@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
@@ -15,9 +15,11 @@ use tracing::{info, warn};
 use crate::config::{BackendSettings, Balance, Settings, Timeouts};
 use crate::ftp::Reply;
 use crate::metrics::Metrics;
-use crate::session::{Backend, BackendError, Io};
+use crate::stream::Io;
 use crate::tls::backend::BackendTls;
 use crate::tls::TlsError;
+
+use super::control::{Backend, BackendError};
 
 /// The name the default backend goes by in logs and metrics.
 pub const DEFAULT_ROUTE: &str = "default";
@@ -39,8 +41,8 @@ pub type Dialer =
 
 /// All backends and the rules that choose among them. Built once at start.
 pub struct Router {
-    default: Arc<Upstream>,
-    routes: Vec<Arc<Upstream>>,
+    pub(super) default: Arc<Upstream>,
+    pub(super) routes: Vec<Arc<Upstream>>,
     user_suffix: bool,
 }
 
@@ -49,7 +51,7 @@ pub struct Upstream {
     pub name: String,
     pub settings: BackendSettings,
     tls: Option<BackendTls>,
-    members: Vec<Member>,
+    pub(super) members: Vec<Member>,
     /// Round-robin position, and the tie-break for least connections.
     next: AtomicUsize,
     /// Health checks run: an address that fails is marked down until a check passes.
@@ -59,7 +61,7 @@ pub struct Upstream {
     dialer: Option<Dialer>,
 }
 
-struct Member {
+pub(super) struct Member {
     address: String,
     up: AtomicBool,
     sessions: AtomicUsize,
@@ -142,25 +144,6 @@ impl Router {
         let upstream = self.routes.iter().find(|r| r.name == route)?;
         (!name.is_empty()).then_some((upstream, name))
     }
-
-    /// Starts a health check for each address of every backend that has several, every
-    /// `interval`: the FTP greeting (over TLS for an implicit backend) within `limit`. The
-    /// tasks end with the router.
-    pub fn spawn_health_checks(&self, interval: Duration, limit: Duration) {
-        for upstream in std::iter::once(&self.default).chain(&self.routes) {
-            if upstream.members.len() < 2 {
-                continue;
-            }
-            for member in 0..upstream.members.len() {
-                tokio::spawn(health_loop(
-                    Arc::downgrade(upstream),
-                    member,
-                    interval,
-                    limit,
-                ));
-            }
-        }
-    }
 }
 
 /// Opens a control connection to one address of a backend configured as `b`, with a PROXY
@@ -211,18 +194,6 @@ fn find<'r>(
         .iter()
         .find(exact)
         .or_else(|| routes.iter().find(wildcard))
-}
-
-async fn health_loop(upstream: Weak<Upstream>, member: usize, interval: Duration, limit: Duration) {
-    loop {
-        let Some(u) = upstream.upgrade() else {
-            return;
-        };
-        let healthy = u.check(member, limit).await;
-        u.mark(member, healthy);
-        drop(u);
-        tokio::time::sleep(interval).await;
-    }
 }
 
 impl Upstream {
@@ -311,7 +282,7 @@ impl Upstream {
         Err(last.map_or_else(|| RouteError::AllDown(self.name.clone()), RouteError::from))
     }
 
-    async fn dial(
+    pub(super) async fn dial(
         &self,
         member: usize,
         client: Option<(SocketAddr, SocketAddr)>,
@@ -332,20 +303,8 @@ impl Upstream {
         .await
     }
 
-    /// One health check: a greeting of 2xx within `limit`.
-    async fn check(&self, member: usize, limit: Duration) -> bool {
-        let dialled = tokio::time::timeout(limit, self.dial(member, None, limit, limit)).await;
-        match dialled {
-            Ok(Ok((mut backend, greeting))) => {
-                let _ = backend.send(b"QUIT\r\n").await;
-                greeting.last().is_some_and(Reply::is_success)
-            }
-            _ => false,
-        }
-    }
-
     /// Records an address's health, logging each change.
-    fn mark(&self, member: usize, up: bool) {
+    pub(super) fn mark(&self, member: usize, up: bool) {
         let m = &self.members[member];
         if m.up.swap(up, Ordering::Relaxed) != up {
             self.metrics.backend_up(&self.name, &m.address, up);
