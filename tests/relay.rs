@@ -192,6 +192,10 @@ struct Client {
 
 impl Client {
     fn open(gw: &Gateway) -> Client {
+        Client::open_as(gw, Mode::Explicit)
+    }
+
+    fn open_as(gw: &Gateway, mode: Mode) -> Client {
         let (ours, theirs) = tokio::io::duplex(1 << 16);
         let peer: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
         let local: SocketAddr = "127.0.0.1:2121".parse().expect("addr");
@@ -199,7 +203,7 @@ impl Client {
             gw.context(),
             Box::new(theirs),
             local,
-            Mode::Explicit,
+            mode,
             peer,
         ));
         Client {
@@ -363,5 +367,37 @@ async fn route_rules_apply_in_order_host_before_the_user_suffix() {
         at("b.test")[..3],
         ["HOST b.example", "USER alice", "PASS pw"],
         "{seen:?}"
+    );
+}
+
+/// A session enters the TLS binding registry before its control handshake, not after: the
+/// client may hand that handshake's ticket to a sibling's data connection the moment it has it
+/// (rclone did, and the data connection failed to resume). Here the handshake never even
+/// starts, and the session is there all the same, explicit and implicit alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_joins_the_binding_registry_before_its_control_handshake() {
+    let (gw, _) = gateway(|_| {}).await;
+    let bindings = &gw.context().bindings;
+    let mut explicit = Client::open(&gw);
+    assert!(explicit.reply().await.starts_with("220"));
+    assert!(bindings.is_empty(), "joined before AUTH TLS");
+    assert!(explicit.cmd("AUTH TLS").await.starts_with("234"));
+    let joined = |n: usize| async move {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while bindings.members() != n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        bindings.members()
+    };
+    assert_eq!(
+        joined(1).await,
+        1,
+        "explicit: not joined before the handshake"
+    );
+    let _implicit = Client::open_as(&gw, Mode::Implicit);
+    assert_eq!(
+        joined(2).await,
+        2,
+        "implicit: not joined before the handshake"
     );
 }

@@ -191,7 +191,10 @@ pub async fn serve(
     let max_line = ctx.settings.limits.max_line_length;
     let write_limit = ctx.settings.timeouts.client_write();
     let mut client = ClientControl::new(io, peer, local, max_line, write_limit);
-    if mode == Mode::Implicit {
+    let implicit = mode == Mode::Implicit;
+    let mut membership = None;
+    if implicit {
+        membership = join_siblings(&ctx, &session_tls, peer);
         let config = Arc::clone(&session_tls.control);
         if let Err(e) = secure_control(&ctx, &mut client, config).await {
             info!(error = %e, "implicit TLS handshake failed");
@@ -214,11 +217,10 @@ pub async fn serve(
     } else {
         (None, vec![Reply::new(220, &ctx.settings.greeting)])
     };
-    let implicit = mode == Mode::Implicit;
     let mut session = Session {
         login_deadline: Some(Instant::now() + t.login()),
         idle_since: Instant::now(),
-        membership: None,
+        membership,
         ctx: Arc::clone(&ctx),
         client,
         link,
@@ -241,9 +243,6 @@ pub async fn serve(
     };
     if let Some(link) = &session.link {
         Span::current().record("backend", tracing::field::display(link.backend.peer()));
-    }
-    if implicit {
-        session.join_siblings();
     }
     info!(?mode, "session started");
     match session.run(greeting).await {
@@ -312,6 +311,21 @@ async fn until_draining(draining: &mut watch::Receiver<bool>) {
 
 /// The control connection's TLS handshake, counted, with the client certificate's subject (if
 /// the client presented one) put on the session's span.
+/// Enters the session in the registry its siblings' data connections look in (see
+/// `tls::binding`), as *pending*, before its control handshake starts: the client may hand
+/// that handshake's ticket to a sibling's data connection the moment it has it, before this
+/// session's task runs again. Joined only after the handshake, rclone's check once had a data
+/// connection offer such a ticket first, fail to resume, and wait out its deadline.
+fn join_siblings(
+    ctx: &Context,
+    tls: &tls::SessionTls,
+    peer: SocketAddr,
+) -> Option<tls::binding::Membership> {
+    let ticketer = tls.ticketer.as_ref()?;
+    let client = crate::data::canonical(peer.ip());
+    Some(ctx.bindings.join(client, Arc::clone(ticketer)))
+}
+
 async fn secure_control(
     ctx: &Context,
     client: &mut ClientControl,
@@ -690,15 +704,6 @@ impl Session {
         Some(self.membership.as_ref()?.siblings(self.identity()?))
     }
 
-    /// The control connection is TLS: the session's tickets exist from now on, so it enters
-    /// the registry its siblings' data connections look in.
-    fn join_siblings(&mut self) {
-        if let Some(ticketer) = &self.tls.ticketer {
-            let client = crate::data::canonical(self.client.peer.ip());
-            self.membership = Some(self.ctx.bindings.join(client, Arc::clone(ticketer)));
-        }
-    }
-
     async fn auth(&mut self, cmd: &Command) -> Result<Flow, Fatal> {
         if self.client.is_tls() {
             self.reply(503, "Already using TLS.").await?;
@@ -721,12 +726,12 @@ impl Session {
             return Ok(Flow::Close);
         }
         self.reply(234, "AUTH TLS successful.").await?;
+        self.membership = join_siblings(&self.ctx, &self.tls, self.client.peer);
         let config = Arc::clone(&self.tls.control);
         if let Err(e) = secure_control(&self.ctx, &mut self.client, config).await {
             info!(error = %e, "control TLS handshake failed");
             return Ok(Flow::Close);
         }
-        self.join_siblings();
         if implies_prot_p {
             self.prot = Protection::Private;
         }

@@ -9,8 +9,8 @@
 //! as the same user on the same route, still open or closed less than [`GRACE`] ago. Another
 //! user's ticket, another address's, or another gateway's never passes.
 //!
-//! How. Every session enters the registry under its client address once its control connection
-//! is TLS (its tickets exist from then on), and says who it is once the backend accepts its
+//! How. Every session enters the registry under its client address as its control handshake
+//! starts, before any of its tickets exists, and says who it is once the backend accepts its
 //! login. A data connection's ticket is tried with the session's own ticketer, then with those
 //! of the other sessions from the same address. A sibling's ticket only opens the handshake:
 //! the bridge then checks that the sibling is (or, if it is still logging in, becomes) the same
@@ -45,7 +45,7 @@ pub struct Identity {
 /// Where a session stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Login {
-    /// TLS is up; the backend has not said 230 yet.
+    /// The control handshake has started; the backend has not said 230 yet.
     Pending,
     LoggedIn(Identity),
     /// Ended without logging in: its tickets never pass.
@@ -106,7 +106,8 @@ impl Registry {
         Arc::new(Registry::default())
     }
 
-    /// Enters a session from `client` whose control connection is now TLS, with its ticketer.
+    /// Enters a session from `client` whose control handshake is about to start, with its
+    /// ticketer.
     pub fn join(
         self: &Arc<Self>,
         client: IpAddr,
@@ -152,6 +153,11 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.by_client.is_empty()
+    }
+
+    /// Sessions open or in their grace period, all addresses together.
+    pub fn members(&self) -> usize {
+        self.by_client.iter().map(|m| m.len()).sum()
     }
 }
 
