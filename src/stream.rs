@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsStream;
 
-use crate::data::TicketGate;
+use crate::tls::ticket_hold::TicketGate;
 
 /// What a control connection runs over.
 pub trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
@@ -107,7 +107,7 @@ pub enum Stream {
     Plain(TcpStream),
     /// A client data connection, whose TLS 1.3 tickets wait for the gateway's first write.
     DataTls(Box<tokio_rustls::server::TlsStream<TicketGate>>),
-    /// A backend data connection, read in large chunks (see `data::gate` on why).
+    /// A backend data connection, read in large chunks (see `tls::ticket_hold` on why).
     BackendDataTls(Box<tokio_rustls::client::TlsStream<BufReader<TcpStream>>>),
 }
 

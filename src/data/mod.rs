@@ -1,12 +1,13 @@
-//! The data plane: passive port leases and the bridges that splice client data connections to
-//! the backend's.
+//! The data plane: passive port leases (`pool`), the bridge that runs one transfer (`bridge`),
+//! the address and TLS checks a data connection must pass (`admit`), the copy itself (`pump`),
+//! and the reply each failure gets (`error`).
 
+mod admit;
 mod bridge;
-mod gate;
+mod error;
 mod pool;
+mod pump;
 
-pub use bridge::{
-    canonical, BackendSide, BridgeError, BridgeParams, ClientSide, DataBridge, Transferred,
-};
-pub use gate::TicketGate;
+pub use bridge::{BackendSide, BridgeParams, ClientSide, DataBridge, Transferred};
+pub use error::BridgeError;
 pub use pool::{Lease, PassivePool, PoolError};

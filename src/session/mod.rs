@@ -322,7 +322,7 @@ fn join_siblings(
     peer: SocketAddr,
 ) -> Option<tls::binding::Membership> {
     let ticketer = tls.ticketer.as_ref()?;
-    let client = crate::data::canonical(peer.ip());
+    let client = peer.ip().to_canonical();
     Some(ctx.bindings.join(client, Arc::clone(ticketer)))
 }
 

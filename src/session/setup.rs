@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::{BackendError, Fatal, Pending, Protection, Session};
 use crate::config::{BackendDataMode, Switch};
-use crate::data::{canonical, BackendSide, BridgeParams, ClientSide, DataBridge, PoolError};
+use crate::data::{BackendSide, BridgeParams, ClientSide, DataBridge, PoolError};
 use crate::ftp::addr::{self, EpsvArg};
 use crate::ftp::{Command, Verb};
 use crate::metrics::Reason;
@@ -38,7 +38,7 @@ impl Session {
     }
 
     pub(super) async fn epsv(&mut self, cmd: &Command) -> Result<(), Fatal> {
-        let family = addr::family_number(canonical(self.client.local.ip()));
+        let family = addr::family_number(self.client.local.ip().to_canonical());
         match EpsvArg::parse(&cmd.arg_text()) {
             None => return Ok(self.reply(501, "Bad EPSV argument.").await?),
             Some(EpsvArg::All) => {
@@ -81,7 +81,7 @@ impl Session {
         let target = match parsed {
             Ok(t) => t,
             Err(addr::AddrError::EprtProtocol(_)) => {
-                let family = addr::family_number(canonical(self.client.peer.ip()));
+                let family = addr::family_number(self.client.peer.ip().to_canonical());
                 let text = format!("Network protocol not supported, use ({family})");
                 return Ok(self.reply(522, &text).await?);
             }
@@ -92,8 +92,8 @@ impl Session {
                     .await?);
             }
         };
-        let peer = canonical(self.client.peer.ip());
-        if canonical(target.ip()) != peer {
+        let peer = self.client.peer.ip().to_canonical();
+        if target.ip().to_canonical() != peer {
             self.ctx.metrics.refused(Reason::port_refused);
             warn!(command = %name, %target, %peer, "refused active-mode address: not the client's own (FTP bounce)");
             return Ok(self
@@ -117,7 +117,7 @@ impl Session {
             return Ok(());
         }
         let client = ClientSide::Active {
-            target: SocketAddr::new(canonical(target.ip()), target.port()),
+            target: SocketAddr::new(target.ip().to_canonical(), target.port()),
             source: self.client.local.ip(),
             ports: self.ctx.settings.active.source_ports.clone().map(|r| r.0),
         };
@@ -133,7 +133,7 @@ impl Session {
         if !self.prepare_data().await? {
             return Ok(None);
         }
-        let client = canonical(self.client.peer.ip());
+        let client = self.client.peer.ip().to_canonical();
         let (lease, listener) = match self.ctx.pool.lease(self.client.local.ip(), client) {
             Ok(l) => l,
             Err(e @ PoolError::Exhausted(..)) => {

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod binding;
 pub mod store;
+pub mod ticket_hold;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -198,7 +199,7 @@ pub fn server_config(
 ///
 /// Data handshakes send one TLS 1.3 ticket, not the default two: clients built on rustls use
 /// each ticket once, so every data connection must hand out a replacement; one is enough. The
-/// bridge holds it back until its first write (see `data::gate`).
+/// bridge holds it back until its first write (see `ticket_hold`).
 pub struct SessionTls {
     pub control: Arc<ServerConfig>,
     pub data: Arc<ServerConfig>,

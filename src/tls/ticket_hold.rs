@@ -34,7 +34,7 @@ use crate::tls::binding::{Member, Siblings};
 const APPLICATION_DATA: u8 = 23;
 
 /// A session's ticketer, reporting each ticket it makes to one data connection's gate, and
-/// whether the client offered one at all (see `data::bridge::accept_client` on why that
+/// whether the client offered one at all (see `data::admit::accept_client` on why that
 /// matters).
 #[derive(Debug)]
 pub struct SignalOnTicket {

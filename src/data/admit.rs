@@ -1,0 +1,211 @@
+//! Who may open a data connection. The address check: only the control connection's address
+//! (or the client a trusted balancer's PROXY header names), so a port thief is refused and the
+//! wait for the client's own connection goes on. The TLS check: under PROT P the data
+//! connection must resume its session's TLS session, or a sibling's (`tls::binding`). And
+//! active mode's connection out to the client.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use rustls::{HandshakeKind, ServerConfig};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinSet;
+use tokio::time::{sleep_until, timeout};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn, Instrument};
+
+use super::bridge::BridgeParams;
+use super::error::BridgeError;
+use crate::config::{ReuseMode, Trusted};
+use crate::metrics::{Channel, Reason};
+use crate::proxy_protocol;
+use crate::stream::Stream;
+use crate::tls::ticket_hold::{SignalOnTicket, TicketGate};
+
+/// Data connections from the client's address whose TLS handshakes may run at once while the
+/// bridge waits for the one that passes.
+const MAX_CANDIDATES: usize = 4;
+
+/// The client's passive data connection: the first from the control connection's address that
+/// also passes the TLS check, by `deadline`. A connection that fails the check is logged,
+/// counted and closed, and the wait goes on: behind one NAT a neighbour connecting across the
+/// pool has the client's address, and must not fail the client's transfer. Up to
+/// [`MAX_CANDIDATES`] handshakes run at once, so a neighbour that stalls its handshake holds
+/// up nobody. At the deadline the client hears why the last candidate failed, if one did.
+///
+/// One failure ends the wait at once: a completed handshake that offered no session to resume
+/// at all, under `require`. That is a client that never resumes (Apache Commons Net, plain
+/// ftplib): its own connection will not do better, and it deserves a prompt 522 rather than
+/// one at the deadline. A neighbour's client that never resumes cannot hold a transfer under
+/// `require` in the first place, so it is not the neighbour this wait protects against; a
+/// neighbour's resuming client offers its own session, which keeps the wait going.
+pub(super) async fn accept_client(
+    listener: &TcpListener,
+    params: &Arc<BridgeParams>,
+    deadline: tokio::time::Instant,
+) -> Result<Stream, BridgeError> {
+    let mut candidates = JoinSet::new();
+    let mut failed = None;
+    loop {
+        tokio::select! {
+            accepted = accept_from(listener, params.client_ip, Some(&params.trusted), params),
+                if candidates.len() < MAX_CANDIDATES =>
+            {
+                let tcp = accepted.map_err(BridgeError::Accept)?;
+                let params = Arc::clone(params);
+                let check = async move { secure(tcp, &params).await };
+                candidates.spawn(check.instrument(tracing::Span::current()));
+            }
+            Some(done) = candidates.join_next() => match done {
+                Ok(Ok(stream)) => return Ok(stream),
+                Ok(Err(e @ BridgeError::NotResumed { offered: false })) => return Err(e),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "data connection from the client's address failed the TLS check; waiting on for the client's own");
+                    failed = Some(e);
+                }
+                Err(e) => warn!(error = %e, "data connection check ended abnormally"),
+            },
+            () = sleep_until(deadline) => return Err(failed.unwrap_or(BridgeError::AcceptTimeout)),
+        }
+    }
+}
+
+/// The client's data connection made ready: TLS when the session is at PROT P.
+pub(super) async fn secure(tcp: TcpStream, params: &BridgeParams) -> Result<Stream, BridgeError> {
+    // Writes are large, so Nagle saves nothing here; but the last small records (the end of
+    // a short listing, close_notify) would wait on the client's delayed ACK, tens of
+    // milliseconds per transfer.
+    tcp.set_nodelay(true).map_err(BridgeError::Accept)?;
+    match &params.tls {
+        None => Ok(Stream::Plain(tcp)),
+        // RFC 4217 §7: the FTP client is the TLS client whoever connects, so the gateway is
+        // the TLS server on an active-mode connection too.
+        Some(config) => handshake(tcp, config, params).await,
+    }
+}
+
+/// Accepts the first connection from `allowed`; others are logged and closed, and the wait goes
+/// on, so a port thief cannot take a transfer away from its client. A connection from a
+/// `trusted` balancer counts as coming from the client its PROXY header names.
+pub(super) async fn accept_from(
+    listener: &TcpListener,
+    allowed: IpAddr,
+    trusted: Option<&Trusted>,
+    params: &BridgeParams,
+) -> io::Result<TcpStream> {
+    loop {
+        let (mut tcp, peer) = listener.accept().await?;
+        let mut source = peer.ip();
+        if trusted.is_some_and(|t| t.contains(peer.ip())) {
+            match proxy_protocol::read_header(&mut tcp, params.handshake_timeout).await {
+                Ok(Some(client)) => source = client.ip(),
+                Ok(None) => {}
+                Err(e) => {
+                    params.metrics.refused(Reason::bad_proxy_header);
+                    warn!(balancer = %peer, error = %e, "refused data connection: bad PROXY header");
+                    continue;
+                }
+            }
+        }
+        if source.to_canonical() == allowed.to_canonical() {
+            return Ok(tcp);
+        }
+        params.metrics.refused(Reason::data_from_other_address);
+        warn!(peer = %source, expected = %allowed, "refused data connection: not from the control connection's address");
+    }
+}
+
+/// Connects to an active-mode client from `source`, on a random port of `ports` if given.
+pub(super) async fn connect_from(
+    source: IpAddr,
+    ports: Option<RangeInclusive<u16>>,
+    target: SocketAddr,
+) -> io::Result<TcpStream> {
+    let socket = || match target {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    };
+    // The source must be of the target's family; the control connection's address may be an
+    // IPv4-mapped IPv6 one.
+    let source = match (source.to_canonical(), target) {
+        (IpAddr::V4(v4), SocketAddr::V6(_)) => IpAddr::V6(v4.to_ipv6_mapped()),
+        (ip, _) => ip,
+    };
+    let Some(range) = ports else {
+        let s = socket()?;
+        s.bind(SocketAddr::new(source, 0))?;
+        return s.connect(target).await;
+    };
+    let (lo, hi) = (*range.start(), *range.end());
+    let size = u32::from(hi - lo) + 1;
+    let first = fastrand::u32(0..size);
+    for i in 0..size.min(64) {
+        let port = lo + ((first + i) % size) as u16;
+        let s = socket()?;
+        s.set_reuseaddr(true)?;
+        if s.bind(SocketAddr::new(source, port)).is_ok() {
+            return s.connect(target).await;
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        "no free active-mode source port",
+    ))
+}
+
+async fn handshake(
+    tcp: TcpStream,
+    config: &Arc<ServerConfig>,
+    params: &BridgeParams,
+) -> Result<Stream, BridgeError> {
+    // This connection's own view of the session's config: the same ticketer and cache (so
+    // resumption works), but tickets made here arm this connection's gate (see `gate`).
+    let armed = Arc::new(AtomicBool::new(false));
+    let offered = Arc::new(AtomicBool::new(false));
+    let issuer = Arc::new(std::sync::Mutex::new(None));
+    let mut config = (**config).clone();
+    config.ticketer = Arc::new(SignalOnTicket {
+        inner: Arc::clone(&config.ticketer),
+        armed: Arc::clone(&armed),
+        offered: Arc::clone(&offered),
+        siblings: params.siblings.clone(),
+        issuer: Arc::clone(&issuer),
+    });
+    let accept = TlsAcceptor::from(Arc::new(config)).accept(TicketGate::new(tcp, armed));
+    let accepted = timeout(params.handshake_timeout, accept)
+        .await
+        .map_err(|_| BridgeError::Handshake(io::ErrorKind::TimedOut.into()))
+        .and_then(|r| r.map_err(BridgeError::Handshake));
+    let mut tls = match accepted {
+        Ok(tls) => tls,
+        Err(e) => {
+            params.metrics.handshake(Channel::data, None);
+            return Err(e);
+        }
+    };
+    tls.get_mut().0.release();
+    let resumed = tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
+    params.metrics.handshake(Channel::data, Some(resumed));
+    if params.reuse == ReuseMode::Require && !resumed {
+        params.metrics.refused(Reason::data_not_resumed);
+        info!("data connection refused: TLS session not resumed (data_session_reuse = require)");
+        return Err(BridgeError::NotResumed {
+            offered: offered.load(Ordering::Acquire),
+        });
+    }
+    // A sibling's ticket opened the handshake: it passes only if the sibling is (or, still
+    // logging in, becomes) the same user on the same route (see `tls::binding`).
+    let issuer = issuer.lock().ok().and_then(|mut i| i.take());
+    if let (true, Some(issuer), Some(siblings)) = (resumed, issuer, &params.siblings) {
+        if !issuer.is(&siblings.who, params.handshake_timeout).await {
+            params.metrics.refused(Reason::data_not_resumed);
+            warn!("data connection refused: it resumed the TLS session of another user's or route's session from the same address");
+            return Err(BridgeError::NotResumed { offered: true });
+        }
+        debug!("data connection resumed a sibling session's TLS session");
+    }
+    Ok(Stream::DataTls(Box::new(tls)))
+}

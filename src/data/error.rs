@@ -1,0 +1,62 @@
+//! Why a data transfer failed, and the reply the client gets instead of the backend's for each.
+
+use std::io;
+
+use thiserror::Error;
+
+use crate::ftp::Reply;
+
+/// Why a data transfer failed. Each maps to the reply the client gets instead of the backend's.
+#[derive(Debug, Error)]
+pub enum BridgeError {
+    #[error("the data connection with the client was not up in time")]
+    AcceptTimeout,
+    #[error("opening the data connection with the client: {0}")]
+    Accept(io::Error),
+    #[error("TLS handshake on the data connection failed: {0}")]
+    Handshake(io::Error),
+    #[error("TLS handshake on the backend's data connection failed: {0}")]
+    BackendHandshake(io::Error),
+    /// `offered`: the client offered a session to resume, only not this one's.
+    #[error("data connection did not resume the control connection's TLS session (offered one: {offered})")]
+    NotResumed { offered: bool },
+    #[error("no transfer command came within the data connection timeout")]
+    NoTransfer,
+    #[error("no byte moved for {secs} s: the {peer} stopped")]
+    Stalled { peer: &'static str, secs: u64 },
+    #[error("client data connection failed: {0}")]
+    Client(io::Error),
+    #[error("backend data connection failed: {0}")]
+    Backend(io::Error),
+    #[error("upload ended without TLS close_notify (truncated)")]
+    Truncated,
+    #[error("transfer cancelled")]
+    Cancelled,
+}
+
+impl BridgeError {
+    pub fn reply(&self) -> Reply {
+        match self {
+            BridgeError::AcceptTimeout | BridgeError::Accept(_) | BridgeError::NoTransfer => {
+                Reply::new(425, "Can't open data connection.")
+            }
+            BridgeError::Stalled { .. } => {
+                Reply::new(426, "Data connection stalled; transfer aborted.")
+            }
+            BridgeError::Handshake(_) => {
+                Reply::new(522, "TLS handshake on the data connection failed.")
+            }
+            BridgeError::BackendHandshake(_) => {
+                Reply::new(425, "Can't open data connection: TLS to the server failed.")
+            }
+            BridgeError::NotResumed { .. } => Reply::new(
+                522,
+                "Data connection must resume the TLS session of the control connection.",
+            ),
+            BridgeError::Client(_) | BridgeError::Backend(_) | BridgeError::Truncated => {
+                Reply::new(426, "Connection closed; transfer aborted.")
+            }
+            BridgeError::Cancelled => Reply::new(426, "Transfer aborted."),
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Copying a transfer's bytes from one data connection to the other, every read and write
+//! bounded by the stall limit.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+use tokio_util::task::AbortOnDropHandle;
+
+use super::error::BridgeError;
+use crate::stream::Stream;
+
+/// Large enough for several 16 KiB TLS records per read; allocated once per transfer.
+const BUF_SIZE: usize = 256 * 1024;
+
+pub(super) enum PumpError {
+    Read(io::Error),
+    Write(io::Error),
+    /// A read (`true`) or a write (`false`) moved nothing within the stall limit.
+    Stalled {
+        reading: bool,
+    },
+}
+
+impl PumpError {
+    /// The bridge's error, given each side's name and the error its I/O failures become.
+    pub(super) fn into_bridge(
+        self,
+        stall: Duration,
+        read: (&'static str, impl FnOnce(io::Error) -> BridgeError),
+        write: (&'static str, impl FnOnce(io::Error) -> BridgeError),
+    ) -> BridgeError {
+        let secs = stall.as_secs();
+        match self {
+            PumpError::Read(e) => (read.1)(e),
+            PumpError::Write(e) => (write.1)(e),
+            PumpError::Stalled { reading: true } => BridgeError::Stalled { peer: read.0, secs },
+            PumpError::Stalled { reading: false } => BridgeError::Stalled {
+                peer: write.0,
+                secs,
+            },
+        }
+    }
+}
+
+/// Where a transfer's bytes are counted: its own progress (for STAT) and the gateway's total.
+pub(super) struct Counted<'a> {
+    pub(super) progress: &'a AtomicU64,
+    pub(super) total: prometheus_client::metrics::counter::Counter,
+}
+
+/// Copies `from` to `to` until a clean end of file, then ends `to` cleanly (FIN, or
+/// close_notify then FIN for TLS). Returns the count and, after a clean end, `from` again.
+///
+/// The reading runs in a task of its own, two buffers going back and forth: on a machine with
+/// more than one core, one side's work (a socket read, or TLS decryption) overlaps the other's
+/// (TLS encryption, or a socket write) instead of taking turns with it. Buffers are allocated
+/// once per transfer; a dropped pump (a cancelled transfer) aborts the reader, which drops
+/// `from` with it.
+///
+/// Each read and each write must complete within `stall`: a peer that stops sending, or stops
+/// reading, ends the copy with [`PumpError::Stalled`].
+pub(super) async fn pump(
+    mut from: Stream,
+    to: &mut Stream,
+    counted: &Counted<'_>,
+    stall: Duration,
+) -> (Result<u64, PumpError>, Option<Stream>) {
+    let (full_tx, mut full) = mpsc::channel::<Result<(Vec<u8>, usize), PumpError>>(2);
+    let (empty, mut empty_rx) = mpsc::channel::<Vec<u8>>(2);
+    for _ in 0..2 {
+        let _ = empty.try_send(vec![0u8; BUF_SIZE]);
+    }
+    let reader = tokio::spawn(async move {
+        while let Some(mut buf) = empty_rx.recv().await {
+            let read = match timeout(stall, from.read(&mut buf)).await {
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => Ok((buf, n)),
+                Ok(Err(e)) => Err(PumpError::Read(e)),
+                Err(_) => Err(PumpError::Stalled { reading: true }),
+            };
+            let failed = read.is_err();
+            if full_tx.send(read).await.is_err() || failed {
+                break;
+            }
+        }
+        from
+    });
+    let reader = AbortOnDropHandle::new(reader);
+    let mut total = 0u64;
+    // `None`: the reader has stopped, at the end of the stream.
+    while let Some(read) = full.recv().await {
+        let (buf, n) = match read {
+            Ok(chunk) => chunk,
+            Err(e) => return (Err(e), None),
+        };
+        match timeout(stall, to.write_all(&buf[..n])).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return (Err(PumpError::Write(e)), None),
+            Err(_) => return (Err(PumpError::Stalled { reading: false }), None),
+        }
+        total += n as u64;
+        counted.progress.store(total, Ordering::Relaxed);
+        counted.total.inc_by(n as u64);
+        let _ = empty.send(buf).await;
+    }
+    let from = reader.await.ok();
+    let ended = async {
+        to.flush().await?;
+        to.shutdown().await
+    };
+    match timeout(stall, ended).await {
+        Ok(Ok(())) => (Ok(total), from),
+        Ok(Err(e)) => (Err(PumpError::Write(e)), None),
+        Err(_) => (Err(PumpError::Stalled { reading: false }), None),
+    }
+}
+
+/// Reads until end of file, discarding: after an upload the backend sends no data, only
+/// (for TLS) session tickets and close_notify.
+pub(super) async fn drain(stream: &mut Stream) -> io::Result<()> {
+    let mut sink = [0u8; 1024];
+    loop {
+        match stream.read(&mut sink).await {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            // A server that closes without close_notify after an upload has still read it all.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
