@@ -94,7 +94,7 @@ pub fn firewall(settings: &Settings) -> String {
         .map(|a| a.port().to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let range = settings.passive_range();
+    let range = settings.passive.range();
     let (lo, hi) = (range.start(), range.end());
     format!(
         "Open these TCP ports to clients (control, then the passive range):\n\
@@ -318,7 +318,7 @@ async fn passive_checks(backend: &mut Backend, login: &Login, settings: &Setting
 
 fn pool_ports(settings: &Settings) -> Check {
     let what = "passive pool";
-    let range = settings.passive_range();
+    let range = settings.passive.range();
     let ip = settings
         .listen
         .all()
@@ -393,7 +393,7 @@ fn external_address(settings: &Settings) -> Vec<Check> {
         .listen
         .all()
         .any(|a| a.ip().is_unspecified() || is_public(a.ip()));
-    let Some(host) = settings.external_host() else {
+    let Some(host) = settings.passive.external_host() else {
         let level = if exposed { Level::Warn } else { Level::Ok };
         let c = check(
             level,
@@ -409,7 +409,7 @@ fn external_address(settings: &Settings) -> Vec<Check> {
             c
         }];
     };
-    match settings.external_ip() {
+    match settings.passive.external_ip() {
         Err(e) => vec![with_fix(
             check(Level::Fail, what, e),
             "use an IP address, or a DNS name that resolves from this host",
@@ -511,7 +511,7 @@ fn certificate(settings: &Settings) -> Vec<Check> {
             format!("{subject}, valid until {}", cert.validity().not_after),
         ));
     }
-    if let Some(host) = settings.external_host() {
+    if let Some(host) = settings.passive.external_host() {
         let names: Vec<String> = cert
             .subject_alternative_name()
             .ok()

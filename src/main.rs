@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use ftpsgate::config::{BackendTlsMode, Overrides, PortRange, Settings};
+use ftpsgate::config::{Overrides, Settings};
 use ftpsgate::demo::{self, DemoOptions};
 use ftpsgate::server::Gateway;
 use ftpsgate::tls;
@@ -75,68 +75,20 @@ enum Cmd {
     },
 }
 
-/// Settings for `run` and `check`. Each flag overrides the config file, and each can also be set
-/// with the FTPSGATE_* environment variable shown.
+/// Settings for `run`, `check` and `doctor`: the file, and the overrides on top of it (each can
+/// also be set with the FTPSGATE_* environment variable shown).
 #[derive(Args, Clone, Default)]
 struct RunArgs {
     /// TOML configuration file (see config/ftpsgate.toml).
     #[arg(long, short, env = "FTPSGATE_CONFIG")]
     config: Option<PathBuf>,
-    /// Explicit FTPS listener, e.g. 0.0.0.0:21 (repeatable; comma-separated in the variable).
-    #[arg(long, env = "FTPSGATE_LISTEN", value_delimiter = ',')]
-    listen: Vec<SocketAddr>,
-    /// Implicit FTPS listener, e.g. 0.0.0.0:990 (repeatable).
-    #[arg(long, env = "FTPSGATE_IMPLICIT_LISTEN", value_delimiter = ',')]
-    implicit_listen: Vec<SocketAddr>,
-    /// The internal FTP server, HOST:PORT.
-    #[arg(long, env = "FTPSGATE_BACKEND")]
-    backend: Option<String>,
-    /// Passive data port range, LO-HI. Open it in the firewall.
-    #[arg(long, env = "FTPSGATE_PASSIVE_PORTS")]
-    passive_ports: Option<PortRange>,
-    /// Address put in PASV replies: the one clients reach the gateway on (IP or DNS name).
-    #[arg(long, env = "FTPSGATE_EXTERNAL_ADDRESS")]
-    external_address: Option<String>,
-    /// PEM certificate chain.
-    #[arg(long, env = "FTPSGATE_CERT", requires = "key")]
-    cert: Option<PathBuf>,
-    /// PEM private key.
-    #[arg(long, env = "FTPSGATE_KEY", requires = "cert")]
-    key: Option<PathBuf>,
-    /// TLS toward the backend: none, explicit (AUTH TLS) or implicit.
-    #[arg(long, env = "FTPSGATE_BACKEND_TLS", value_enum)]
-    backend_tls: Option<BackendTlsMode>,
-    /// Extra CA bundle (PEM) to verify the backend's certificate with.
-    #[arg(long, env = "FTPSGATE_BACKEND_CA")]
-    backend_ca: Option<PathBuf>,
-    /// Do not verify the backend's certificate (tests only; logged as a warning).
-    #[arg(long, env = "FTPSGATE_BACKEND_INSECURE")]
-    backend_insecure: bool,
-    /// Admin listener for /metrics, /healthz and /readyz, e.g. 127.0.0.1:9100 (off if unset).
-    #[arg(long, env = "FTPSGATE_ADMIN_LISTEN")]
-    admin_listen: Option<SocketAddr>,
-    /// This replica's index, from 0, when `passive.replicas` share the passive range.
-    #[arg(long, env = "FTPSGATE_REPLICA_INDEX")]
-    replica_index: Option<u16>,
+    #[command(flatten)]
+    overrides: Overrides,
 }
 
 impl RunArgs {
     fn settings(&self) -> Result<Settings, ftpsgate::config::ConfigError> {
-        let overrides = Overrides {
-            listen: self.listen.clone(),
-            implicit_listen: self.implicit_listen.clone(),
-            backend: self.backend.clone(),
-            passive_ports: self.passive_ports.clone(),
-            external_address: self.external_address.clone(),
-            cert: self.cert.clone(),
-            key: self.key.clone(),
-            backend_tls: self.backend_tls,
-            backend_ca: self.backend_ca.clone(),
-            backend_insecure: self.backend_insecure,
-            admin_listen: self.admin_listen,
-            replica_index: self.replica_index,
-        };
-        Settings::load(self.config.as_deref(), &overrides)
+        Settings::load(self.config.as_deref(), &self.overrides)
     }
 }
 

@@ -89,7 +89,10 @@ impl Gateway {
             certs.watch(Arc::clone(&metrics))?;
         }
         let tls = tls::server_config(Arc::clone(&certs), &settings.tls)?;
-        let external_ip = settings.external_ip().map_err(StartError::External)?;
+        let external_ip = settings
+            .passive
+            .external_ip()
+            .map_err(StartError::External)?;
         let router = Router::new(&settings, &metrics, dialer)?;
         if let Some(interval) = settings.routing.health_interval() {
             router.spawn_health_checks(interval, settings.routing.health_timeout());
@@ -118,7 +121,7 @@ impl Gateway {
             settings.limits.max_sessions,
             settings.limits.max_sessions_per_ip,
         ));
-        let pool = PassivePool::new(settings.passive_range(), settings.limits.max_passive_per_ip);
+        let pool = PassivePool::new(settings.passive.range(), settings.limits.max_passive_per_ip);
         let (draining, draining_rx) = watch::channel(false);
         Ok(Gateway {
             ctx: Arc::new(Context {

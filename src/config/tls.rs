@@ -1,0 +1,115 @@
+//! `[tls]`: the gateway's certificates toward clients, what it asks of their TLS, and the
+//! binding of data connections to their session.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Bad, ConfigError};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// PEM certificate chain. Unset (with `key` unset): a self-signed pair is generated at start.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    pub min_version: TlsVersion,
+    /// Must a TLS data connection resume the control connection's TLS session? This proves it
+    /// comes from the same client, as vsftpd, ProFTPD and FileZilla Server check.
+    pub data_session_reuse: ReuseMode,
+    /// Refuse `USER` and everything but `AUTH`, `FEAT`, `HELP`, `QUIT`, `HOST`, `SYST`, `NOOP`
+    /// until the control channel is encrypted.
+    pub required: bool,
+    /// Let clients choose `PROT C` (unencrypted data connections).
+    pub allow_clear_data: bool,
+    /// More certificates, chosen by the name the client asks for (SNI). Each serves the DNS
+    /// names in its own subjectAltName; `cert`/`key` stay the default for other names and for
+    /// clients that send no SNI.
+    pub sni: Vec<CertPair>,
+    /// Reload the certificates when their files change (SIGHUP always reloads).
+    pub watch: bool,
+    /// Client certificates: `none`, `optional` (checked when presented) or `required`.
+    pub client_auth: ClientAuth,
+    /// CA bundle (PEM) that client certificates must chain to; needed unless `client_auth` is
+    /// `none`.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A PEM certificate chain and its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    #[default]
+    None,
+    Optional,
+    Required,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            min_version: TlsVersion::V1_2,
+            data_session_reuse: ReuseMode::Require,
+            required: true,
+            allow_clear_data: false,
+            sni: Vec::new(),
+            watch: true,
+            client_auth: ClientAuth::None,
+            client_ca: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TlsVersion {
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReuseMode {
+    /// No session resumption on data connections at all.
+    Off,
+    /// Resume when the client offers; accept full handshakes too.
+    Allow,
+    /// Refuse a data connection that does not resume this FTP session's TLS session.
+    Require,
+}
+
+impl TlsSettings {
+    pub(super) fn validate(&self, bad: Bad) -> Result<(), ConfigError> {
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(bad(
+                "tls.cert".into(),
+                "set both tls.cert and tls.key, or neither (a self-signed pair is then generated)"
+                    .into(),
+            ));
+        }
+        if self.client_auth != ClientAuth::None && self.client_ca.is_none() {
+            return Err(bad(
+                "tls.client_ca".into(),
+                "client_auth needs a CA bundle to check client certificates against".into(),
+            ));
+        }
+        if !self.sni.is_empty() && self.cert.is_none() {
+            return Err(bad(
+                "tls.sni".into(),
+                "SNI certificates need a default tls.cert/tls.key for clients without SNI".into(),
+            ));
+        }
+        Ok(())
+    }
+}
