@@ -15,6 +15,7 @@
 //! never reaches the backend (see `backend.relay_greeting` for the old way).
 
 mod client;
+mod phase;
 mod setup;
 mod transfer;
 
@@ -35,9 +36,10 @@ use crate::metrics::{Channel, Metrics, Reason};
 pub use crate::stream::Io;
 use crate::tls;
 use crate::tls::store::CertStore;
-use crate::upstream::{Backend, BackendError, Lease, RouteError, Router, Upstream};
+use crate::upstream::{Backend, BackendError, RouteError, Router, Upstream};
 
 use client::ClientControl;
+use phase::{Link, Phase};
 
 /// What every session shares.
 pub struct Context {
@@ -128,36 +130,17 @@ struct Pending {
     protection: Protection,
 }
 
-/// The session's control connection to its backend, and its place in that backend's count.
-struct Link {
-    backend: Backend,
-    lease: Lease,
-}
-
 struct Session {
     ctx: Arc<Context>,
     client: ClientControl,
-    /// `None` until a command needs the backend (with routes: once HOST or USER may have
-    /// chosen it), or after HOST or USER moved the session to another route.
-    link: Option<Link>,
-    /// The route HOST or USER chose; until then, the one the SNI name (or nothing) selects.
-    route: Option<Arc<Upstream>>,
-    /// True when `route` came from a `USER name@route` whose login has not succeeded yet: a
-    /// refused login gives the choice back.
-    route_by_user: bool,
-    /// A HOST the gateway answered before the backend was connected; sent to it on connect,
-    /// for virtual hosts of its own.
-    host_pending: Option<Command>,
+    /// Before or after login, with what each has (`phase`).
+    phase: Phase,
     /// This session's own TLS configs, for its control and data handshakes.
     tls: tls::SessionTls,
     prot: Protection,
     epsv_all: bool,
-    /// The user the backend accepted (its 230), for logs and routing; never a name it refused.
-    user: Option<String>,
-    /// The name in the last USER, which becomes `user` on 230.
+    /// The name in the last USER, which becomes the session's user on 230.
     attempt: Option<String>,
-    /// `None` once logged in.
-    login_deadline: Option<Instant>,
     /// When the session last finished a command: the idle deadline counts from here.
     idle_since: Instant,
     /// Once the control connection is TLS: the session's place among the sessions whose data
@@ -218,15 +201,11 @@ pub async fn serve(
         (None, vec![Reply::new(220, &ctx.settings.greeting)])
     };
     let mut session = Session {
-        login_deadline: Some(Instant::now() + t.login()),
+        phase: Phase::new(Instant::now() + t.login(), link),
         idle_since: Instant::now(),
         membership,
         ctx: Arc::clone(&ctx),
         client,
-        link,
-        route: None,
-        route_by_user: false,
-        host_pending: None,
         tls: session_tls,
         // Implicit FTPS: the data channel is protected from the start, as clients expect of
         // it (none waits to send PROT P before its first transfer).
@@ -236,12 +215,11 @@ pub async fn serve(
             Protection::Clear
         },
         epsv_all: false,
-        user: None,
         attempt: None,
         pending: None,
         deferred: None,
     };
-    if let Some(link) = &session.link {
+    if let Some(link) = session.phase.link() {
         Span::current().record("backend", tracing::field::display(link.backend.peer()));
     }
     info!(?mode, "session started");
@@ -295,7 +273,7 @@ async fn unreachable(ctx: &Context, client: &mut ClientControl, e: &RouteError) 
 }
 
 /// The next reply from the backend, if connected; never resolves otherwise.
-async fn backend_reply(link: &mut Option<Link>) -> Result<Reply, BackendError> {
+async fn backend_reply(link: Option<&mut Link>) -> Result<Reply, BackendError> {
     match link {
         Some(link) => link.backend.read_reply().await,
         None => std::future::pending().await,
@@ -307,6 +285,36 @@ async fn until_draining(draining: &mut watch::Receiver<bool>) {
     if draining.wait_for(|d| *d).await.is_err() {
         std::future::pending::<()>().await;
     }
+}
+
+/// Connects a session to `upstream`, checks the backend's greeting (the client had the
+/// gateway's own), and sends it the HOST the gateway answered before, if there was one.
+async fn connect(
+    ctx: &Context,
+    client: &ClientControl,
+    upstream: &Arc<Upstream>,
+    host: Option<Command>,
+) -> Result<Link, Fatal> {
+    let (mut backend, greeting, lease) = upstream
+        .connect(Some((client.peer, client.local)), &ctx.settings.timeouts)
+        .await?;
+    let span = Span::current();
+    span.record("backend", tracing::field::display(backend.peer()));
+    span.record("route", upstream.name.as_str());
+    if let Some(last) = greeting.last().filter(|r| !r.is_success()) {
+        return Err(Fatal::Greeting(last.clone()));
+    }
+    info!(route = %upstream.name, "backend connected");
+    if let Some(host) = host {
+        // Answered already; the backend's own answer only matters to itself.
+        backend.send(&host.to_wire()).await?;
+        let reply = backend.expect_reply().await?;
+        debug!(
+            code = reply.code(),
+            "backend answered the HOST sent on connect"
+        );
+    }
+    Ok(Link { backend, lease })
 }
 
 /// The control connection's TLS handshake, counted, with the client certificate's subject (if
@@ -390,7 +398,7 @@ impl Session {
             };
             // A transfer is bounded by the data plane's limits (connection, stall), not by the
             // idle deadline; everything else must be done by the deadline.
-            let bounded = self.login_deadline.is_some() || cmd.verb().transfer().is_none();
+            let bounded = !self.phase.is_logged_in() || cmd.verb().transfer().is_none();
             let flow = if bounded {
                 match timeout_at(deadline, self.handle(cmd)).await {
                     Ok(flow) => flow?,
@@ -409,8 +417,8 @@ impl Session {
     /// When the session must have been served by, and which timer that is.
     fn deadline(&self) -> (Instant, &'static str) {
         let idle = self.idle_since + self.ctx.settings.timeouts.idle();
-        match self.login_deadline {
-            Some(login) if login <= idle => (login, "login"),
+        match &self.phase {
+            Phase::LoggingIn(l) if l.deadline <= idle => (l.deadline, "login"),
             _ => (idle, "idle"),
         }
     }
@@ -443,7 +451,7 @@ impl Session {
                     self.reply(421, "Service shutting down; please reconnect later.").await?;
                     return Ok(None);
                 }
-                reply = backend_reply(&mut self.link) => {
+                reply = backend_reply(self.phase.link_mut()) => {
                     let reply = reply?;
                     info!(code = reply.code(), "unsolicited backend reply relayed");
                     self.client.send(&reply).await?;
@@ -535,23 +543,23 @@ impl Session {
     /// encrypted: the gateway answers the commands allowed before TLS itself, so a client that
     /// never finishes TLS never reaches the backend.
     fn unconnected_before_tls(&self) -> bool {
-        self.link.is_none() && !self.client.is_tls()
+        self.phase.link().is_none() && !self.client.is_tls()
     }
 
     /// `backend.relay_stat` of the route the session is on (or would be).
     fn relay_stat(&self) -> bool {
-        match (&self.link, &self.route) {
-            (Some(link), _) => link.lease.upstream().settings.relay_stat,
-            (None, Some(route)) => route.settings.relay_stat,
-            (None, None) => self.ctx.router.default_route().settings.relay_stat,
-        }
+        let upstream = self.phase.upstream();
+        upstream
+            .unwrap_or(self.ctx.router.default_route())
+            .settings
+            .relay_stat
     }
 
     /// STAT without an argument, outside a transfer (RFC 959 §4.1.3): the gateway's own
     /// status, since the backend's names its server, its version and internal addresses.
     async fn status(&mut self) -> std::io::Result<()> {
         let mut lines = vec![format!(" Connected from {}", self.client.peer)];
-        match &self.user {
+        match self.phase.user() {
             Some(user) => lines.push(format!(" Logged in as {user}")),
             None => lines.push(" Not logged in".into()),
         }
@@ -574,67 +582,54 @@ impl Session {
         Ok(self.client.send(&reply).await?)
     }
 
-    /// The backend, connected now if the session has none yet: to the route HOST or USER
-    /// chose, else the one the SNI name selects, else the default.
-    async fn backend(&mut self) -> Result<&mut Backend, Fatal> {
-        if self.link.is_none() {
-            let upstream = match &self.route {
-                Some(route) => Arc::clone(route),
-                None => Arc::clone(self.ctx.router.by_sni(self.client.sni().as_deref())),
-            };
-            let client = Some((self.client.peer, self.client.local));
-            let (backend, greeting, lease) = upstream
-                .connect(client, &self.ctx.settings.timeouts)
-                .await?;
-            let span = Span::current();
-            span.record("backend", tracing::field::display(backend.peer()));
-            span.record("route", upstream.name.as_str());
-            // The client had the gateway's own greeting; the backend's is only checked.
-            if let Some(last) = greeting.last().filter(|r| !r.is_success()) {
-                return Err(Fatal::Greeting(last.clone()));
+    /// The link to the backend, connected now if the session has none yet: to the route HOST
+    /// or USER chose, else the one the SNI name selects, else the default.
+    async fn link(&mut self) -> Result<&mut Link, Fatal> {
+        let waiting = match &mut self.phase {
+            Phase::LoggedIn(s) => return Ok(&mut s.link),
+            Phase::LoggingIn(l) => l,
+        };
+        let link = match waiting.link.take() {
+            Some(link) => link,
+            None => {
+                let upstream = match &waiting.route {
+                    Some(route) => Arc::clone(route),
+                    None => Arc::clone(self.ctx.router.by_sni(self.client.sni().as_deref())),
+                };
+                let host = waiting.host_pending.take();
+                connect(&self.ctx, &self.client, &upstream, host).await?
             }
-            info!(route = %upstream.name, "backend connected");
-            let link = self.link.insert(Link { backend, lease });
-            if let Some(host) = self.host_pending.take() {
-                // Answered already; the backend's own answer only matters to itself.
-                link.backend.send(&host.to_wire()).await?;
-                let reply = link.backend.expect_reply().await?;
-                debug!(
-                    code = reply.code(),
-                    "backend answered the HOST sent on connect"
-                );
-            }
-        }
-        self.linked()
+        };
+        Ok(waiting.link.insert(link))
     }
 
-    /// The backend of a session that has one: every session past login does.
-    fn linked(&mut self) -> Result<&mut Backend, Fatal> {
-        match &mut self.link {
-            Some(link) => Ok(&mut link.backend),
-            None => Err(BackendError::Closed.into()),
-        }
+    async fn backend(&mut self) -> Result<&mut Backend, Fatal> {
+        Ok(&mut self.link().await?.backend)
     }
 
     /// Moves a session that has not logged in to `upstream`: a connection to another backend
     /// is closed, and the next command opens one to this.
-    async fn choose(&mut self, upstream: &Arc<Upstream>) {
-        if let Some(link) = &mut self.link {
+    /// True when the route was not chosen before.
+    async fn choose(&mut self, upstream: &Arc<Upstream>) -> bool {
+        let Phase::LoggingIn(waiting) = &mut self.phase else {
+            return false;
+        };
+        if let Some(link) = &mut waiting.link {
             if Arc::ptr_eq(link.lease.upstream(), upstream) {
-                return;
+                return false;
             }
             let _ = link.backend.send(b"QUIT\r\n").await;
-            self.link = None;
+            waiting.link = None;
         }
         info!(route = %upstream.name, "route chosen");
-        self.route = Some(Arc::clone(upstream));
+        waiting.route.replace(Arc::clone(upstream)).is_none()
     }
 
     /// Forwards the command, relays preliminary (1xx) replies, returns the final one unsent.
     async fn forward(&mut self, cmd: &Command) -> Result<Reply, Fatal> {
         self.backend().await?.send(&cmd.to_wire()).await?;
         loop {
-            let reply = self.linked()?.expect_reply().await?;
+            let reply = self.backend().await?.expect_reply().await?;
             if !reply.is_preliminary() {
                 return Ok(reply);
             }
@@ -660,21 +655,21 @@ impl Session {
                 }
                 user = name.to_string();
                 cmd = Command::user(&user);
-                let unchosen = self.route.is_none();
-                self.choose(&upstream).await;
-                self.route_by_user |= unchosen;
+                if self.choose(&upstream).await {
+                    if let Phase::LoggingIn(waiting) = &mut self.phase {
+                        waiting.route_by_user = true;
+                    }
+                }
             }
             self.attempt = Some(user);
         }
         let reply = self.forward(&cmd).await?;
         if reply.code() == 230 {
             // Before the client hears 230: a TLS backend's data channel is secured first.
-            self.linked()?.protect_data().await?;
-            self.login_deadline = None;
-            self.route_by_user = false;
+            self.backend().await?.protect_data().await?;
             if let Some(user) = self.attempt.take() {
                 Span::current().record("user", escaped(&user).as_str());
-                self.user = Some(user);
+                self.phase.log_in(user);
             }
             if let (Some(membership), Some(who)) = (&self.membership, self.identity()) {
                 membership.logged_in(who);
@@ -682,9 +677,11 @@ impl Session {
             info!("logged in");
         } else if reply.code() >= 400 {
             self.attempt = None;
-            if std::mem::take(&mut self.route_by_user) {
-                // The refused name's suffix does not fix the route.
-                self.route = None;
+            if let Phase::LoggingIn(waiting) = &mut self.phase {
+                if std::mem::take(&mut waiting.route_by_user) {
+                    // The refused name's suffix does not fix the route.
+                    waiting.route = None;
+                }
             }
             info!(code = reply.code(), "login refused by backend");
         }
@@ -693,9 +690,12 @@ impl Session {
 
     /// Who the session is for the TLS binding: the user the backend accepted, on its route.
     fn identity(&self) -> Option<tls::binding::Identity> {
+        let Phase::LoggedIn(s) = &self.phase else {
+            return None;
+        };
         Some(tls::binding::Identity {
-            user: self.user.clone()?,
-            route: self.link.as_ref()?.lease.upstream().name.clone(),
+            user: s.user.clone(),
+            route: s.link.lease.upstream().name.clone(),
         })
     }
 
@@ -782,15 +782,12 @@ impl Session {
     /// order: SNI, HOST, USER suffix): the one in use once logged in, else the one HOST chose,
     /// else the one the SNI name selects. `None` while only the default applies.
     fn fixed_route(&self) -> Option<Arc<Upstream>> {
-        if self.login_deadline.is_none() {
-            if let Some(link) = &self.link {
-                return Some(Arc::clone(link.lease.upstream()));
-            }
-        }
+        let chosen = match &self.phase {
+            Phase::LoggedIn(s) => return Some(Arc::clone(s.link.lease.upstream())),
+            Phase::LoggingIn(waiting) => waiting.route.clone(),
+        };
         let sni = self.client.sni();
-        self.route
-            .clone()
-            .or_else(|| self.ctx.router.sni_route(sni.as_deref()).cloned())
+        chosen.or_else(|| self.ctx.router.sni_route(sni.as_deref()).cloned())
     }
 
     /// HOST (RFC 7151) with routes: a name that selects a route moves the session there (unless
@@ -799,7 +796,7 @@ impl Session {
     /// the command (500, 502, or vsftpd's 530 for anything before login) has still been
     /// chosen, so the gateway answers for it.
     async fn host(&mut self, cmd: &Command) -> Result<(), Fatal> {
-        if self.user.is_some() || self.attempt.is_some() {
+        if self.phase.is_logged_in() || self.attempt.is_some() {
             return Ok(self.reply(503, "HOST must come before USER.").await?);
         }
         let name = cmd.arg_text();
@@ -819,7 +816,9 @@ impl Session {
             // RFC 7151 puts HOST before AUTH TLS, when the gateway does not connect yet: the
             // route (if the name selects one) is chosen now, and the backend hears HOST once
             // it is connected.
-            self.host_pending = Some(cmd.clone());
+            if let Phase::LoggingIn(waiting) = &mut self.phase {
+                waiting.host_pending = Some(cmd.clone());
+            }
             return Ok(self.reply(220, &format!("Host {name} selected.")).await?);
         }
         if upstream.is_none() {
@@ -842,7 +841,7 @@ impl Session {
 
     async fn quit(&mut self) -> Result<(), Fatal> {
         self.pending = None;
-        let reply = match &mut self.link {
+        let reply = match self.phase.link_mut() {
             Some(link) => {
                 let _ = link.backend.send(b"QUIT\r\n").await;
                 tokio::time::timeout(Duration::from_secs(5), link.backend.read_reply()).await

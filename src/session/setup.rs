@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::{BackendError, Fatal, Pending, Protection, Session};
+use super::{Fatal, Pending, Protection, Session};
 use crate::config::{BackendDataMode, Switch};
 use crate::data::{BackendSide, BridgeParams, ClientSide, DataBridge, PoolError};
 use crate::ftp::addr::{self, EpsvArg};
-use crate::ftp::{Command, Verb};
+use crate::ftp::{Command, Reply, Verb};
 use crate::metrics::Reason;
 
 impl Session {
@@ -164,7 +164,7 @@ impl Session {
     /// Checks the client may set up a data connection and drops any earlier one: one data
     /// connection (and so at most one pool port) per session. False when a refusal was sent.
     async fn prepare_data(&mut self) -> Result<bool, Fatal> {
-        if self.login_deadline.is_some() {
+        if !self.phase.is_logged_in() {
             // No pool port for a client that has not logged in: the pool is a shared resource.
             self.reply(530, "Please log in with USER and PASS first.")
                 .await?;
@@ -191,7 +191,7 @@ impl Session {
             handshake_timeout: t.tls_handshake(),
             stall: t.data_stall(),
             siblings: self.siblings(),
-            backend_tls: self.linked()?.data_tls(),
+            backend_tls: self.backend().await?.data_tls(),
             metrics: Arc::clone(&self.ctx.metrics),
             trusted: self.ctx.settings.proxy_protocol.trusted.clone(),
         };
@@ -205,33 +205,32 @@ impl Session {
     /// The backend's end of the next data connection, as `backend.data_mode` says. `None` when
     /// a refusal was sent.
     async fn backend_data(&mut self) -> Result<Option<BackendSide>, Fatal> {
-        let Some(link) = &mut self.link else {
-            return Err(BackendError::Closed.into());
-        };
+        let limit = self.ctx.settings.timeouts.backend_connect();
+        let link = self.link().await?;
+        let active = link.lease.upstream().settings.data_mode == BackendDataMode::Active;
         let backend = &mut link.backend;
-        if link.lease.upstream().settings.data_mode == BackendDataMode::Active {
-            return match backend.listen_active().await? {
-                Ok(listener) => Ok(Some(BackendSide::Listening(listener, backend.peer().ip()))),
-                Err(refusal) => {
-                    self.client.send(&refusal).await?;
-                    Ok(None)
-                }
-            };
-        }
-        let port = match backend.open_passive().await? {
-            Ok(port) => port,
-            Err(refusal) => {
-                self.client.send(&refusal).await?;
-                return Ok(None);
+        let opened = if active {
+            let ip = backend.peer().ip();
+            backend
+                .listen_active()
+                .await?
+                .map(|listener| BackendSide::Listening(listener, ip))
+        } else {
+            match backend.open_passive().await? {
+                Err(refusal) => Err(refusal),
+                Ok(port) => match backend.connect_data(port, limit).await {
+                    Ok(tcp) => Ok(BackendSide::Connected(tcp)),
+                    Err(e) => {
+                        warn!(error = %e, port, "cannot reach the backend's data port");
+                        Err(Reply::new(425, "Can't open data connection to the server."))
+                    }
+                },
             }
         };
-        let limit = self.ctx.settings.timeouts.backend_connect();
-        match backend.connect_data(port, limit).await {
-            Ok(tcp) => Ok(Some(BackendSide::Connected(tcp))),
-            Err(e) => {
-                warn!(error = %e, port, "cannot reach the backend's data port");
-                self.reply(425, "Can't open data connection to the server.")
-                    .await?;
+        match opened {
+            Ok(side) => Ok(Some(side)),
+            Err(refusal) => {
+                self.client.send(&refusal).await?;
                 Ok(None)
             }
         }

@@ -47,7 +47,7 @@ impl Session {
             info!(command = %cmd.name(), error = %e, "data connection gone before the transfer");
             return Ok(self.client.send(&e.reply()).await?);
         }
-        let backend = self.linked()?;
+        let backend = self.backend().await?;
         backend.send(&cmd.to_wire()).await?;
         bridge.start(direction);
         let first = backend.expect_reply().await?;
@@ -73,7 +73,7 @@ impl Session {
         let mut reply_deadline: Option<Instant> = None;
         while last.is_none() || outcome.is_none() {
             tokio::select! {
-                reply = super::backend_reply(&mut self.link), if last.is_none() => {
+                reply = super::backend_reply(self.phase.link_mut()), if last.is_none() => {
                     let reply = match reply {
                         Ok(reply) => reply,
                         Err(e) => {
@@ -170,7 +170,7 @@ impl Session {
         outcome: Option<Result<Transferred, BridgeError>>,
     ) -> Result<(), Fatal> {
         let began = Instant::now();
-        let backend = self.linked()?;
+        let backend = self.backend().await?;
         backend.send(b"ABOR\r\n").await?;
         drop(bridge);
         let mut after = Vec::with_capacity(2);

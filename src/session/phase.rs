@@ -1,0 +1,111 @@
+//! Where a session stands, as a type: before login it may or may not be connected to a backend
+//! and may have chosen a route; once the backend has said 230 it is connected for good, as the
+//! user the backend accepted. What only makes sense in one phase lives in that phase, so no
+//! code can ask a logged-in session for its login deadline or a session without a backend for
+//! its link.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::ftp::Command;
+use crate::upstream::{Backend, Lease, Upstream};
+
+/// The session's control connection to its backend, and its place in that backend's count.
+pub(super) struct Link {
+    pub backend: Backend,
+    pub lease: Lease,
+}
+
+pub(super) enum Phase {
+    LoggingIn(LoggingIn),
+    LoggedIn(LoggedIn),
+}
+
+/// Before the backend's 230.
+pub(super) struct LoggingIn {
+    /// The login must have succeeded by then (`timeouts.login_secs`).
+    pub deadline: Instant,
+    /// `None` until a command needs the backend (with routes: once HOST or USER may have
+    /// chosen it), or after HOST or USER moved the session to another route.
+    pub link: Option<Link>,
+    /// The route HOST or USER chose; until then, the one the SNI name (or nothing) selects.
+    pub route: Option<Arc<Upstream>>,
+    /// True when `route` came from a `USER name@route` whose login has not succeeded yet: a
+    /// refused login gives the choice back.
+    pub route_by_user: bool,
+    /// A HOST the gateway answered before the backend was connected; sent to it on connect,
+    /// for virtual hosts of its own.
+    pub host_pending: Option<Command>,
+}
+
+/// After the backend's 230.
+pub(super) struct LoggedIn {
+    pub link: Link,
+    /// The user the backend accepted, for logs, routing and the TLS binding; never a name it
+    /// refused.
+    pub user: String,
+}
+
+impl Phase {
+    pub fn new(deadline: Instant, link: Option<Link>) -> Phase {
+        Phase::LoggingIn(LoggingIn {
+            deadline,
+            link,
+            route: None,
+            route_by_user: false,
+            host_pending: None,
+        })
+    }
+
+    pub fn is_logged_in(&self) -> bool {
+        matches!(self, Phase::LoggedIn(_))
+    }
+
+    pub fn link(&self) -> Option<&Link> {
+        match self {
+            Phase::LoggingIn(l) => l.link.as_ref(),
+            Phase::LoggedIn(s) => Some(&s.link),
+        }
+    }
+
+    pub fn link_mut(&mut self) -> Option<&mut Link> {
+        match self {
+            Phase::LoggingIn(l) => l.link.as_mut(),
+            Phase::LoggedIn(s) => Some(&mut s.link),
+        }
+    }
+
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Phase::LoggingIn(_) => None,
+            Phase::LoggedIn(s) => Some(&s.user),
+        }
+    }
+
+    /// The backend the session is on, or has chosen; `None` while only the default applies.
+    pub fn upstream(&self) -> Option<&Arc<Upstream>> {
+        match self {
+            Phase::LoggingIn(l) => l
+                .link
+                .as_ref()
+                .map(|k| k.lease.upstream())
+                .or(l.route.as_ref()),
+            Phase::LoggedIn(s) => Some(s.link.lease.upstream()),
+        }
+    }
+
+    /// The backend said 230 to `user`. Logged in only with a backend to be logged in at, which
+    /// the 230 came from; logged in already (a backend that lets USER change the user), the
+    /// user changes.
+    pub fn log_in(&mut self, user: String) {
+        match self {
+            Phase::LoggedIn(s) => s.user = user,
+            Phase::LoggingIn(l) => {
+                if let Some(link) = l.link.take() {
+                    *self = Phase::LoggedIn(LoggedIn { link, user });
+                }
+            }
+        }
+    }
+}
