@@ -18,6 +18,14 @@ use tokio_rustls::TlsStream;
 
 use crate::tls::ticket_hold::TicketGate;
 
+/// `(version, resumed)` of a TLS connection, for logs.
+fn summary(conn: &rustls::CommonState) -> Option<(ProtocolVersion, bool)> {
+    Some((
+        conn.protocol_version()?,
+        conn.handshake_kind() == Some(HandshakeKind::Resumed),
+    ))
+}
+
 /// What a control connection runs over.
 pub trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
 
@@ -40,14 +48,10 @@ impl Control {
         let Control::Tls(s) = self else {
             return None;
         };
-        let conn: &rustls::CommonState = match &**s {
+        summary(match &**s {
             TlsStream::Server(s) => s.get_ref().1,
             TlsStream::Client(c) => c.get_ref().1,
-        };
-        Some((
-            conn.protocol_version()?,
-            conn.handshake_kind() == Some(HandshakeKind::Resumed),
-        ))
+        })
     }
 
     /// The gateway's side of a client's TLS session.
@@ -58,46 +62,6 @@ impl Control {
                 TlsStream::Client(_) => None,
             },
             Control::Plain(_) => None,
-        }
-    }
-}
-
-impl AsyncRead for Control {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Control::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Control::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Control {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Control::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Control::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Control::Plain(s) => Pin::new(s).poll_flush(cx),
-            Control::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Control::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Control::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -114,58 +78,59 @@ pub enum Stream {
 impl Stream {
     /// `(version, resumed)` for TLS connections, for logs.
     pub fn tls_info(&self) -> Option<(ProtocolVersion, bool)> {
-        let conn: &rustls::CommonState = match self {
+        summary(match self {
             Stream::Plain(_) => return None,
             Stream::DataTls(s) => s.get_ref().1,
             Stream::BackendDataTls(s) => s.get_ref().1,
-        };
-        Some((
-            conn.protocol_version()?,
-            conn.handshake_kind() == Some(HandshakeKind::Resumed),
-        ))
+        })
     }
 }
 
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::DataTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Stream::BackendDataTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+/// `AsyncRead` and `AsyncWrite` for an enum of connections: each call goes to the variant's own
+/// (every variant holds one that is `Unpin`, boxed or not).
+macro_rules! delegate_io {
+    ($ty:ident { $($variant:ident),+ }) => {
+        impl AsyncRead for $ty {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $($ty::$variant(s) => Pin::new(s).poll_read(cx, buf),)+
+                }
+            }
         }
-    }
+
+        impl AsyncWrite for $ty {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $($ty::$variant(s) => Pin::new(s).poll_write(cx, buf),)+
+                }
+            }
+
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $($ty::$variant(s) => Pin::new(s).poll_flush(cx),)+
+                }
+            }
+
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $($ty::$variant(s) => Pin::new(s).poll_shutdown(cx),)+
+                }
+            }
+        }
+    };
 }
 
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::DataTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Stream::BackendDataTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::DataTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Stream::BackendDataTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::DataTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Stream::BackendDataTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+delegate_io!(Control { Plain, Tls });
+delegate_io!(Stream {
+    Plain,
+    DataTls,
+    BackendDataTls
+});

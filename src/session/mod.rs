@@ -13,73 +13,44 @@
 //! The gateway greets the client itself and connects to the backend only when a command needs
 //! it, which, when TLS is required, is only once TLS is up: a client that never finishes TLS
 //! never reaches the backend (see `backend.relay_greeting` for the old way).
+//!
+//! Where things happen: the command loop and its deadlines here; `phase` (before and after
+//! login), `refusal` (every refusal's reply, metric and log line), `secure` (AUTH TLS, PBSZ,
+//! PROT), `login` (USER, PASS, HOST and the route rules), `relay` (the backend connection and
+//! forwarding), `pasv` (PASV and EPSV answered from the pool, PORT and EPRT checked),
+//! `transfer` (transfers, the held final reply, ABOR), `client` (the client's connection).
 
 mod client;
+mod context;
+mod login;
+mod pasv;
 mod phase;
-mod setup;
+mod refusal;
+mod relay;
+mod secure;
 mod transfer;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use rustls::ServerConfig;
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tracing::{debug, info, warn, Span};
 
-use crate::config::Settings;
-use crate::data::{DataBridge, PassivePool};
-use crate::ftp::{escaped, gateway_feat, rewrite_feat, Command, LineError, Reply, Verb};
-use crate::metrics::{Channel, Metrics, Reason};
+use crate::data::DataBridge;
+use crate::ftp::{escaped, gateway_feat, Command, LineError, Reply, Verb};
+use crate::metrics::Reason;
 pub use crate::stream::Io;
 use crate::tls;
-use crate::tls::store::CertStore;
-use crate::upstream::{Backend, BackendError, RouteError, Router, Upstream};
+use crate::upstream::{BackendError, RouteError};
 
 use client::ClientControl;
+pub use context::Context;
 use phase::{Link, Phase};
-
-/// What every session shares.
-pub struct Context {
-    pub settings: Settings,
-    /// The base TLS config; each session clones it (see [`tls::session_config`]).
-    pub tls: Arc<ServerConfig>,
-    /// The certificates behind `tls`, reloadable.
-    pub certs: Arc<CertStore>,
-    pub pool: Arc<PassivePool>,
-    pub external_ip: Option<IpAddr>,
-    /// The backends, and which one a session goes to.
-    pub router: Router,
-    /// Logged-in sessions by client address, user and route, whose TLS sessions their
-    /// siblings' data connections may resume (see [`tls::binding`]).
-    pub bindings: Arc<tls::binding::Registry>,
-    pub metrics: Arc<Metrics>,
-    /// Becomes true when the gateway shuts down: idle sessions say 421 and end.
-    pub draining: watch::Receiver<bool>,
-}
-
-impl Context {
-    /// Connects to the default backend as a session would (TLS included) and checks its
-    /// greeting, for `/readyz`.
-    pub async fn probe_backend(&self) -> Result<Reply, RouteError> {
-        let upstream = self.router.default_route();
-        let (mut backend, greeting, _lease) =
-            upstream.connect(None, &self.settings.timeouts).await?;
-        let last = greeting.last().cloned().ok_or(BackendError::Closed)?;
-        let _ = backend.send(b"QUIT\r\n").await;
-        if last.is_success() {
-            Ok(last)
-        } else {
-            Err(BackendError::Refused {
-                what: "the connection",
-                reply: format!("{} {}", last.code(), last.text()),
-            }
-            .into())
-        }
-    }
-}
+use refusal::{Halt, Refusal};
+use relay::backend_reply;
+use secure::{join_siblings, secure_control};
 
 /// How the client's control connection starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,86 +243,11 @@ async fn unreachable(ctx: &Context, client: &mut ClientControl, e: &RouteError) 
         .await;
 }
 
-/// The next reply from the backend, if connected; never resolves otherwise.
-async fn backend_reply(link: Option<&mut Link>) -> Result<Reply, BackendError> {
-    match link {
-        Some(link) => link.backend.read_reply().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Resolves once the gateway starts draining (never, if it is gone without draining).
 async fn until_draining(draining: &mut watch::Receiver<bool>) {
     if draining.wait_for(|d| *d).await.is_err() {
         std::future::pending::<()>().await;
     }
-}
-
-/// Connects a session to `upstream`, checks the backend's greeting (the client had the
-/// gateway's own), and sends it the HOST the gateway answered before, if there was one.
-async fn connect(
-    ctx: &Context,
-    client: &ClientControl,
-    upstream: &Arc<Upstream>,
-    host: Option<Command>,
-) -> Result<Link, Fatal> {
-    let (mut backend, greeting, lease) = upstream
-        .connect(Some((client.peer, client.local)), &ctx.settings.timeouts)
-        .await?;
-    let span = Span::current();
-    span.record("backend", tracing::field::display(backend.peer()));
-    span.record("route", upstream.name.as_str());
-    if let Some(last) = greeting.last().filter(|r| !r.is_success()) {
-        return Err(Fatal::Greeting(last.clone()));
-    }
-    info!(route = %upstream.name, "backend connected");
-    if let Some(host) = host {
-        // Answered already; the backend's own answer only matters to itself.
-        backend.send(&host.to_wire()).await?;
-        let reply = backend.expect_reply().await?;
-        debug!(
-            code = reply.code(),
-            "backend answered the HOST sent on connect"
-        );
-    }
-    Ok(Link { backend, lease })
-}
-
-/// The control connection's TLS handshake, counted, with the client certificate's subject (if
-/// the client presented one) put on the session's span.
-/// Enters the session in the registry its siblings' data connections look in (see
-/// `tls::binding`), as *pending*, before its control handshake starts: the client may hand
-/// that handshake's ticket to a sibling's data connection the moment it has it, before this
-/// session's task runs again. Joined only after the handshake, rclone's check once had a data
-/// connection offer such a ticket first, fail to resume, and wait out its deadline.
-fn join_siblings(
-    ctx: &Context,
-    tls: &tls::SessionTls,
-    peer: SocketAddr,
-) -> Option<tls::binding::Membership> {
-    let ticketer = tls.ticketer.as_ref()?;
-    let client = peer.ip().to_canonical();
-    Some(ctx.bindings.join(client, Arc::clone(ticketer)))
-}
-
-async fn secure_control(
-    ctx: &Context,
-    client: &mut ClientControl,
-    config: Arc<ServerConfig>,
-) -> std::io::Result<()> {
-    let result = client
-        .upgrade(config, ctx.settings.timeouts.tls_handshake())
-        .await;
-    let resumed = result
-        .as_ref()
-        .ok()
-        .map(|()| client.tls_info().is_some_and(|(_, resumed)| resumed));
-    ctx.metrics.handshake(Channel::control, resumed);
-    if let Some(subject) = client.peer_subject().map(|s| escaped(&s)) {
-        Span::current().record("client_cert", subject.as_str());
-        info!(subject, "client certificate accepted");
-    }
-    result
 }
 
 impl Session {
@@ -375,24 +271,19 @@ impl Session {
             // deadline is checked here too: a client that pipelines without end still meets it.
             let (deadline, why) = self.deadline();
             if Instant::now() >= deadline {
-                return Ok(self.timed_out(why).await?);
+                return Ok(self.refuse(Refusal::Timeout { why }).await?);
             }
             let line = match line {
                 Ok(line) => line,
                 Err(e) => {
-                    self.ctx.metrics.refused(Reason::bad_line);
-                    info!(error = %e, "refused client line");
-                    self.reply(500, &format!("Syntax error: {e}.")).await?;
+                    self.refuse(Refusal::BadLine(e)).await?;
                     continue;
                 }
             };
             let cmd = match Command::parse(line) {
                 Ok(cmd) => cmd,
                 Err(e) => {
-                    self.ctx.metrics.refused(Reason::bad_line);
-                    info!(error = %e, "refused client line");
-                    self.reply(500, "Syntax error, command unrecognized.")
-                        .await?;
+                    self.refuse(Refusal::Unrecognized(e)).await?;
                     continue;
                 }
             };
@@ -402,7 +293,7 @@ impl Session {
             let flow = if bounded {
                 match timeout_at(deadline, self.handle(cmd)).await {
                     Ok(flow) => flow?,
-                    Err(_) => return Ok(self.timed_out(why).await?),
+                    Err(_) => return Ok(self.refuse(Refusal::Timeout { why }).await?),
                 }
             } else {
                 self.handle(cmd).await?
@@ -423,15 +314,13 @@ impl Session {
         }
     }
 
-    /// The login or idle deadline passed: 421, counted and logged; the session ends.
-    async fn timed_out(&mut self, why: &'static str) -> std::io::Result<()> {
-        self.ctx.metrics.refused(Reason::timeout);
-        info!(timeout = why, "session timed out");
-        self.reply(
-            421,
-            &format!("Timeout ({why}); closing control connection."),
-        )
-        .await
+    /// Turns something down: counted, logged and answered, all as the refusal says.
+    async fn refuse(&mut self, refusal: Refusal) -> std::io::Result<()> {
+        if let Some(reason) = refusal.reason() {
+            self.ctx.metrics.refused(reason);
+        }
+        refusal.log();
+        self.client.send(&refusal.reply()).await
     }
 
     /// Waits for the client's next line while watching the backend (it may announce its own
@@ -446,9 +335,7 @@ impl Session {
                 biased;
                 line = self.client.read_line() => return Ok(line?),
                 () = until_draining(&mut draining) => {
-                    self.ctx.metrics.refused(Reason::shutting_down);
-                    info!("gateway shutting down; closing idle session");
-                    self.reply(421, "Service shutting down; please reconnect later.").await?;
+                    self.refuse(Refusal::ShuttingDown).await?;
                     return Ok(None);
                 }
                 reply = backend_reply(self.phase.link_mut()) => {
@@ -460,7 +347,7 @@ impl Session {
                     }
                 }
                 _ = sleep_until(deadline) => {
-                    self.timed_out(why).await?;
+                    self.refuse(Refusal::Timeout { why }).await?;
                     return Ok(None);
                 }
             }
@@ -471,41 +358,38 @@ impl Session {
         self.client.send(&Reply::new(code, text)).await
     }
 
+    /// One command: answered, or refused in one place.
     async fn handle(&mut self, cmd: Command) -> Result<Flow, Fatal> {
+        match self.dispatch(cmd).await {
+            Ok(flow) => Ok(flow),
+            Err(Halt::Refused(refusal)) => {
+                let ends = refusal.ends_session();
+                self.refuse(refusal).await?;
+                Ok(if ends { Flow::Close } else { Flow::Continue })
+            }
+            Err(Halt::Fatal(fatal)) => Err(fatal),
+        }
+    }
+
+    async fn dispatch(&mut self, cmd: Command) -> Result<Flow, Halt> {
         // Display hides PASS and USER and escapes the rest.
         debug!(command = %cmd, "client command");
         let verb = cmd.verb();
         if self.ctx.settings.tls.required && !self.client.is_tls() && !verb.allowed_before_tls() {
-            self.ctx.metrics.refused(Reason::tls_required);
-            info!(command = %cmd.name(), "refused before AUTH TLS");
-            self.reply(530, "TLS required: send AUTH TLS first.")
-                .await?;
-            return Ok(Flow::Continue);
+            let command = cmd.name().to_string();
+            return Err(Refusal::TlsRequired { command }.into());
         }
         match verb {
             Verb::Auth => return self.auth(&cmd).await,
             Verb::Pbsz => self.pbsz(&cmd).await?,
             Verb::Prot => self.prot(&cmd).await?,
-            Verb::Ccc => {
-                self.reply(534, "CCC refused: the control connection stays encrypted.")
-                    .await?
-            }
+            Verb::Ccc => return Err(Refusal::Ccc.into()),
             Verb::Adat | Verb::Mic | Verb::Conf | Verb::Enc => {
-                self.reply(
-                    502,
-                    "Command not implemented: TLS is the only security mechanism.",
-                )
-                .await?
+                return Err(Refusal::OtherSecurity.into())
             }
-            Verb::Lprt | Verb::Lpsv => {
-                self.reply(502, "Command not implemented; use EPSV.")
-                    .await?
-            }
+            Verb::Lprt | Verb::Lpsv => return Err(Refusal::LongAddress.into()),
             Verb::Port | Verb::Eprt => self.active(&cmd).await?,
-            Verb::Rein => {
-                self.reply(502, "REIN is not supported; reconnect instead.")
-                    .await?
-            }
+            Verb::Rein => return Err(Refusal::Rein.into()),
             Verb::Pasv => self.pasv().await?,
             Verb::Epsv => self.epsv(&cmd).await?,
             Verb::Feat if self.unconnected_before_tls() => {
@@ -574,284 +458,5 @@ impl Session {
         lines.push(format!(" Data connections: {prot}"));
         let reply = Reply::multi(211, "FTP gateway status:", &lines, "End of status.");
         self.client.send(&reply).await
-    }
-
-    /// Forwards the command and relays its replies.
-    async fn pass_through(&mut self, cmd: &Command) -> Result<(), Fatal> {
-        let reply = self.forward(cmd).await?;
-        Ok(self.client.send(&reply).await?)
-    }
-
-    /// The link to the backend, connected now if the session has none yet: to the route HOST
-    /// or USER chose, else the one the SNI name selects, else the default.
-    async fn link(&mut self) -> Result<&mut Link, Fatal> {
-        let waiting = match &mut self.phase {
-            Phase::LoggedIn(s) => return Ok(&mut s.link),
-            Phase::LoggingIn(l) => l,
-        };
-        let link = match waiting.link.take() {
-            Some(link) => link,
-            None => {
-                let upstream = match &waiting.route {
-                    Some(route) => Arc::clone(route),
-                    None => Arc::clone(self.ctx.router.by_sni(self.client.sni().as_deref())),
-                };
-                let host = waiting.host_pending.take();
-                connect(&self.ctx, &self.client, &upstream, host).await?
-            }
-        };
-        Ok(waiting.link.insert(link))
-    }
-
-    async fn backend(&mut self) -> Result<&mut Backend, Fatal> {
-        Ok(&mut self.link().await?.backend)
-    }
-
-    /// Moves a session that has not logged in to `upstream`: a connection to another backend
-    /// is closed, and the next command opens one to this.
-    /// True when the route was not chosen before.
-    async fn choose(&mut self, upstream: &Arc<Upstream>) -> bool {
-        let Phase::LoggingIn(waiting) = &mut self.phase else {
-            return false;
-        };
-        if let Some(link) = &mut waiting.link {
-            if Arc::ptr_eq(link.lease.upstream(), upstream) {
-                return false;
-            }
-            let _ = link.backend.send(b"QUIT\r\n").await;
-            waiting.link = None;
-        }
-        info!(route = %upstream.name, "route chosen");
-        waiting.route.replace(Arc::clone(upstream)).is_none()
-    }
-
-    /// Forwards the command, relays preliminary (1xx) replies, returns the final one unsent.
-    async fn forward(&mut self, cmd: &Command) -> Result<Reply, Fatal> {
-        self.backend().await?.send(&cmd.to_wire()).await?;
-        loop {
-            let reply = self.backend().await?.expect_reply().await?;
-            if !reply.is_preliminary() {
-                return Ok(reply);
-            }
-            self.client.send(&reply).await?;
-        }
-    }
-
-    /// USER and PASS, relayed. The session's user changes only when the backend says 230: a
-    /// name it refused never reaches a log line, a metric or a route decision.
-    async fn login(&mut self, mut cmd: Command) -> Result<(), Fatal> {
-        if cmd.verb() == Verb::User {
-            let mut user = cmd.arg_text();
-            // `USER name@route`: the route is the gateway's business; the backend sees `name`.
-            if let Some((upstream, name)) = self.ctx.router.by_user(&user) {
-                let upstream = Arc::clone(upstream);
-                if let Some(fixed) = self.fixed_route().filter(|f| !Arc::ptr_eq(f, &upstream)) {
-                    info!(wanted = %upstream.name, route = %fixed.name, "USER suffix refused: the route is already chosen");
-                    let text = format!(
-                        "This connection is for route {}; reconnect for {}.",
-                        fixed.name, upstream.name
-                    );
-                    return Ok(self.reply(530, &text).await?);
-                }
-                user = name.to_string();
-                cmd = Command::user(&user);
-                if self.choose(&upstream).await {
-                    if let Phase::LoggingIn(waiting) = &mut self.phase {
-                        waiting.route_by_user = true;
-                    }
-                }
-            }
-            self.attempt = Some(user);
-        }
-        let reply = self.forward(&cmd).await?;
-        if reply.code() == 230 {
-            // Before the client hears 230: a TLS backend's data channel is secured first.
-            self.backend().await?.protect_data().await?;
-            if let Some(user) = self.attempt.take() {
-                Span::current().record("user", escaped(&user).as_str());
-                self.phase.log_in(user);
-            }
-            if let (Some(membership), Some(who)) = (&self.membership, self.identity()) {
-                membership.logged_in(who);
-            }
-            info!("logged in");
-        } else if reply.code() >= 400 {
-            self.attempt = None;
-            if let Phase::LoggingIn(waiting) = &mut self.phase {
-                if std::mem::take(&mut waiting.route_by_user) {
-                    // The refused name's suffix does not fix the route.
-                    waiting.route = None;
-                }
-            }
-            info!(code = reply.code(), "login refused by backend");
-        }
-        Ok(self.client.send(&reply).await?)
-    }
-
-    /// Who the session is for the TLS binding: the user the backend accepted, on its route.
-    fn identity(&self) -> Option<tls::binding::Identity> {
-        let Phase::LoggedIn(s) = &self.phase else {
-            return None;
-        };
-        Some(tls::binding::Identity {
-            user: s.user.clone(),
-            route: s.link.lease.upstream().name.clone(),
-        })
-    }
-
-    /// What a data connection needs to accept its siblings' TLS sessions.
-    fn siblings(&self) -> Option<tls::binding::Siblings> {
-        Some(self.membership.as_ref()?.siblings(self.identity()?))
-    }
-
-    async fn auth(&mut self, cmd: &Command) -> Result<Flow, Fatal> {
-        if self.client.is_tls() {
-            self.reply(503, "Already using TLS.").await?;
-            return Ok(Flow::Continue);
-        }
-        // SSL and TLS-P are the pre-RFC 4217 names that also imply PROT P.
-        let implies_prot_p = match cmd.arg_text().to_ascii_uppercase().as_str() {
-            "TLS" | "TLS-C" => false,
-            "SSL" | "TLS-P" => true,
-            _ => {
-                self.reply(504, "AUTH mechanism not supported; use AUTH TLS.")
-                    .await?;
-                return Ok(Flow::Continue);
-            }
-        };
-        if self.client.has_pending_input() {
-            warn!("client pipelined plaintext after AUTH TLS; closing");
-            self.reply(421, "Data after AUTH TLS before the handshake; closing.")
-                .await?;
-            return Ok(Flow::Close);
-        }
-        self.reply(234, "AUTH TLS successful.").await?;
-        self.membership = join_siblings(&self.ctx, &self.tls, self.client.peer);
-        let config = Arc::clone(&self.tls.control);
-        if let Err(e) = secure_control(&self.ctx, &mut self.client, config).await {
-            info!(error = %e, "control TLS handshake failed");
-            return Ok(Flow::Close);
-        }
-        if implies_prot_p {
-            self.prot = Protection::Private;
-        }
-        Ok(Flow::Continue)
-    }
-
-    async fn pbsz(&mut self, cmd: &Command) -> std::io::Result<()> {
-        if !self.client.is_tls() {
-            return self.reply(503, "PBSZ needs AUTH TLS first.").await;
-        }
-        if cmd.arg_text().parse::<u32>().is_err() {
-            return self.reply(501, "PBSZ takes a number.").await;
-        }
-        // RFC 4217 §8: TLS needs no protection buffer; the answer is always 0.
-        self.reply(200, "PBSZ=0").await
-    }
-
-    async fn prot(&mut self, cmd: &Command) -> std::io::Result<()> {
-        // RFC 2228 puts PBSZ before PROT; like vsftpd, the gateway does not insist (Python's
-        // ftplib sends `PROT C` alone), since TLS has no protection buffer to size anyway.
-        if !self.client.is_tls() {
-            return self.reply(503, "PROT needs AUTH TLS first.").await;
-        }
-        match cmd.arg_text().to_ascii_uppercase().as_str() {
-            "P" => {
-                self.prot = Protection::Private;
-                self.reply(200, "Protection level set to Private.").await
-            }
-            "C" if self.ctx.settings.tls.allow_clear_data => {
-                self.prot = Protection::Clear;
-                self.reply(200, "Protection level set to Clear.").await
-            }
-            "C" => {
-                self.ctx.metrics.refused(Reason::clear_data);
-                info!("PROT C refused by policy");
-                self.reply(534, "Clear data connections are not allowed; use PROT P.")
-                    .await
-            }
-            "S" | "E" => {
-                self.reply(536, "Protection level not supported; use PROT P.")
-                    .await
-            }
-            _ => self.reply(504, "Unknown protection level.").await,
-        }
-    }
-
-    /// The route an earlier rule has fixed, which a later one may not change (rules apply in
-    /// order: SNI, HOST, USER suffix): the one in use once logged in, else the one HOST chose,
-    /// else the one the SNI name selects. `None` while only the default applies.
-    fn fixed_route(&self) -> Option<Arc<Upstream>> {
-        let chosen = match &self.phase {
-            Phase::LoggedIn(s) => return Some(Arc::clone(s.link.lease.upstream())),
-            Phase::LoggingIn(waiting) => waiting.route.clone(),
-        };
-        let sni = self.client.sni();
-        chosen.or_else(|| self.ctx.router.sni_route(sni.as_deref()).cloned())
-    }
-
-    /// HOST (RFC 7151) with routes: a name that selects a route moves the session there (unless
-    /// the SNI name chose another: 504), and
-    /// the backend hears HOST too, for virtual hosts of its own. A backend that does not know
-    /// the command (500, 502, or vsftpd's 530 for anything before login) has still been
-    /// chosen, so the gateway answers for it.
-    async fn host(&mut self, cmd: &Command) -> Result<(), Fatal> {
-        if self.phase.is_logged_in() || self.attempt.is_some() {
-            return Ok(self.reply(503, "HOST must come before USER.").await?);
-        }
-        let name = cmd.arg_text();
-        let upstream = self.ctx.router.by_host(&name).cloned();
-        if let Some(upstream) = &upstream {
-            if let Some(fixed) = self.fixed_route().filter(|f| !Arc::ptr_eq(f, upstream)) {
-                info!(wanted = %upstream.name, route = %fixed.name, "HOST refused: an earlier rule chose another route");
-                let text = format!(
-                    "Host {name} is not served on this connection (it is for route {}).",
-                    fixed.name
-                );
-                return Ok(self.reply(504, &text).await?);
-            }
-            self.choose(upstream).await;
-        }
-        if self.unconnected_before_tls() {
-            // RFC 7151 puts HOST before AUTH TLS, when the gateway does not connect yet: the
-            // route (if the name selects one) is chosen now, and the backend hears HOST once
-            // it is connected.
-            if let Phase::LoggingIn(waiting) = &mut self.phase {
-                waiting.host_pending = Some(cmd.clone());
-            }
-            return Ok(self.reply(220, &format!("Host {name} selected.")).await?);
-        }
-        if upstream.is_none() {
-            return self.pass_through(cmd).await;
-        }
-        let reply = self.forward(cmd).await?;
-        if matches!(reply.code(), 500 | 502 | 530) {
-            return Ok(self.reply(220, &format!("Host {name} selected.")).await?);
-        }
-        Ok(self.client.send(&reply).await?)
-    }
-
-    async fn feat(&mut self) -> Result<(), Fatal> {
-        let backend = self.backend().await?;
-        backend.send(b"FEAT\r\n").await?;
-        let reply = backend.expect_reply().await?;
-        self.client.send(&rewrite_feat(&reply)).await?;
-        Ok(())
-    }
-
-    async fn quit(&mut self) -> Result<(), Fatal> {
-        self.pending = None;
-        let reply = match self.phase.link_mut() {
-            Some(link) => {
-                let _ = link.backend.send(b"QUIT\r\n").await;
-                tokio::time::timeout(Duration::from_secs(5), link.backend.read_reply()).await
-            }
-            None => return Ok(self.reply(221, "Goodbye.").await?),
-        };
-        match reply {
-            Ok(Ok(reply)) => self.client.send(&reply).await?,
-            _ => self.reply(221, "Goodbye.").await?,
-        }
-        Ok(())
     }
 }

@@ -9,43 +9,31 @@ use std::time::Duration;
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tracing::{debug, info, warn};
 
+use super::refusal::{Halt, Refusal};
 use super::{BackendError, Fatal, Protection, Session};
 use crate::data::{BridgeError, DataBridge, Transferred};
 use crate::ftp::{abort, Command, Escaped, Reply, Verb};
 use crate::metrics::{Outcome, Reason};
 
 impl Session {
-    pub(super) async fn transfer(&mut self, cmd: Command) -> Result<(), Fatal> {
+    pub(super) async fn transfer(&mut self, cmd: Command) -> Result<(), Halt> {
         let Some(direction) = cmd.verb().transfer() else {
             return Ok(());
         };
-        let Some(pending) = self.pending.take() else {
-            return Ok(self.reply(425, "Use PASV or EPSV first.").await?);
-        };
+        let pending = self.pending.take().ok_or(Refusal::NoDataConnection)?;
         if pending.protection != self.prot {
-            return Ok(self
-                .reply(425, "Protection level changed since PASV; send PASV again.")
-                .await?);
+            return Err(Refusal::ProtChanged.into());
         }
+        let command = cmd.name().to_string();
         if self.prot == Protection::Clear
             && self.client.is_tls()
             && !self.ctx.settings.tls.allow_clear_data
         {
-            self.ctx.metrics.refused(Reason::clear_data);
-            info!(command = %cmd.name(), "clear data connection refused");
-            return Ok(self
-                .reply(
-                    521,
-                    "Data connections must be encrypted: send PBSZ 0 and PROT P.",
-                )
-                .await?);
+            return Err(Refusal::ClearData { command }.into());
         }
         let mut bridge = pending.bridge;
-        if let Some(Err(e)) = bridge.ended() {
-            // The data connection is already lost (not up in time): the backend never hears
-            // of this transfer.
-            info!(command = %cmd.name(), error = %e, "data connection gone before the transfer");
-            return Ok(self.client.send(&e.reply()).await?);
+        if let Some(Err(error)) = bridge.ended() {
+            return Err(Refusal::DataLost { command, error }.into());
         }
         let backend = self.backend().await?;
         backend.send(&cmd.to_wire()).await?;
@@ -56,7 +44,7 @@ impl Session {
             // Refused (550 and the like): dropping the bridge releases the lease.
             return Ok(());
         }
-        self.await_transfer(&cmd, bridge).await
+        Ok(self.await_transfer(&cmd, bridge).await?)
     }
 
     /// Waits for both the backend's final reply and the end of the copy, watching the client

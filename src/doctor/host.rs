@@ -1,0 +1,164 @@
+//! The checks of the machine the gateway runs on: the passive pool's ports free, the external
+//! address right for PASV, the open-file limit fit for the sessions allowed.
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+
+use super::{check, with_fix, Check, Level};
+use crate::config::Settings;
+
+pub(super) fn pool_ports(settings: &Settings) -> Check {
+    let what = "passive pool";
+    let range = settings.passive.range();
+    let ip = settings
+        .listen
+        .all()
+        .map(SocketAddr::ip)
+        .next()
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let size = range.clone().count();
+    let busy: Vec<u16> = range
+        .clone()
+        .filter(|&p| TcpListener::bind(SocketAddr::new(ip, p)).is_err())
+        .collect();
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().filter_map(|v| v.parse::<u16>().ok());
+            Some((it.next()?, it.next()?))
+        });
+    let overlap = ephemeral
+        .filter(|&(lo, hi)| *range.start() <= hi && *range.end() >= lo)
+        .map(|(lo, hi)| format!("; it overlaps the kernel's ephemeral ports {lo}-{hi}"));
+    let range_text = format!("{}-{}", range.start(), range.end());
+    match (busy.len(), overlap) {
+        (0, None) => check(
+            Level::Ok,
+            what,
+            format!("all {size} ports of {range_text} can be bound on {ip}"),
+        ),
+        (0, Some(o)) => with_fix(
+            check(
+                Level::Warn,
+                what,
+                format!("all {size} ports of {range_text} are free now{o}"),
+            ),
+            "outgoing connections may take pool ports: pick a range outside ip_local_port_range",
+        ),
+        (n, _) if n == size => with_fix(
+            check(
+                Level::Fail,
+                what,
+                format!("none of the {size} ports of {range_text} can be bound on {ip}"),
+            ),
+            "another program holds them (a running ftpsgate?) or the range needs privileges",
+        ),
+        (n, _) => with_fix(
+            check(
+                Level::Warn,
+                what,
+                format!(
+                    "{n} of {size} ports of {range_text} are in use (first: {}); fine if this gateway is running",
+                    busy[0]
+                ),
+            ),
+            "otherwise find the holder with `ss -ltnp`",
+        ),
+    }
+}
+
+fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            !(v4.is_private() || v4.is_loopback() || v4.is_link_local() || v4.is_unspecified())
+        }
+        IpAddr::V6(v6) => {
+            !(v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xfe00) == 0xfc00)
+        }
+    }
+}
+
+pub(super) fn external_address(settings: &Settings) -> Vec<Check> {
+    let what = "external address";
+    let exposed = settings
+        .listen
+        .all()
+        .any(|a| a.ip().is_unspecified() || is_public(a.ip()));
+    let Some(host) = settings.passive.external_host() else {
+        let level = if exposed { Level::Warn } else { Level::Ok };
+        let c = check(
+            level,
+            what,
+            "unset: PASV replies carry the address each client connected to",
+        );
+        return vec![if exposed {
+            with_fix(
+                c,
+                "behind NAT or a load balancer set passive.external_address to the public address or name",
+            )
+        } else {
+            c
+        }];
+    };
+    match settings.passive.external_ip() {
+        Err(e) => vec![with_fix(
+            check(Level::Fail, what, e),
+            "use an IP address, or a DNS name that resolves from this host",
+        )],
+        Ok(Some(ip)) if !is_public(ip) && exposed => {
+            vec![with_fix(
+                check(
+                    Level::Warn,
+                    what,
+                    if ip.to_string() == *host {
+                        format!("{host} is a private or loopback address, while the listeners are public")
+                    } else {
+                        format!("{host} is {ip}, a private or loopback address, while the listeners are public")
+                    },
+                ),
+                "clients on the internet cannot reach it: use the public address",
+            )]
+        }
+        Ok(ip) => vec![check(
+            Level::Ok,
+            what,
+            format!(
+                "{host}{}",
+                ip.filter(|ip| ip.to_string() != *host)
+                    .map(|ip| format!(" resolves to {ip}"))
+                    .unwrap_or_default()
+            ),
+        )],
+    }
+}
+
+pub(super) fn fd_limit(settings: &Settings) -> Check {
+    let what = "open-file limit";
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .nth(3)
+                        .and_then(|v| v.parse::<u64>().ok())
+                })
+        });
+    let need = crate::fdlimit::needed(settings);
+    match soft {
+        None => check(Level::Warn, what, "unknown (no /proc/self/limits)"),
+        Some(have) if have >= need => check(
+            Level::Ok,
+            what,
+            format!("{have} (limits.max_sessions and the pool need about {need})"),
+        ),
+        Some(have) => with_fix(
+            check(
+                Level::Warn,
+                what,
+                format!("{have}, but limits.max_sessions and the pool need about {need}"),
+            ),
+            format!("raise it (systemd: LimitNOFILE={need}; shell: ulimit -n {need}) or lower limits.max_sessions; the gateway raises its soft limit to the hard one at start, and lowers max_sessions to fit if it must"),
+        ),
+    }
+}

@@ -1,0 +1,56 @@
+//! What every session shares: the settings, TLS, the pool, the router, the binding registry,
+//! the metrics, and the drain signal.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use tokio::sync::watch;
+
+use crate::config::Settings;
+use crate::data::PassivePool;
+use crate::ftp::Reply;
+use crate::metrics::Metrics;
+use crate::tls;
+use crate::tls::store::CertStore;
+use crate::upstream::{BackendError, RouteError, Router};
+
+/// What every session shares.
+pub struct Context {
+    pub settings: Settings,
+    /// The base TLS config; each session clones it (see [`tls::session_config`]).
+    pub tls: Arc<ServerConfig>,
+    /// The certificates behind `tls`, reloadable.
+    pub certs: Arc<CertStore>,
+    pub pool: Arc<PassivePool>,
+    pub external_ip: Option<IpAddr>,
+    /// The backends, and which one a session goes to.
+    pub router: Router,
+    /// Logged-in sessions by client address, user and route, whose TLS sessions their
+    /// siblings' data connections may resume (see [`tls::binding`]).
+    pub bindings: Arc<tls::binding::Registry>,
+    pub metrics: Arc<Metrics>,
+    /// Becomes true when the gateway shuts down: idle sessions say 421 and end.
+    pub draining: watch::Receiver<bool>,
+}
+
+impl Context {
+    /// Connects to the default backend as a session would (TLS included) and checks its
+    /// greeting, for `/readyz`.
+    pub async fn probe_backend(&self) -> Result<Reply, RouteError> {
+        let upstream = self.router.default_route();
+        let (mut backend, greeting, _lease) =
+            upstream.connect(None, &self.settings.timeouts).await?;
+        let last = greeting.last().cloned().ok_or(BackendError::Closed)?;
+        let _ = backend.send(b"QUIT\r\n").await;
+        if last.is_success() {
+            Ok(last)
+        } else {
+            Err(BackendError::Refused {
+                what: "the connection",
+                reply: format!("{} {}", last.code(), last.text()),
+            }
+            .into())
+        }
+    }
+}

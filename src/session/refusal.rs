@@ -1,0 +1,332 @@
+//! Where a refusal's code is chosen. Whatever the gateway turns down itself is a [`Refusal`]: its
+//! reply, the metric reason it is counted under (when it says something about a client an
+//! operator would watch) and its log line all come from the value. Handlers return one as
+//! [`Halt::Refused`]; `Session::refuse` sends it, in one place, as rustls maps each error to one
+//! alert.
+
+use std::net::{IpAddr, SocketAddr};
+
+use tracing::{info, warn};
+
+use super::Fatal;
+use crate::data::{BridgeError, PoolError};
+use crate::ftp::{addr::AddrError, CommandError, LineError, Reply};
+use crate::metrics::Reason;
+use crate::upstream::{BackendError, RouteError};
+
+#[derive(Debug)]
+pub(super) enum Refusal {
+    /// A line the framer refused: too long, a NUL, a bare CR or LF.
+    BadLine(LineError),
+    /// A line that is no command.
+    Unrecognized(CommandError),
+    /// Before AUTH TLS under `tls.required`: only what a client needs to get there passes.
+    TlsRequired {
+        command: String,
+    },
+    /// CCC: the control connection stays encrypted.
+    Ccc,
+    /// ADAT, MIC, CONF, ENC: RFC 2228 mechanisms other than TLS.
+    OtherSecurity,
+    /// LPRT, LPSV.
+    LongAddress,
+    Rein,
+    AlreadyTls,
+    AuthMechanism,
+    /// Plaintext pipelined after AUTH TLS, before the handshake: it could be read as if it
+    /// came over TLS (the STARTTLS injection class). The session ends.
+    PipelinedAfterAuth,
+    /// PBSZ or PROT before AUTH TLS.
+    NeedsTls {
+        command: &'static str,
+    },
+    PbszNotANumber,
+    /// PROT C, or a clear transfer, where `tls.allow_clear_data` is off.
+    ClearData {
+        command: String,
+    },
+    ProtUnsupported,
+    ProtUnknown,
+    HostAfterUser,
+    /// HOST naming a route other than the one an earlier rule chose.
+    HostElsewhere {
+        name: String,
+        route: String,
+    },
+    /// `USER name@route` naming a route other than the one an earlier rule chose.
+    UserElsewhere {
+        wanted: String,
+        route: String,
+    },
+    /// PASV, PORT or EPRT after EPSV ALL (RFC 2428 §4).
+    AfterEpsvAll {
+        command: String,
+    },
+    /// PASV on a connection it cannot describe (IPv6: RFC 2428 §4).
+    PasvNotIpv4,
+    BadEpsvArgument,
+    /// EPSV or EPRT naming a network protocol the connection is not on.
+    WrongFamily {
+        family: u8,
+    },
+    ActiveDisabled {
+        command: String,
+    },
+    BadActiveAddress {
+        command: String,
+        error: AddrError,
+    },
+    /// PORT or EPRT toward an address that is not the client's own (FTP bounce, RFC 2577).
+    Bounce {
+        command: String,
+        target: SocketAddr,
+        peer: IpAddr,
+    },
+    /// PORT or EPRT toward a port below 1024 (FTP bounce).
+    LowPort {
+        command: String,
+        target: SocketAddr,
+    },
+    PoolFull(PoolError),
+    PassivePerAddress(PoolError),
+    /// PASV/EPSV/PORT/EPRT before login: the pool is a shared resource.
+    NotLoggedIn,
+    /// A transfer command without PASV, EPSV, PORT or EPRT before it.
+    NoDataConnection,
+    /// PROT changed between PASV and the transfer.
+    ProtChanged,
+    /// The data connection failed before the transfer command (not up in time, say): the
+    /// backend never hears of the transfer.
+    DataLost {
+        command: String,
+        error: BridgeError,
+    },
+    /// The backend's data port could not be reached.
+    BackendDataPort {
+        port: u16,
+        error: std::io::Error,
+    },
+    /// The backend's own refusal (of PASV, EPSV, PORT, EPRT), relayed as it is.
+    Backend(Reply),
+    /// The login or idle deadline passed. The session ends.
+    Timeout {
+        why: &'static str,
+    },
+    /// The gateway is shutting down and the session is idle. The session ends.
+    ShuttingDown,
+}
+
+impl Refusal {
+    pub fn reply(&self) -> Reply {
+        use Refusal::*;
+        let (code, text) = match self {
+            BadLine(e) => return Reply::new(500, &format!("Syntax error: {e}.")),
+            Unrecognized(_) => (500, "Syntax error, command unrecognized."),
+            TlsRequired { .. } => (530, "TLS required: send AUTH TLS first."),
+            Ccc => (534, "CCC refused: the control connection stays encrypted."),
+            OtherSecurity => (
+                502,
+                "Command not implemented: TLS is the only security mechanism.",
+            ),
+            LongAddress => (502, "Command not implemented; use EPSV."),
+            Rein => (502, "REIN is not supported; reconnect instead."),
+            AlreadyTls => (503, "Already using TLS."),
+            AuthMechanism => (504, "AUTH mechanism not supported; use AUTH TLS."),
+            PipelinedAfterAuth => (421, "Data after AUTH TLS before the handshake; closing."),
+            NeedsTls { command } => {
+                return Reply::new(503, &format!("{command} needs AUTH TLS first."))
+            }
+            PbszNotANumber => (501, "PBSZ takes a number."),
+            ClearData { command } if command == "PROT" => {
+                (534, "Clear data connections are not allowed; use PROT P.")
+            }
+            ClearData { .. } => (
+                521,
+                "Data connections must be encrypted: send PBSZ 0 and PROT P.",
+            ),
+            ProtUnsupported => (536, "Protection level not supported; use PROT P."),
+            ProtUnknown => (504, "Unknown protection level."),
+            HostAfterUser => (503, "HOST must come before USER."),
+            HostElsewhere { name, route } => {
+                let text = format!(
+                    "Host {name} is not served on this connection (it is for route {route})."
+                );
+                return Reply::new(504, &text);
+            }
+            UserElsewhere { wanted, route } => {
+                let text = format!("This connection is for route {route}; reconnect for {wanted}.");
+                return Reply::new(530, &text);
+            }
+            AfterEpsvAll { command } => {
+                return Reply::new(501, &format!("{command} not allowed after EPSV ALL."))
+            }
+            PasvNotIpv4 => (522, "Network protocol not supported, use EPSV (2)."),
+            BadEpsvArgument => (501, "Bad EPSV argument."),
+            WrongFamily { family } => {
+                let text = format!("Network protocol not supported, use ({family})");
+                return Reply::new(522, &text);
+            }
+            ActiveDisabled { .. } => (502, "Active mode is disabled here; use PASV or EPSV."),
+            BadActiveAddress { command, error } => {
+                return Reply::new(501, &format!("Syntax error in {command}: {error}."))
+            }
+            Bounce { .. } => (
+                500,
+                "Illegal address: data connections go to your own address only.",
+            ),
+            LowPort { .. } => (
+                504,
+                "Command not implemented for that parameter: port below 1024.",
+            ),
+            PoolFull(_) => (425, "No passive port available; try again later."),
+            PassivePerAddress(_) => (
+                425,
+                "Too many passive ports held from your address; try again later.",
+            ),
+            NotLoggedIn => (530, "Please log in with USER and PASS first."),
+            NoDataConnection => (425, "Use PASV or EPSV first."),
+            ProtChanged => (425, "Protection level changed since PASV; send PASV again."),
+            DataLost { error, .. } => return error.reply(),
+            BackendDataPort { .. } => (425, "Can't open data connection to the server."),
+            Backend(reply) => return reply.clone(),
+            Timeout { why } => {
+                let text = format!("Timeout ({why}); closing control connection.");
+                return Reply::new(421, &text);
+            }
+            ShuttingDown => (421, "Service shutting down; please reconnect later."),
+        };
+        Reply::new(code, text)
+    }
+
+    /// The reason it is counted under in `ftpsgate_refusals_total`, if it is counted.
+    pub fn reason(&self) -> Option<Reason> {
+        use Refusal::*;
+        Some(match self {
+            BadLine(_) | Unrecognized(_) => Reason::bad_line,
+            TlsRequired { .. } => Reason::tls_required,
+            ClearData { .. } => Reason::clear_data,
+            ActiveDisabled { .. } | Bounce { .. } | LowPort { .. } => Reason::port_refused,
+            PoolFull(_) => Reason::pool_full,
+            PassivePerAddress(_) => Reason::passive_per_ip,
+            Timeout { .. } => Reason::timeout,
+            ShuttingDown => Reason::shutting_down,
+            _ => return None,
+        })
+    }
+
+    /// True when the session ends after the reply.
+    pub fn ends_session(&self) -> bool {
+        matches!(
+            self,
+            Refusal::PipelinedAfterAuth | Refusal::Timeout { .. } | Refusal::ShuttingDown
+        )
+    }
+
+    /// The log line: a warning for what looks like an attack or a fault in the deployment,
+    /// information for the rest. Refusals of ordinary mistakes are not logged.
+    pub fn log(&self) {
+        use Refusal::*;
+        match self {
+            BadLine(e) => info!(error = %e, "refused client line"),
+            Unrecognized(e) => info!(error = %e, "refused client line"),
+            TlsRequired { command } => info!(%command, "refused before AUTH TLS"),
+            PipelinedAfterAuth => warn!("client pipelined plaintext after AUTH TLS; closing"),
+            ClearData { command } => info!(%command, "clear data refused by policy"),
+            HostElsewhere { route, .. } => {
+                info!(%route, "HOST refused: an earlier rule chose another route")
+            }
+            UserElsewhere { wanted, route } => {
+                info!(%wanted, %route, "USER suffix refused: the route is already chosen")
+            }
+            ActiveDisabled { command } => info!(%command, "active mode refused: disabled"),
+            BadActiveAddress { command, error } => {
+                info!(%command, %error, "refused malformed active-mode address")
+            }
+            Bounce {
+                command,
+                target,
+                peer,
+            } => {
+                warn!(%command, %target, %peer, "refused active-mode address: not the client's own (FTP bounce)")
+            }
+            LowPort { command, target } => {
+                warn!(%command, %target, "refused active-mode port below 1024 (FTP bounce)")
+            }
+            PoolFull(e) => warn!(error = %e, "passive pool exhausted"),
+            PassivePerAddress(e) => warn!(error = %e, "passive port refused: per-address limit"),
+            DataLost { command, error } => {
+                info!(%command, %error, "data connection gone before the transfer")
+            }
+            BackendDataPort { port, error } => {
+                warn!(%error, port, "cannot reach the backend's data port")
+            }
+            Timeout { why } => info!(timeout = why, "session timed out"),
+            ShuttingDown => info!("gateway shutting down; closing idle session"),
+            _ => {}
+        }
+    }
+}
+
+/// What stops a command short: a refusal, after which the session carries on (unless the
+/// refusal says otherwise), or a fatal error, after which it ends.
+#[derive(Debug)]
+pub(super) enum Halt {
+    Refused(Refusal),
+    Fatal(Fatal),
+}
+
+impl From<Refusal> for Halt {
+    fn from(r: Refusal) -> Self {
+        Halt::Refused(r)
+    }
+}
+
+impl From<Fatal> for Halt {
+    fn from(f: Fatal) -> Self {
+        Halt::Fatal(f)
+    }
+}
+
+impl From<std::io::Error> for Halt {
+    fn from(e: std::io::Error) -> Self {
+        Halt::Fatal(e.into())
+    }
+}
+
+impl From<BackendError> for Halt {
+    fn from(e: BackendError) -> Self {
+        Halt::Fatal(e.into())
+    }
+}
+
+impl From<RouteError> for Halt {
+    fn from(e: RouteError) -> Self {
+        Halt::Fatal(e.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_refusal_has_one_reply_and_bounces_are_counted() {
+        let bounce = Refusal::Bounce {
+            command: "PORT".into(),
+            target: "192.0.2.9:2000".parse().expect("addr"),
+            peer: "127.0.0.1".parse().expect("ip"),
+        };
+        assert_eq!(bounce.reply().code(), 500);
+        assert_eq!(bounce.reason(), Some(Reason::port_refused));
+        let prot = Refusal::ClearData {
+            command: "PROT".into(),
+        };
+        let transfer = Refusal::ClearData {
+            command: "RETR".into(),
+        };
+        assert_eq!((prot.reply().code(), transfer.reply().code()), (534, 521));
+        assert!(Refusal::Timeout { why: "idle" }.ends_session());
+        assert!(!Refusal::NotLoggedIn.ends_session());
+        assert_eq!(Refusal::NotLoggedIn.reason(), None);
+    }
+}
