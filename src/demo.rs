@@ -19,7 +19,7 @@ use unftp_core::auth::{AuthenticationError, Authenticator, Credentials, Principa
 use unftp_sbe_fs::Filesystem;
 
 use crate::config::{Overrides, Settings};
-use crate::server::Gateway;
+use crate::server::{Gateway, StartError};
 use crate::session::Mode;
 use crate::tls;
 
@@ -130,7 +130,14 @@ pub async fn run(opts: DemoOptions) -> Result<(), BoxError> {
         ..Default::default()
     };
     let settings = Settings::load(None, &overrides)?;
-    let gateway = Gateway::bind(settings).await?;
+    let gateway = Gateway::bind(settings).await.map_err(|e| match e {
+        StartError::Bind { .. } => format!(
+            "{e}; the demo's ports are chosen with --listen, --implicit-listen and \
+             --passive-ports (see `ftpsgate demo --help`)"
+        )
+        .into(),
+        e => BoxError::from(e),
+    })?;
     let explicit = first(&gateway, Mode::Explicit)?;
     let implicit = first(&gateway, Mode::Implicit)?;
     tokio::spawn(gateway.serve(std::future::pending()));

@@ -97,7 +97,10 @@ fn main() -> ExitCode {
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FTPSGATE_LOG")
-                .unwrap_or_else(|_| "info,libunftp=warn".into()),
+                // rustls warns on every handshake whose SNI is an IP address (lftp sends
+                // one when it connects by IP): ignored by rustls as RFC 6066 says, and no
+                // news to an operator, so that module speaks only of errors by default.
+                .unwrap_or_else(|_| "info,libunftp=warn,rustls::msgs::handshake=error".into()),
         )
         .with_writer(std::io::stderr)
         // Colour codes only on a terminal: in a file they are control characters, which the
@@ -211,5 +214,8 @@ fn cert(out: &std::path::Path, names: &[String]) -> Result<(), String> {
         key.display(),
         names.join(", ")
     );
+    // For a gateway in front of a server that presents this certificate.
+    let pin = tls::backend::fingerprint(&cert).map_err(|e| e.to_string())?;
+    println!("SHA-256 {pin}\n  (to pin it toward a backend: pin_sha256 = \"{pin}\")");
     Ok(())
 }

@@ -54,6 +54,17 @@ impl Control {
         })
     }
 
+    /// The gateway's side of a TLS session with a backend.
+    pub fn tls_client(&self) -> Option<&rustls::ClientConnection> {
+        match self {
+            Control::Tls(s) => match &**s {
+                TlsStream::Client(c) => Some(c.get_ref().1),
+                TlsStream::Server(_) => None,
+            },
+            Control::Plain(_) => None,
+        }
+    }
+
     /// The gateway's side of a client's TLS session.
     pub fn tls_server(&self) -> Option<&rustls::ServerConnection> {
         match self {

@@ -816,3 +816,31 @@ fn a_low_open_file_limit_is_fitted_at_start_and_exhaustion_answers_421() {
     );
     assert!(!raised.log().contains("lowered it to fit"));
 }
+
+/// lftp connecting by IP puts that IP in SNI, which RFC 6066 forbids and rustls ignores with a
+/// warning per handshake: no news to an operator, so the default log leaves it out.
+#[test]
+fn a_client_that_sends_an_ip_as_its_sni_name_leaves_no_warning_in_the_default_log() {
+    if !have("lftp") {
+        return;
+    }
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    std::fs::write(vs.root.join("by-ip.txt"), "listed").expect("write");
+    let gate = Gate::start(vs.addr, 2, |_| {}, &[], &[]);
+    let script = format!(
+        "set ssl:ca-file {}; set ftp:ssl-force true; set ftp:ssl-protect-data true; ls; bye",
+        gate.ca.display()
+    );
+    let out = run_ok(
+        Command::new("lftp")
+            .args(["-e", &script, "-u", &format!("{USER},{PASSWORD}")])
+            .args(["-p", &gate.explicit.port().to_string(), "127.0.0.1"]),
+    );
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("by-ip.txt"), "lftp's listing: {listing}");
+    let log = gate.log();
+    assert!(log.contains("logged in"), "the default log is on:\n{log}");
+    assert!(!log.contains("Illegal SNI"), "{log}");
+}

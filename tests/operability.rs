@@ -589,3 +589,54 @@ fn client_certificates_are_required_or_optional_as_configured() {
         }
     });
 }
+
+#[test]
+fn doctor_prints_a_tls_backends_pin_ready_to_paste_and_cert_prints_its_own() {
+    let Some(vs) = FtpServer::vsftpd(VsTls::Explicit) else {
+        return;
+    };
+    let served = vs.cert.as_deref().expect("vsftpd's certificate");
+    let pin = ftpsgate::tls::backend::fingerprint(served).expect("pin");
+    let listen = format!("127.0.0.1:{}", free_low_port());
+    let backend = vs.addr.to_string();
+    let base = [
+        "--listen",
+        listen.as_str(),
+        "--passive-ports",
+        "18980-18989",
+        "--backend",
+        backend.as_str(),
+        "--backend-tls",
+        "explicit",
+    ];
+    // Not yet trusted: doctor connects anyway when told to skip the check, and prints the pin.
+    let mut first = base.to_vec();
+    first.push("--backend-insecure");
+    let (_, report) = doctor(&first, "");
+    let line = format!("pin_sha256 = \"{pin}\"");
+    assert!(report.contains(&line), "{line} missing in\n{report}");
+    // Pasted into the config, it is what the gateway then checks the backend against.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pinned.toml");
+    std::fs::write(&config, format!("[backend]\n{line}\n")).expect("write config");
+    let config_arg = config.display().to_string();
+    let mut pinned = base.to_vec();
+    pinned.extend(["--config", config_arg.as_str()]);
+    let (_, report) = doctor(&pinned, "");
+    assert!(
+        report.contains(&format!("[ ok ] backend: {backend} answered 220")),
+        "the pinned backend passes:\n{report}"
+    );
+    // `ftpsgate cert` prints the pin of the certificate it writes.
+    let out = Command::new(env!("CARGO_BIN_EXE_ftpsgate"))
+        .args(["cert", "--out"])
+        .arg(dir.path())
+        .output()
+        .expect("run cert");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let own = ftpsgate::tls::backend::fingerprint(&dir.path().join("cert.pem")).expect("pin");
+    assert!(
+        printed.contains(&format!("pin_sha256 = \"{own}\"")),
+        "{printed}"
+    );
+}

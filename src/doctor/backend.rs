@@ -89,6 +89,12 @@ async fn address_checks(settings: &Settings, to: Target<'_>, login: Option<&Logi
             return out;
         }
     }
+    if let Some(pin) = backend.certificate_pin() {
+        let text = format!(
+            "{address} presents a certificate with SHA-256 {pin} (`pin_sha256 = \"{pin}\"` in its table pins it)"
+        );
+        out.push(check(Level::Ok, "backend certificate", text));
+    }
     let Some(login) = login else {
         out.push(with_fix(
             check(

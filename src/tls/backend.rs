@@ -231,10 +231,15 @@ pub fn fingerprint(cert: &Path) -> Result<String, TlsError> {
         file: cert.into(),
         why: e.to_string(),
     })?;
-    Ok(Sha256::digest(der.as_ref())
+    Ok(pin_of(&der))
+}
+
+/// The SHA-256 fingerprint of a DER certificate, as `backend.pin_sha256` wants it.
+pub fn pin_of(der: &[u8]) -> String {
+    Sha256::digest(der)
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]

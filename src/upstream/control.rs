@@ -193,6 +193,14 @@ impl Backend {
         self.peer
     }
 
+    /// The SHA-256 of the certificate a TLS backend presented, as `pin_sha256` wants it.
+    pub fn certificate_pin(&self) -> Option<String> {
+        let tls = self.stream.as_ref()?.tls_client()?;
+        Some(crate::tls::backend::pin_of(
+            tls.peer_certificates()?.first()?,
+        ))
+    }
+
     /// Writes a command, within the reply timeout: a backend that stops reading is as dead as
     /// one that stops answering.
     pub async fn send(&mut self, wire: &[u8]) -> Result<(), BackendError> {
