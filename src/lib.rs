@@ -8,15 +8,15 @@
 //! [`data`] (passive pool, data bridges) → [`ftp`] (pure protocol, no I/O).
 
 mod accept;
-pub mod admin;
+pub(crate) mod admin;
 pub mod config;
-pub mod data;
+pub(crate) mod data;
 pub mod demo;
 pub mod doctor;
-pub mod fdlimit;
+pub(crate) mod fdlimit;
 pub mod ftp;
-pub mod metrics;
-pub mod proxy_protocol;
+pub(crate) mod metrics;
+pub(crate) mod proxy_protocol;
 pub mod server;
 pub mod session;
 mod stream;

@@ -100,16 +100,19 @@ pub async fn read_header<S: AsyncRead + Unpin>(
     let read = async {
         let mut head = [0u8; 16];
         stream.read_exact(&mut head).await?;
-        if head[..PROTOCOL_PREFIX.len()] != *PROTOCOL_PREFIX {
+        let [prefix @ .., len_hi, len_lo] = head;
+        if !prefix.starts_with(PROTOCOL_PREFIX) {
             return Err(ProxyError::NotV2);
         }
-        let total = 16 + usize::from(u16::from_be_bytes([head[14], head[15]]));
+        let total = head.len() + usize::from(u16::from_be_bytes([len_hi, len_lo]));
         if total > MAX_HEADER {
             return Err(ProxyError::TooLong(total));
         }
-        let mut all = vec![0u8; total];
-        all[..16].copy_from_slice(&head);
-        stream.read_exact(&mut all[16..]).await?;
+        let mut all = head.to_vec();
+        all.resize(total, 0);
+        if let Some(rest) = all.get_mut(head.len()..) {
+            stream.read_exact(rest).await?;
+        }
         source(&all)
     };
     tokio::time::timeout(limit, read)

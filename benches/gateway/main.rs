@@ -11,6 +11,14 @@
 //! Results: a Markdown table on stdout and in target/bench/results.md, and one
 //! `bench <name> <value> <unit>` line per figure.
 
+// A benchmark harness, where a panic is the report (Cargo.toml denies these in the gateway).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod client;
 #[path = "../../tests/common/mod.rs"]
 mod common;

@@ -97,7 +97,6 @@ pub struct BridgeParams {
 /// A finished transfer, for the transfer log line.
 #[derive(Debug)]
 pub struct Transferred {
-    pub direction: Direction,
     pub bytes: u64,
     pub elapsed: Duration,
     pub tls: Option<(ProtocolVersion, bool)>,
@@ -313,7 +312,6 @@ async fn run(
         }
     };
     Ok(Transferred {
-        direction,
         bytes,
         elapsed: began.elapsed(),
         tls: client.tls_info(),

@@ -10,4 +10,4 @@ mod pump;
 
 pub use bridge::{BackendSide, BridgeParams, ClientSide, DataBridge, Transferred};
 pub use error::BridgeError;
-pub use pool::{Lease, PassivePool, PoolError};
+pub use pool::{PassivePool, PoolError};

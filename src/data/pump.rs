@@ -97,7 +97,8 @@ pub(super) async fn pump(
             Ok(chunk) => chunk,
             Err(e) => return (Err(e), None),
         };
-        match timeout(stall, to.write_all(&buf[..n])).await {
+        let chunk = buf.get(..n).unwrap_or_default();
+        match timeout(stall, to.write_all(chunk)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return (Err(PumpError::Write(e)), None),
             Err(_) => return (Err(PumpError::Stalled { reading: false }), None),

@@ -58,7 +58,7 @@ pub(super) fn pool_ports(settings: &Settings) -> Check {
                 what,
                 format!(
                     "{n} of {size} ports of {range_text} are in use (first: {}); fine if this gateway is running",
-                    busy[0]
+                    busy.first().map_or(0, |p| *p)
                 ),
             ),
             "otherwise find the holder with `ss -ltnp`",

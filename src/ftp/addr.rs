@@ -54,8 +54,13 @@ pub fn parse_pasv(text: &str) -> Result<SocketAddrV4, AddrError> {
     let bytes = text.as_bytes();
     let mut start = 0;
     while start < bytes.len() {
-        if bytes[start].is_ascii_digit() && (start == 0 || !bytes[start - 1].is_ascii_digit()) {
-            if let Some(addr) = six_numbers(&text[start..]) {
+        let here = bytes.get(start).is_some_and(u8::is_ascii_digit);
+        let after_digit = start
+            .checked_sub(1)
+            .and_then(|i| bytes.get(i))
+            .is_some_and(u8::is_ascii_digit);
+        if here && !after_digit {
+            if let Some(addr) = text.get(start..).and_then(six_numbers) {
                 if addr.port() == 0 {
                     return Err(AddrError::PortZero);
                 }

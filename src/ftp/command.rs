@@ -59,7 +59,7 @@ impl Verb {
         for (dst, src) in upper.iter_mut().zip(verb) {
             *dst = src.to_ascii_uppercase();
         }
-        match &upper[..verb.len()] {
+        match upper.get(..verb.len()).unwrap_or_default() {
             b"AUTH" => Verb::Auth,
             b"PBSZ" => Verb::Pbsz,
             b"PROT" => Verb::Prot,
@@ -163,10 +163,11 @@ impl Command {
         if verb_len == 0 {
             return Err(CommandError::Empty);
         }
-        if !line[..verb_len].iter().all(u8::is_ascii_alphabetic) {
+        let word = line.get(..verb_len).unwrap_or_default();
+        if !word.iter().all(u8::is_ascii_alphabetic) {
             return Err(CommandError::BadVerb);
         }
-        let verb = Verb::from_bytes(&line[..verb_len]);
+        let verb = Verb::from_bytes(word);
         Ok(Command {
             line,
             verb,
@@ -190,7 +191,8 @@ impl Command {
 
     /// The verb as sent, upper-cased, for replies and logs.
     pub fn name(&self) -> String {
-        String::from_utf8_lossy(&self.line[..self.verb_len]).to_ascii_uppercase()
+        let word = self.line.get(..self.verb_len).unwrap_or_default();
+        String::from_utf8_lossy(word).to_ascii_uppercase()
     }
 
     /// The argument: everything after the first space, byte for byte (paths may start with or

@@ -1,7 +1,7 @@
 //! The pure FTP protocol layer: no sockets, no clocks, so every function here can be fuzzed and
 //! unit-tested in isolation. The session module does the I/O around it.
 
-pub mod abort;
+pub(crate) mod abort;
 pub mod addr;
 mod command;
 mod escape;

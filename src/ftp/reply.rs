@@ -67,10 +67,12 @@ impl Reply {
         let text = String::from_utf8_lossy(&self.wire);
         let mut out = String::new();
         for line in text.split("\r\n").filter(|l| !l.is_empty()) {
-            let body = match line.as_bytes().get(3) {
-                Some(b' ' | b'-') if line.as_bytes()[..3].iter().all(u8::is_ascii_digit) => {
-                    &line[4..]
-                }
+            let coded = line
+                .get(..3)
+                .is_some_and(|c| c.bytes().all(|b| b.is_ascii_digit()))
+                && matches!(line.as_bytes().get(3), Some(b' ' | b'-'));
+            let body = match line.get(4..) {
+                Some(body) if coded => body,
                 _ => line,
             };
             if !out.is_empty() {
@@ -85,13 +87,10 @@ impl Reply {
     pub fn body_lines(&self) -> Vec<String> {
         let text = String::from_utf8_lossy(&self.wire);
         let lines: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).collect();
-        if lines.len() < 3 {
-            return Vec::new();
+        match lines.as_slice() {
+            [_, body @ .., _] => body.iter().map(|s| s.to_string()).collect(),
+            _ => Vec::new(),
         }
-        lines[1..lines.len() - 1]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
     }
 }
 
@@ -161,7 +160,7 @@ impl ReplyAssembler {
 /// nothing, a space or a hyphen.
 fn parse_code(line: &[u8]) -> Option<u16> {
     let digits = line.get(..3)?;
-    if !digits.iter().all(u8::is_ascii_digit) || !(b'1'..=b'5').contains(&digits[0]) {
+    if !digits.iter().all(u8::is_ascii_digit) || !(b'1'..=b'5').contains(digits.first()?) {
         return None;
     }
     if !matches!(line.get(3), None | Some(b' ' | b'-')) {

@@ -74,7 +74,7 @@ impl ClientControl {
             if n == 0 {
                 return Ok(None);
             }
-            self.framer.extend(&chunk[..n]);
+            self.framer.extend(chunk.get(..n).unwrap_or_default());
         }
     }
 

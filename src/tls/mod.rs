@@ -2,9 +2,9 @@
 //! binds data connections to their control connection. TLS toward backends is in [`backend`].
 
 pub mod backend;
-pub mod binding;
+pub(crate) mod binding;
 pub mod store;
-pub mod ticket_hold;
+pub(crate) mod ticket_hold;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

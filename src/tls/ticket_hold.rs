@@ -105,8 +105,8 @@ impl TicketGate {
     }
 
     fn poll_send_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.sent < self.held.len() {
-            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.held[self.sent..]))?;
+        while let Some(unsent) = self.held.get(self.sent..).filter(|u| !u.is_empty()) {
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, unsent))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }

@@ -229,7 +229,7 @@ impl Backend {
             if n == 0 {
                 return Err(BackendError::Closed);
             }
-            self.framer.extend(&chunk[..n]);
+            self.framer.extend(chunk.get(..n).unwrap_or_default());
         }
     }
 

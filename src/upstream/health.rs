@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::ftp::Reply;
 
-use super::router::{Router, Upstream};
+use super::router::{Member, Router, Upstream};
 
 impl Router {
     /// Starts a health check for each address of every backend that has several, every
@@ -17,10 +17,10 @@ impl Router {
             if upstream.members.len() < 2 {
                 continue;
             }
-            for member in 0..upstream.members.len() {
+            for member in &upstream.members {
                 tokio::spawn(health_loop(
                     Arc::downgrade(upstream),
-                    member,
+                    Arc::clone(member),
                     interval,
                     limit,
                 ));
@@ -31,7 +31,7 @@ impl Router {
 
 impl Upstream {
     /// One health check: a greeting of 2xx within `limit`.
-    async fn check(&self, member: usize, limit: Duration) -> bool {
+    async fn check(&self, member: &Member, limit: Duration) -> bool {
         let dialled = tokio::time::timeout(limit, self.dial(member, None, limit, limit)).await;
         match dialled {
             Ok(Ok((mut backend, greeting))) => {
@@ -43,13 +43,18 @@ impl Upstream {
     }
 }
 
-async fn health_loop(upstream: Weak<Upstream>, member: usize, interval: Duration, limit: Duration) {
+async fn health_loop(
+    upstream: Weak<Upstream>,
+    member: Arc<Member>,
+    interval: Duration,
+    limit: Duration,
+) {
     loop {
         let Some(u) = upstream.upgrade() else {
             return;
         };
-        let healthy = u.check(member, limit).await;
-        u.mark(member, healthy);
+        let healthy = u.check(&member, limit).await;
+        u.mark(&member, healthy);
         drop(u);
         tokio::time::sleep(interval).await;
     }

@@ -51,7 +51,7 @@ pub struct Upstream {
     pub name: String,
     pub settings: BackendSettings,
     tls: Option<BackendTls>,
-    pub(super) members: Vec<Member>,
+    pub(super) members: Vec<Arc<Member>>,
     /// Round-robin position, and the tie-break for least connections.
     next: AtomicUsize,
     /// Health checks run: an address that fails is marked down until a check passes.
@@ -70,14 +70,12 @@ pub(super) struct Member {
 /// A session's hold on one address of an upstream (counted for least connections).
 pub struct Lease {
     upstream: Arc<Upstream>,
-    member: usize,
+    member: Arc<Member>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.upstream.members[self.member]
-            .sessions
-            .fetch_sub(1, Ordering::Relaxed);
+        self.member.sessions.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -208,13 +206,15 @@ impl Upstream {
         if settings.insecure_skip_verify && tls.is_some() {
             warn!(route = name, "insecure_skip_verify: the backend's certificate is NOT verified; anyone between the gateway and the backend can read and change the traffic");
         }
-        let members: Vec<Member> = settings
+        let members: Vec<Arc<Member>> = settings
             .all_addresses()
             .into_iter()
-            .map(|address| Member {
-                address: address.to_string(),
-                up: AtomicBool::new(true),
-                sessions: AtomicUsize::new(0),
+            .map(|address| {
+                Arc::new(Member {
+                    address: address.to_string(),
+                    up: AtomicBool::new(true),
+                    sessions: AtomicUsize::new(0),
+                })
             })
             .collect();
         for m in &members {
@@ -233,16 +233,21 @@ impl Upstream {
     }
 
     /// The addresses that are up, in the order to try them.
-    fn candidates(&self) -> Vec<usize> {
+    fn candidates(&self) -> Vec<Arc<Member>> {
         let n = self.members.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let mut order: Vec<usize> = (0..n)
-            .map(|i| (start + i) % n)
-            .filter(|&i| self.members[i].up.load(Ordering::Relaxed))
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n.max(1);
+        let mut order: Vec<Arc<Member>> = self
+            .members
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(n)
+            .filter(|m| m.up.load(Ordering::Relaxed))
+            .cloned()
             .collect();
         if self.settings.balance == Balance::LeastConnections {
             // Stable: equal loads keep the round-robin order.
-            order.sort_by_key(|&i| self.members[i].sessions.load(Ordering::Relaxed));
+            order.sort_by_key(|m| m.sessions.load(Ordering::Relaxed));
         }
         order
     }
@@ -257,23 +262,21 @@ impl Upstream {
     ) -> Result<(Backend, Vec<Reply>, Lease), RouteError> {
         let mut last = None;
         for member in self.candidates() {
-            self.members[member]
-                .sessions
-                .fetch_add(1, Ordering::Relaxed);
+            member.sessions.fetch_add(1, Ordering::Relaxed);
             let lease = Lease {
                 upstream: Arc::clone(self),
-                member,
+                member: Arc::clone(&member),
             };
             match self
-                .dial(member, client, t.backend_connect(), t.backend_reply())
+                .dial(&member, client, t.backend_connect(), t.backend_reply())
                 .await
             {
                 Ok((backend, greeting)) => return Ok((backend, greeting, lease)),
                 Err(e) => {
-                    let address = &self.members[member].address;
+                    let address = &member.address;
                     warn!(route = %self.name, address, error = %e, "backend address failed");
                     if self.checked {
-                        self.mark(member, false);
+                        self.mark(&member, false);
                     }
                     last = Some(e);
                 }
@@ -284,12 +287,12 @@ impl Upstream {
 
     pub(super) async fn dial(
         &self,
-        member: usize,
+        member: &Member,
         client: Option<(SocketAddr, SocketAddr)>,
         connect: Duration,
         reply: Duration,
     ) -> Result<(Backend, Vec<Reply>), BackendError> {
-        let address = &self.members[member].address;
+        let address = &member.address;
         let t = (connect, reply);
         let dialer = self.dialer.as_ref();
         dial(
@@ -304,8 +307,7 @@ impl Upstream {
     }
 
     /// Records an address's health, logging each change.
-    pub(super) fn mark(&self, member: usize, up: bool) {
-        let m = &self.members[member];
+    pub(super) fn mark(&self, m: &Member, up: bool) {
         if m.up.swap(up, Ordering::Relaxed) != up {
             self.metrics.backend_up(&self.name, &m.address, up);
             if up {
@@ -374,8 +376,12 @@ mod tests {
     fn balancing_rotates_and_prefers_the_least_loaded() {
         let r = router(ROUTES);
         let ops = r.by_host("ops.example.test").expect("ops");
-        let firsts: Vec<usize> = (0..4).map(|_| ops.candidates()[0]).collect();
-        assert_eq!(firsts, [0, 1, 0, 1]);
+        let order = |u: &Upstream| -> Vec<String> {
+            u.candidates().iter().map(|m| m.address.clone()).collect()
+        };
+        let (a, b) = ("127.0.0.1:2102", "127.0.0.1:2103");
+        let firsts: Vec<String> = (0..4).map(|_| order(ops)[0].clone()).collect();
+        assert_eq!(firsts, [a, b, a, b]);
         ops.members[0].sessions.store(3, Ordering::Relaxed);
         let lc = router(&ROUTES.replace(
             "hosts = [\"OPS.example.test\"]",
@@ -383,11 +389,11 @@ mod tests {
         ));
         let ops = lc.by_host("ops.example.test").expect("ops");
         ops.members[0].sessions.store(3, Ordering::Relaxed);
-        assert_eq!(ops.candidates(), [1, 0]);
-        assert_eq!(ops.candidates(), [1, 0]);
-        ops.mark(1, false);
-        assert_eq!(ops.candidates(), [0]);
-        ops.mark(0, false);
+        assert_eq!(order(ops), [b, a]);
+        assert_eq!(order(ops), [b, a]);
+        ops.mark(&ops.members[1], false);
+        assert_eq!(order(ops), [a]);
+        ops.mark(&ops.members[0], false);
         assert!(ops.candidates().is_empty());
     }
 }
