@@ -23,7 +23,11 @@ fuzz_target!(|data: &[u8]| {
             let feat = rewrite_feat(&reply);
             assert!(feat.as_bytes().ends_with(b"\r\n"));
             let text = reply.text();
-            let _ = (addr::parse_pasv(&text), addr::parse_epsv(&text), reply.body_lines());
+            let _ = (
+                addr::parse_pasv(&text),
+                addr::parse_epsv(&text),
+                reply.body_lines(),
+            );
         }
     }
 });

@@ -2,7 +2,7 @@
 //! and command parsing. The first byte picks where the input is split, as a socket would.
 #![no_main]
 
-use ftpsgate::ftp::{Command, LineFramer, Peer};
+use ftpsgate::ftp::{parse_pbsz, AuthMechanism, Command, LineFramer, Peer, ProtLevel};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -21,7 +21,13 @@ fuzz_target!(|data: &[u8]| {
                 let wire = cmd.to_wire();
                 assert!(wire.ends_with(b"\r\n"));
                 assert_eq!(wire.iter().filter(|&&b| b == b'\n').count(), 1);
-                let _ = (cmd.verb(), cmd.name(), cmd.arg_text(), cmd.to_string());
+                let arg = cmd.arg_text();
+                let _ = (cmd.verb(), cmd.name(), cmd.to_string());
+                let _ = (
+                    AuthMechanism::parse(&arg),
+                    ProtLevel::parse(&arg),
+                    parse_pbsz(&arg),
+                );
             }
         }
     }

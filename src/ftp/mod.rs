@@ -3,12 +3,14 @@
 
 pub(crate) mod abort;
 pub mod addr;
+mod args;
 mod command;
 mod escape;
 mod feat;
 mod line;
 mod reply;
 
+pub use args::{parse_pbsz, AuthMechanism, ProtLevel};
 pub use command::{Command, CommandError, Direction, Verb};
 pub use escape::{escaped, Escaped};
 pub use feat::{gateway_feat, rewrite_feat};

@@ -10,7 +10,7 @@ use tracing::{info, Span};
 use super::client::ClientControl;
 use super::refusal::{Halt, Refusal};
 use super::{Context, Flow, Protection, Session};
-use crate::ftp::{escaped, Command};
+use crate::ftp::{escaped, parse_pbsz, AuthMechanism, Command, ProtLevel};
 use crate::metrics::Channel;
 use crate::tls;
 
@@ -56,12 +56,7 @@ impl Session {
         if self.client.is_tls() {
             return Err(Refusal::AlreadyTls.into());
         }
-        // SSL and TLS-P are the pre-RFC 4217 names that also imply PROT P.
-        let implies_prot_p = match cmd.arg_text().to_ascii_uppercase().as_str() {
-            "TLS" | "TLS-C" => false,
-            "SSL" | "TLS-P" => true,
-            _ => return Err(Refusal::AuthMechanism.into()),
-        };
+        let mechanism = AuthMechanism::parse(&cmd.arg_text()).ok_or(Refusal::AuthMechanism)?;
         if self.client.has_pending_input() {
             return Err(Refusal::PipelinedAfterAuth.into());
         }
@@ -72,7 +67,7 @@ impl Session {
             info!(error = %e, "control TLS handshake failed");
             return Ok(Flow::Close);
         }
-        if implies_prot_p {
+        if mechanism == AuthMechanism::TlsWithPrivateData {
             self.prot = Protection::Private;
         }
         Ok(Flow::Continue)
@@ -82,9 +77,7 @@ impl Session {
         if !self.client.is_tls() {
             return Err(Refusal::NeedsTls { command: "PBSZ" }.into());
         }
-        if cmd.arg_text().parse::<u32>().is_err() {
-            return Err(Refusal::PbszNotANumber.into());
-        }
+        parse_pbsz(&cmd.arg_text()).ok_or(Refusal::PbszNotANumber)?;
         // RFC 4217 §8: TLS needs no protection buffer; the answer is always 0.
         Ok(self.reply(200, "PBSZ=0").await?)
     }
@@ -95,21 +88,20 @@ impl Session {
         if !self.client.is_tls() {
             return Err(Refusal::NeedsTls { command: "PROT" }.into());
         }
-        match cmd.arg_text().to_ascii_uppercase().as_str() {
-            "P" => {
+        match ProtLevel::parse(&cmd.arg_text()).ok_or(Refusal::ProtUnknown)? {
+            ProtLevel::Private => {
                 self.prot = Protection::Private;
                 Ok(self.reply(200, "Protection level set to Private.").await?)
             }
-            "C" if self.ctx.settings.tls.allow_clear_data => {
+            ProtLevel::Clear if self.ctx.settings.tls.allow_clear_data => {
                 self.prot = Protection::Clear;
                 Ok(self.reply(200, "Protection level set to Clear.").await?)
             }
-            "C" => Err(Refusal::ClearData {
+            ProtLevel::Clear => Err(Refusal::ClearData {
                 command: "PROT".into(),
             }
             .into()),
-            "S" | "E" => Err(Refusal::ProtUnsupported.into()),
-            _ => Err(Refusal::ProtUnknown.into()),
+            ProtLevel::Safe | ProtLevel::Confidential => Err(Refusal::ProtUnsupported.into()),
         }
     }
 }
