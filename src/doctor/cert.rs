@@ -102,9 +102,7 @@ pub(super) fn certificate(settings: &Settings) -> Vec<Check> {
             })
             .unwrap_or_default();
         let host = host.to_ascii_lowercase();
-        let wildcard = host
-            .split_once('.')
-            .map(|(_, parent)| format!("*.{parent}"));
+        let wildcard = tls::wildcard_of(&host);
         if names.contains(&host) || wildcard.is_some_and(|w| names.contains(&w)) {
             out.push(check(Level::Ok, what, format!("names {host}")));
         } else {

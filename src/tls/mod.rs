@@ -142,6 +142,14 @@ pub fn parse_identity(cert: (&Path, &[u8]), key: (&Path, &[u8])) -> Result<Ident
 /// The crypto provider for every TLS config toward clients. Explicit instead of the process
 /// default: libunftp and suppaftp pull in rustls too, and two enabled providers would leave the
 /// default ambiguous.
+/// The wildcard name that covers `name`, as certificates use them (RFC 6125 §6.4.3: one whole
+/// label): `a.example.com` → `*.example.com`. `None` for a name without a parent or with an
+/// empty first label. SNI routes, SNI certificates and `doctor` all match through this.
+pub fn wildcard_of(name: &str) -> Option<String> {
+    let (label, parent) = name.split_once('.')?;
+    (!label.is_empty() && !parent.is_empty()).then(|| format!("*.{parent}"))
+}
+
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(aws_lc_rs::default_provider())
 }
@@ -234,6 +242,21 @@ pub fn session_config(base: &Arc<ServerConfig>, reuse: ReuseMode) -> Result<Sess
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wildcard_covers_exactly_one_whole_label() {
+        assert_eq!(
+            wildcard_of("a.example.com").as_deref(),
+            Some("*.example.com")
+        );
+        assert_eq!(
+            wildcard_of("a.b.example.com").as_deref(),
+            Some("*.b.example.com")
+        );
+        assert_eq!(wildcard_of(".example.com"), None);
+        assert_eq!(wildcard_of("localhost"), None);
+        assert_eq!(wildcard_of("a."), None);
+    }
 
     #[test]
     fn generated_pair_loads_and_builds_a_config() {

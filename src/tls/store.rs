@@ -195,10 +195,10 @@ impl ResolvesServerCert for CertStore {
         let certs = self.certs();
         let chosen = hello.server_name().and_then(|name| {
             let name = name.to_ascii_lowercase();
-            certs.by_name.get(&name).or_else(|| {
-                let (_, parent) = name.split_once('.')?;
-                certs.by_name.get(&format!("*.{parent}"))
-            })
+            certs
+                .by_name
+                .get(&name)
+                .or_else(|| certs.by_name.get(&super::wildcard_of(&name)?))
         });
         Some(Arc::clone(chosen.unwrap_or(&certs.default)))
     }

@@ -177,21 +177,12 @@ fn find<'r>(
     names: impl Fn(&Upstream) -> &Vec<String>,
     wanted: &str,
 ) -> Option<&'r Arc<Upstream>> {
-    let exact = |r: &&Arc<Upstream>| names(r).iter().any(|n| n.eq_ignore_ascii_case(wanted));
-    let wildcard = |r: &&Arc<Upstream>| {
-        names(r).iter().any(|n| {
-            let (Some(suffix), Some((label, rest))) =
-                (n.strip_prefix("*."), wanted.split_once('.'))
-            else {
-                return false;
-            };
-            !label.is_empty() && rest.eq_ignore_ascii_case(suffix)
-        })
+    let claiming = |name: &str| {
+        routes
+            .iter()
+            .find(|r| names(r).iter().any(|n| n.eq_ignore_ascii_case(name)))
     };
-    routes
-        .iter()
-        .find(exact)
-        .or_else(|| routes.iter().find(wildcard))
+    claiming(wanted).or_else(|| claiming(&crate::tls::wildcard_of(wanted)?))
 }
 
 impl Upstream {
