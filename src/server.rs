@@ -7,15 +7,15 @@
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
 use tracing::{field, info, info_span, warn, Instrument};
 
 use crate::accept::{refuse, Acceptor};
@@ -197,23 +197,18 @@ impl Gateway {
         // Listeners close here, so new connections are refused by the kernel, not left queued.
         tasks.abort_all();
         let _ = self.draining.send(true);
-        let open = self.limits.total.load(Ordering::Acquire);
+        let sessions = &self.limits.sessions;
+        sessions.close();
         let grace = self.ctx.settings.timeouts.shutdown_grace();
         info!(
-            sessions = open,
+            sessions = sessions.len(),
             grace_secs = grace.as_secs(),
             "shutting down: draining sessions"
         );
-        let deadline = tokio::time::Instant::now() + grace;
-        while self.limits.total.load(Ordering::Acquire) > 0
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        match self.limits.total.load(Ordering::Acquire) {
-            0 => info!("all sessions ended; stopped"),
-            left => warn!(
-                sessions = left,
+        match tokio::time::timeout(grace, sessions.wait()).await {
+            Ok(()) => info!("all sessions ended; stopped"),
+            Err(_) => warn!(
+                sessions = sessions.len(),
                 "grace period over; cutting the sessions left"
             ),
         }
@@ -281,7 +276,7 @@ fn admit(
     }
     match limits.admit(client.ip()) {
         Ok(permit) => {
-            tokio::spawn(
+            limits.sessions.spawn(
                 async move {
                     ctx.metrics.sessions.inc();
                     ctx.metrics.sessions_active.inc();
@@ -304,11 +299,12 @@ fn admit(
     }
 }
 
-/// Session counts, in total and per client address.
+/// The sessions: their tasks (which the drain waits for), their slots in total and per client
+/// address.
 struct SessionLimits {
-    total: AtomicUsize,
+    sessions: TaskTracker,
+    total: Arc<Semaphore>,
     per_ip: DashMap<IpAddr, usize>,
-    max_total: usize,
     max_per_ip: usize,
 }
 
@@ -316,40 +312,38 @@ struct SessionLimits {
 struct Permit {
     limits: Arc<SessionLimits>,
     ip: IpAddr,
+    _total: OwnedSemaphorePermit,
 }
 
 impl SessionLimits {
     fn new(max_total: usize, max_per_ip: usize) -> Self {
         Self {
-            total: AtomicUsize::new(0),
+            sessions: TaskTracker::new(),
+            total: Arc::new(Semaphore::new(max_total.min(Semaphore::MAX_PERMITS))),
             per_ip: DashMap::new(),
-            max_total,
             max_per_ip,
         }
     }
 
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, (&'static str, Reason)> {
-        if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
-            self.total.fetch_sub(1, Ordering::AcqRel);
-            return Err(("Too many sessions", Reason::session_limit));
-        }
+        let total = Arc::clone(&self.total)
+            .try_acquire_owned()
+            .map_err(|_| ("Too many sessions", Reason::session_limit))?;
         let mut count = self.per_ip.entry(ip).or_insert(0);
         if *count >= self.max_per_ip {
-            drop(count);
-            self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(("Too many sessions from your address", Reason::per_ip_limit));
         }
         *count += 1;
         Ok(Permit {
             limits: Arc::clone(self),
             ip,
+            _total: total,
         })
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.limits.total.fetch_sub(1, Ordering::AcqRel);
         if let Entry::Occupied(mut e) = self.limits.per_ip.entry(self.ip) {
             *e.get_mut() -= 1;
             if *e.get() == 0 {
