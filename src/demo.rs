@@ -127,7 +127,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), BoxError> {
     let overrides = Overrides {
         listen: vec![opts.listen],
         implicit_listen: vec![opts.implicit_listen],
-        backend: Some(backend.to_string()),
+        backend: Some(backend.into()),
         passive_ports: Some(opts.passive_ports.parse()?),
         cert: Some(cert.clone()),
         key: Some(key),

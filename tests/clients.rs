@@ -464,14 +464,14 @@ fn backend_certificate_is_verified_pinned_or_explicitly_skipped() {
     let pin = ftpsgate::tls::backend::fingerprint(vs.cert.as_deref().expect("cert")).expect("pin");
     let gw = TestGateway::start(vs.backend(), move |s| {
         s.backend.tls = BackendTlsMode::Explicit;
-        s.backend.pin_sha256 = Some(pin);
+        s.backend.pin_sha256 = Some(pin.parse().expect("pin"));
     });
     py_scenario(&gw, "roundtrip", &["--sizes", "1000"]);
     drop(gw);
     // A wrong pin is refused.
     let gw = TestGateway::start(vs.backend(), |s| {
         s.backend.tls = BackendTlsMode::Explicit;
-        s.backend.pin_sha256 = Some("00".repeat(32));
+        s.backend.pin_sha256 = Some(ftpsgate::config::Fingerprint([0; 32]));
     });
     py_scenario(&gw, "backend-down", &[]);
     drop(gw);

@@ -67,7 +67,7 @@ impl Gate {
         let mut s = Settings::default();
         s.listen.explicit = vec![explicit];
         s.listen.implicit = vec![implicit];
-        s.backend.address = backend.to_string();
+        s.backend.addresses = vec![backend.into()];
         s.passive.ports = format!("{lo}-{}", lo + pool - 1).parse().expect("range");
         s.tls.cert = Some(cert.clone());
         s.tls.key = Some(key);

@@ -116,13 +116,13 @@ fn backend_killed_during_a_download_gets_426_at_once() {
 fn unreachable_backend_gets_421() {
     let dead = free_port();
     let gw = TestGateway::start(BackendKind::Unftp, move |s| {
-        s.backend.address = format!("127.0.0.1:{dead}");
+        s.backend.addresses = vec![format!("127.0.0.1:{dead}").parse().expect("address")];
         s.timeouts.backend_connect_secs = 5;
     });
     py_scenario(&gw, "backend-down", &[]);
     // With `relay_greeting` the gateway connects at once, so the 421 is the first line.
     let relayed = TestGateway::start(BackendKind::Unftp, move |s| {
-        s.backend.address = format!("127.0.0.1:{dead}");
+        s.backend.addresses = vec![format!("127.0.0.1:{dead}").parse().expect("address")];
         s.backend.relay_greeting = true;
     });
     let tcp = std::net::TcpStream::connect(relayed.explicit).expect("connect");
@@ -147,7 +147,7 @@ fn backend_dropping_the_connection_gets_421() {
         }
     });
     let gw = TestGateway::start(BackendKind::Unftp, move |s| {
-        s.backend.address = addr.to_string()
+        s.backend.addresses = vec![addr.into()]
     });
     py_scenario(&gw, "backend-drops", &[]);
 }

@@ -345,7 +345,7 @@ async fn route_rules_apply_in_order_host_before_the_user_suffix() {
         s.routing.user_suffix = true;
         for name in ["a", "b"] {
             let route = ftpsgate::config::BackendSettings {
-                address: format!("{name}.test:21"),
+                addresses: vec![format!("{name}.test:21").parse().expect("address")],
                 hosts: vec![format!("{name}.example")],
                 ..Default::default()
             };

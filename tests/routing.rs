@@ -20,7 +20,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use ftpsgate::config::{BackendSettings, BackendTlsMode, Balance};
+use ftpsgate::config::{BackendSettings, BackendTlsMode, Balance, HostPort};
 
 use common::*;
 
@@ -81,7 +81,7 @@ fn at(address: &str) -> [(&str, &str); 2] {
 
 fn route(address: SocketAddr) -> BackendSettings {
     BackendSettings {
-        address: address.to_string(),
+        addresses: vec![address.into()],
         ..BackendSettings::default()
     }
 }
@@ -201,7 +201,7 @@ fn round_robin_alternates_and_least_connections_avoids_the_busy_server() {
         return;
     };
     let roots = [a.root.as_path(), b.root.as_path()];
-    let both = vec![a.addr.to_string(), b.addr.to_string()];
+    let both: Vec<HostPort> = vec![a.addr.into(), b.addr.into()];
     let addresses = both.clone();
     let rr = TestGateway::start(a.backend(), move |s| {
         s.backend.addresses = addresses;
@@ -253,7 +253,11 @@ fn health_checks_route_around_dead_servers_and_421_when_none_is_left() {
     // A server that accepts connections and never greets: only a greeting timeout finds it.
     let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
     let silent_addr = silent.local_addr().expect("addr").to_string();
-    let addresses = vec![silent_addr.clone(), a.addr.to_string(), b.addr.to_string()];
+    let addresses: Vec<HostPort> = vec![
+        silent.local_addr().expect("addr").into(),
+        a.addr.into(),
+        b.addr.into(),
+    ];
     let gw = TestGateway::start(a.backend(), move |s| {
         s.backend.addresses = addresses;
         // The gateway connects at once, so "all down" is the first line a client reads.

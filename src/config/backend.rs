@@ -6,17 +6,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{parse_fingerprint, split_host_port, Bad, ConfigError, Settings, TlsVersion};
+use super::values::one_or_more;
+use super::{Bad, ConfigError, Fingerprint, HostPort, Settings, TlsVersion};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackendSettings {
-    /// `host:port` of the internal FTP server. Resolved at each connect, so a Kubernetes
-    /// Service name works.
-    pub address: String,
-    /// Several `host:port` addresses of one FTP service (replicas sharing storage); when set,
-    /// used instead of `address`. Unhealthy ones are skipped.
-    pub addresses: Vec<String>,
+    /// `HOST:PORT` of the internal FTP server (`address = "..."`), or several of one FTP
+    /// service (replicas sharing storage: `addresses = [...]`), whose unhealthy ones are
+    /// skipped. Resolved at each connect, so a Kubernetes Service name works.
+    #[serde(alias = "address", deserialize_with = "one_or_more")]
+    pub addresses: Vec<HostPort>,
     /// How a session picks among `addresses`: `round-robin` or `least-connections`.
     pub balance: Balance,
     /// For a route: SNI names (from the client's TLS handshake) that select it.
@@ -34,7 +34,7 @@ pub struct BackendSettings {
     pub server_name: Option<String>,
     /// SHA-256 fingerprint of the backend's certificate (hex, colons allowed). When set, a
     /// certificate with this fingerprint is accepted instead of checking its chain.
-    pub pin_sha256: Option<String>,
+    pub pin_sha256: Option<Fingerprint>,
     /// Accept any certificate from the backend. Only for tests: a warning is logged at start.
     pub insecure_skip_verify: bool,
     /// Client certificate chain and key (PEM) presented to the backend.
@@ -64,8 +64,7 @@ pub struct BackendSettings {
 impl Default for BackendSettings {
     fn default() -> Self {
         Self {
-            address: "127.0.0.1:21".into(),
-            addresses: Vec::new(),
+            addresses: vec![HostPort::loopback_ftp()],
             balance: Balance::RoundRobin,
             sni: Vec::new(),
             hosts: Vec::new(),
@@ -87,28 +86,19 @@ impl Default for BackendSettings {
 }
 
 impl BackendSettings {
-    /// The addresses to spread sessions over: `addresses`, or `address` alone.
-    pub fn all_addresses(&self) -> Vec<&str> {
-        if self.addresses.is_empty() {
-            vec![self.address.as_str()]
-        } else {
-            self.addresses.iter().map(String::as_str).collect()
-        }
-    }
-
     /// Checks one backend's settings; `key` is its table (`backend` or `routes.NAME`).
     fn validate(&self, key: &str, bad: Bad) -> Result<(), ConfigError> {
-        for a in self.all_addresses() {
-            split_host_port(a).map_err(|why| bad(format!("{key}.address"), why))?;
+        if self.addresses.is_empty() {
+            return Err(bad(
+                format!("{key}.addresses"),
+                "at least one HOST:PORT".into(),
+            ));
         }
         if self.client_cert.is_some() != self.client_key.is_some() {
             return Err(bad(
                 format!("{key}.client_cert"),
                 "set both client_cert and client_key, or neither".into(),
             ));
-        }
-        if let Some(pin) = &self.pin_sha256 {
-            parse_fingerprint(pin).map_err(|why| bad(format!("{key}.pin_sha256"), why))?;
         }
         Ok(())
     }

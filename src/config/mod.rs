@@ -28,7 +28,7 @@ pub use network::{
 };
 pub use overrides::Overrides;
 pub use tls::{CertPair, ClientAuth, ReuseMode, TlsSettings, TlsVersion};
-pub use values::{parse_fingerprint, split_host_port, PortRange, Switch, Trusted};
+pub use values::{Fingerprint, HostPort, PortRange, Switch, Trusted};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -162,13 +162,20 @@ mod tests {
              balance = \"least-connections\"\nsni = [\"a.example\"]\n",
         )
         .expect("valid route");
-        assert_eq!(
-            ok.routes["sales"].all_addresses(),
-            ["10.0.0.1:21", "10.0.0.2:21"]
-        );
+        let addresses: Vec<String> = ok.routes["sales"]
+            .addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(addresses, ["10.0.0.1:21", "10.0.0.2:21"]);
         assert_eq!(ok.routes["sales"].balance, Balance::LeastConnections);
         let err = parse("[routes.sales]\naddress = \"nohostport\"\n").expect_err("bad address");
-        assert!(err.to_string().contains("routes.sales.address"), "{err}");
+        assert!(
+            err.to_string().contains("`nohostport` is not HOST:PORT"),
+            "{err}"
+        );
+        let err = parse("[routes.sales]\naddresses = []\n").expect_err("no address");
+        assert!(err.to_string().contains("routes.sales.addresses"), "{err}");
         let err =
             parse("[routes.a]\nhosts = [\"X.example\"]\n[routes.b]\nhosts = [\"x.example\"]\n")
                 .expect_err("one name, two routes");
@@ -200,8 +207,13 @@ mod tests {
     fn bad_value_names_key_and_reason() {
         let err = parse("[passive]\nports = \"60000-50000\"\n").expect_err("reversed");
         assert!(err.to_string().contains("LO <= HI"), "{err}");
-        let err = parse("[backend]\naddress = \"nohostport\"\n").expect_err("no port");
-        assert!(err.to_string().contains("backend.address"), "{err}");
+        let err = parse("[backend]\naddress = \"h:0\"\n").expect_err("no port");
+        assert!(
+            err.to_string().contains("`0` is not a port number"),
+            "{err}"
+        );
+        let both = "[backend]\naddress = \"a:21\"\naddresses = [\"b:21\"]\n";
+        assert!(parse(both).is_err(), "address and addresses are one key");
         let err = parse("[tls]\ncert = \"/x.pem\"\n").expect_err("cert without key");
         assert!(err.to_string().contains("tls.cert"), "{err}");
     }
@@ -212,19 +224,23 @@ mod tests {
         let path = dir.path().join("t.toml");
         std::fs::write(&path, "[backend]\naddress = \"10.0.0.1:21\"\n").expect("write");
         let o = Overrides {
-            backend: Some("127.0.0.1:2100".into()),
+            backend: Some("127.0.0.1:2100".parse().expect("address")),
             passive_ports: Some("40000-40009".parse().expect("range")),
             ..Default::default()
         };
         let s = Settings::load(Some(&path), &o).expect("valid");
-        assert_eq!(s.backend.address, "127.0.0.1:2100");
+        assert_eq!(s.backend.addresses, ["127.0.0.1:2100".parse().expect("a")]);
         assert_eq!(s.passive.ports.0, 40000..=40009);
     }
 
     #[test]
     fn a_bad_pin_names_its_key() {
         let err = parse("[backend]\npin_sha256 = \"zz\"\n").expect_err("bad pin");
-        assert!(err.to_string().contains("backend.pin_sha256"), "{err}");
+        assert!(err.to_string().contains("pin_sha256 = \"zz\""), "{err}");
+        assert!(
+            err.to_string().contains("not a SHA-256 fingerprint"),
+            "{err}"
+        );
     }
 
     #[test]

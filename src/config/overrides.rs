@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{BackendTlsMode, PortRange, Settings};
+use super::{BackendTlsMode, HostPort, PortRange, Settings};
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct Overrides {
@@ -19,7 +19,7 @@ pub struct Overrides {
     pub implicit_listen: Vec<SocketAddr>,
     /// The internal FTP server, HOST:PORT.
     #[arg(long, env = "FTPSGATE_BACKEND")]
-    pub backend: Option<String>,
+    pub backend: Option<HostPort>,
     /// Passive data port range, LO-HI. Open it in the firewall.
     #[arg(long, env = "FTPSGATE_PASSIVE_PORTS")]
     pub passive_ports: Option<PortRange>,
@@ -58,7 +58,7 @@ impl Settings {
             self.listen.implicit = o.implicit_listen.clone();
         }
         if let Some(b) = &o.backend {
-            self.backend.address = b.clone();
+            self.backend.addresses = vec![b.clone()];
         }
         if let Some(p) = &o.passive_ports {
             self.passive.ports = p.clone();

@@ -75,35 +75,166 @@ impl Trusted {
     }
 }
 
-/// Parses a SHA-256 fingerprint written as 64 hex digits, optionally separated by colons.
-pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], String> {
-    let hex: String = s.chars().filter(|c| *c != ':').collect();
-    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!(
-            "`{s}` is not a SHA-256 fingerprint (64 hex digits)"
-        ));
+/// A SHA-256 certificate fingerprint, written as 64 hex digits, colons allowed between them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl std::str::FromStr for Fingerprint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let digits: Vec<u8> = s
+            .chars()
+            .filter(|c| *c != ':')
+            .map(|c| c.to_digit(16).and_then(|d| u8::try_from(d).ok()))
+            .collect::<Option<_>>()
+            .ok_or_else(|| format!("`{s}` is not a SHA-256 fingerprint (hex digits)"))?;
+        let mut out = [0u8; 32];
+        if digits.len() != 2 * out.len() {
+            return Err(format!(
+                "`{s}` is not a SHA-256 fingerprint (64 hex digits)"
+            ));
+        }
+        for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+            if let [hi, lo] = pair {
+                *byte = hi << 4 | lo;
+            }
+        }
+        Ok(Fingerprint(out))
     }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-            .map_err(|_| format!("`{s}` is not hex"))?;
-    }
-    Ok(out)
 }
 
-/// Splits `host:port` (or `[v6]:port`) and checks the port.
-pub fn split_host_port(s: &str) -> Result<(&str, u16), String> {
-    let (host, port) = s
-        .rsplit_once(':')
-        .ok_or_else(|| format!("`{s}` is not HOST:PORT"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(format!("`{s}` has no host"));
+impl TryFrom<String> for Fingerprint {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
     }
-    match port.parse::<u16>() {
-        Ok(0) | Err(_) => Err(format!("`{s}`: `{port}` is not a port number")),
-        Ok(p) => Ok((host, p)),
+}
+
+impl From<Fingerprint> for String {
+    fn from(f: Fingerprint) -> String {
+        f.to_string()
     }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// `host:port` (or `[v6]:port`), checked when the settings are read. The host stays a name:
+/// it is resolved at each connect, so a Kubernetes Service's address changes are followed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HostPort {
+    host: String,
+    port: u16,
+}
+
+impl HostPort {
+    /// `127.0.0.1:21`, the default backend: an FTP server on the same host.
+    pub fn loopback_ftp() -> HostPort {
+        HostPort {
+            host: "127.0.0.1".into(),
+            port: 21,
+        }
+    }
+
+    /// The host without brackets: a DNS name, or an IP address.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl std::str::FromStr for HostPort {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{s}` is not HOST:PORT"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("`{s}` has no host"));
+        }
+        match port.parse::<u16>() {
+            Ok(0) | Err(_) => Err(format!("`{s}`: `{port}` is not a port number")),
+            Ok(port) => Ok(HostPort {
+                host: host.to_string(),
+                port,
+            }),
+        }
+    }
+}
+
+impl From<std::net::SocketAddr> for HostPort {
+    fn from(a: std::net::SocketAddr) -> HostPort {
+        HostPort {
+            host: a.ip().to_string(),
+            port: a.port(),
+        }
+    }
+}
+
+impl TryFrom<String> for HostPort {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<HostPort> for String {
+    fn from(a: HostPort) -> String {
+        a.to_string()
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A backend's addresses, written `address = "HOST:PORT"` or `addresses = ["HOST:PORT", ...]`:
+/// one key, either form.
+pub(super) fn one_or_more<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<HostPort>, D::Error> {
+    struct Addresses;
+    impl<'de> serde::de::Visitor<'de> for Addresses {
+        type Value = Vec<HostPort>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("HOST:PORT, or a list of them")
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            s.parse().map(|a| vec![a]).map_err(E::custom)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut all = Vec::new();
+            while let Some(a) = seq.next_element()? {
+                all.push(a);
+            }
+            Ok(all)
+        }
+    }
+    d.deserialize_any(Addresses)
 }
 
 #[cfg(test)]
@@ -124,17 +255,25 @@ mod tests {
 
     #[test]
     fn host_port_forms() {
-        assert_eq!(split_host_port("ftp.internal:21"), Ok(("ftp.internal", 21)));
-        assert_eq!(split_host_port("[::1]:2121"), Ok(("::1", 2121)));
-        assert!(split_host_port("host:0").is_err());
+        let a: HostPort = "ftp.internal:21".parse().expect("name");
+        assert_eq!((a.host(), a.port()), ("ftp.internal", 21));
+        let v6: HostPort = "[::1]:2121".parse().expect("v6");
+        assert_eq!((v6.host(), v6.to_string().as_str()), ("::1", "[::1]:2121"));
+        assert!("host:0".parse::<HostPort>().is_err());
+        assert!("nohostport".parse::<HostPort>().is_err());
     }
 
     #[test]
     fn fingerprints_parse_with_or_without_colons() {
         let hex = "ab".repeat(32);
-        assert_eq!(parse_fingerprint(&hex), Ok([0xab; 32]));
+        assert_eq!(hex.parse::<Fingerprint>().map(|f| f.0), Ok([0xab; 32]));
         let colons = vec!["AB"; 32].join(":");
-        assert_eq!(parse_fingerprint(&colons), Ok([0xab; 32]));
-        assert!(parse_fingerprint("abcd").is_err());
+        assert_eq!(colons.parse::<Fingerprint>().map(|f| f.0), Ok([0xab; 32]));
+        assert_eq!(
+            colons.parse::<Fingerprint>().map(|f| f.to_string()),
+            Ok(hex)
+        );
+        assert!("abcd".parse::<Fingerprint>().is_err());
+        assert!("zz".repeat(32).parse::<Fingerprint>().is_err());
     }
 }

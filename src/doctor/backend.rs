@@ -2,7 +2,7 @@
 //! greeting and TLS, and (with a login) its passive mode as the gateway will use it.
 
 use super::{check, with_fix, Check, Level, Login};
-use crate::config::{BackendSettings, Settings};
+use crate::config::{BackendSettings, HostPort, Settings};
 use crate::ftp::addr;
 use crate::tls::backend::BackendTls;
 use crate::upstream::{self, Backend, BackendError};
@@ -27,7 +27,7 @@ pub(super) async fn backend_checks(settings: &Settings, login: Option<&Login>) -
                 continue;
             }
         };
-        for address in b.all_addresses() {
+        for address in &b.addresses {
             // The default backend's lines name the address alone; a route's say which route.
             let label = if key == "backend" {
                 address.to_string()
@@ -50,7 +50,7 @@ pub(super) async fn backend_checks(settings: &Settings, login: Option<&Login>) -
 struct Target<'a> {
     settings: &'a BackendSettings,
     tls: Option<&'a BackendTls>,
-    address: &'a str,
+    address: &'a HostPort,
     /// How the lines name it.
     label: &'a str,
 }

@@ -15,9 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio_rustls::TlsConnector;
 
 use super::{load_identity, TlsError};
-use crate::config::{
-    parse_fingerprint, split_host_port, BackendSettings, BackendTlsMode, DataProtection, TlsVersion,
-};
+use crate::config::{BackendSettings, BackendTlsMode, DataProtection, HostPort, TlsVersion};
 
 /// How the gateway reaches a TLS backend. Built once at start.
 #[derive(Debug)]
@@ -67,7 +65,7 @@ impl BackendTls {
         };
         let server_name = b.server_name.as_deref().map(server_name).transpose()?;
         // Every address must give a name now, not at a session's connect.
-        for address in b.all_addresses() {
+        for address in &b.addresses {
             name_of(address)?;
         }
         Ok(Some(BackendTls {
@@ -83,7 +81,7 @@ impl BackendTls {
     /// satisfy a strict backend anyway (it wants *this* control connection's session), and
     /// must not leak between users. The certificate must name `server_name` if set, else the
     /// host of `address` itself: each of several addresses has its own.
-    pub fn session(&self, address: &str) -> Result<BackendSession, TlsError> {
+    pub fn session(&self, address: &HostPort) -> Result<BackendSession, TlsError> {
         let mut config = (*self.base).clone();
         config.resumption = Resumption::in_memory_sessions(32);
         let server_name = match &self.server_name {
@@ -100,8 +98,8 @@ impl BackendTls {
 }
 
 /// The TLS name of a backend address: its host (a DNS name or an IP address).
-fn name_of(address: &str) -> Result<ServerName<'static>, TlsError> {
-    server_name(split_host_port(address).map_err(TlsError::Config)?.0)
+fn name_of(address: &HostPort) -> Result<ServerName<'static>, TlsError> {
+    server_name(address.host())
 }
 
 fn server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
@@ -120,9 +118,8 @@ fn verifier(
         }));
     }
     if let Some(pin) = &b.pin_sha256 {
-        let pin = parse_fingerprint(pin).map_err(TlsError::Config)?;
         return Ok(Arc::new(Accept {
-            pin: Some(pin),
+            pin: Some(pin.0),
             provider: Arc::clone(provider),
         }));
     }
@@ -248,7 +245,10 @@ mod tests {
 
     fn explicit(addresses: &[&str], server_name: Option<&str>) -> BackendTls {
         let settings = BackendSettings {
-            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            addresses: addresses
+                .iter()
+                .map(|a| a.parse().expect("address"))
+                .collect(),
             tls: BackendTlsMode::Explicit,
             insecure_skip_verify: true,
             server_name: server_name.map(String::from),
@@ -263,7 +263,7 @@ mod tests {
     fn each_address_is_checked_against_its_own_host_unless_a_name_is_set() {
         let tls = explicit(&["ftp-a.internal:21", "10.0.0.2:2121", "[::1]:21"], None);
         let name = |a: &str| {
-            tls.session(a)
+            tls.session(&a.parse().expect("address"))
                 .expect("session")
                 .server_name
                 .to_str()
@@ -274,7 +274,9 @@ mod tests {
         assert_eq!(name("[::1]:21"), "::1");
         let pinned = explicit(&["10.0.0.1:21", "10.0.0.2:21"], Some("ftp.internal"));
         for a in ["10.0.0.1:21", "10.0.0.2:21"] {
-            let s = pinned.session(a).expect("session");
+            let s = pinned
+                .session(&a.parse().expect("address"))
+                .expect("session");
             assert_eq!(s.server_name.to_str(), "ftp.internal");
         }
     }

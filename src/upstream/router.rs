@@ -12,7 +12,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tracing::{info, warn};
 
-use crate::config::{BackendSettings, Balance, Settings, Timeouts};
+use crate::config::{BackendSettings, Balance, HostPort, Settings, Timeouts};
 use crate::ftp::Reply;
 use crate::metrics::Metrics;
 use crate::stream::Io;
@@ -62,7 +62,7 @@ pub struct Upstream {
 }
 
 pub(super) struct Member {
-    address: String,
+    address: HostPort,
     up: AtomicBool,
     sessions: AtomicUsize,
 }
@@ -149,7 +149,7 @@ impl Router {
 pub async fn dial(
     b: &BackendSettings,
     tls: Option<&BackendTls>,
-    address: &str,
+    address: &HostPort,
     client: Option<(SocketAddr, SocketAddr)>,
     timeouts: (Duration, Duration),
     dialer: Option<&Dialer>,
@@ -159,11 +159,14 @@ pub async fn dial(
         .map(|t| t.session(address))
         .transpose()
         .map_err(|e| BackendError::Handshake(std::io::Error::other(e.to_string())))?;
+    let address = address.to_string();
     match dialer {
-        None => Backend::connect(address, session, header.as_deref(), timeouts.0, timeouts.1).await,
+        None => {
+            Backend::connect(&address, session, header.as_deref(), timeouts.0, timeouts.1).await
+        }
         Some(dial) => {
             let (io, peer, local) =
-                dial(address).map_err(|e| BackendError::Connect(address.to_string(), e))?;
+                dial(&address).map_err(|e| BackendError::Connect(address.clone(), e))?;
             Backend::over(io, (peer, local), session, header.as_deref(), timeouts).await
         }
     }
@@ -198,18 +201,18 @@ impl Upstream {
             warn!(route = name, "insecure_skip_verify: the backend's certificate is NOT verified; anyone between the gateway and the backend can read and change the traffic");
         }
         let members: Vec<Arc<Member>> = settings
-            .all_addresses()
-            .into_iter()
+            .addresses
+            .iter()
             .map(|address| {
                 Arc::new(Member {
-                    address: address.to_string(),
+                    address: address.clone(),
                     up: AtomicBool::new(true),
                     sessions: AtomicUsize::new(0),
                 })
             })
             .collect();
         for m in &members {
-            metrics.backend_up(name, &m.address, true);
+            metrics.backend_up(name, &m.address.to_string(), true);
         }
         Ok(Arc::new(Upstream {
             name: name.to_string(),
@@ -265,7 +268,7 @@ impl Upstream {
                 Ok((backend, greeting)) => return Ok((backend, greeting, lease)),
                 Err(e) => {
                     let address = &member.address;
-                    warn!(route = %self.name, address, error = %e, "backend address failed");
+                    warn!(route = %self.name, %address, error = %e, "backend address failed");
                     if self.checked {
                         self.mark(&member, false);
                     }
@@ -300,7 +303,8 @@ impl Upstream {
     /// Records an address's health, logging each change.
     pub(super) fn mark(&self, m: &Member, up: bool) {
         if m.up.swap(up, Ordering::Relaxed) != up {
-            self.metrics.backend_up(&self.name, &m.address, up);
+            self.metrics
+                .backend_up(&self.name, &m.address.to_string(), up);
             if up {
                 info!(route = %self.name, address = %m.address, "backend address is up again");
             } else {
@@ -368,7 +372,10 @@ mod tests {
         let r = router(ROUTES);
         let ops = r.by_host("ops.example.test").expect("ops");
         let order = |u: &Upstream| -> Vec<String> {
-            u.candidates().iter().map(|m| m.address.clone()).collect()
+            u.candidates()
+                .iter()
+                .map(|m| m.address.to_string())
+                .collect()
         };
         let (a, b) = ("127.0.0.1:2102", "127.0.0.1:2103");
         let firsts: Vec<String> = (0..4).map(|_| order(ops)[0].clone()).collect();

@@ -86,7 +86,6 @@ impl TestGateway {
         let overrides = Overrides {
             listen: vec![local, local6],
             implicit_listen: vec![local],
-            backend: Some("127.0.0.1:1".into()),
             passive_ports: Some("41000-41999".parse().expect("range")),
             cert: Some(cert.clone()),
             key: Some(key),
@@ -94,6 +93,8 @@ impl TestGateway {
         };
         let mut settings = Settings::load(None, &overrides).expect("settings");
         tweak(&mut settings);
+        // A tweak that leaves the backend alone gets the test's own.
+        let ours = settings.backend.addresses == Settings::default().backend.addresses;
         let (addrs_tx, addrs_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let unftp_root = root.clone();
@@ -104,19 +105,14 @@ impl TestGateway {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                match backend_addr {
-                    Some(addr) if settings.backend.address == "127.0.0.1:1" => {
-                        settings.backend.address = addr.to_string()
-                    }
-                    Some(_) => {}
-                    None => {
-                        let addr = ftpsgate::demo::start_backend(&unftp_root, USER, PASSWORD)
-                            .await
-                            .expect("libunftp backend");
-                        if settings.backend.address == "127.0.0.1:1" {
-                            settings.backend.address = addr.to_string();
-                        }
-                    }
+                let addr = match backend_addr {
+                    Some(addr) => addr,
+                    None => ftpsgate::demo::start_backend(&unftp_root, USER, PASSWORD)
+                        .await
+                        .expect("libunftp backend"),
+                };
+                if ours {
+                    settings.backend.addresses = vec![addr.into()];
                 }
                 let gateway = Gateway::bind(settings).await.expect("gateway binds");
                 let explicit = gateway.local_addrs(Mode::Explicit);
