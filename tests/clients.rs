@@ -17,15 +17,6 @@ use std::process::Command;
 use common::*;
 use ftpsgate::config::TlsVersion;
 
-fn curl(gw: &TestGateway, args: &[&str]) {
-    run_ok(
-        Command::new("curl")
-            .args(["-sS", "--max-time", "180", "--cacert"])
-            .arg(&gw.ca)
-            .args(args),
-    );
-}
-
 fn url(gw: &TestGateway, implicit: bool, name: &str) -> String {
     match implicit {
         false => format!(
@@ -60,7 +51,7 @@ fn curl_round_trips(
         let mut args = flags.clone();
         let (u, o) = (url(gw, implicit, &name), out.display().to_string());
         args.extend(["-o", &o, &u]);
-        curl(gw, &args);
+        run_ok(curl(gw, 180).args(&args));
         // curl creates no file for an empty download.
         let got = if out.exists() {
             sha256_file(&out)
@@ -75,7 +66,7 @@ fn curl_round_trips(
         let (u, s) = (url(gw, implicit, &up_name), src.display().to_string());
         let mut args = flags.clone();
         args.extend(["-T", &s, &u]);
-        curl(gw, &args);
+        run_ok(curl(gw, 180).args(&args));
         assert_eq!(
             sha256_file(&gw.root.join(&up_name)),
             want,
@@ -271,7 +262,7 @@ fn epsv_and_pasv_work_in_front_of_a_pasv_only_backend_that_lies_about_its_addres
         let (o, u) = (out.display().to_string(), url(&gw, false, "blob.bin"));
         let mut args = vec!["--ssl-reqd", "-o", &o, &u];
         args.extend(flags);
-        curl(&gw, &args);
+        run_ok(curl(&gw, 180).args(&args));
         assert_eq!(
             sha256_file(&out),
             sha256(&backend.blob),
@@ -282,7 +273,7 @@ fn epsv_and_pasv_work_in_front_of_a_pasv_only_backend_that_lies_about_its_addres
         let (s, u) = (src.display().to_string(), url(&gw, false, "up.bin"));
         let mut args = vec!["--ssl-reqd", "-T", &s, &u];
         args.extend(flags);
-        curl(&gw, &args);
+        run_ok(curl(&gw, 180).args(&args));
         assert_eq!(
             sha256(&backend.stored.lock().expect("lock")),
             want,

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use ftpsgate::config::Settings;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 
@@ -218,20 +218,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Ctl<S> {
 
     /// The next whole reply (multi-line ones too), or what came before the connection closed.
     async fn reply(&mut self) -> String {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            let read = tokio::time::timeout(Duration::from_secs(30), self.io.read_line(&mut line));
-            match read.await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return all,
-            }
-            all.push_str(&line);
-            let b = line.as_bytes();
-            if b.len() >= 4 && b[..3].iter().all(u8::is_ascii_digit) && b[3] == b' ' {
-                return all;
-            }
-        }
+        read_reply(&mut self.io, Duration::from_secs(30)).await
     }
 
     async fn send(&mut self, line: &str) {

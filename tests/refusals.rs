@@ -18,10 +18,36 @@ use ftpsgate::config::ReuseMode;
 
 use common::*;
 
-#[test]
-fn malformed_lines_user_before_tls_and_unsupported_commands_are_refused() {
+/// One refusal each, against the in-process backend; each scenario ends by checking the
+/// gateway still serves a whole transfer.
+fn refused(scenario: &str) {
     let gw = TestGateway::start(BackendKind::Unftp, |_| {});
-    py_scenario(&gw, "refusals", &[]);
+    py_scenario(&gw, scenario, &[]);
+}
+
+#[test]
+fn user_before_tls_is_refused_locally() {
+    refused("user-before-tls");
+}
+
+#[test]
+fn overlong_and_malformed_lines_get_500_and_the_session_carries_on() {
+    refused("bad-lines");
+}
+
+#[test]
+fn commands_the_proxy_does_not_carry_get_their_own_codes() {
+    refused("unsupported-commands");
+}
+
+#[test]
+fn garbage_handshakes_are_closed_without_a_plaintext_answer() {
+    refused("bad-handshakes");
+}
+
+#[test]
+fn plaintext_pipelined_after_auth_tls_is_refused() {
+    refused("pipelined-after-auth");
 }
 
 #[test]

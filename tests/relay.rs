@@ -27,7 +27,7 @@ use tokio::io::{
 };
 use tokio::net::{TcpListener, TcpStream};
 
-use common::free_low_range;
+use common::{free_low_range, read_reply};
 
 /// How a scripted backend answers ABOR during a download, chosen by the user name.
 #[derive(Clone, Copy, Debug)]
@@ -220,19 +220,7 @@ impl Client {
     }
 
     async fn reply(&mut self) -> String {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            let read = tokio::time::timeout(Duration::from_secs(15), self.io.read_line(&mut line));
-            match read.await {
-                Ok(Ok(n)) if n > 0 => all.push_str(&line),
-                _ => return all,
-            }
-            let b = line.as_bytes();
-            if b.len() >= 4 && b[..3].iter().all(u8::is_ascii_digit) && b[3] == b' ' {
-                return all;
-            }
-        }
+        read_reply(&mut self.io, Duration::from_secs(15)).await
     }
 
     async fn send(&mut self, line: &str) {

@@ -17,7 +17,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use ftpsgate::config::{BackendSettings, BackendTlsMode, Balance, HostPort};
@@ -26,11 +26,10 @@ use common::*;
 
 /// curl as `user` for `name` through the gateway reached as `host` (an SNI name when not an
 /// address), uploading `upload` when given.
-fn curl(gw: &TestGateway, host: &str, user: &str, name: &str, upload: Option<&Path>) -> Output {
+fn curl_as(gw: &TestGateway, host: &str, user: &str, name: &str, upload: Option<&Path>) -> Output {
     let port = gw.explicit.port();
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "60", "--ssl-reqd", "--cacert"])
-        .arg(&gw.ca)
+    let mut cmd = curl(gw, 60);
+    cmd.arg("--ssl-reqd")
         .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
         .args(["-u", &format!("{user}:{PASSWORD}")]);
     if let Some(file) = upload {
@@ -52,7 +51,7 @@ fn succeeded(out: Output) -> Output {
 
 /// Downloads `name` as `user` through `host`; returns the SHA-256 of what arrived.
 fn fetch(gw: &TestGateway, host: &str, user: &str, name: &str) -> String {
-    sha256(&succeeded(curl(gw, host, user, name, None)).stdout)
+    sha256(&succeeded(curl_as(gw, host, user, name, None)).stdout)
 }
 
 /// Uploads `size` random bytes as `name` through `host` as `user`; returns their hash.
@@ -60,7 +59,7 @@ fn store(gw: &TestGateway, host: &str, user: &str, name: &str, size: usize) -> S
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join(name);
     let hash = random_file(&file, size);
-    succeeded(curl(gw, host, user, name, Some(&file)));
+    succeeded(curl_as(gw, host, user, name, Some(&file)));
     hash
 }
 
@@ -150,7 +149,7 @@ fn sni_host_and_user_suffix_each_reach_their_own_server() {
     let h = store(&gw, "127.0.0.1", &suffixed, "user-up.bin", 200_000);
     assert_eq!(landed(&roots, "user-up.bin", &h), 1);
     // A suffix that names no route is left alone (and vsftpd refuses the name).
-    let nowhere = curl(
+    let nowhere = curl_as(
         &gw,
         "127.0.0.1",
         &format!("{USER}@nowhere"),
@@ -185,7 +184,7 @@ fn sni_host_and_user_suffix_each_reach_their_own_server() {
     let conflict = conflict.expect("python3 ran above");
     println!("{}", conflict.trim());
     assert!(conflict.contains("route sales"), "{conflict}");
-    let moved = curl(&gw, "localhost", &format!("{USER}@ops"), "which.bin", None);
+    let moved = curl_as(&gw, "localhost", &format!("{USER}@ops"), "which.bin", None);
     assert!(!moved.status.success(), "USER @ops moved an SNI session");
 }
 

@@ -330,9 +330,8 @@ def s_feat(args):
     print("feat ok", before, after)
 
 
-def s_refusals(args):
-    """Each refusal gets its reply and the session (or a new one) carries on."""
-    # USER before AUTH TLS: refused locally, never forwarded.
+def s_user_before_tls(args):
+    """USER before AUTH TLS is refused locally (530), never forwarded."""
     s = socket.create_connection(("127.0.0.1", args.port), timeout=10)
     f = s.makefile("rb")
     check(f.readline().startswith(b"220"), "greeting")
@@ -341,37 +340,45 @@ def s_refusals(args):
     check(line.startswith(b"530"), f"USER before AUTH: {line!r}")
     s.sendall(b"QUIT\r\n")
     s.close()
+    check_serves(args)
+    print("user-before-tls ok")
 
+
+def s_bad_lines(args):
+    """An overlong line, a bare LF, a NUL, a bare CR: each 500, and the session carries on."""
     ftp = login(args)
-    # Overlong line.
     try:
         ftp.sendcmd("NOOP " + "A" * 5000)
         fail("overlong line accepted")
     except ftplib.error_perm as e:
         check(str(e).startswith("500"), f"overlong: {e}")
     check(ftp.voidcmd("NOOP").startswith("200"), "NOOP after overlong line")
-    # Bare LF, NUL.
     for bad in (b"NOOP\n", b"NO\x00OP\r\n", b"NO\rOP\r\n"):
         ftp.sock.sendall(bad)
         resp = ftp.getline()
         check(resp.startswith("500"), f"{bad!r}: {resp}")
     check(ftp.voidcmd("NOOP").startswith("200"), "NOOP after bad lines")
-    # Security mechanisms the proxy does not carry.
+    ftp.quit()
+    print("bad-lines ok")
+
+
+def s_unsupported_commands(args):
+    """What the proxy does not carry gets its own code; a transfer without PASV 425; PASV
+    after EPSV ALL 501. The session carries on through all of them."""
+    ftp = login(args)
     for cmd, code in (("CCC", "534"), ("ADAT x", "502"), ("LPSV", "502"), ("PROT C", "534"),
-                      ("PROT S", "536"), ("PROT Q", "504"),
+                      ("PROT S", "536"), ("PROT Q", "504"), ("PBSZ x", "501"),
                       ("REIN", "502"), ("AUTH TLS", "503"), ("EPSV 2", "522")):
         try:
             resp = ftp.sendcmd(cmd)
         except (ftplib.error_perm, ftplib.error_temp) as e:
             resp = str(e)
         check(resp.startswith(code), f"{cmd}: want {code}, got {resp}")
-    # Transfer without PASV.
     try:
         ftp.sendcmd("LIST")
         fail("LIST without PASV accepted")
     except ftplib.error_temp as e:
         check(str(e).startswith("425"), f"LIST without PASV: {e}")
-    # EPSV ALL, then PASV refused, EPSV works.
     check(ftp.sendcmd("EPSV ALL").startswith("200"), "EPSV ALL")
     try:
         ftp.sendcmd("PASV")
@@ -379,8 +386,12 @@ def s_refusals(args):
     except ftplib.error_perm as e:
         check(str(e).startswith("501"), f"PASV after EPSV ALL: {e}")
     ftp.quit()
+    print("unsupported-commands ok")
 
-    # Garbage instead of a TLS handshake after AUTH TLS; then garbage on the implicit port.
+
+def s_bad_handshakes(args):
+    """Garbage instead of a TLS handshake after AUTH TLS, and plaintext on the implicit
+    port: closed, with at most a TLS alert (content type 21) on the way out."""
     s = socket.create_connection(("127.0.0.1", args.port), timeout=10)
     f = s.makefile("rb")
     f.readline()
@@ -388,7 +399,6 @@ def s_refusals(args):
     check(f.readline().startswith(b"234"), "AUTH TLS")
     s.sendall(b"this is not a TLS ClientHello\r\n" * 10)
     got = read_to_eof(s)
-    # Closed, with at most a TLS alert record (content type 21) on the way out.
     check(got == b"" or got[0] == 0x15, f"garbage handshake answered with {got!r}")
     s.close()
     s = socket.create_connection(("127.0.0.1", args.implicit_port), timeout=10)
@@ -396,8 +406,12 @@ def s_refusals(args):
     got = read_to_eof(s)
     check(got == b"" or got[0] == 0x15, f"implicit port answered plaintext with {got!r}")
     s.close()
+    check_serves(args)
+    print("bad-handshakes ok")
 
-    # Plaintext pipelined behind AUTH TLS is refused (STARTTLS injection).
+
+def s_pipelined_after_auth(args):
+    """Plaintext pipelined behind AUTH TLS is refused (STARTTLS injection): 421 and closed."""
     s = socket.create_connection(("127.0.0.1", args.port), timeout=10)
     f = s.makefile("rb")
     f.readline()
@@ -405,9 +419,8 @@ def s_refusals(args):
     line = f.readline()
     check(line.startswith(b"421") or line == b"", f"pipelined after AUTH: {line!r}")
     s.close()
-
     check_serves(args)
-    print("refusals ok")
+    print("pipelined-after-auth ok")
 
 
 def s_foreign_data_peer(args):

@@ -1,0 +1,38 @@
+//! Loopback ports for the tests' listeners and pools.
+
+use super::*;
+
+/// A free port below Linux's ephemeral range (32768 and up), for a port that must stay free
+/// until something binds it later: no outgoing connection can take it meanwhile.
+pub fn free_low_port() -> u16 {
+    free_low_range(1)
+}
+
+/// The first of `n` consecutive free ports below the ephemeral range (see [`free_low_port`]).
+pub fn free_low_range(n: u16) -> u16 {
+    for _ in 0..1000 {
+        let lo = 11000 + fastrand::u16(0..8000);
+        if (lo..lo + n).all(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok()) {
+            return lo;
+        }
+    }
+    panic!("no {n} free ports in 11000-18999");
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+pub(super) fn wait_for_port(addr: SocketAddr, limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
