@@ -106,9 +106,16 @@ fn free_loopback_addr() -> std::io::Result<SocketAddr> {
 }
 
 /// What `ftpsgate demo` takes from the command line.
+#[derive(clap::Args)]
 pub struct DemoOptions {
+    /// Explicit FTPS listener of the demo.
+    #[arg(long, default_value = "127.0.0.1:2121")]
     pub listen: SocketAddr,
+    /// Implicit FTPS listener of the demo.
+    #[arg(long, default_value = "127.0.0.1:2990")]
     pub implicit_listen: SocketAddr,
+    /// Passive port range of the demo, LO-HI.
+    #[arg(long, default_value = "50000-50099")]
     pub passive_ports: String,
 }
 

@@ -11,6 +11,7 @@ mod accept;
 pub(crate) mod admin;
 pub mod config;
 pub(crate) mod data;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod doctor;
 pub(crate) mod fdlimit;

@@ -1,13 +1,13 @@
 //! The `ftpsgate` command line.
 
 use std::io::IsTerminal;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use ftpsgate::config::{Overrides, Settings};
-use ftpsgate::demo::{self, DemoOptions};
+#[cfg(feature = "demo")]
+use ftpsgate::demo;
 use ftpsgate::server::Gateway;
 use ftpsgate::tls;
 use tokio::signal::unix::{signal, SignalKind};
@@ -62,17 +62,8 @@ enum Cmd {
     },
     /// Start an in-process FTP server behind the gateway on loopback, check a transfer, and
     /// print how to connect with curl and lftp. Needs nothing installed.
-    Demo {
-        /// Explicit FTPS listener of the demo.
-        #[arg(long, default_value = "127.0.0.1:2121")]
-        listen: SocketAddr,
-        /// Implicit FTPS listener of the demo.
-        #[arg(long, default_value = "127.0.0.1:2990")]
-        implicit_listen: SocketAddr,
-        /// Passive port range of the demo, LO-HI.
-        #[arg(long, default_value = "50000-50099")]
-        passive_ports: String,
-    },
+    #[cfg(feature = "demo")]
+    Demo(demo::DemoOptions),
 }
 
 /// Settings for `run`, `check` and `doctor`: the file, and the overrides on top of it (each can
@@ -129,17 +120,8 @@ fn main() -> ExitCode {
             Some(Cmd::Check(args)) => check(args),
             Some(Cmd::Doctor { run, user }) => doctor(run, user).await,
             Some(Cmd::Cert { out, names }) => cert(&out, &names),
-            Some(Cmd::Demo {
-                listen,
-                implicit_listen,
-                passive_ports,
-            }) => demo::run(DemoOptions {
-                listen,
-                implicit_listen,
-                passive_ports,
-            })
-            .await
-            .map_err(|e| e.to_string()),
+            #[cfg(feature = "demo")]
+            Some(Cmd::Demo(opts)) => demo::run(opts).await.map_err(|e| e.to_string()),
         }
     });
     match result {
