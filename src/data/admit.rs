@@ -17,8 +17,8 @@ use tokio::time::{sleep_until, timeout};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn, Instrument};
 
-use super::bridge::BridgeParams;
 use super::error::BridgeError;
+use super::params::BridgeParams;
 use crate::config::{ReuseMode, Trusted};
 use crate::metrics::{Channel, Reason};
 use crate::proxy_protocol;

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::{ProtocolVersion, ServerConfig};
+use rustls::ProtocolVersion;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -40,14 +40,11 @@ use tracing::Instrument;
 
 use super::admit::{accept_client, accept_from, connect_from, secure};
 use super::error::BridgeError;
+use super::params::BridgeParams;
 use super::pool::Lease;
 use super::pump::{drain, pump, Counted};
-use crate::config::{ReuseMode, Trusted};
 use crate::ftp::Direction;
-use crate::metrics::Metrics;
 use crate::stream::Stream;
-use crate::tls::backend::BackendSession;
-use crate::tls::binding::Siblings;
 use crate::tls::ticket_hold::READ_BUFFER;
 
 /// How the client's end of the data connection comes about.
@@ -70,28 +67,6 @@ pub enum BackendSide {
     /// Active toward the backend: it will connect here, from its control address, once it has
     /// the transfer command.
     Listening(TcpListener, IpAddr),
-}
-
-/// What the session tells a bridge when it is created.
-pub struct BridgeParams {
-    /// Only this address may connect (the control connection's peer).
-    pub client_ip: IpAddr,
-    /// `Some` for PROT P: this FTP session's own TLS config.
-    pub tls: Option<Arc<ServerConfig>>,
-    pub reuse: ReuseMode,
-    /// From the bridge's start until the client's data connection is up and the transfer
-    /// command has come.
-    pub accept_timeout: Duration,
-    pub handshake_timeout: Duration,
-    /// A read or a write that moves nothing for this long ends the transfer.
-    pub stall: Duration,
-    /// Sibling sessions whose TLS sessions the data connection may resume too.
-    pub siblings: Option<Siblings>,
-    /// `Some` when the backend's data connections are TLS (backend PROT P).
-    pub backend_tls: Option<BackendSession>,
-    pub metrics: Arc<Metrics>,
-    /// Balancers whose PROXY headers name the client on a data connection.
-    pub trusted: Trusted,
 }
 
 /// A finished transfer, for the transfer log line.

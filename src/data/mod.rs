@@ -5,9 +5,11 @@
 mod admit;
 mod bridge;
 mod error;
+mod params;
 mod pool;
 mod pump;
 
-pub use bridge::{BackendSide, BridgeParams, ClientSide, DataBridge, Transferred};
+pub use bridge::{BackendSide, ClientSide, DataBridge, Transferred};
 pub use error::BridgeError;
+pub use params::BridgeParams;
 pub use pool::{PassivePool, PoolError};

@@ -1,0 +1,35 @@
+//! What the session tells a bridge when it starts it: who may connect, with what TLS, and the
+//! limits every wait and every copy is held to.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ServerConfig;
+
+use crate::config::{ReuseMode, Trusted};
+use crate::metrics::Metrics;
+use crate::tls::backend::BackendSession;
+use crate::tls::binding::Siblings;
+
+/// What the session tells a bridge when it is created.
+pub struct BridgeParams {
+    /// Only this address may connect (the control connection's peer).
+    pub client_ip: IpAddr,
+    /// `Some` for PROT P: this FTP session's own TLS config.
+    pub tls: Option<Arc<ServerConfig>>,
+    pub reuse: ReuseMode,
+    /// From the bridge's start until the client's data connection is up and the transfer
+    /// command has come.
+    pub accept_timeout: Duration,
+    pub handshake_timeout: Duration,
+    /// A read or a write that moves nothing for this long ends the transfer.
+    pub stall: Duration,
+    /// Sibling sessions whose TLS sessions the data connection may resume too.
+    pub siblings: Option<Siblings>,
+    /// `Some` when the backend's data connections are TLS (backend PROT P).
+    pub backend_tls: Option<BackendSession>,
+    pub metrics: Arc<Metrics>,
+    /// Balancers whose PROXY headers name the client on a data connection.
+    pub trusted: Trusted,
+}
