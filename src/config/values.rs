@@ -31,19 +31,6 @@ impl std::str::FromStr for PortRange {
     }
 }
 
-impl TryFrom<String> for PortRange {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<PortRange> for String {
-    fn from(r: PortRange) -> String {
-        r.to_string()
-    }
-}
-
 impl fmt::Display for PortRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.0.start(), self.0.end())
@@ -101,19 +88,6 @@ impl std::str::FromStr for Fingerprint {
             }
         }
         Ok(Fingerprint(out))
-    }
-}
-
-impl TryFrom<String> for Fingerprint {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<Fingerprint> for String {
-    fn from(f: Fingerprint) -> String {
-        f.to_string()
     }
 }
 
@@ -186,19 +160,6 @@ impl From<std::net::SocketAddr> for HostPort {
     }
 }
 
-impl TryFrom<String> for HostPort {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<HostPort> for String {
-    fn from(a: HostPort) -> String {
-        a.to_string()
-    }
-}
-
 impl fmt::Display for HostPort {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.host.contains(':') {
@@ -236,6 +197,27 @@ pub(super) fn one_or_more<'de, D: serde::Deserializer<'de>>(
     }
     d.deserialize_any(Addresses)
 }
+
+/// The serde glue of a value written as a string in the file: parsed with its `FromStr` (so
+/// a bad one fails with the reason, at its line), written back with its `Display`.
+macro_rules! string_value {
+    ($($ty:ident),+) => {$(
+        impl TryFrom<String> for $ty {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                s.parse()
+            }
+        }
+
+        impl From<$ty> for String {
+            fn from(v: $ty) -> String {
+                v.to_string()
+            }
+        }
+    )+};
+}
+
+string_value!(PortRange, Fingerprint, HostPort);
 
 #[cfg(test)]
 mod tests {
