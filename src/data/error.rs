@@ -54,7 +54,7 @@ impl BridgeError {
                 "Data connection must resume the TLS session of the control connection.",
             ),
             BridgeError::Client(_) | BridgeError::Backend(_) | BridgeError::Truncated => {
-                Reply::new(426, "Connection closed; transfer aborted.")
+                Reply::transfer_aborted()
             }
             BridgeError::Cancelled => Reply::new(426, "Transfer aborted."),
         }

@@ -27,7 +27,6 @@ pub fn settle(before: Option<&Reply>, after: &[Reply], copied_whole: bool) -> Ab
     let all: Vec<&Reply> = before.into_iter().chain(after).collect();
     let failed = all.iter().any(|r| r.code() >= 400);
     let completed = copied_whole && !failed && all.iter().any(|r| r.is_success());
-    let aborted = || Reply::new(426, "Connection closed; transfer aborted.");
     let abor_ok = || Reply::new(226, "ABOR command successful.");
     if completed {
         let mut oks = all.into_iter().filter(|r| r.is_success()).cloned();
@@ -42,7 +41,7 @@ pub fn settle(before: Option<&Reply>, after: &[Reply], copied_whole: bool) -> Ab
     }
     // The backend's own code for the cut transfer varies (426, or pure-ftpd's 451 for an
     // upload); RFC 959 and clients expect 426.
-    let transfer = aborted();
+    let transfer = Reply::transfer_aborted();
     let abor = after
         .iter()
         .rev()

@@ -29,6 +29,12 @@ impl Reply {
         }
     }
 
+    /// The 426 a client hears for a transfer cut short (RFC 959 §4.2), whatever the backend
+    /// called it.
+    pub fn transfer_aborted() -> Reply {
+        Reply::new(426, "Connection closed; transfer aborted.")
+    }
+
     /// A multi-line reply of our own: `first` on the opening line, `body` lines as given
     /// (callers indent them), `last` on the closing line.
     pub fn multi<S: AsRef<str>>(code: u16, first: &str, body: &[S], last: &str) -> Reply {

@@ -163,7 +163,7 @@ pub async fn serve(
         match upstream.connect(Some((peer, local)), t).await {
             Ok((backend, greeting, lease)) => (Some(Link { backend, lease }), greeting),
             Err(e) => {
-                unreachable(&ctx, &mut client, &e).await;
+                unreachable(&ctx, &mut client, e).await;
                 client.close().await;
                 return;
             }
@@ -206,7 +206,7 @@ pub async fn serve(
                 ))
                 .await;
         }
-        Err(Fatal::Unreachable(e)) => unreachable(&ctx, &mut session.client, &e).await,
+        Err(Fatal::Unreachable(e)) => unreachable(&ctx, &mut session.client, e).await,
         Err(Fatal::Greeting(reply)) => {
             // The code is relayed; the text, which may name the server, is the gateway's own.
             info!(code = reply.code(), text = %escaped(&reply.text()), "backend refused the session");
@@ -230,17 +230,23 @@ pub async fn serve(
     session.client.close().await;
 }
 
-/// No address of the backend could be reached: counted, logged, and 421 to the client.
-async fn unreachable(ctx: &Context, client: &mut ClientControl, e: &RouteError) {
+/// No address of the backend could be reached: a connect error counted, and the refusal.
+async fn unreachable(ctx: &Context, client: &mut ClientControl, e: RouteError) {
     ctx.metrics.backend_connect_errors.inc();
-    ctx.metrics.refused(Reason::backend_down);
-    warn!(error = %e, "backend unreachable");
-    let _ = client
-        .send(&Reply::new(
-            421,
-            "Service not available: the FTP server cannot be reached.",
-        ))
-        .await;
+    let _ = refuse(ctx, client, Refusal::BackendDown(e)).await;
+}
+
+/// Turns something down: counted, logged and answered, all as the refusal says.
+async fn refuse(
+    ctx: &Context,
+    client: &mut ClientControl,
+    refusal: Refusal,
+) -> std::io::Result<()> {
+    if let Some(reason) = refusal.reason() {
+        ctx.metrics.refused(reason);
+    }
+    refusal.log();
+    client.send(&refusal.reply()).await
 }
 
 /// Resolves once the gateway starts draining (never, if it is gone without draining).
@@ -314,13 +320,8 @@ impl Session {
         }
     }
 
-    /// Turns something down: counted, logged and answered, all as the refusal says.
     async fn refuse(&mut self, refusal: Refusal) -> std::io::Result<()> {
-        if let Some(reason) = refusal.reason() {
-            self.ctx.metrics.refused(reason);
-        }
-        refusal.log();
-        self.client.send(&refusal.reply()).await
+        refuse(&self.ctx, &mut self.client, refusal).await
     }
 
     /// Waits for the client's next line while watching the backend (it may announce its own

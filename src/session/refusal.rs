@@ -108,6 +108,9 @@ pub(super) enum Refusal {
     },
     /// The backend's own refusal (of PASV, EPSV, PORT, EPRT), relayed as it is.
     Backend(Reply),
+    /// No address of the backend could be reached when the session needed one. The session
+    /// ends.
+    BackendDown(RouteError),
     /// The login or idle deadline passed. The session ends.
     Timeout {
         why: &'static str,
@@ -194,6 +197,10 @@ impl Refusal {
                 return Reply::new(421, &text);
             }
             ShuttingDown => (421, "Service shutting down; please reconnect later."),
+            BackendDown(_) => (
+                421,
+                "Service not available: the FTP server cannot be reached.",
+            ),
         };
         Reply::new(code, text)
     }
@@ -210,6 +217,7 @@ impl Refusal {
             PassivePerAddress(_) => Reason::passive_per_ip,
             Timeout { .. } => Reason::timeout,
             ShuttingDown => Reason::shutting_down,
+            BackendDown(_) => Reason::backend_down,
             _ => return None,
         })
     }
@@ -218,7 +226,10 @@ impl Refusal {
     pub fn ends_session(&self) -> bool {
         matches!(
             self,
-            Refusal::PipelinedAfterAuth | Refusal::Timeout { .. } | Refusal::ShuttingDown
+            Refusal::PipelinedAfterAuth
+                | Refusal::Timeout { .. }
+                | Refusal::ShuttingDown
+                | Refusal::BackendDown(_)
         )
     }
 
@@ -262,6 +273,7 @@ impl Refusal {
             }
             Timeout { why } => info!(timeout = why, "session timed out"),
             ShuttingDown => info!("gateway shutting down; closing idle session"),
+            BackendDown(e) => warn!(error = %e, "backend unreachable"),
             _ => {}
         }
     }
@@ -328,5 +340,9 @@ mod tests {
         assert!(Refusal::Timeout { why: "idle" }.ends_session());
         assert!(!Refusal::NotLoggedIn.ends_session());
         assert_eq!(Refusal::NotLoggedIn.reason(), None);
+        let down = Refusal::BackendDown(RouteError::AllDown("default".into()));
+        assert_eq!(down.reply().code(), 421);
+        assert_eq!(down.reason(), Some(Reason::backend_down));
+        assert!(down.ends_session());
     }
 }

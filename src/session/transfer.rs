@@ -71,8 +71,9 @@ impl Session {
                             // backend's side.
                             let record = Record::now(cmd, &bridge, began, None);
                             let lost = std::io::Error::other(format!("backend control: {e}"));
-                            self.log_transfer(record, Err(&BridgeError::Backend(lost)));
-                            self.client.send(&Reply::new(426, "Connection closed; transfer aborted.")).await?;
+                            let lost = BridgeError::Backend(lost);
+                            self.log_transfer(record, Err(&lost));
+                            self.client.send(&lost.reply()).await?;
                             return Err(e.into());
                         }
                     };
