@@ -169,11 +169,7 @@ impl FtpServer {
                 dir = dir.display(),
                 root = root.display(),
             );
-            let path = dir.join("proftpd.conf");
-            std::fs::write(&path, conf).expect("write conf");
-            let mut cmd = Command::new(&binary);
-            cmd.args(["-n", "-q", "-c"]).arg(path);
-            cmd
+            proftpd_on(&binary, &dir.join("proftpd.conf"), &conf)
         })
     }
 
@@ -221,11 +217,7 @@ impl FtpServer {
                 cert = cert.display(),
                 key = key.display(),
             );
-                let path = dir.join("mod_proxy.conf");
-                std::fs::write(&path, conf).expect("write conf");
-                let mut cmd = Command::new(&binary);
-                cmd.args(["-n", "-q", "-c"]).arg(path);
-                cmd
+                proftpd_on(&binary, &dir.join("mod_proxy.conf"), &conf)
             },
         )
     }
@@ -324,6 +316,14 @@ impl Drop for FtpServer {
 }
 
 /// The local user vsftpd logs in: created once per machine, password reset once per test run.
+/// ProFTPD in the foreground, quiet, on `conf` written to `path`.
+fn proftpd_on(binary: &Path, path: &Path, conf: &str) -> Command {
+    std::fs::write(path, conf).expect("write conf");
+    let mut cmd = Command::new(binary);
+    cmd.args(["-n", "-q", "-c"]).arg(path);
+    cmd
+}
+
 fn ensure_test_user() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
