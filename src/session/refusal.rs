@@ -41,8 +41,10 @@ pub(super) enum Refusal {
         command: &'static str,
     },
     PbszNotANumber,
-    /// PROT C, or a clear transfer, where `tls.allow_clear_data` is off.
-    ClearData {
+    /// PROT C where `tls.allow_clear_data` is off.
+    ClearProt,
+    /// A transfer at PROT C (chosen before TLS) where `tls.allow_clear_data` is off.
+    ClearTransfer {
         command: String,
     },
     ProtUnsupported,
@@ -140,10 +142,8 @@ impl Refusal {
                 return Reply::new(503, &format!("{command} needs AUTH TLS first."))
             }
             PbszNotANumber => (501, "PBSZ takes a number."),
-            ClearData { command } if command == "PROT" => {
-                (534, "Clear data connections are not allowed; use PROT P.")
-            }
-            ClearData { .. } => (
+            ClearProt => (534, "Clear data connections are not allowed; use PROT P."),
+            ClearTransfer { .. } => (
                 521,
                 "Data connections must be encrypted: send PBSZ 0 and PROT P.",
             ),
@@ -211,7 +211,7 @@ impl Refusal {
         Some(match self {
             BadLine(_) | Unrecognized(_) => Reason::bad_line,
             TlsRequired { .. } => Reason::tls_required,
-            ClearData { .. } => Reason::clear_data,
+            ClearProt | ClearTransfer { .. } => Reason::clear_data,
             ActiveDisabled { .. } | Bounce { .. } | LowPort { .. } => Reason::port_refused,
             PoolFull(_) => Reason::pool_full,
             PassivePerAddress(_) => Reason::passive_per_ip,
@@ -242,7 +242,8 @@ impl Refusal {
             Unrecognized(e) => info!(error = %e, "refused client line"),
             TlsRequired { command } => info!(%command, "refused before AUTH TLS"),
             PipelinedAfterAuth => warn!("client pipelined plaintext after AUTH TLS; closing"),
-            ClearData { command } => info!(%command, "clear data refused by policy"),
+            ClearProt => info!("PROT C refused by policy"),
+            ClearTransfer { command } => info!(%command, "clear data connection refused"),
             HostElsewhere { route, .. } => {
                 info!(%route, "HOST refused: an earlier rule chose another route")
             }
@@ -330,13 +331,12 @@ mod tests {
         };
         assert_eq!(bounce.reply().code(), 500);
         assert_eq!(bounce.reason(), Some(Reason::port_refused));
-        let prot = Refusal::ClearData {
-            command: "PROT".into(),
-        };
-        let transfer = Refusal::ClearData {
+        let transfer = Refusal::ClearTransfer {
             command: "RETR".into(),
         };
-        assert_eq!((prot.reply().code(), transfer.reply().code()), (534, 521));
+        let codes = (Refusal::ClearProt.reply().code(), transfer.reply().code());
+        assert_eq!(codes, (534, 521));
+        assert_eq!(transfer.reason(), Some(Reason::clear_data));
         assert!(Refusal::Timeout { why: "idle" }.ends_session());
         assert!(!Refusal::NotLoggedIn.ends_session());
         assert_eq!(Refusal::NotLoggedIn.reason(), None);

@@ -97,10 +97,7 @@ impl Session {
                 self.prot = Protection::Clear;
                 Ok(self.reply(200, "Protection level set to Clear.").await?)
             }
-            ProtLevel::Clear => Err(Refusal::ClearData {
-                command: "PROT".into(),
-            }
-            .into()),
+            ProtLevel::Clear => Err(Refusal::ClearProt.into()),
             ProtLevel::Safe | ProtLevel::Confidential => Err(Refusal::ProtUnsupported.into()),
         }
     }

@@ -29,7 +29,7 @@ impl Session {
             && self.client.is_tls()
             && !self.ctx.settings.tls.allow_clear_data
         {
-            return Err(Refusal::ClearData { command }.into());
+            return Err(Refusal::ClearTransfer { command }.into());
         }
         let mut bridge = pending.bridge;
         if let Some(Err(error)) = bridge.ended() {
