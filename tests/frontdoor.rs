@@ -164,6 +164,11 @@ impl Gate {
         let tcp = connect_from(source, self.explicit, None).await;
         let mut plain = Ctl::new(tcp);
         assert!(plain.reply().await.starts_with("220"));
+        self.secure(plain).await
+    }
+
+    /// AUTH TLS on a connection whose greeting has been read.
+    async fn secure(&self, mut plain: Ctl<TcpStream>) -> Session {
         assert!(plain.cmd("AUTH TLS").await.starts_with("234"));
         let name = ServerName::try_from("localhost").expect("name");
         let tls = self.tls();
@@ -176,7 +181,11 @@ impl Gate {
 
     /// A secured session from `source` logged in as the test user, in binary mode.
     async fn logged_in(&self, source: [u8; 4]) -> Session {
-        let mut s = self.secured(source).await;
+        self.log_in(self.secured(source).await).await
+    }
+
+    /// Logs a secured session in as the test user, in binary mode.
+    async fn log_in(&self, mut s: Session) -> Session {
         assert!(s.ctl.cmd(&format!("USER {USER}")).await.starts_with("331"));
         let r = s.ctl.cmd(&format!("PASS {PASSWORD}")).await;
         assert!(r.starts_with("230"), "{r}");
@@ -374,11 +383,13 @@ fn clients_that_never_read_their_replies_lose_their_slots_within_the_write_limit
         let line = refused.reply().await;
         assert!(line.starts_with("421 Too many sessions"), "{line}");
         // ... and they lose their slots within the write limit (2 s), with room for a loaded
-        // machine: a new client gets in and downloads.
-        let freed = loop {
+        // machine: a new client gets in and downloads. The connection that finds the free slot
+        // is the one that logs in: dropping it and dialling again would race its own slot's
+        // release.
+        let (freed, plain) = loop {
             let mut probe = Ctl::new(TcpStream::connect(gate.explicit).await.expect("connect"));
             if probe.reply().await.starts_with("220") {
-                break began.elapsed();
+                break (began.elapsed(), probe);
             }
             assert!(
                 began.elapsed() < Duration::from_secs(30),
@@ -387,7 +398,7 @@ fn clients_that_never_read_their_replies_lose_their_slots_within_the_write_limit
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
         println!("never-reading clients lost their slots after {freed:?}");
-        let mut newcomer = gate.logged_in([127, 0, 0, 1]).await;
+        let mut newcomer = gate.log_in(gate.secure(plain).await).await;
         assert_eq!(sha256(&newcomer.retr("file.bin").await), want);
         for f in floods {
             let hung_up = f.await.expect("flood task");
