@@ -4,6 +4,7 @@
 
 mod backend;
 mod cert;
+mod firewall;
 mod host;
 
 use std::fmt;
@@ -11,6 +12,7 @@ use std::fmt;
 use crate::config::Settings;
 use backend::backend_checks;
 use cert::certificate;
+pub use firewall::firewall;
 use host::{external_address, fd_limit, pool_ports};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -78,26 +80,4 @@ pub async fn run(settings: &Settings, login: Option<&Login>) -> Vec<Check> {
     out.extend(certificate(settings));
     out.push(fd_limit(settings));
     out
-}
-
-/// Firewall rules for the control ports and the passive range, ready to paste.
-pub fn firewall(settings: &Settings) -> String {
-    let list = settings
-        .listen
-        .all()
-        .map(|a| a.port().to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    let range = settings.passive.range();
-    let (lo, hi) = (range.start(), range.end());
-    format!(
-        "Open these TCP ports to clients (control, then the passive range):\n\
-         \x20 iptables -A INPUT -p tcp -m multiport --dports {list} -j ACCEPT\n\
-         \x20 iptables -A INPUT -p tcp --dport {lo}:{hi} -j ACCEPT\n\
-         \x20 nft add rule inet filter input tcp dport {{ {} }} accept\n\
-         \x20 nft add rule inet filter input tcp dport {lo}-{hi} accept\n\
-         No FTP helper (nf_conntrack_ftp) is needed: the control channel is encrypted, and the\n\
-         gateway answers PASV with these ports itself.",
-        list.replace(',', ", ")
-    )
 }
