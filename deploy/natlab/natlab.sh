@@ -60,7 +60,7 @@ EOF
 }
 
 routers() {
-    if ip netns list | grep -q "^$LAB-edge\b"; then echo edge router; else echo router; fi
+    if ip netns list 2>/dev/null | grep -q "^$LAB-edge\b"; then echo edge router; else echo router; fi
 }
 
 up() {
@@ -90,7 +90,7 @@ up() {
 
 down() {
     for n in client edge router gw ftp; do
-        ip netns list | grep -q "^$LAB-$n\b" || continue
+        ip netns list 2>/dev/null | grep -q "^$LAB-$n\b" || continue
         for pid in $(ip netns pids "$LAB-$n"); do kill -9 "$pid" 2>/dev/null || true; done
         ip netns del "$LAB-$n"
     done
@@ -113,7 +113,7 @@ EOF
 # forward PORTS: every router sends PORTS on its own address one hop inward.
 forward() {
     local ports=$1 dest=${2:-$SERVER}
-    if ip netns list | grep -q "^$LAB-edge\b"; then
+    if ip netns list 2>/dev/null | grep -q "^$LAB-edge\b"; then
         ns edge nft add rule ip nat prerouting fib daddr type local tcp dport "$ports" \
             dnat to 203.0.113.130
     fi

@@ -36,3 +36,31 @@ pub(super) fn wait_for_port(addr: SocketAddr, limit: Duration) -> bool {
     }
     false
 }
+
+/// `cmd` run inside the network namespace `ns` (`ip netns exec`), environment and all.
+pub fn in_netns(ns: &str, cmd: &Command) -> Command {
+    let mut wrapped = Command::new("ip");
+    wrapped
+        .args(["netns", "exec", ns])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => wrapped.env(k, v),
+            None => wrapped.env_remove(k),
+        };
+    }
+    wrapped
+}
+
+/// [`wait_for_port`] from inside the network namespace `ns`.
+pub fn wait_for_port_in(ns: &str, addr: SocketAddr, limit: Duration) -> bool {
+    let probe = format!(": < /dev/tcp/{}/{}", addr.ip(), addr.port());
+    eventually(limit, || {
+        Command::new("ip")
+            .args(["netns", "exec", ns, "bash", "-c", &probe])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}

@@ -45,20 +45,43 @@ impl FtpServer {
 
     /// vsftpd listening on [::1] only when `ipv6`, with `extra` config lines (they win).
     pub fn vsftpd_on(tls: VsTls, ipv6: bool, extra: &str) -> Option<FtpServer> {
-        if !Path::new("/usr/sbin/vsftpd").exists() {
-            return missing_peer("vsftpd");
-        }
-        let listen = if ipv6 {
-            "listen=NO\nlisten_ipv6=YES\nlisten_address6=::1\n"
-        } else {
-            "listen=YES\nlisten_ipv6=NO\nlisten_address=127.0.0.1\n"
-        };
         let ip: std::net::IpAddr = if ipv6 {
             std::net::Ipv6Addr::LOCALHOST.into()
         } else {
             Ipv4Addr::LOCALHOST.into()
         };
-        Self::spawn(tls, ip, |port, root, dir, cert| {
+        Self::vsftpd_at(tls, ip, None, extra)
+    }
+
+    /// vsftpd on `addr` inside the network namespace `netns` (the NAT test bed's internal
+    /// server).
+    pub fn vsftpd_in(
+        netns: &str,
+        addr: std::net::SocketAddrV4,
+        tls: VsTls,
+        extra: &str,
+    ) -> Option<FtpServer> {
+        Self::vsftpd_at(tls, (*addr.ip()).into(), Some((netns, addr.port())), extra)
+    }
+
+    fn vsftpd_at(
+        tls: VsTls,
+        ip: std::net::IpAddr,
+        netns: Option<(&str, u16)>,
+        extra: &str,
+    ) -> Option<FtpServer> {
+        if !Path::new("/usr/sbin/vsftpd").exists() {
+            return missing_peer("vsftpd");
+        }
+        let listen = match ip {
+            std::net::IpAddr::V6(ip) => {
+                format!("listen=NO\nlisten_ipv6=YES\nlisten_address6={ip}\n")
+            }
+            std::net::IpAddr::V4(ip) => {
+                format!("listen=YES\nlisten_ipv6=NO\nlisten_address={ip}\n")
+            }
+        };
+        Self::spawn(tls, ip, netns, |port, root, dir, cert| {
             let ssl = match cert {
                 None => "ssl_enable=NO\n".to_string(),
                 Some((cert, key)) => format!(
@@ -106,36 +129,44 @@ impl FtpServer {
             VsTls::Implicit,
             "Debian's pure-ftpd has no implicit TLS"
         );
-        Self::spawn(tls, Ipv4Addr::LOCALHOST.into(), |port, root, dir, cert| {
-            let db = dir.join("pureftpd.pdb");
-            let mut pw = Command::new(Path::new(&base).join("usr/bin/pure-pw"))
-                .args(["useradd", USER, "-u", USER, "-d"])
-                .arg(root)
-                .arg("-f")
-                .arg(dir.join("pureftpd.passwd"))
-                .arg("-m")
-                .arg("-F")
-                .arg(&db)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("pure-pw");
-            if let Some(mut stdin) = pw.stdin.take() {
-                let _ = writeln!(stdin, "{PASSWORD}\n{PASSWORD}");
-            }
-            assert!(pw.wait().is_ok_and(|s| s.success()), "pure-pw useradd");
-            let mut cmd = Command::new(&binary);
-            cmd.arg("-S")
-                .arg(format!("127.0.0.1,{port}"))
-                .args(["-p", "20000:24999", "-E", "-H", "-A", "-f", "none"])
-                .arg("-l")
-                .arg(format!("puredb:{}", db.display()));
-            if let Some((cert, key)) = cert {
-                cmd.args(["-Y", "3", "-2"])
-                    .arg(format!("{},{}", cert.display(), key.display()));
-            }
-            cmd
-        })
+        Self::spawn(
+            tls,
+            Ipv4Addr::LOCALHOST.into(),
+            None,
+            |port, root, dir, cert| {
+                let db = dir.join("pureftpd.pdb");
+                let mut pw = Command::new(Path::new(&base).join("usr/bin/pure-pw"))
+                    .args(["useradd", USER, "-u", USER, "-d"])
+                    .arg(root)
+                    .arg("-f")
+                    .arg(dir.join("pureftpd.passwd"))
+                    .arg("-m")
+                    .arg("-F")
+                    .arg(&db)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("pure-pw");
+                if let Some(mut stdin) = pw.stdin.take() {
+                    let _ = writeln!(stdin, "{PASSWORD}\n{PASSWORD}");
+                }
+                assert!(pw.wait().is_ok_and(|s| s.success()), "pure-pw useradd");
+                let mut cmd = Command::new(&binary);
+                cmd.arg("-S")
+                    .arg(format!("127.0.0.1,{port}"))
+                    .args(["-p", "20000:24999", "-E", "-H", "-A", "-f", "none"])
+                    .arg("-l")
+                    .arg(format!("puredb:{}", db.display()));
+                if let Some((cert, key)) = cert {
+                    cmd.args(["-Y", "3", "-2"]).arg(format!(
+                        "{},{}",
+                        cert.display(),
+                        key.display()
+                    ));
+                }
+                cmd
+            },
+        )
     }
 
     pub fn proftpd(tls: VsTls) -> Option<FtpServer> {
@@ -144,9 +175,12 @@ impl FtpServer {
         if !binary.exists() {
             return missing_peer("ProFTPD (unpacked under /opt/ftpsgate-peers/proftpd)");
         }
-        Self::spawn(tls, Ipv4Addr::LOCALHOST.into(), |port, root, dir, cert| {
-            let tls_conf =
-                match cert {
+        Self::spawn(
+            tls,
+            Ipv4Addr::LOCALHOST.into(),
+            None,
+            |port, root, dir, cert| {
+                let tls_conf = match cert {
                     None => String::new(),
                     Some((cert, key)) => format!(
                     "LoadModule mod_tls.c\n<IfModule mod_tls.c>\nTLSEngine on\nTLSRequired on\n\
@@ -158,7 +192,7 @@ impl FtpServer {
                     if tls == VsTls::Implicit { "TLSOptions UseImplicitSSL\n" } else { "" }
                 ),
                 };
-            let conf = format!(
+                let conf = format!(
                 "ServerType standalone\nDefaultServer on\nPort {port}\nDefaultAddress 127.0.0.1\n\
                  SocketBindTight on\nUseIPv6 off\nUser nobody\nGroup nogroup\n\
                  ModulePath {modules}\nScoreboardFile {dir}/scoreboard\nPidFile {dir}/pid\n\
@@ -169,8 +203,9 @@ impl FtpServer {
                 dir = dir.display(),
                 root = root.display(),
             );
-            proftpd_on(&binary, &dir.join("proftpd.conf"), &conf)
-        })
+                proftpd_on(&binary, &dir.join("proftpd.conf"), &conf)
+            },
+        )
     }
 
     /// ProFTPD with mod_proxy as a reverse FTPS proxy in front of `backend` (what users would
@@ -185,6 +220,7 @@ impl FtpServer {
         Self::spawn(
             VsTls::Explicit,
             Ipv4Addr::LOCALHOST.into(),
+            None,
             |port, _root, dir, cert| {
                 let (cert, key) = cert.expect("front certificate");
                 // ProFTPD refuses a world-writable scoreboard directory; the proxy's tables must
@@ -222,10 +258,12 @@ impl FtpServer {
         )
     }
 
-    /// The set-up both servers share: user, root, certificate, port, start, wait.
+    /// The set-up every server shares: user, root, certificate, port, start, wait. Inside a
+    /// network namespace (name and port) the server runs there.
     fn spawn(
         tls: VsTls,
         ip: std::net::IpAddr,
+        netns: Option<(&str, u16)>,
         command: impl FnOnce(u16, &Path, &Path, Option<(&Path, &Path)>) -> Command,
     ) -> Option<FtpServer> {
         ensure_test_user();
@@ -244,18 +282,23 @@ impl FtpServer {
                 Some(pair.write_to(&dir.path().join("tls")).expect("write cert"))
             }
         };
-        let port = free_port();
+        let port = netns.map_or_else(free_port, |(_, port)| port);
         let paths = pair.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
-        let child = command(port, &root, dir.path(), paths)
+        let mut cmd = command(port, &root, dir.path(), paths);
+        if let Some((ns, _)) = netns {
+            cmd = in_netns(ns, &cmd);
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start the FTP server");
         let addr = SocketAddr::new(ip, port);
-        assert!(
-            wait_for_port(addr, Duration::from_secs(10)),
-            "FTP server did not start"
-        );
+        let up = match netns {
+            None => wait_for_port(addr, Duration::from_secs(10)),
+            Some((ns, _)) => wait_for_port_in(ns, addr, Duration::from_secs(10)),
+        };
+        assert!(up, "FTP server did not start");
         Some(FtpServer {
             addr,
             root,

@@ -67,11 +67,11 @@ def context(args):
 def login(args, cls=ReusingFTP_TLS, prot_p=True, ctx=None):
     ftp = cls(context=ctx or context(args), timeout=30)
     if cls is ImplicitFTP_TLS:
-        ftp.connect("127.0.0.1", args.implicit_port)
+        ftp.connect(args.host, args.implicit_port)
         ftp.login(args.user, args.password, secure=False)
     else:
         # --ipv6: the gateway's [::1] listener; ftplib then uses EPSV and EPRT by itself.
-        ftp.connect("::1" if args.ipv6 else "127.0.0.1", args.port6 if args.ipv6 else args.port)
+        ftp.connect("::1" if args.ipv6 else args.host, args.port6 if args.ipv6 else args.port)
         ftp.login(args.user, args.password)
     if args.active:
         ftp.set_pasv(False)
@@ -823,6 +823,7 @@ SCENARIOS = {name[2:].replace("_", "-"): fn for name, fn in globals().items() if
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("scenario", choices=sorted(SCENARIOS))
+    p.add_argument("--host", default="127.0.0.1", help="the gateway's IPv4 address")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--implicit-port", type=int, required=True)
     p.add_argument("--port6", type=int, required=True)
