@@ -450,38 +450,41 @@ fn the_fix_ftpsgate_behind_the_nat_serves_curl_lftp_ftplib_and_rclone() {
     every_mode(&lab, &gw, &vs, &want);
     let work = tempfile::tempdir().expect("tempdir");
 
-    if have("lftp") {
-        let got = work.path().join("lftp.bin");
+    for (tag, url) in [
+        ("explicit", format!("ftp://{PUBLIC}")),
+        ("implicit", format!("ftps://{PUBLIC}:990")),
+    ] {
+        if !have("lftp") {
+            break;
+        }
+        let got = work.path().join(format!("lftp-{tag}.bin"));
+        let up = format!("lftp-up-{tag}.bin");
         run_ok(lab.cmd("client", "lftp").arg("-c").arg(format!(
             "set ssl:ca-file {ca}; set ftp:ssl-force true; set ftp:ssl-protect-data true; \
              set net:max-retries 1; set net:timeout 20; set cmd:fail-exit true; \
-             open -u {USER},{PASSWORD} ftp://{PUBLIC}; get file.bin -o {got}; \
-             put {got} -o lftp-up.bin",
+             open -u {USER},{PASSWORD} {url}; get file.bin -o {got}; put {got} -o {up}",
             ca = gw.ca.display(),
             got = got.display()
         )));
-        assert_eq!(sha256_file(&got), want, "lftp download");
-        assert_eq!(
-            sha256_file(&vs.root.join("lftp-up.bin")),
-            want,
-            "lftp upload"
-        );
+        assert_eq!(sha256_file(&got), want, "lftp {tag} download");
+        assert_eq!(sha256_file(&vs.root.join(&up)), want, "lftp {tag} upload");
     }
 
-    ftplib_in(&lab, &gw, &vs, "roundtrip", &[]);
-    ftplib_in(&lab, &gw, &vs, "implicit", &[]);
-
-    if have("rclone") {
+    for (tag, port, mode) in [("explicit", 21, "explicit_tls"), ("implicit", 990, "tls")] {
+        if !have("rclone") {
+            break;
+        }
         let obscured = run_ok(Command::new("rclone").args(["obscure", PASSWORD])).stdout;
         let remote = format!(
-            ":ftp,host={PUBLIC},port=21,user={USER},pass={},explicit_tls=true,\
+            ":ftp,host={PUBLIC},port={port},user={USER},pass={},{mode}=true,\
              no_check_certificate=true:",
             String::from_utf8_lossy(&obscured).trim()
         );
-        let got = work.path().join("rclone.bin");
+        let got = work.path().join(format!("rclone-{tag}.bin"));
+        let up = format!("rclone-up-{tag}.bin");
         for (from, to) in [
             (format!("{remote}file.bin"), got.display().to_string()),
-            (got.display().to_string(), format!("{remote}rclone-up.bin")),
+            (got.display().to_string(), format!("{remote}{up}")),
         ] {
             run_ok(
                 lab.cmd("client", "rclone")
@@ -489,15 +492,11 @@ fn the_fix_ftpsgate_behind_the_nat_serves_curl_lftp_ftplib_and_rclone() {
                     .args(["--low-level-retries", "1", "copyto", &from, &to]),
             );
         }
-        assert_eq!(sha256_file(&got), want, "rclone download");
-        assert_eq!(
-            sha256_file(&vs.root.join("rclone-up.bin")),
-            want,
-            "rclone upload"
-        );
+        assert_eq!(sha256_file(&got), want, "rclone {tag} download");
+        assert_eq!(sha256_file(&vs.root.join(&up)), want, "rclone {tag} upload");
     }
     println!(
-        "curl (3 modes), ftplib (PASV, EPSV, active, implicit), lftp and rclone crossed the NAT"
+        "curl (3 modes), ftplib (PASV, EPSV, active, implicit), lftp and rclone (explicit, implicit) crossed the NAT"
     );
 }
 
