@@ -136,6 +136,7 @@ fn sweep_stale_labs() {
 
 /// ftpsgate running in a lab namespace from a config file, as an operator runs it.
 struct NsGateway {
+    external: String,
     config: PathBuf,
     ca: PathBuf,
     _child: Option<KillOnDrop>,
@@ -166,6 +167,7 @@ impl NsGateway {
         )
         .expect("write config");
         NsGateway {
+            external: external.to_string(),
             config,
             ca: cert,
             _child: None,
@@ -182,6 +184,10 @@ impl NsGateway {
                 .arg(&self.config),
         );
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            text.contains(&format!("[ ok ] external address: {}", self.external)),
+            "{text}"
+        );
         let nat = text
             .split_once("Behind NAT")
             .unwrap_or_else(|| panic!("doctor printed no NAT rules:\n{text}"))

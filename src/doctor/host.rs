@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener};
 
 use super::{check, with_fix, Check, Level};
 use crate::config::Settings;
+use crate::ftp::addr::not_public;
 
 pub(super) fn pool_ports(settings: &Settings) -> Check {
     let what = "passive pool";
@@ -66,23 +67,12 @@ pub(super) fn pool_ports(settings: &Settings) -> Check {
     }
 }
 
-fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            !(v4.is_private() || v4.is_loopback() || v4.is_link_local() || v4.is_unspecified())
-        }
-        IpAddr::V6(v6) => {
-            !(v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xfe00) == 0xfc00)
-        }
-    }
-}
-
 pub(super) fn external_address(settings: &Settings) -> Vec<Check> {
     let what = "external address";
     let exposed = settings
         .listen
         .all()
-        .any(|a| a.ip().is_unspecified() || is_public(a.ip()));
+        .any(|a| a.ip().is_unspecified() || not_public(a.ip()).is_none());
     let Some(host) = settings.passive.external_host() else {
         let level = if exposed { Level::Warn } else { Level::Ok };
         let c = check(
@@ -99,35 +89,30 @@ pub(super) fn external_address(settings: &Settings) -> Vec<Check> {
             c
         }];
     };
-    match settings.passive.external_ip() {
-        Err(e) => vec![with_fix(
-            check(Level::Fail, what, e),
-            "use an IP address, or a DNS name that resolves from this host",
-        )],
-        Ok(Some(ip)) if !is_public(ip) && exposed => {
-            vec![with_fix(
-                check(
-                    Level::Warn,
-                    what,
-                    if ip.to_string() == *host {
-                        format!("{host} is a private or loopback address, while the listeners are public")
-                    } else {
-                        format!("{host} is {ip}, a private or loopback address, while the listeners are public")
-                    },
-                ),
-                "clients on the internet cannot reach it: use the public address",
+    let ip = match settings.passive.external_ip() {
+        Ok(ip) => ip,
+        Err(e) => {
+            return vec![with_fix(
+                check(Level::Fail, what, e),
+                "use an IP address, or a DNS name that resolves from this host",
             )]
         }
-        Ok(ip) => vec![check(
-            Level::Ok,
-            what,
-            format!(
-                "{host}{}",
-                ip.filter(|ip| ip.to_string() != *host)
-                    .map(|ip| format!(" resolves to {ip}"))
-                    .unwrap_or_default()
+    };
+    let named = match ip.filter(|ip| ip.to_string() != host) {
+        Some(ip) => format!("{host} resolves to {ip}"),
+        None => host.clone(),
+    };
+    match ip.and_then(not_public) {
+        Some(kind) => vec![with_fix(
+            check(
+                Level::Warn,
+                what,
+                format!("{named}, a {kind} address: clients on the internet cannot reach it"),
             ),
+            "set passive.external_address to the address clients connect to (behind NAT: the \
+             router's public one); a private one suits only clients on the same network",
         )],
+        None => vec![check(Level::Ok, what, named)],
     }
 }
 

@@ -184,6 +184,43 @@ pub fn family_number(ip: IpAddr) -> u8 {
     }
 }
 
+/// Why a client on the internet cannot reach `ip`, or `None` when it can: what `doctor` says
+/// of an external address and `probe` of the address in a 227.
+pub fn not_public(ip: IpAddr) -> Option<&'static str> {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            if v4.is_loopback() {
+                Some("loopback")
+            } else if v4.is_private() {
+                Some("private (RFC 1918)")
+            } else if v4.is_link_local() {
+                Some("link-local")
+            } else if a == 100 && (64..128).contains(&b) {
+                Some("carrier-grade NAT (RFC 6598)")
+            } else if v4.is_unspecified() {
+                Some("unspecified")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments().first().copied().unwrap_or_default();
+            if v6.is_loopback() {
+                Some("loopback")
+            } else if first & 0xfe00 == 0xfc00 {
+                Some("unique local (fc00::/7)")
+            } else if first & 0xffc0 == 0xfe80 {
+                Some("link-local")
+            } else if v6.is_unspecified() {
+                Some("unspecified")
+            } else {
+                None
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,5 +337,27 @@ mod tests {
         assert_eq!(EpsvArg::parse("all"), Some(EpsvArg::All));
         assert_eq!(EpsvArg::parse("2"), Some(EpsvArg::Family(2)));
         assert_eq!(EpsvArg::parse("x"), None);
+    }
+
+    #[test]
+    fn addresses_the_internet_cannot_reach_are_named() {
+        for (ip, kind) in [
+            ("127.0.0.99", Some("loopback")),
+            ("192.0.2.10", None), // documentation range: routable as far as a client knows
+            ("10.1.2.3", Some("private (RFC 1918)")),
+            ("172.16.0.1", Some("private (RFC 1918)")),
+            ("192.168.1.1", Some("private (RFC 1918)")),
+            ("169.254.1.1", Some("link-local")),
+            ("100.64.0.1", Some("carrier-grade NAT (RFC 6598)")),
+            ("100.128.0.1", None),
+            ("203.0.113.1", None),
+            ("::ffff:10.0.0.1", Some("private (RFC 1918)")),
+            ("fd00::1", Some("unique local (fc00::/7)")),
+            ("fe80::1", Some("link-local")),
+            ("::1", Some("loopback")),
+            ("2001:db8::1", None),
+        ] {
+            assert_eq!(not_public(ip.parse().unwrap()), kind, "{ip}");
+        }
     }
 }
