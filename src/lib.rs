@@ -17,6 +17,7 @@ pub mod doctor;
 pub(crate) mod fdlimit;
 pub mod ftp;
 pub(crate) mod metrics;
+pub mod probe;
 pub(crate) mod proxy_protocol;
 pub mod server;
 pub mod session;

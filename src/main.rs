@@ -51,6 +51,12 @@ enum Cmd {
         #[arg(long)]
         user: Option<String>,
     },
+    /// Walk what an FTPS client does against any server (ftpsgate or not) and say what fails
+    /// and how to fix it: connect, TLS, login, PROT P, PASV and EPSV (does the 227 name the
+    /// address reached? which address works?), TLS reuse, a listing and a small download,
+    /// active mode with --active. The password comes from FTPSGATE_PROBE_PASSWORD or a prompt.
+    /// Exits non-zero on any failure.
+    Probe(ProbeArgs),
     /// Write a self-signed ECDSA certificate and key (cert.pem, key.pem) for testing.
     Cert {
         /// Directory to write cert.pem and key.pem into.
@@ -64,6 +70,28 @@ enum Cmd {
     /// print how to connect with curl and lftp. Needs nothing installed.
     #[cfg(feature = "demo")]
     Demo(demo::DemoOptions),
+}
+
+#[derive(Args)]
+struct ProbeArgs {
+    /// ftp://USER@HOST[:PORT]/ (explicit FTPS, port 21) or ftps://USER@HOST[:PORT]/ (implicit,
+    /// port 990).
+    url: String,
+    /// Accept any certificate (still reported, marked as not verified).
+    #[arg(long, conflicts_with = "ca")]
+    insecure: bool,
+    /// PEM file of the CA that signed the server's certificate (added to the system's roots).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Also check active mode: can the server connect back to this machine?
+    #[arg(long)]
+    active: bool,
+    /// Seconds each step may wait (a connection, a reply, a handshake).
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
+    /// One JSON object (target, ok, checks, fixes) instead of the text report.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Settings for `run`, `check` and `doctor`: the file, and the overrides on top of it (each can
@@ -119,6 +147,7 @@ fn main() -> ExitCode {
             Some(Cmd::Run(args)) => run(args).await,
             Some(Cmd::Check(args)) => check(args),
             Some(Cmd::Doctor { run, user }) => doctor(run, user).await,
+            Some(Cmd::Probe(args)) => probe(args).await,
             Some(Cmd::Cert { out, names }) => cert(&out, &names),
             #[cfg(feature = "demo")]
             Some(Cmd::Demo(opts)) => demo::run(opts).await.map_err(|e| e.to_string()),
@@ -182,6 +211,56 @@ async fn doctor(args: RunArgs, user: Option<String>) -> Result<(), String> {
     match failed {
         0 => Ok(()),
         n => Err(format!("doctor: {n} check(s) failed")),
+    }
+}
+
+async fn probe(args: ProbeArgs) -> Result<(), String> {
+    use ftpsgate::probe::{self, Options, Report, Target};
+    let target = Target::parse(&args.url)?;
+    // Never from the command line, where every user of the machine can read it.
+    let password = match std::env::var("FTPSGATE_PROBE_PASSWORD") {
+        Ok(p) => p,
+        Err(_) if std::io::stdin().is_terminal() => {
+            rpassword::prompt_password(format!("password for {}: ", target.user))
+                .map_err(|e| format!("reading the password: {e}"))?
+        }
+        Err(_) => return Err("set FTPSGATE_PROBE_PASSWORD (no terminal to prompt on)".into()),
+    };
+    let opts = Options {
+        target,
+        password,
+        ca: args.ca,
+        insecure: args.insecure,
+        active: args.active,
+        timeout: std::time::Duration::from_secs(args.timeout.max(1)),
+    };
+    let checks = probe::run(&opts).await;
+    let report = Report::new(&opts.target, &checks);
+    if args.json {
+        let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        println!("{json}");
+    } else {
+        println!("probe {}", opts.target);
+        for c in &checks {
+            println!("{c}");
+        }
+        let failed = checks
+            .iter()
+            .filter(|c| c.level == ftpsgate::doctor::Level::Fail)
+            .count();
+        let warned = checks
+            .iter()
+            .filter(|c| c.level == ftpsgate::doctor::Level::Warn)
+            .count();
+        println!("\nsummary: {failed} failed, {warned} warnings");
+        for (i, fix) in report.fixes.iter().enumerate() {
+            println!("  {}. {fix}", i + 1);
+        }
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        Err("probe: a step failed".into())
     }
 }
 

@@ -1,14 +1,13 @@
 //! The certificate check: the gateway's certificates load, match their keys, carry the names
 //! clients ask for, and are not about to expire.
 
-use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::{check, with_fix, Check, Level};
 use crate::config::Settings;
-use crate::tls::store::CertStore;
+use crate::tls::store::{subject_alt_names, CertStore};
 use crate::tls::{self, TlsError};
 
 /// A certificate this close to expiry is a warning.
@@ -85,22 +84,7 @@ pub(super) fn certificate(settings: &Settings) -> Vec<Check> {
         ));
     }
     if let Some(host) = settings.passive.external_host() {
-        let names: Vec<String> = cert
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .map(|san| {
-                san.value
-                    .general_names
-                    .iter()
-                    .filter_map(|n| match n {
-                        GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
-                        GeneralName::IPAddress(b) => ip_from_bytes(b).map(|ip| ip.to_string()),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let names = subject_alt_names(&cert);
         let host = host.to_ascii_lowercase();
         let wildcard = tls::wildcard_of(&host);
         if names.contains(&host) || wildcard.is_some_and(|w| names.contains(&w)) {
@@ -124,12 +108,4 @@ pub(super) fn certificate(settings: &Settings) -> Vec<Check> {
         }
     }
     out
-}
-
-fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
-    match b.len() {
-        4 => <[u8; 4]>::try_from(b).ok().map(IpAddr::from),
-        16 => <[u8; 16]>::try_from(b).ok().map(IpAddr::from),
-        _ => None,
-    }
 }

@@ -15,7 +15,8 @@ use cert::certificate;
 pub use firewall::firewall;
 use host::{external_address, fd_limit, pool_ports};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Level {
     Ok,
     Warn,
@@ -32,8 +33,8 @@ impl fmt::Display for Level {
     }
 }
 
-/// One line of the report.
-#[derive(Debug)]
+/// One line of the report (`probe --json` writes them as they are).
+#[derive(Debug, serde::Serialize)]
 pub struct Check {
     pub level: Level,
     pub what: &'static str,

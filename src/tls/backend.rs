@@ -142,7 +142,7 @@ fn verifier(
         .map(|v| v as Arc<dyn ServerCertVerifier>)
 }
 
-fn add_bundle(roots: &mut RootCertStore, ca: &Path) -> Result<(), TlsError> {
+pub(crate) fn add_bundle(roots: &mut RootCertStore, ca: &Path) -> Result<(), TlsError> {
     let file_err = |why: String| TlsError::File {
         file: ca.into(),
         why,

@@ -286,6 +286,31 @@ pub fn dns_names(der: &CertificateDer<'_>) -> Vec<String> {
         .collect()
 }
 
+/// The names a certificate answers to, lower-cased: the DNS names and IP addresses of its
+/// subjectAltName (what `doctor` and `probe` compare with the name clients use).
+pub fn subject_alt_names(cert: &X509Certificate<'_>) -> Vec<String> {
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+            GeneralName::IPAddress(b) => ip_from_bytes(b).map(|ip| ip.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ip_from_bytes(b: &[u8]) -> Option<std::net::IpAddr> {
+    match b.len() {
+        4 => <[u8; 4]>::try_from(b).ok().map(std::net::IpAddr::from),
+        16 => <[u8; 16]>::try_from(b).ok().map(std::net::IpAddr::from),
+        _ => None,
+    }
+}
+
 /// A certificate's subject, e.g. `CN=alice, O=Example`, for the logs.
 pub fn subject(der: &CertificateDer<'_>) -> Option<String> {
     X509Certificate::from_der(der)
