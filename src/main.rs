@@ -252,7 +252,7 @@ async fn probe(args: ProbeArgs) -> Result<(), String> {
             .iter()
             .filter(|c| c.level == ftpsgate::doctor::Level::Warn)
             .count();
-        println!("\nsummary: {failed} failed, {warned} warnings");
+        println!("\nsummary: {failed} failed, {warned} warned");
         for (i, fix) in report.fixes.iter().enumerate() {
             println!("  {}. {fix}", i + 1);
         }

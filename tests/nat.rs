@@ -283,6 +283,27 @@ fn curl_in(lab: &Lab, args: &[&str]) -> CurlRun {
     }
 }
 
+/// `ftpsgate probe` from the client namespace against the public address: passed, report.
+fn probe_in(lab: &Lab, args: &[&str]) -> (bool, String) {
+    let out = lab
+        .cmd("client", env!("CARGO_BIN_EXE_ftpsgate"))
+        .args(["probe", "--timeout", "3"])
+        .args(args)
+        .arg(format!("ftp://{USER}@{PUBLIC}/"))
+        .env("FTPSGATE_PROBE_PASSWORD", PASSWORD)
+        .output()
+        .expect("probe");
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{report}");
+    (out.status.success(), report)
+}
+
+fn has(report: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(report.contains(line), "{line:?} missing in\n{report}");
+    }
+}
+
 /// Downloads and uploads `file.bin` in each way a client reaches the gateway, and checks both
 /// by hash: curl with explicit FTPS over PASV and over EPSV, and with implicit FTPS; ftplib in
 /// active mode (PORT, the gateway connecting out through the NAT). Not curl for that one: the
@@ -443,6 +464,25 @@ fn the_problem_ftps_through_the_same_helper_fails() {
     let run = curl_in(&lab, &["--ssl-reqd", "-k", &url, "-o", "/dev/null"]);
     assert!(run.trace.contains("Connection refused"), "{}", run.trace);
     assert_eq!(run.code, Some(7), "{}", run.trace);
+
+    // Forwarding vsftpd's passive range too makes clients that ignore the 227's address work;
+    // `probe` names the fault and what to set.
+    lab.natlab(&["forward", "40000-40019"]);
+    // vsftpd's certificate names localhost and 127.0.0.1, not the public address.
+    let (ok, report) = probe_in(&lab, &["--insecure"]);
+    assert!(!ok, "{report}");
+    has(
+        &report,
+        &[
+            "[warn] PASV: 227 names 192.0.2.10:",
+            "another address than 203.0.113.1",
+            "[FAIL] PASV data: 192.0.2.10:",
+            "unreachable; 203.0.113.1:",
+            "works: clients that use the 227's address fail",
+            "vsftpd pasv_address=203.0.113.1",
+            "[ ok ] EPSV data:",
+        ],
+    );
 }
 
 #[test]
@@ -501,6 +541,18 @@ fn the_fix_ftpsgate_behind_the_nat_serves_curl_lftp_ftplib_and_rclone() {
         assert_eq!(sha256_file(&got), want, "rclone {tag} download");
         assert_eq!(sha256_file(&vs.root.join(&up)), want, "rclone {tag} upload");
     }
+    let ca = gw.ca.display().to_string();
+    let (ok, report) = probe_in(&lab, &["--ca", &ca, "--active"]);
+    assert!(ok, "{report}");
+    has(
+        &report,
+        &[
+            "[ ok ] PASV: 227 names 203.0.113.1:",
+            "[ ok ] download: RETR ",
+            "[ ok ] active: the server connected back from 203.0.113.1:",
+            "summary: 0 failed, 0 warned",
+        ],
+    );
     println!(
         "curl (3 modes), ftplib (PASV, EPSV, active, implicit), lftp and rclone (explicit, implicit) crossed the NAT"
     );
@@ -567,6 +619,19 @@ fn broken_on_purpose_a_dropped_passive_range_times_out() {
         let run = curl_download(&lab, &gw, flags);
         assert_eq!(run.code, Some(28), "{flags:?}: timed out\n{}", run.trace);
     }
+    let ca = gw.ca.display().to_string();
+    let (ok, report) = probe_in(&lab, &["--ca", &ca]);
+    assert!(!ok, "{report}");
+    has(
+        &report,
+        &[
+            "[ ok ] PASV: 227 names 203.0.113.1:",
+            "[FAIL] PASV data: 203.0.113.1:",
+            ": timed out",
+            "a firewall drops connections to 203.0.113.1:",
+            "[FAIL] EPSV data:",
+        ],
+    );
 }
 
 #[test]
@@ -586,6 +651,19 @@ fn broken_on_purpose_a_rejected_passive_range_is_refused() {
         );
         assert_eq!(run.code, Some(7), "{flags:?}:\n{}", run.trace);
     }
+    let ca = gw.ca.display().to_string();
+    let (ok, report) = probe_in(&lab, &["--ca", &ca]);
+    assert!(!ok, "{report}");
+    has(
+        &report,
+        &[
+            "[FAIL] PASV data: 203.0.113.1:",
+            ": refused",
+            "nothing listens on 203.0.113.1:",
+            "forward the passive range",
+            "[FAIL] EPSV data:",
+        ],
+    );
 }
 
 #[test]
@@ -608,4 +686,18 @@ fn broken_on_purpose_a_wrong_external_address_sends_clients_nowhere() {
         let run = curl_download(&lab, &gw, flags);
         assert_eq!(run.code, Some(0), "{flags:?}:\n{}", run.trace);
     }
+    let ca = gw.ca.display().to_string();
+    let (ok, report) = probe_in(&lab, &["--ca", &ca]);
+    assert!(!ok, "{report}");
+    has(
+        &report,
+        &[
+            "[warn] PASV: 227 names 203.0.113.99:",
+            "another address than 203.0.113.1",
+            "[FAIL] PASV data: 203.0.113.99:",
+            "works: clients that use the 227's address fail",
+            "passive.external_address = \"203.0.113.1\"",
+            "[ ok ] EPSV data:",
+        ],
+    );
 }

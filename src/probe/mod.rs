@@ -68,7 +68,8 @@ impl<'a> Report<'a> {
     }
 }
 
-/// The fixes, in the order of the steps that need them: failures first, then warnings.
+/// The fixes, in the order of the steps that need them, failures first, then warnings; each
+/// once.
 pub fn fixes(checks: &[Check]) -> Vec<&str> {
     let of = |level| {
         checks
@@ -76,7 +77,13 @@ pub fn fixes(checks: &[Check]) -> Vec<&str> {
             .filter(move |c| c.level == level)
             .filter_map(|c| c.fix.as_deref())
     };
-    of(Level::Fail).chain(of(Level::Warn)).collect()
+    let mut out: Vec<&str> = Vec::new();
+    for fix in of(Level::Fail).chain(of(Level::Warn)) {
+        if !out.contains(&fix) {
+            out.push(fix);
+        }
+    }
+    out
 }
 
 /// How a passive data connection was reached: by PASV at the address it named or at the
@@ -128,12 +135,16 @@ impl Probe<'_> {
         self.protect(&mut ctl).await?;
         let pasv = self.pasv(&mut ctl, &tls).await;
         let epsv = self.epsv(&mut ctl, &tls).await;
-        if let Some(way) = epsv.or(pasv) {
-            self.reuse(&mut ctl, &tls, way).await;
+        let way = epsv.or(pasv);
+        if let Some(way) = way {
             self.download(&mut ctl, &tls, way).await;
         }
         if self.opts.active {
             self.active(&mut ctl, &tls).await;
+        }
+        // Last: a server that requires reuse may end the whole session when refusing (vsftpd).
+        if let Some(way) = way {
+            self.reuse(&mut ctl, &tls, way).await;
         }
         let _ = ctl.cmd("QUIT").await;
         Ok(())
@@ -216,11 +227,13 @@ impl Probe<'_> {
         let host = &self.opts.target.host;
         if let Err(e) = result {
             let refused = seen.refused.clone().unwrap_or_else(|| e.to_string());
-            let fix = if refused.contains("NotValidForName") {
+            let fix = if refused.contains("not valid for name")
+                || refused.contains("NotValidForName")
+            {
                 format!("the certificate {names}, not {host}: connect by one of those names, or give the server a certificate for {host}")
             } else if refused.contains("UnknownIssuer") {
                 "the certificate is not signed by a CA this machine trusts: give --ca FILE with the issuing CA (for a self-signed server, its own certificate)".to_string()
-            } else if refused.contains("Expired") {
+            } else if refused.contains("xpired") {
                 "the certificate has expired: renew it".to_string()
             } else {
                 "is TLS offered on this port, in this mode (ftps:// for implicit, ftp:// for explicit)?".to_string()

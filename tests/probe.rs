@@ -1,0 +1,200 @@
+//! `ftpsgate probe` on loopback, against servers whose faults are known: a healthy gateway
+//! (explicit and implicit, active too), one that advertises an address where nothing listens,
+//! a server without TLS, a server that requires TLS session reuse, and a certificate for
+//! another name. The NAT cases (dropped, rejected range, wrong external address) are in
+//! tests/nat.rs.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use common::*;
+
+/// `ftpsgate probe` with `args`: whether it passed, and its report.
+fn probe(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ftpsgate"))
+        .arg("probe")
+        .args(["--timeout", "5"])
+        .args(args)
+        .env("FTPSGATE_PROBE_PASSWORD", PASSWORD)
+        .env_remove("FTPSGATE_LOG")
+        .output()
+        .expect("run probe");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), report)
+}
+
+fn url(scheme: &str, at: SocketAddr) -> String {
+    format!("{scheme}://{USER}@{at}/")
+}
+
+fn has(report: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(report.contains(line), "{line:?} missing in\n{report}");
+    }
+}
+
+#[test]
+fn a_healthy_gateway_passes_every_step_explicit_implicit_and_active() {
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    vs.put("small.bin", 5_000);
+    let gw = TestGateway::start(vs.backend(), |_| {});
+    let ca = gw.ca.display().to_string();
+    let (ok, report) = probe(&["--ca", &ca, "--active", &url("ftp", gw.explicit)]);
+    println!("{report}");
+    assert!(ok, "{report}");
+    has(
+        &report,
+        &[
+            "[ ok ] connect: 127.0.0.1:",
+            "[ ok ] TLS: TLSv1_3, ",
+            "names localhost, 127.0.0.1, ::1",
+            ", verified",
+            "[ ok ] login: ftpsgate-test: 230",
+            "[ ok ] PASV: 227 names 127.0.0.1:",
+            "[ ok ] PASV data TLS: resumed the control connection's TLS session",
+            "[ ok ] EPSV data: 229 port ",
+            // ftpsgate requires data connections to resume the control session by default.
+            "[ ok ] TLS reuse: a data connection that does not resume the control session is refused",
+            "[ ok ] download: RETR small.bin: 5000 bytes, as SIZE said",
+            "[ ok ] active: the server connected back from 127.0.0.1:",
+            "summary: 0 failed, 0 warned",
+        ],
+    );
+    let (ok, report) = probe(&["--ca", &ca, &url("ftps", gw.implicit)]);
+    assert!(ok, "{report}");
+    has(
+        &report,
+        &["[ ok ] greeting: 220", "[ ok ] download: RETR small.bin"],
+    );
+
+    // --json, for scripts: one object with the same checks.
+    let (ok, json) = probe(&["--ca", &ca, "--json", &url("ftp", gw.explicit)]);
+    assert!(ok, "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("JSON report");
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["target"], url("ftp", gw.explicit));
+    let checks = v["checks"].as_array().expect("checks");
+    assert!(checks.iter().all(|c| c["level"] == "ok"), "{json}");
+    assert!(checks.iter().any(|c| c["what"] == "download"), "{json}");
+}
+
+#[test]
+fn an_external_address_where_nothing_listens_is_named_with_the_fix() {
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    vs.put("small.bin", 5_000);
+    let gw = TestGateway::start(vs.backend(), |s| {
+        s.passive.external_address = Some("127.0.0.99".into());
+    });
+    let ca = gw.ca.display().to_string();
+    let (ok, report) = probe(&["--ca", &ca, &url("ftp", gw.explicit)]);
+    println!("{report}");
+    assert!(!ok, "a client that trusts the 227 fails:\n{report}");
+    has(
+        &report,
+        &[
+            "[warn] PASV: 227 names 127.0.0.99:",
+            "a loopback address, but the server was reached at 127.0.0.1",
+            "[FAIL] PASV data: 127.0.0.99:",
+            ": refused; 127.0.0.1:",
+            "works: clients that use the 227's address fail",
+            "passive.external_address = \"127.0.0.1\"",
+            // EPSV carries no address, so it works.
+            "[ ok ] EPSV data:",
+            "summary: 1 failed, 1 warned",
+        ],
+    );
+}
+
+#[test]
+fn a_server_without_tls_fails_before_any_password_is_sent() {
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    let (ok, report) = probe(&["--insecure", &url("ftp", vs.addr)]);
+    println!("{report}");
+    assert!(!ok);
+    has(
+        &report,
+        &[
+            "[ ok ] greeting: 220",
+            "[FAIL] TLS: AUTH TLS answered 5",
+            "the server does not offer FTPS",
+        ],
+    );
+    assert!(!report.contains("] login:"), "{report}");
+}
+
+#[test]
+fn a_server_that_requires_tls_session_reuse_is_told_apart() {
+    let Some(vs) = FtpServer::vsftpd(VsTls::Explicit) else {
+        return;
+    };
+    vs.put("small.bin", 1_000);
+    let ca = vs.cert.as_ref().expect("cert").display().to_string();
+    let (ok, report) = probe(&["--ca", &ca, &url("ftp", vs.addr)]);
+    println!("{report}");
+    assert!(ok, "{report}");
+    has(
+        &report,
+        &[
+            "[ ok ] PASV data TLS: resumed the control connection's TLS session",
+            "is refused",
+            "the server requires reuse",
+            "[ ok ] download: RETR small.bin: 1000 bytes",
+        ],
+    );
+}
+
+#[test]
+fn a_certificate_for_another_name_fails_with_the_names_it_has() {
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pair = ftpsgate::tls::self_signed(&["other.example".into()]).expect("cert");
+    let (cert, key) = pair.write_to(dir.path()).expect("write");
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_low_port()));
+    let pool = free_low_range(4);
+    let _gw = KillOnDrop(
+        gateway_command(listen, vs.addr, (pool, 4), &cert, &key)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start ftpsgate"),
+    );
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || {
+            std::net::TcpStream::connect(listen).is_ok()
+        }),
+        "gateway did not start"
+    );
+    let ca = cert.display().to_string();
+    let (ok, report) = probe(&["--ca", &ca, &url("ftp", listen)]);
+    println!("{report}");
+    assert!(!ok);
+    has(
+        &report,
+        &[
+            "[FAIL] TLS: handshake failed: ",
+            "not valid for name \"127.0.0.1\"",
+            "the certificate names other.example",
+            "not 127.0.0.1: connect by one of those names",
+        ],
+    );
+}
