@@ -362,7 +362,7 @@ impl Probe<'_> {
         } else if let Some(kind) = not_public(advertised.ip()) {
             self.say(Level::Warn, "PASV", format!("227 names {advertised}, a {kind} address, but the server was reached at {reached}: it does not know its public address (the classic NAT fault)"), Some(fix.clone()));
         } else {
-            self.say(Level::Warn, "PASV", format!("227 names {advertised}, another address than {reached}, where the server was reached"), Some(format!("if {reached} is right, {fix}")));
+            self.say(Level::Warn, "PASV", format!("227 names {advertised}, another address than {reached}, where the server was reached"), Some(fix.clone()));
         }
         let what = "PASV data";
         let tcp = match dial(advertised, self.opts.timeout).await {
