@@ -360,6 +360,25 @@ fn server_21() -> SocketAddrV4 {
     SocketAddrV4::new(SERVER, 21)
 }
 
+/// curl using the 227's address (`--no-ftp-skip-pasv-ip`, PASV only) is sent to the FTP
+/// server's internal address, which the client has no route to.
+fn trusting_the_227_fails(lab: &Lab, url: &str, flags: &[&str]) {
+    let trusting = [
+        "--disable-epsv",
+        "--no-ftp-skip-pasv-ip",
+        url,
+        "-o",
+        "/dev/null",
+    ];
+    let run = curl_in(lab, &[flags, &trusting].concat());
+    assert!(
+        run.trace.contains("227 Entering Passive Mode (192,0,2,10,"),
+        "{}",
+        run.trace
+    );
+    assert_eq!(run.code, Some(7), "couldn't connect:\n{}", run.trace);
+}
+
 #[test]
 fn the_problem_vsftpd_behind_nat_without_pasv_address_hands_out_its_internal_address() {
     let Some(lab) = Lab::up(false) else { return };
@@ -371,22 +390,7 @@ fn the_problem_vsftpd_behind_nat_without_pasv_address_hands_out_its_internal_add
     let url = format!("ftp://{PUBLIC}/file.bin");
     // A client that trusts the 227 (FileZilla, Commons Net, ftplib by option) is sent to an
     // address the internet has no route to.
-    let run = curl_in(
-        &lab,
-        &[
-            "--disable-epsv",
-            "--no-ftp-skip-pasv-ip",
-            &url,
-            "-o",
-            "/dev/null",
-        ],
-    );
-    assert!(
-        run.trace.contains("227 Entering Passive Mode (192,0,2,10,"),
-        "{}",
-        run.trace
-    );
-    assert_eq!(run.code, Some(7), "couldn't connect:\n{}", run.trace);
+    trusting_the_227_fails(&lab, &url, &[]);
     // One that keeps the control connection's address (curl's default) reaches the router,
     // which forwards nothing there; EPSV (port only) the same.
     for flags in [&["--disable-epsv"][..], &[]] {
@@ -443,24 +447,7 @@ fn the_problem_ftps_through_the_same_helper_fails() {
     lab.natlab(&["helper"]);
     let url = format!("ftp://{PUBLIC}/file.bin");
     // The 227 travels inside TLS: the helper cannot read it, rewrite it, or expect its port.
-    let run = curl_in(
-        &lab,
-        &[
-            "--ssl-reqd",
-            "-k",
-            "--disable-epsv",
-            "--no-ftp-skip-pasv-ip",
-            &url,
-            "-o",
-            "/dev/null",
-        ],
-    );
-    assert!(
-        run.trace.contains("227 Entering Passive Mode (192,0,2,10,"),
-        "{}",
-        run.trace
-    );
-    assert_eq!(run.code, Some(7), "{}", run.trace);
+    trusting_the_227_fails(&lab, &url, &["--ssl-reqd", "-k"]);
     let run = curl_in(&lab, &["--ssl-reqd", "-k", &url, "-o", "/dev/null"]);
     assert!(run.trace.contains("Connection refused"), "{}", run.trace);
     assert_eq!(run.code, Some(7), "{}", run.trace);

@@ -9,12 +9,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{Resumption, WebPkiServerVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::tls::backend::add_bundle;
+use crate::tls::backend::{add_bundle, Accept};
 use crate::tls::store::subject_alt_names;
 
 /// What the server's certificate turned out to be.
@@ -41,8 +40,8 @@ pub struct ProbeTls {
 impl ProbeTls {
     pub fn new(host: &str, ca: Option<&Path>, insecure: bool) -> Result<ProbeTls, String> {
         let provider = crate::tls::provider();
-        let webpki = if insecure {
-            None
+        let inner: Arc<dyn ServerCertVerifier> = if insecure {
+            Arc::new(Accept::any(Arc::clone(&provider)))
         } else {
             let mut roots = RootCertStore::empty();
             for cert in rustls_native_certs::load_native_certs().certs {
@@ -54,16 +53,13 @@ impl ProbeTls {
             if roots.is_empty() {
                 return Err("no trusted roots: give --ca FILE, or --insecure".into());
             }
-            Some(
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-                    .build()
-                    .map_err(|e| e.to_string())?,
-            )
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+                .build()
+                .map_err(|e| e.to_string())?
         };
         let seen = Arc::new(Mutex::new(Seen::default()));
         let verifier = Arc::new(Recorder {
-            webpki,
-            provider: Arc::clone(&provider),
+            inner,
             seen: Arc::clone(&seen),
         });
         let mut config = ClientConfig::builder_with_provider(provider)
@@ -91,11 +87,11 @@ impl ProbeTls {
     }
 }
 
-/// Verifies as a browser would (or not at all with `--insecure`), and writes down what it saw.
+/// Verifies as a browser would (or accepts any certificate with `--insecure`), and writes
+/// down what it saw.
 #[derive(Debug)]
 struct Recorder {
-    webpki: Option<Arc<WebPkiServerVerifier>>,
-    provider: Arc<CryptoProvider>,
+    inner: Arc<dyn ServerCertVerifier>,
     seen: Arc<Mutex<Seen>>,
 }
 
@@ -108,12 +104,13 @@ impl ServerCertVerifier for Recorder {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let verdict = match &self.webpki {
-            Some(v) => {
-                v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-            }
-            None => Ok(ServerCertVerified::assertion()),
-        };
+        let verdict = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        );
         let mut seen = describe(end_entity);
         seen.chain_len = 1 + intermediates.len();
         seen.refused = verdict.as_ref().err().map(ToString::to_string);
@@ -129,12 +126,7 @@ impl ServerCertVerifier for Recorder {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.inner.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -143,18 +135,11 @@ impl ServerCertVerifier for Recorder {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.inner.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.inner.supported_verify_schemes()
     }
 }
 

@@ -112,10 +112,7 @@ fn verifier(
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
     if b.insecure_skip_verify {
-        return Ok(Arc::new(Accept {
-            pin: None,
-            provider: Arc::clone(provider),
-        }));
+        return Ok(Arc::new(Accept::any(Arc::clone(provider))));
     }
     if let Some(pin) = &b.pin_sha256 {
         return Ok(Arc::new(Accept {
@@ -160,12 +157,22 @@ pub(crate) fn add_bundle(roots: &mut RootCertStore, ca: &Path) -> Result<(), Tls
 }
 
 /// Accepts the backend's certificate by its pinned SHA-256, or (with no pin, only through
-/// `insecure_skip_verify`) any certificate. Handshake signatures are still checked, so the peer
-/// must hold the certificate's key.
+/// `insecure_skip_verify` or `probe --insecure`) any certificate. Handshake signatures are still
+/// checked, so the peer must hold the certificate's key.
 #[derive(Debug)]
-struct Accept {
+pub(crate) struct Accept {
     pin: Option<[u8; 32]>,
     provider: Arc<CryptoProvider>,
+}
+
+impl Accept {
+    /// Any certificate whose key signs the handshake.
+    pub(crate) fn any(provider: Arc<CryptoProvider>) -> Accept {
+        Accept {
+            pin: None,
+            provider,
+        }
+    }
 }
 
 impl ServerCertVerifier for Accept {

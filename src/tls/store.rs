@@ -268,11 +268,24 @@ fn certified(identity: Identity, provider: &CryptoProvider) -> Result<Arc<Certif
     )?))
 }
 
-/// The DNS names in a certificate's subjectAltName.
+/// The DNS names in a certificate's subjectAltName, as written (SNI selects by them).
 pub fn dns_names(der: &CertificateDer<'_>) -> Vec<String> {
-    let Ok((_, cert)) = X509Certificate::from_der(der) else {
-        return Vec::new();
-    };
+    match X509Certificate::from_der(der) {
+        Ok((_, cert)) => san_names(&cert, false),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The names a certificate answers to, lower-cased: the DNS names and IP addresses of its
+/// subjectAltName (what `doctor` and `probe` compare with the name clients use).
+pub fn subject_alt_names(cert: &X509Certificate<'_>) -> Vec<String> {
+    san_names(cert, true)
+        .into_iter()
+        .map(|n| n.to_ascii_lowercase())
+        .collect()
+}
+
+fn san_names(cert: &X509Certificate<'_>, with_ips: bool) -> Vec<String> {
     let Ok(Some(san)) = cert.subject_alternative_name() else {
         return Vec::new();
     };
@@ -281,23 +294,7 @@ pub fn dns_names(der: &CertificateDer<'_>) -> Vec<String> {
         .iter()
         .filter_map(|n| match n {
             GeneralName::DNSName(d) => Some(d.to_string()),
-            _ => None,
-        })
-        .collect()
-}
-
-/// The names a certificate answers to, lower-cased: the DNS names and IP addresses of its
-/// subjectAltName (what `doctor` and `probe` compare with the name clients use).
-pub fn subject_alt_names(cert: &X509Certificate<'_>) -> Vec<String> {
-    let Ok(Some(san)) = cert.subject_alternative_name() else {
-        return Vec::new();
-    };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
-            GeneralName::IPAddress(b) => ip_from_bytes(b).map(|ip| ip.to_string()),
+            GeneralName::IPAddress(b) if with_ips => ip_from_bytes(b).map(|ip| ip.to_string()),
             _ => None,
         })
         .collect()
