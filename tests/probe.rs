@@ -198,3 +198,53 @@ fn a_certificate_for_another_name_fails_with_the_names_it_has() {
         ],
     );
 }
+
+#[test]
+fn without_the_variable_the_password_is_asked_on_the_terminal_without_echo() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    if !have("script") {
+        return;
+    }
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    let gw = TestGateway::start(vs.backend(), |_| {});
+    // `script` gives the probe a terminal (a pty) whose input is this test's pipe.
+    let command = format!(
+        "{} probe --timeout 5 --ca {} {}",
+        env!("CARGO_BIN_EXE_ftpsgate"),
+        gw.ca.display(),
+        url("ftp", gw.explicit)
+    );
+    let mut child = KillOnDrop(
+        Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .env_remove("FTPSGATE_PROBE_PASSWORD")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("script"),
+    );
+    let mut out = BufReader::new(child.0.stdout.take().expect("stdout"));
+    let mut prompt = Vec::new();
+    // The prompt has no newline: read up to its colon.
+    out.read_until(b':', &mut prompt).expect("prompt");
+    let prompt = String::from_utf8_lossy(&prompt).into_owned();
+    assert!(
+        prompt.ends_with(&format!("password for {USER}:")),
+        "{prompt:?}"
+    );
+    let mut stdin = child.0.stdin.take().expect("stdin");
+    writeln!(stdin, "{PASSWORD}").expect("type the password");
+    let mut report = String::new();
+    out.read_to_string(&mut report).expect("report");
+    assert!(child.0.wait().expect("wait").success(), "{report}");
+    assert!(
+        report.contains("[ ok ] login: ftpsgate-test: 230"),
+        "{report}"
+    );
+    assert!(
+        !report.contains(PASSWORD),
+        "the password was echoed:\n{report}"
+    );
+}
