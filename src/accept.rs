@@ -79,7 +79,7 @@ impl Acceptor {
         {
             warn!(%peer, "connection refused: out of file descriptors");
             match self.mode {
-                Some(mode) => refuse(tcp, mode, "Out of resources").await,
+                Some(mode) => refuse(tcp, mode, "Out of resources; try again later.").await,
                 None => drop(tcp),
             }
         }
@@ -87,11 +87,12 @@ impl Acceptor {
     }
 }
 
-/// Tells a refused explicit-mode client why (`421`); an implicit-mode client only gets a close,
-/// since a reply would need a TLS handshake the gateway will not spend on it.
+/// Tells a refused explicit-mode client why (`421`, with `why` as its text); an implicit-mode
+/// client only gets a close, since a reply would need a TLS handshake the gateway will not
+/// spend on it.
 pub(crate) async fn refuse(mut tcp: TcpStream, mode: Mode, why: &'static str) {
     if mode == Mode::Explicit {
-        let line = format!("421 {why}; try again later.\r\n");
+        let line = format!("421 {why}\r\n");
         let _ = tokio::time::timeout(Duration::from_secs(2), tcp.write_all(line.as_bytes())).await;
     }
 }

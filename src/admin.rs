@@ -1,6 +1,6 @@
 //! The admin listener: `/metrics` (Prometheus/OpenMetrics text), `/healthz` (the process
-//! answers) and `/readyz` (the backend answers with its greeting, and the gateway is not
-//! draining). Plain HTTP/1.1 through hyper; it serves operators and probes, never FTP clients.
+//! answers), `/readyz` (the backend answers with its greeting, and the gateway is not
+//! draining) and `/bans` (the client addresses banned now, JSON). Plain HTTP/1.1 through hyper; it serves operators and probes, never FTP clients.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -48,8 +48,10 @@ async fn route(ctx: &Context, req: Request<Incoming>) -> Response<Full<Bytes>> {
     }
     match req.uri().path() {
         "/metrics" => {
-            // Read at scrape time rather than tracked on every lease and release.
+            // Read at scrape time rather than tracked on every lease, ban and reload.
             ctx.metrics.leases_in_use.set(ctx.pool.in_use() as i64);
+            ctx.metrics.bans_active.set(ctx.access.bans().len() as i64);
+            ctx.metrics.certificate_expiries(ctx.certs.expiries());
             let mut resp = text(StatusCode::OK, ctx.metrics.render());
             if let Ok(v) = OPENMETRICS.parse() {
                 resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
@@ -57,6 +59,17 @@ async fn route(ctx: &Context, req: Request<Incoming>) -> Response<Full<Bytes>> {
             resp
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
+        // The bans in force on this replica: [{"address": "...", "remaining_secs": N}].
+        "/bans" => match serde_json::to_string(&ctx.access.bans()) {
+            Ok(json) => {
+                let mut resp = text(StatusCode::OK, json + "\n");
+                if let Ok(v) = "application/json".parse() {
+                    resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+                }
+                resp
+            }
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        },
         "/readyz" => {
             if *ctx.draining.borrow() {
                 return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
@@ -74,7 +87,7 @@ async fn route(ctx: &Context, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz, /readyz\n",
+            "not found: try /metrics, /healthz, /readyz, /bans\n",
         ),
     }
 }

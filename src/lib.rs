@@ -8,6 +8,7 @@
 //! [`data`] (passive pool, data bridges) → [`ftp`] (pure protocol, no I/O).
 
 mod accept;
+pub(crate) mod access;
 pub(crate) mod admin;
 pub mod config;
 pub(crate) mod data;

@@ -92,6 +92,14 @@ pub enum Reason {
     bad_proxy_header,
     /// Every address of the chosen backend is down or unreachable.
     backend_down,
+    /// A client address outside `access.allow` or a route's `allow`, or inside a `deny`.
+    access_denied,
+    /// A client address banned after failed logins.
+    banned,
+    /// A user in `access.deny_users`.
+    denied_user,
+    /// A user other than the one the client certificate names (`tls.client_cert_user`).
+    certificate_user,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -125,6 +133,11 @@ struct BackendLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NameLabels {
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     outcome: Reload,
 }
@@ -142,6 +155,9 @@ pub struct Metrics {
     backends_up: Family<BackendLabels, Gauge>,
     refusals: Family<ReasonLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
+    /// Client addresses banned now (read at scrape time).
+    pub bans_active: Gauge,
+    certificate_expiry: Family<NameLabels, Gauge>,
 }
 
 impl Metrics {
@@ -157,6 +173,8 @@ impl Metrics {
         let backends_up = Family::default();
         let refusals = Family::default();
         let reloads = Family::default();
+        let bans_active = Gauge::default();
+        let certificate_expiry = Family::default();
         registry.register(
             "sessions_active",
             "Client sessions open now",
@@ -199,6 +217,16 @@ impl Metrics {
             refusals.clone(),
         );
         registry.register(
+            "bans_active",
+            "Client addresses banned now after failed logins",
+            bans_active.clone(),
+        );
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When each certificate in use expires (Unix time): default, and each SNI certificate by its first name",
+            certificate_expiry.clone(),
+        );
+        registry.register(
             "certificate_reloads",
             "Certificate reloads (SIGHUP or a file change) by outcome",
             reloads.clone(),
@@ -215,6 +243,8 @@ impl Metrics {
             backends_up,
             refusals,
             reloads,
+            bans_active,
+            certificate_expiry,
         })
     }
 
@@ -264,6 +294,16 @@ impl Metrics {
 
     pub fn reloaded(&self, outcome: Reload) {
         self.reloads.get_or_create(&ReloadLabels { outcome }).inc();
+    }
+
+    /// The certificates in use and their expiry times, replacing those of an earlier scrape.
+    pub fn certificate_expiries(&self, expiries: Vec<(String, i64)>) {
+        self.certificate_expiry.clear();
+        for (name, at) in expiries {
+            self.certificate_expiry
+                .get_or_create(&NameLabels { name })
+                .set(at);
+        }
     }
 
     pub fn refused(&self, reason: Reason) {

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{field, info, info_span, warn, Instrument};
 
 use crate::accept::{refuse, Acceptor};
+use crate::access::{Access, Barred};
 use crate::admin;
 use crate::config::Settings;
 use crate::data::PassivePool;
@@ -125,6 +126,7 @@ impl Gateway {
         let (draining, draining_rx) = watch::channel(false);
         Ok(Gateway {
             ctx: Arc::new(Context {
+                access: Access::new(&settings.access),
                 settings,
                 tls,
                 certs,
@@ -274,7 +276,15 @@ fn admit(
     if let Some(via) = via {
         span.record("via", field::display(via));
     }
-    match limits.admit(client.ip()) {
+    let admitted = match ctx.access.at_door(client.ip()) {
+        Ok(()) => limits.admit(client.ip()),
+        Err(Barred::Denied) => Err(("Access denied.", Reason::access_denied)),
+        Err(Barred::Banned(_)) => Err((
+            "Too many failed logins from your address; try again later.",
+            Reason::banned,
+        )),
+    };
+    match admitted {
         Ok(permit) => {
             limits.sessions.spawn(
                 async move {
@@ -328,10 +338,13 @@ impl SessionLimits {
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, (&'static str, Reason)> {
         let total = Arc::clone(&self.total)
             .try_acquire_owned()
-            .map_err(|_| ("Too many sessions", Reason::session_limit))?;
+            .map_err(|_| ("Too many sessions; try again later.", Reason::session_limit))?;
         let mut count = self.per_ip.entry(ip).or_insert(0);
         if *count >= self.max_per_ip {
-            return Err(("Too many sessions from your address", Reason::per_ip_limit));
+            return Err((
+                "Too many sessions from your address; try again later.",
+                Reason::per_ip_limit,
+            ));
         }
         *count += 1;
         Ok(Permit {

@@ -19,18 +19,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::AsyncReadExt;
 
 use common::*;
-
-fn pem_certs(path: &Path) -> Vec<CertificateDer<'static>> {
-    CertificateDer::pem_file_iter(path)
-        .expect("read PEM")
-        .collect::<Result<_, _>>()
-        .expect("parse PEM")
-}
 
 /// Connects, sends AUTH TLS, completes the handshake asking for `name` (SNI) and returns the
 /// certificate the gateway presented. `trusted` are the acceptable (self-signed) certificates.
@@ -491,41 +483,10 @@ fn doctor_passes_a_good_setup_and_names_what_is_broken_in_a_bad_one() {
     drop(held);
 }
 
-/// A client CA and one client certificate (CN=alice) signed by it, in PEM.
-struct ClientPki {
-    ca_pem: String,
-    cert: CertificateDer<'static>,
-    key_der: Vec<u8>,
-}
-
-fn client_pki() -> ClientPki {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-        IsCa, KeyPair,
-    };
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "ftpsgate test client CA");
-    let ca =
-        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.distinguished_name.push(DnType::CommonName, "alice");
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let key = KeyPair::generate().expect("key");
-    let cert = params.signed_by(&key, &ca).expect("client cert");
-    ClientPki {
-        ca_pem: ca.pem(),
-        cert: cert.der().clone(),
-        key_der: key.serialize_der(),
-    }
-}
-
 /// An FTPS session from a client that presents `identity` (or no certificate).
 async fn mtls_session(
     gw: &TestGateway,
-    identity: Option<&ClientPki>,
+    identity: Option<&ClientCert>,
 ) -> Result<suppaftp::tokio::AsyncRustlsFtpStream, String> {
     use suppaftp::tokio::{AsyncRustlsConnector, AsyncRustlsFtpStream};
     let mut roots = rustls::RootCertStore::empty();
@@ -562,10 +523,11 @@ async fn mtls_session(
 
 #[test]
 fn client_certificates_are_required_or_optional_as_configured() {
-    let pki = client_pki();
+    let clients = ClientCa::new();
+    let pki = clients.client("alice", None);
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = dir.path().join("clients-ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).expect("write CA");
+    std::fs::write(&ca, &clients.pem).expect("write CA");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
 
     let required_ca = ca.clone();

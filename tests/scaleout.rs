@@ -46,7 +46,7 @@ fn replica(backend: &FtpServer, index: u16, cert: &(PathBuf, PathBuf)) -> TestGa
         s.passive.replica_index = index;
         s.passive.external_address = Some("127.0.0.1".into());
         s.proxy_protocol.trusted =
-            ftpsgate::config::Trusted::new(vec!["127.0.0.1/32".parse().expect("net")]);
+            ftpsgate::config::Networks::new(vec!["127.0.0.1/32".parse().expect("net")]);
         s.admin.listen = Some(SocketAddr::from((ip, 0)));
     })
 }

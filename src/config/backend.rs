@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::values::one_or_more;
-use super::{Bad, ConfigError, Fingerprint, HostPort, Settings, TlsVersion};
+use super::{Bad, ConfigError, Fingerprint, HostPort, Networks, Settings, TlsVersion};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -25,6 +25,11 @@ pub struct BackendSettings {
     /// For a route: names in the client's `HOST` command (RFC 7151) that select it, matched
     /// as `sni` is.
     pub hosts: Vec<String>,
+    /// For a route: client networks let in once a session is known to be for it (the SNI
+    /// name, HOST or `USER name@route`), on top of `[access] allow`. Empty: all.
+    pub allow: Networks,
+    /// For a route: client networks kept out of it; wins over `allow`. Refused with 421.
+    pub deny: Networks,
     /// How the gateway talks to the backend: `none` (plain FTP), `explicit` (AUTH TLS, then
     /// PBSZ 0 and PROT P after login) or `implicit` (TLS from the first byte).
     pub tls: BackendTlsMode,
@@ -68,6 +73,8 @@ impl Default for BackendSettings {
             balance: Balance::RoundRobin,
             sni: Vec::new(),
             hosts: Vec::new(),
+            allow: Networks::default(),
+            deny: Networks::default(),
             tls: BackendTlsMode::None,
             ca: None,
             server_name: None,

@@ -4,9 +4,11 @@
 //!
 //! One file per group of tables, each type beside its own checks: [`backend`] (`[backend]`,
 //! `[routes.NAME]`, `[routing]`), [`tls`], [`network`] (listeners, passive and active mode,
-//! PROXY protocol, admin, timeouts, limits), shared [`values`], and the [`overrides`] that
+//! PROXY protocol, admin, timeouts, limits), [`access`] (address rules, bans, denied users),
+//! shared [`values`], and the [`overrides`] that
 //! flags and variables apply.
 
+mod access;
 mod backend;
 mod network;
 mod overrides;
@@ -18,6 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use access::AccessSettings;
 pub use backend::{
     BackendDataMode, BackendSettings, BackendTlsMode, Balance, DataProtection, ProxyVersion,
     RoutingSettings,
@@ -27,8 +30,8 @@ pub use network::{
     Timeouts,
 };
 pub use overrides::Overrides;
-pub use tls::{CertPair, ClientAuth, ReuseMode, TlsSettings, TlsVersion};
-pub use values::{Fingerprint, HostPort, PortRange, Switch, Trusted};
+pub use tls::{CertPair, CertUser, ClientAuth, ReuseMode, TlsSettings, TlsVersion};
+pub use values::{Fingerprint, HostPort, Networks, PortRange, Switch};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -72,6 +75,7 @@ pub struct Settings {
     pub limits: Limits,
     pub admin: AdminSettings,
     pub proxy_protocol: ProxyProtocolSettings,
+    pub access: AccessSettings,
 }
 
 impl Default for Settings {
@@ -89,6 +93,7 @@ impl Default for Settings {
             limits: Limits::default(),
             admin: AdminSettings::default(),
             proxy_protocol: ProxyProtocolSettings::default(),
+            access: AccessSettings::default(),
         }
     }
 }
@@ -140,6 +145,7 @@ impl Settings {
         self.tls.validate(&bad)?;
         self.passive.validate(&bad)?;
         self.timeouts.validate(&bad)?;
+        self.access.validate(&bad)?;
         self.limits.validate(&bad)
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Bad, ConfigError, PortRange, Switch, Trusted};
+use super::{Bad, ConfigError, Networks, PortRange, Switch};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -156,7 +156,7 @@ pub struct ProxyProtocolSettings {
     /// Networks of the balancers whose PROXY v2 headers are believed (e.g. "10.0.0.0/8").
     /// Connections from them, control and data alike, must start with a header; from anyone
     /// else none is read. Empty: no PROXY protocol.
-    pub trusted: Trusted,
+    pub trusted: Networks,
 }
 
 /// The admin listener: `/metrics`, `/healthz`, `/readyz`. Off unless `listen` is set; keep it on

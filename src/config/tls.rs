@@ -34,6 +34,18 @@ pub struct TlsSettings {
     /// CA bundle (PEM) that client certificates must chain to; needed unless `client_auth` is
     /// `none`.
     pub client_ca: Option<PathBuf>,
+    /// Bind logins to client certificates: a session may log in only as the user its
+    /// certificate names, its subject's CN (`"cn"`) or the local part of its rfc822Name
+    /// (`"email"`). A second factor the backend never has to know about. Unset: no binding.
+    pub client_cert_user: Option<CertUser>,
+}
+
+/// Which name in a client certificate is the user it may log in as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertUser {
+    Cn,
+    Email,
 }
 
 /// A PEM certificate chain and its key.
@@ -66,6 +78,7 @@ impl Default for TlsSettings {
             watch: true,
             client_auth: ClientAuth::None,
             client_ca: None,
+            client_cert_user: None,
         }
     }
 }
@@ -102,6 +115,12 @@ impl TlsSettings {
             return Err(bad(
                 "tls.client_ca".into(),
                 "client_auth needs a CA bundle to check client certificates against".into(),
+            ));
+        }
+        if self.client_cert_user.is_some() && self.client_auth == ClientAuth::None {
+            return Err(bad(
+                "tls.client_cert_user".into(),
+                "binds logins to client certificates: set tls.client_auth to \"required\" (or \"optional\", refusing logins without one)".into(),
             ));
         }
         if !self.sni.is_empty() && self.cert.is_none() {

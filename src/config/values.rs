@@ -45,14 +45,25 @@ pub enum Switch {
     Off,
 }
 
-/// The load balancers whose PROXY headers are believed: CIDR networks.
+/// A list of CIDR networks: the load balancers whose PROXY headers are believed, the clients
+/// let in or kept out.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Trusted(Vec<ipnet::IpNet>);
+pub struct Networks(Vec<ipnet::IpNet>);
 
-impl Trusted {
+impl Networks {
     pub fn new(nets: Vec<ipnet::IpNet>) -> Self {
-        Trusted(nets)
+        Networks(nets)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether a client at `ip` passes `allow` (empty: everyone) and `deny` (wins): the rule
+    /// of `[access]` and of each route.
+    pub fn admits(allow: &Networks, deny: &Networks, ip: IpAddr) -> bool {
+        !deny.contains(ip) && (allow.is_empty() || allow.contains(ip))
     }
 
     /// An IPv4-mapped IPv6 address counts as the IPv4 address it carries.
@@ -225,14 +236,35 @@ mod tests {
 
     #[test]
     fn only_listed_networks_are_trusted() {
-        let t = Trusted::new(vec!["10.0.0.0/8".parse().expect("net")]);
+        let t = Networks::new(vec!["10.0.0.0/8".parse().expect("net")]);
         assert!(t.contains("10.1.2.3".parse().expect("ip")));
         assert!(
             t.contains("::ffff:10.1.2.3".parse().expect("ip")),
             "mapped IPv4"
         );
         assert!(!t.contains("192.0.2.1".parse().expect("ip")));
-        assert!(!Trusted::default().contains("10.1.2.3".parse().expect("ip")));
+        assert!(!Networks::default().contains("10.1.2.3".parse().expect("ip")));
+    }
+
+    #[test]
+    fn deny_wins_and_an_empty_allow_lets_everyone_in() {
+        let nets =
+            |list: &[&str]| Networks::new(list.iter().map(|n| n.parse().expect("net")).collect());
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let (none, lan) = (nets(&[]), nets(&["10.0.0.0/8"]));
+        assert!(Networks::admits(&none, &none, ip("192.0.2.1")));
+        assert!(!Networks::admits(&lan, &none, ip("192.0.2.1")));
+        assert!(Networks::admits(&lan, &none, ip("10.9.9.9")));
+        assert!(!Networks::admits(
+            &lan,
+            &nets(&["10.9.0.0/16"]),
+            ip("10.9.9.9")
+        ));
+        assert!(!Networks::admits(
+            &none,
+            &nets(&["::/0", "0.0.0.0/0"]),
+            ip("::ffff:10.0.0.1")
+        ));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::error::BridgeError;
 use super::params::BridgeParams;
-use crate::config::{ReuseMode, Trusted};
+use crate::config::{Networks, ReuseMode};
 use crate::metrics::{Channel, Reason};
 use crate::proxy_protocol;
 use crate::stream::Stream;
@@ -93,7 +93,7 @@ pub(super) async fn secure(tcp: TcpStream, params: &BridgeParams) -> Result<Stre
 pub(super) async fn accept_from(
     listener: &TcpListener,
     allowed: IpAddr,
-    trusted: Option<&Trusted>,
+    trusted: Option<&Networks>,
     params: &BridgeParams,
 ) -> io::Result<TcpStream> {
     loop {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rustls::ServerConfig;
 
-use crate::config::{ReuseMode, Trusted};
+use crate::config::{Networks, ReuseMode};
 use crate::metrics::Metrics;
 use crate::tls::backend::BackendSession;
 use crate::tls::binding::Siblings;
@@ -31,5 +31,5 @@ pub struct BridgeParams {
     pub backend_tls: Option<BackendSession>,
     pub metrics: Arc<Metrics>,
     /// Balancers whose PROXY headers name the client on a data connection.
-    pub trusted: Trusted,
+    pub trusted: Networks,
 }

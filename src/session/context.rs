@@ -7,6 +7,7 @@ use std::sync::Arc;
 use rustls::ServerConfig;
 use tokio::sync::watch;
 
+use crate::access::Access;
 use crate::config::Settings;
 use crate::data::PassivePool;
 use crate::ftp::Reply;
@@ -18,6 +19,8 @@ use crate::upstream::{BackendError, RouteError, Router};
 /// What every session shares.
 pub struct Context {
     pub settings: Settings,
+    /// Address rules, bans and denied users (see [`crate::access`]).
+    pub access: Access,
     /// The base TLS config; each session clones it (see [`tls::session_config`]).
     pub tls: Arc<ServerConfig>,
     /// The certificates behind `tls`, reloadable.

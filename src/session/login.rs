@@ -4,11 +4,13 @@
 
 use std::sync::Arc;
 
-use tracing::{info, Span};
+use tracing::{info, warn, Span};
 
 use super::phase::Phase;
 use super::refusal::{Halt, Refusal};
 use super::Session;
+use crate::access::Barred;
+use crate::config::Networks;
 use crate::ftp::{escaped, Command, Verb};
 use crate::tls;
 use crate::upstream::Upstream;
@@ -35,6 +37,13 @@ impl Session {
     /// USER and PASS, relayed. The session's user changes only when the backend says 230: a
     /// name it refused never reaches a log line, a metric or a route decision.
     pub(super) async fn login(&mut self, mut cmd: Command) -> Result<(), Halt> {
+        let ip = self.client.peer.ip();
+        if let Err(Barred::Banned(left)) = self.ctx.access.not_banned(ip) {
+            return Err(Refusal::Banned { left }.into());
+        }
+        if cmd.verb() == Verb::Pass && !self.phase.is_logged_in() && self.attempt.is_none() {
+            return Err(Refusal::PassWithoutUser.into());
+        }
         if cmd.verb() == Verb::User {
             let mut user = cmd.arg_text();
             // `USER name@route`: the route is the gateway's business; the backend sees `name`.
@@ -55,6 +64,7 @@ impl Session {
                     }
                 }
             }
+            self.front_door(user.clone()).await?;
             self.attempt = Some(user);
         }
         let reply = self.forward(&cmd).await?;
@@ -70,6 +80,9 @@ impl Session {
             }
             info!("logged in");
         } else if reply.code() >= 400 {
+            if cmd.verb() == Verb::Pass && reply.code() == 530 {
+                self.failed_login().await;
+            }
             self.attempt = None;
             if let Phase::LoggingIn(waiting) = &mut self.phase {
                 if std::mem::take(&mut waiting.route_by_user) {
@@ -80,6 +93,45 @@ impl Session {
             info!(code = reply.code(), "login refused by backend");
         }
         Ok(self.client.send(&reply).await?)
+    }
+
+    /// The gateway's own rules for a USER, before any backend hears it: the route's address
+    /// rules (the route is known by now), denied users, and the user a client certificate
+    /// names.
+    async fn front_door(&mut self, user: String) -> Result<(), Halt> {
+        let route = self
+            .fixed_route()
+            .unwrap_or_else(|| Arc::clone(self.ctx.router.default_route()));
+        let rules = &route.settings;
+        if !Networks::admits(&rules.allow, &rules.deny, self.client.peer.ip()) {
+            let route = route.name.clone();
+            return Err(Refusal::RouteDenied { route }.into());
+        }
+        if self.ctx.access.denies_user(&user) {
+            self.failed_login().await;
+            return Err(Refusal::DeniedUser { user }.into());
+        }
+        if let Some(field) = self.ctx.settings.tls.client_cert_user {
+            let certified = self.client.certificate_user(field);
+            if certified.as_deref() != Some(user.as_str()) {
+                self.failed_login().await;
+                return Err(Refusal::CertificateUser { user, certified }.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// A failed login: counted toward a ban of the client's address, and its reply held back
+    /// by `access.failed_login_delay_secs`.
+    async fn failed_login(&self) {
+        let ip = self.client.peer.ip();
+        if self.ctx.access.failed_login(ip) {
+            warn!(
+                ban_secs = self.ctx.settings.access.ban_secs,
+                "address banned after failed logins"
+            );
+        }
+        tokio::time::sleep(self.ctx.access.failed_login_delay()).await;
     }
 
     /// Who the session is for the TLS binding: the user the backend accepted, on its route.

@@ -5,12 +5,13 @@
 //! alert.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use tracing::{info, warn};
 
 use super::Fatal;
 use crate::data::{BridgeError, PoolError};
-use crate::ftp::{addr::AddrError, CommandError, LineError, Reply};
+use crate::ftp::{addr::AddrError, escaped, CommandError, LineError, Reply};
 use crate::metrics::Reason;
 use crate::upstream::{BackendError, RouteError};
 
@@ -119,6 +120,25 @@ pub(super) enum Refusal {
     },
     /// The gateway is shutting down and the session is idle. The session ends.
     ShuttingDown,
+    /// A login attempt from an address banned after failed logins. The session ends.
+    Banned {
+        left: Duration,
+    },
+    /// The route's `allow`/`deny` keep this client out. The session ends.
+    RouteDenied {
+        route: String,
+    },
+    /// A user in `access.deny_users`: never sent to a backend.
+    DeniedUser {
+        user: String,
+    },
+    /// A user other than the one the client certificate names (`tls.client_cert_user`).
+    CertificateUser {
+        user: String,
+        certified: Option<String>,
+    },
+    /// PASS without a USER the gateway passed on (one it refused, say).
+    PassWithoutUser,
 }
 
 impl Refusal {
@@ -197,6 +217,13 @@ impl Refusal {
                 return Reply::new(421, &text);
             }
             ShuttingDown => (421, "Service shutting down; please reconnect later."),
+            Banned { .. } => (
+                421,
+                "Too many failed logins from your address; try again later.",
+            ),
+            RouteDenied { .. } => (421, "Access denied."),
+            DeniedUser { .. } | CertificateUser { .. } => (530, "Login incorrect."),
+            PassWithoutUser => (503, "Login with USER first."),
             BackendDown(_) => (
                 421,
                 "Service not available: the FTP server cannot be reached.",
@@ -218,6 +245,10 @@ impl Refusal {
             Timeout { .. } => Reason::timeout,
             ShuttingDown => Reason::shutting_down,
             BackendDown(_) => Reason::backend_down,
+            Banned { .. } => Reason::banned,
+            RouteDenied { .. } => Reason::access_denied,
+            DeniedUser { .. } => Reason::denied_user,
+            CertificateUser { .. } => Reason::certificate_user,
             _ => return None,
         })
     }
@@ -230,6 +261,8 @@ impl Refusal {
                 | Refusal::Timeout { .. }
                 | Refusal::ShuttingDown
                 | Refusal::BackendDown(_)
+                | Refusal::Banned { .. }
+                | Refusal::RouteDenied { .. }
         )
     }
 
@@ -275,6 +308,19 @@ impl Refusal {
             Timeout { why } => info!(timeout = why, "session timed out"),
             ShuttingDown => info!("gateway shutting down; closing idle session"),
             BackendDown(e) => warn!(error = %e, "backend unreachable"),
+            Banned { left } => {
+                warn!(
+                    ban_left_secs = left.as_secs(),
+                    "login refused: address banned"
+                )
+            }
+            RouteDenied { route } => warn!(%route, "refused: the route's access rules"),
+            DeniedUser { user } => warn!(user = %escaped(user), "login refused: denied user"),
+            CertificateUser { user, certified } => warn!(
+                user = %escaped(user),
+                certified = %escaped(certified.as_deref().unwrap_or("(no certificate)")),
+                "login refused: not the user the client certificate names"
+            ),
             _ => {}
         }
     }

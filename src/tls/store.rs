@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use super::{parse_identity, Identity, TlsError};
-use crate::config::{CertPair, TlsSettings};
+use crate::config::{CertPair, CertUser, TlsSettings};
 use crate::metrics::{Metrics, Reload};
 
 /// Where the certificates come from.
@@ -112,6 +112,35 @@ impl CertStore {
                 warn!(trigger = why, error = %e, "certificate reload failed; keeping the old certificates")
             }
         }
+    }
+
+    /// When each certificate now in use expires (Unix seconds), by name: `default` for the
+    /// default one, and each SNI certificate by the first of its names (sorted). For
+    /// `ftpsgate_certificate_expiry_timestamp_seconds`, read at scrape time so reloads show.
+    pub fn expiries(&self) -> Vec<(String, i64)> {
+        let certs = self.certs();
+        let not_after = |key: &CertifiedKey| {
+            let der = key.end_entity_cert().ok()?;
+            let (_, cert) = X509Certificate::from_der(der).ok()?;
+            Some(cert.validity().not_after.timestamp())
+        };
+        let mut out: Vec<(String, i64)> = Vec::new();
+        if let Some(t) = not_after(&certs.default) {
+            out.push(("default".into(), t));
+        }
+        let mut names: Vec<(&String, &Arc<CertifiedKey>)> = certs.by_name.iter().collect();
+        names.sort_by(|a, b| a.0.cmp(b.0));
+        let mut seen: Vec<&Arc<CertifiedKey>> = Vec::new();
+        for (name, key) in names {
+            if seen.iter().any(|k| Arc::ptr_eq(k, key)) {
+                continue;
+            }
+            seen.push(key);
+            if let Some(t) = not_after(key) {
+                out.push((name.clone(), t));
+            }
+        }
+        out
     }
 
     /// The default certificate chain now in use.
@@ -305,6 +334,29 @@ fn ip_from_bytes(b: &[u8]) -> Option<std::net::IpAddr> {
         4 => <[u8; 4]>::try_from(b).ok().map(std::net::IpAddr::from),
         16 => <[u8; 16]>::try_from(b).ok().map(std::net::IpAddr::from),
         _ => None,
+    }
+}
+
+/// The user a client certificate names: its subject's common name, or the local part of its
+/// first rfc822Name (email) in the subjectAltName.
+pub fn certificate_user(der: &CertificateDer<'_>, field: CertUser) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    match field {
+        CertUser::Cn => cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_string),
+        CertUser::Email => {
+            let san = cert.subject_alternative_name().ok()??;
+            san.value.general_names.iter().find_map(|n| match n {
+                GeneralName::RFC822Name(mail) => {
+                    mail.split_once('@').map(|(local, _)| local.to_string())
+                }
+                _ => None,
+            })
+        }
     }
 }
 

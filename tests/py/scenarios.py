@@ -817,6 +817,54 @@ def s_host_conflict(args):
     print(f"host conflict: {resp}")
 
 
+def secured_from(args, source):
+    """A control connection from `source`, after AUTH TLS, not logged in."""
+    ftp = ReusingFTP_TLS(context=context(args), timeout=30, source_address=(source, 0))
+    ftp.connect(args.host, args.port)
+    ftp.auth()
+    return ftp
+
+
+def s_bans(args):
+    """--failures wrong passwords from --source, each answered only after --delay seconds,
+    ban it: a new connection hears 421 at once, and a session opened before the ban hears 421
+    at its next login attempt, even with the right password; --other logs in meanwhile."""
+    waiting = secured_from(args, args.source)
+    for i in range(args.failures):
+        ftp = secured_from(args, args.source)
+        started = time.monotonic()
+        try:
+            ftp.login(args.user, f"wrong-{i}")
+            fail("a wrong password was accepted")
+        except ftplib.error_perm as e:
+            check(str(e).startswith("530"), f"wrong password {i}: {e}")
+        took = time.monotonic() - started
+        check(took >= args.delay * 0.9, f"failed login answered after {took:.2f}s, within the delay")
+        ftp.close()
+    try:
+        secured_from(args, args.source)
+        fail("the banned address got in")
+    except ftplib.error_temp as e:
+        check(str(e).startswith("421"), f"banned connection: {e}")
+    try:
+        waiting.login(args.user, args.password)
+        fail("the session opened before the ban logged in")
+    except ftplib.error_temp as e:
+        check(str(e).startswith("421"), f"banned session: {e}")
+    other = secured_from(args, args.other)
+    other.login(args.user, args.password)
+    other.quit()
+    print(f"{args.source} banned after {args.failures} failures; {args.other} logged in")
+
+
+def s_login_from(args):
+    """The right password from --source logs in."""
+    ftp = secured_from(args, args.source)
+    ftp.login(args.user, args.password)
+    ftp.quit()
+    print(f"{args.source} logged in")
+
+
 SCENARIOS = {name[2:].replace("_", "-"): fn for name, fn in globals().items() if name.startswith("s_")}
 
 
@@ -846,6 +894,9 @@ def main():
     p.add_argument("--expect", help="host: the SHA-256 it must have")
     p.add_argument("--deadline", type=float, default=30, help="timeouts.data_connection_secs")
     p.add_argument("--seed", type=int, default=959)
+    p.add_argument("--other", default="127.0.0.8", help="bans: an address that is not banned")
+    p.add_argument("--failures", type=int, default=3, help="bans: access.max_failed_logins")
+    p.add_argument("--delay", type=float, default=1, help="bans: access.failed_login_delay_secs")
     args = p.parse_args()
     SCENARIOS[args.scenario](args)
 
