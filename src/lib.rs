@@ -10,6 +10,7 @@
 mod accept;
 pub(crate) mod access;
 pub(crate) mod admin;
+pub(crate) mod audit;
 pub mod config;
 pub(crate) mod data;
 #[cfg(feature = "demo")]

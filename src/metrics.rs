@@ -157,6 +157,7 @@ pub struct Metrics {
     reloads: Family<ReloadLabels, Counter>,
     /// Client addresses banned now (read at scrape time).
     pub bans_active: Gauge,
+    pub audit_write_errors: Counter,
     certificate_expiry: Family<NameLabels, Gauge>,
 }
 
@@ -174,6 +175,7 @@ impl Metrics {
         let refusals = Family::default();
         let reloads = Family::default();
         let bans_active = Gauge::default();
+        let audit_write_errors = Counter::default();
         let certificate_expiry = Family::default();
         registry.register(
             "sessions_active",
@@ -222,6 +224,11 @@ impl Metrics {
             bans_active.clone(),
         );
         registry.register(
+            "audit_write_errors",
+            "Audit records that could not be written",
+            audit_write_errors.clone(),
+        );
+        registry.register(
             "certificate_expiry_timestamp_seconds",
             "When each certificate in use expires (Unix time): default, and each SNI certificate by its first name",
             certificate_expiry.clone(),
@@ -244,6 +251,7 @@ impl Metrics {
             refusals,
             reloads,
             bans_active,
+            audit_write_errors,
             certificate_expiry,
         })
     }

@@ -21,6 +21,7 @@ use tracing::{field, info, info_span, warn, Instrument};
 use crate::accept::{refuse, Acceptor};
 use crate::access::{Access, Barred};
 use crate::admin;
+use crate::audit::{Audit, Event, Who};
 use crate::config::Settings;
 use crate::data::PassivePool;
 use crate::fdlimit;
@@ -41,6 +42,8 @@ pub enum StartError {
     External(String),
     #[error("{0}")]
     Descriptors(String),
+    #[error("audit.log {file}: {source}")]
+    Audit { file: String, source: io::Error },
 }
 
 /// A gateway with its listeners bound, ready to serve.
@@ -83,6 +86,17 @@ impl Gateway {
             }
         }
         let metrics = Metrics::new();
+        let audit = Audit::open(settings.audit.log.as_deref(), settings.audit.sha256).map_err(
+            |source| StartError::Audit {
+                file: settings
+                    .audit
+                    .log
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                source,
+            },
+        )?;
         let (certs, generated) = CertStore::load(&settings.tls, tls::provider())?;
         if generated {
             warn!("no tls.cert/tls.key configured: using a generated self-signed certificate; clients will not trust it");
@@ -127,6 +141,7 @@ impl Gateway {
         Ok(Gateway {
             ctx: Arc::new(Context {
                 access: Access::new(&settings.access),
+                audit,
                 settings,
                 tls,
                 certs,
@@ -155,11 +170,15 @@ impl Gateway {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// Reloads the certificates now (SIGHUP), keeping the old ones if the files are bad.
-    /// Returns a handle that can do it again after `serve` has taken the gateway.
+    /// SIGHUP: reloads the certificates now, keeping the old ones if the files are bad, and
+    /// reopens the audit log. Returns a handle that can do it again after `serve` has taken
+    /// the gateway.
     pub fn reloader(&self) -> impl Fn() + Send + 'static {
         let ctx = Arc::clone(&self.ctx);
-        move || ctx.certs.reload_and_log("SIGHUP", &ctx.metrics)
+        move || {
+            ctx.certs.reload_and_log("SIGHUP", &ctx.metrics);
+            ctx.audit.reopen();
+        }
     }
 
     /// The bound addresses of the listeners of one mode (useful with port 0).
@@ -292,7 +311,8 @@ fn admit(
                     ctx.metrics.sessions_active.inc();
                     if let Ok(local) = tcp.local_addr() {
                         let _ = tcp.set_nodelay(true);
-                        session::serve(Arc::clone(&ctx), Box::new(tcp), local, mode, client).await;
+                        let io = Box::new(tcp);
+                        session::serve(Arc::clone(&ctx), io, local, mode, client, id).await;
                     }
                     ctx.metrics.sessions_active.dec();
                     drop(permit);
@@ -303,7 +323,20 @@ fn admit(
         Err((why, reason)) => {
             let _enter = span.enter();
             info!(reason = why, "connection refused");
+            let name = format!("{reason:?}");
             ctx.metrics.refused(reason);
+            let who = Who {
+                session: id,
+                client: client.ip(),
+                user: None,
+                route: None,
+            };
+            let event = Event::Refusal {
+                who,
+                reason: &name,
+                reply: 421,
+            };
+            ctx.audit.record(&event, &ctx.metrics);
             tokio::spawn(refuse(tcp, mode, why));
         }
     }

@@ -352,3 +352,207 @@ fn check_refuses_a_malformed_cidr_and_an_unknown_access_key_naming_them() {
         assert!(err.contains(names), "{text}: {err}");
     }
 }
+
+/// The audit log's lines, parsed.
+fn audit_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object a line"))
+        .collect()
+}
+
+fn transfers<'a>(lines: &'a [serde_json::Value], command: &str) -> Vec<&'a serde_json::Value> {
+    lines
+        .iter()
+        .filter(|l| l["event"] == "transfer" && l["command"] == command)
+        .collect()
+}
+
+#[test]
+fn the_audit_log_records_transfers_with_their_sha256_and_logins() {
+    if !have("curl") {
+        return;
+    }
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    let want = vs.put("audited.bin", MIB);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("audit.jsonl");
+    let audit = log.clone();
+    let gw = TestGateway::start(vs.backend(), move |s| {
+        with_admin(s);
+        s.audit.log = Some(audit);
+        s.audit.sha256 = true;
+        s.access.failed_login_delay_secs = 0;
+    });
+    let base = format!("ftp://127.0.0.1:{}/", gw.explicit.port());
+    let login = format!("{USER}:{PASSWORD}");
+    let got = dir.path().join("got.bin");
+    let up = dir.path().join("up.bin");
+    let up_sha = random_file(&up, 300_001);
+    for args in [
+        vec![
+            "-o".into(),
+            got.display().to_string(),
+            format!("{base}audited.bin"),
+        ],
+        vec![
+            "-T".into(),
+            up.display().to_string(),
+            format!("{base}uploaded.bin"),
+        ],
+    ] {
+        let out = curl(&gw, 30)
+            .args(["--ssl-reqd", "--user", &login])
+            .args(&args)
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "{}", trace(&out));
+    }
+    assert_eq!(sha256_file(&got), want);
+    let wrong = curl_from(&gw, "127.0.0.1", &format!("{USER}:wrong"), &[]);
+    assert_eq!(wrong.status.code(), Some(67));
+
+    let lines = audit_lines(&log);
+    let retr = transfers(&lines, "RETR");
+    let stor = transfers(&lines, "STOR");
+    assert_eq!((retr.len(), stor.len()), (1, 1), "{lines:#?}");
+    let (retr, stor) = (retr[0], stor[0]);
+    assert_eq!(retr["sha256"], want.as_str(), "the file on disk");
+    assert_eq!(retr["bytes"], MIB as u64);
+    assert_eq!(retr["direction"], "download");
+    assert_eq!(retr["path"], "audited.bin");
+    assert_eq!(stor["sha256"], up_sha.as_str(), "the uploaded file");
+    assert_eq!(sha256_file(&vs.root.join("uploaded.bin")), up_sha);
+    assert_eq!(stor["direction"], "upload");
+    for t in [retr, stor] {
+        assert_eq!(t["outcome"], "ok");
+        assert_eq!(t["user"], USER);
+        assert_eq!(t["client"], "127.0.0.1");
+        assert_eq!(t["route"], "default");
+        assert_eq!(t["tls_version"], "TLSv1_3");
+        assert!(t["session"].as_u64().is_some() && t["duration_ms"].as_u64().is_some());
+        assert!(t["time"].as_str().is_some_and(|s| s.ends_with('Z')), "{t}");
+    }
+    let logins = |outcome: &str| {
+        lines
+            .iter()
+            .filter(|l| l["event"] == "login" && l["outcome"] == outcome && l["user"] == USER)
+            .count()
+    };
+    assert_eq!((logins("ok"), logins("failed")), (2, 1), "{lines:#?}");
+}
+
+#[test]
+fn audit_write_errors_are_counted_and_transfers_go_on() {
+    if !have("curl") {
+        return;
+    }
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    let want = vs.put("still.bin", 100_000);
+    // Every write to /dev/full fails (ENOSPC), as a full disk would.
+    let gw = TestGateway::start(vs.backend(), |s| {
+        with_admin(s);
+        s.audit.log = Some("/dev/full".into());
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let got = dir.path().join("got.bin");
+    let out = curl(&gw, 30)
+        .args(["--ssl-reqd", "--user", &format!("{USER}:{PASSWORD}"), "-o"])
+        .arg(&got)
+        .arg(format!("ftp://127.0.0.1:{}/still.bin", gw.explicit.port()))
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "{}", trace(&out));
+    assert_eq!(sha256_file(&got), want);
+    let m = scrape(gw.admin.expect("admin"));
+    assert!(
+        value(&m, "ftpsgate_audit_write_errors_total", &[]) >= 2.0,
+        "login and transfer"
+    );
+}
+
+#[test]
+fn the_audit_log_reopens_on_sighup_and_an_unwritable_one_refuses_the_start() {
+    if !have("curl") {
+        return;
+    }
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    vs.put("one.bin", 1000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pair = ftpsgate::tls::self_signed(&["127.0.0.1".into()]).expect("cert");
+    let (cert, key) = pair.write_to(dir.path()).expect("write");
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_low_port()));
+    let pool = free_low_range(4);
+    let config = dir.path().join("ftpsgate.toml");
+    let configure = |audit: &std::path::Path| {
+        let text = format!(
+            "[listen]\nexplicit = [\"{listen}\"]\n[backend]\naddress = \"{}\"\n\
+             [passive]\nports = \"{pool}-{}\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+             [audit]\nlog = \"{}\"\n",
+            vs.addr,
+            pool + 3,
+            cert.display(),
+            key.display(),
+            audit.display(),
+        );
+        std::fs::write(&config, text).expect("config");
+    };
+    let run = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ftpsgate"));
+        cmd.args(["run", "--config"]).arg(&config);
+        cmd
+    };
+
+    // A log it cannot open: no start, and the message names the key.
+    configure(&dir.path().join("missing-dir/audit.jsonl"));
+    let out = run().output().expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("audit.log"), "{err}");
+
+    let log = dir.path().join("audit.jsonl");
+    configure(&log);
+    let gw = KillOnDrop(
+        run()
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start"),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || std::net::TcpStream::connect(
+            listen
+        )
+        .is_ok()),
+        "gateway did not start"
+    );
+    let download = || {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "30", "--ssl-reqd", "--cacert"])
+            .arg(&cert)
+            .args(["--user", &format!("{USER}:{PASSWORD}"), "-o", "/dev/null"])
+            .arg(format!("ftp://{listen}/one.bin"))
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "{}", trace(&out));
+    };
+    download();
+    // logrotate: the file is moved away, then the gateway told to reopen.
+    let rotated = dir.path().join("audit.jsonl.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    run_ok(Command::new("kill").args(["-HUP", &gw.0.id().to_string()]));
+    assert!(
+        eventually(Duration::from_secs(10), || log.exists()),
+        "not reopened on SIGHUP"
+    );
+    download();
+    let (old, new) = (audit_lines(&rotated), audit_lines(&log));
+    assert_eq!(transfers(&old, "RETR").len(), 1, "{old:#?}");
+    assert_eq!(transfers(&new, "RETR").len(), 1, "{new:#?}");
+}

@@ -213,6 +213,7 @@ impl Client {
             local,
             mode,
             peer,
+            0,
         ));
         Client {
             io: BufReader::new(ours),

@@ -84,3 +84,16 @@ impl AccessSettings {
         Ok(())
     }
 }
+
+/// `[audit]`: the record a security team keeps of who moved what.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// A file that gets one JSON object a line for each transfer, login, ban and refusal,
+    /// appended and flushed as each happens, reopened on SIGHUP (for logrotate). The gateway
+    /// does not start if it cannot open it.
+    pub log: Option<std::path::PathBuf>,
+    /// Put the SHA-256 of the bytes each transfer relayed in its record (hashed as they are
+    /// copied: one pass over the data, no extra copy).
+    pub sha256: bool,
+}

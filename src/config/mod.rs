@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-pub use access::AccessSettings;
+pub use access::{AccessSettings, AuditSettings};
 pub use backend::{
     BackendDataMode, BackendSettings, BackendTlsMode, Balance, DataProtection, ProxyVersion,
     RoutingSettings,
@@ -76,6 +76,7 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub proxy_protocol: ProxyProtocolSettings,
     pub access: AccessSettings,
+    pub audit: AuditSettings,
 }
 
 impl Default for Settings {
@@ -94,6 +95,7 @@ impl Default for Settings {
             admin: AdminSettings::default(),
             proxy_protocol: ProxyProtocolSettings::default(),
             access: AccessSettings::default(),
+            audit: AuditSettings::default(),
         }
     }
 }

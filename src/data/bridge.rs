@@ -75,6 +75,8 @@ pub struct Transferred {
     pub bytes: u64,
     pub elapsed: Duration,
     pub tls: Option<(ProtocolVersion, bool)>,
+    /// The SHA-256 of the bytes relayed, when the audit log asks for it.
+    pub sha256: Option<[u8; 32]>,
 }
 
 type Outcome = Result<Transferred, BridgeError>;
@@ -248,9 +250,10 @@ async fn run(
     let counted = Counted {
         progress,
         total: params.metrics.bytes(direction),
+        hash: params.hash,
     };
     let stall = params.stall;
-    let bytes = match direction {
+    let copied = match direction {
         Direction::Download => {
             let (copied, _backend) = pump(backend, &mut client, &counted, stall).await;
             copied.map_err(|e| {
@@ -263,7 +266,7 @@ async fn run(
         }
         Direction::Upload => {
             let (copied, client_back) = pump(client, &mut backend, &counted, stall).await;
-            let n = copied.map_err(|e| {
+            let done = copied.map_err(|e| {
                 e.into_bridge(
                     stall,
                     ("client", upload_read_error),
@@ -283,13 +286,14 @@ async fn run(
             }
             // Answer the client's close_notify with ours; it may already be gone.
             let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
-            n
+            done
         }
     };
     Ok(Transferred {
-        bytes,
+        bytes: copied.bytes,
         elapsed: began.elapsed(),
         tls: client.tls_info(),
+        sha256: copied.sha256,
     })
 }
 

@@ -32,4 +32,6 @@ pub struct BridgeParams {
     pub metrics: Arc<Metrics>,
     /// Balancers whose PROXY headers name the client on a data connection.
     pub trusted: Networks,
+    /// Hash the bytes relayed (SHA-256, for the audit log).
+    pub hash: bool,
 }

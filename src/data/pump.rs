@@ -5,6 +5,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -46,14 +47,24 @@ impl PumpError {
     }
 }
 
-/// Where a transfer's bytes are counted: its own progress (for STAT) and the gateway's total.
+/// Where a transfer's bytes are counted: its own progress (for STAT) and the gateway's total;
+/// with `hash`, their SHA-256 too (for the audit log).
 pub(super) struct Counted<'a> {
     pub(super) progress: &'a AtomicU64,
     pub(super) total: prometheus_client::metrics::counter::Counter,
+    pub(super) hash: bool,
+}
+
+/// What a pump moved.
+pub(super) struct Copied {
+    pub(super) bytes: u64,
+    pub(super) sha256: Option<[u8; 32]>,
 }
 
 /// Copies `from` to `to` until a clean end of file, then ends `to` cleanly (FIN, or
-/// close_notify then FIN for TLS). Returns the count and, after a clean end, `from` again.
+/// close_notify then FIN for TLS). Returns the count (and the hash, if asked) and, after a
+/// clean end, `from` again. The hash is taken of each chunk as it is written, from the buffer
+/// the write uses: one pass over the bytes, no copy.
 ///
 /// The reading runs in a task of its own, two buffers going back and forth: on a machine with
 /// more than one core, one side's work (a socket read, or TLS decryption) overlaps the other's
@@ -68,7 +79,7 @@ pub(super) async fn pump(
     to: &mut Stream,
     counted: &Counted<'_>,
     stall: Duration,
-) -> (Result<u64, PumpError>, Option<Stream>) {
+) -> (Result<Copied, PumpError>, Option<Stream>) {
     let (full_tx, mut full) = mpsc::channel::<Result<(Vec<u8>, usize), PumpError>>(2);
     let (empty, mut empty_rx) = mpsc::channel::<Vec<u8>>(2);
     for _ in 0..2 {
@@ -91,6 +102,7 @@ pub(super) async fn pump(
     });
     let reader = AbortOnDropHandle::new(reader);
     let mut total = 0u64;
+    let mut hasher = counted.hash.then(Sha256::new);
     // `None`: the reader has stopped, at the end of the stream.
     while let Some(read) = full.recv().await {
         let (buf, n) = match read {
@@ -103,6 +115,9 @@ pub(super) async fn pump(
             Ok(Err(e)) => return (Err(PumpError::Write(e)), None),
             Err(_) => return (Err(PumpError::Stalled { reading: false }), None),
         }
+        if let Some(h) = &mut hasher {
+            h.update(chunk);
+        }
         total += n as u64;
         counted.progress.store(total, Ordering::Relaxed);
         counted.total.inc_by(n as u64);
@@ -114,7 +129,14 @@ pub(super) async fn pump(
         to.shutdown().await
     };
     match timeout(stall, ended).await {
-        Ok(Ok(())) => (Ok(total), from),
+        Ok(Ok(())) => {
+            let sha256 = hasher.map(|h| h.finalize().into());
+            let copied = Copied {
+                bytes: total,
+                sha256,
+            };
+            (Ok(copied), from)
+        }
         Ok(Err(e)) => (Err(PumpError::Write(e)), None),
         Err(_) => (Err(PumpError::Stalled { reading: false }), None),
     }

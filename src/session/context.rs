@@ -8,6 +8,7 @@ use rustls::ServerConfig;
 use tokio::sync::watch;
 
 use crate::access::Access;
+use crate::audit::Audit;
 use crate::config::Settings;
 use crate::data::PassivePool;
 use crate::ftp::Reply;
@@ -21,6 +22,8 @@ pub struct Context {
     pub settings: Settings,
     /// Address rules, bans and denied users (see [`crate::access`]).
     pub access: Access,
+    /// The audit log, when one is configured (see [`crate::audit`]).
+    pub audit: Audit,
     /// The base TLS config; each session clones it (see [`tls::session_config`]).
     pub tls: Arc<ServerConfig>,
     /// The certificates behind `tls`, reloadable.

@@ -10,6 +10,7 @@ use super::phase::Phase;
 use super::refusal::{Halt, Refusal};
 use super::Session;
 use crate::access::Barred;
+use crate::audit::Event;
 use crate::config::Networks;
 use crate::ftp::{escaped, Command, Verb};
 use crate::tls;
@@ -79,9 +80,14 @@ impl Session {
                 membership.logged_in(who);
             }
             info!("logged in");
+            self.audit(&Event::Login {
+                who: self.who(None),
+                outcome: "ok",
+            });
         } else if reply.code() >= 400 {
             if cmd.verb() == Verb::Pass && reply.code() == 530 {
-                self.failed_login().await;
+                let tried = self.attempt.clone().unwrap_or_default();
+                self.failed_login(&tried).await;
             }
             self.attempt = None;
             if let Phase::LoggingIn(waiting) = &mut self.phase {
@@ -108,28 +114,34 @@ impl Session {
             return Err(Refusal::RouteDenied { route }.into());
         }
         if self.ctx.access.denies_user(&user) {
-            self.failed_login().await;
+            self.failed_login(&user).await;
             return Err(Refusal::DeniedUser { user }.into());
         }
         if let Some(field) = self.ctx.settings.tls.client_cert_user {
             let certified = self.client.certificate_user(field);
             if certified.as_deref() != Some(user.as_str()) {
-                self.failed_login().await;
+                self.failed_login(&user).await;
                 return Err(Refusal::CertificateUser { user, certified }.into());
             }
         }
         Ok(())
     }
 
-    /// A failed login: counted toward a ban of the client's address, and its reply held back
-    /// by `access.failed_login_delay_secs`.
-    async fn failed_login(&self) {
+    /// A failed login as `user`: audited, counted toward a ban of the client's address, and
+    /// its reply held back by `access.failed_login_delay_secs`.
+    async fn failed_login(&self, user: &str) {
         let ip = self.client.peer.ip();
+        self.audit(&Event::Login {
+            who: self.who(Some(user)),
+            outcome: "failed",
+        });
         if self.ctx.access.failed_login(ip) {
-            warn!(
-                ban_secs = self.ctx.settings.access.ban_secs,
-                "address banned after failed logins"
-            );
+            let ban_secs = self.ctx.settings.access.ban_secs;
+            warn!(ban_secs, "address banned after failed logins");
+            self.audit(&Event::Ban {
+                client: ip,
+                ban_secs,
+            });
         }
         tokio::time::sleep(self.ctx.access.failed_login_delay()).await;
     }

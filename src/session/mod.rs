@@ -38,6 +38,7 @@ use tokio::sync::watch;
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tracing::{debug, info, warn, Span};
 
+use crate::audit::{Event, Who};
 use crate::data::DataBridge;
 use crate::ftp::{escaped, gateway_feat, Command, LineError, Reply, Verb};
 use crate::metrics::Reason;
@@ -102,6 +103,8 @@ struct Pending {
 }
 
 struct Session {
+    /// The number every log line of the session carries, and its audit records.
+    id: u64,
     ctx: Arc<Context>,
     client: ClientControl,
     /// Before or after login, with what each has (`phase`).
@@ -127,13 +130,15 @@ struct Session {
 ///
 /// The connection can be anything a session runs over ([`Io`]): the listeners hand a TCP
 /// socket; tests may hand one end of a `tokio::io::duplex`. `local` is the address the client
-/// reached (PASV answers with it unless an external address is set).
+/// reached (PASV answers with it unless an external address is set). `id` numbers the session
+/// in its log lines and audit records.
 pub async fn serve(
     ctx: Arc<Context>,
     io: Box<dyn Io>,
     local: SocketAddr,
     mode: Mode,
     peer: SocketAddr,
+    id: u64,
 ) {
     let session_tls = match tls::session_config(&ctx.tls, ctx.settings.tls.data_session_reuse) {
         Ok(c) => c,
@@ -172,6 +177,7 @@ pub async fn serve(
         (None, vec![Reply::new(220, &ctx.settings.greeting)])
     };
     let mut session = Session {
+        id,
         phase: Phase::new(Instant::now() + t.login(), link),
         idle_since: Instant::now(),
         membership,
@@ -321,7 +327,38 @@ impl Session {
     }
 
     async fn refuse(&mut self, refusal: Refusal) -> std::io::Result<()> {
+        if let Some(reason) = refusal.reason() {
+            let reason = format!("{reason:?}");
+            let reply = refusal.reply().code();
+            self.audit(&Event::Refusal {
+                who: self.who(None),
+                reason: &reason,
+                reply,
+            });
+        }
         refuse(&self.ctx, &mut self.client, refusal).await
+    }
+
+    /// The session as its audit records name it; `user` stands in for a user not logged in
+    /// (the name a failed login tried).
+    fn who<'a>(&'a self, user: Option<&'a str>) -> Who<'a> {
+        let (logged_in, route) = match &self.phase {
+            Phase::LoggedIn(s) => (
+                Some(s.user.as_str()),
+                Some(s.link.lease.upstream().name.as_str()),
+            ),
+            Phase::LoggingIn(_) => (None, None),
+        };
+        Who {
+            session: self.id,
+            client: self.client.peer.ip(),
+            user: logged_in.or(user),
+            route,
+        }
+    }
+
+    fn audit(&self, event: &Event<'_>) {
+        self.ctx.audit.record(event, &self.ctx.metrics);
     }
 
     /// Waits for the client's next line while watching the backend (it may announce its own

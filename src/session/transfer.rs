@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 
 use super::refusal::{Halt, Refusal};
 use super::{BackendError, Fatal, Protection, Session};
+use crate::audit::Event;
 use crate::data::{BridgeError, DataBridge, Transferred};
 use crate::ftp::{abort, Command, Escaped, Reply, Verb};
 use crate::metrics::{Outcome, Reason};
@@ -272,6 +273,22 @@ impl Session {
         let version = tls.map(|(v, _)| format!("{v:?}"));
         let resumed = tls.is_some_and(|(_, resumed)| resumed);
         let error = result.err().map(ToString::to_string);
+        let sha256 = result
+            .ok()
+            .and_then(|t| t.sha256)
+            .map(|d| d.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        self.audit(&Event::Transfer {
+            who: self.who(None),
+            command: &r.cmd.name(),
+            path: &path,
+            direction: &direction.to_string(),
+            bytes,
+            duration_ms: ms,
+            outcome: &format!("{outcome:?}"),
+            tls_version: version.clone(),
+            tls_resumed: resumed,
+            sha256,
+        });
         if outcome == Outcome::failed {
             warn!(command = %r.cmd.name(), path, %direction, bytes, ms, outcome = ?outcome,
                 tls = version.as_deref(), resumed, backend_code = r.backend_code,
