@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{BackendTlsMode, HostPort, PortRange, Settings};
+use super::{BackendTlsMode, HostPort, Networks, PortRange, Settings};
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct Overrides {
@@ -47,6 +47,21 @@ pub struct Overrides {
     /// This replica's index, from 0, when `passive.replicas` share the passive range.
     #[arg(long, env = "FTPSGATE_REPLICA_INDEX")]
     pub replica_index: Option<u16>,
+    /// Client networks let in, CIDR (repeatable; comma-separated in the variable).
+    #[arg(long, env = "FTPSGATE_ALLOW", value_delimiter = ',')]
+    pub allow: Vec<ipnet::IpNet>,
+    /// Client networks kept out, CIDR (repeatable); wins over --allow.
+    #[arg(long, env = "FTPSGATE_DENY", value_delimiter = ',')]
+    pub deny: Vec<ipnet::IpNet>,
+    /// Users refused by the gateway, never sent to the backend (repeatable).
+    #[arg(long, env = "FTPSGATE_DENY_USERS", value_delimiter = ',')]
+    pub deny_users: Vec<String>,
+    /// Audit log: one JSON line per transfer, login, ban and refusal.
+    #[arg(long, env = "FTPSGATE_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
+    /// Put each transfer's SHA-256 in its audit record.
+    #[arg(long, env = "FTPSGATE_AUDIT_SHA256")]
+    pub audit_sha256: bool,
 }
 
 impl Settings {
@@ -86,6 +101,21 @@ impl Settings {
         }
         if let Some(i) = o.replica_index {
             self.passive.replica_index = i;
+        }
+        if !o.allow.is_empty() {
+            self.access.allow = Networks::new(o.allow.clone());
+        }
+        if !o.deny.is_empty() {
+            self.access.deny = Networks::new(o.deny.clone());
+        }
+        if !o.deny_users.is_empty() {
+            self.access.deny_users = o.deny_users.clone();
+        }
+        if let Some(log) = &o.audit_log {
+            self.audit.log = Some(log.clone());
+        }
+        if o.audit_sha256 {
+            self.audit.sha256 = true;
         }
     }
 }
