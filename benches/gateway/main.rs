@@ -79,7 +79,8 @@ struct Gateway {
 }
 
 impl Gateway {
-    fn start(backend: SocketAddr, cert: &Path, key: &Path, backend_ca: Option<&Path>) -> Gateway {
+    /// `extra`: more flags (backend TLS, the audit log).
+    fn start(backend: SocketAddr, cert: &Path, key: &Path, extra: &[String]) -> Gateway {
         let port = free_port();
         let lo = 42000 + (port % 50) * 40;
         // The idle-session measure opens thousands of sessions from one address, and the
@@ -101,10 +102,7 @@ impl Gateway {
         if std::env::var_os("FTPSGATE_BENCH_LOG").is_none() {
             cmd.stderr(Stdio::null());
         }
-        if let Some(ca) = backend_ca {
-            cmd.args(["--backend-tls", "explicit", "--backend-ca"])
-                .arg(ca);
-        }
+        cmd.args(extra);
         let child = cmd.spawn().expect("start ftpsgate");
         // From here on, Drop kills and reaps the child whatever happens.
         let gateway = Gateway {
@@ -355,8 +353,17 @@ async fn measure(plan: &Plan, fd_limit: usize, report: &mut Report) -> Result<()
             .arg(server.root.join("big.bin"))
             .status();
     }
-    let gw_plain = Gateway::start(plain.addr, &cert, &key, None);
-    let gw_tls = Gateway::start(ftps.addr, &cert, &key, Some(&vs_cert));
+    let gw_plain = Gateway::start(plain.addr, &cert, &key, &[]);
+    let backend_tls = ["--backend-tls", "explicit", "--backend-ca"].map(String::from);
+    let backend_tls = [&backend_tls[..], &[vs_cert.display().to_string()]].concat();
+    let gw_tls = Gateway::start(ftps.addr, &cert, &key, &backend_tls);
+    // The audit log with each transfer's SHA-256: what hashing the relayed bytes costs.
+    let audit = [
+        "--audit-log".to_string(),
+        work.path().join("audit.jsonl").display().to_string(),
+        "--audit-sha256".to_string(),
+    ];
+    let gw_audit = Gateway::start(plain.addr, &cert, &key, &audit);
     let target = |addr, tls: Option<&Vec<CertificateDer<'static>>>| -> Result<Target, BoxError> {
         Ok(Target {
             addr,
@@ -391,6 +398,7 @@ async fn measure(plan: &Plan, fd_limit: usize, report: &mut Report) -> Result<()
     let direct_ftps = target(ftps.addr, Some(&vs_ca))?;
     let via_plain = target(gw_plain.addr, Some(&gw_ca))?;
     let via_tls = target(gw_tls.addr, Some(&gw_ca))?;
+    let via_audit = target(gw_audit.addr, Some(&gw_ca))?;
 
     // a. Throughput.
     let mib = plan.transfer_bytes as f64 / 1048576.0;
@@ -399,6 +407,7 @@ async fn measure(plan: &Plan, fd_limit: usize, report: &mut Report) -> Result<()
         ("direct_ftps", &direct_ftps),
         ("ftpsgate_tls_to_plain", &via_plain),
         ("ftpsgate_tls_to_tls", &via_tls),
+        ("ftpsgate_tls_to_plain_audit_sha256", &via_audit),
     ];
     if let Some((mp_plain, mp_tls)) = &mp_targets {
         targets.push(("mod_proxy_tls_to_plain", mp_plain));
@@ -512,7 +521,7 @@ async fn measure(plan: &Plan, fd_limit: usize, report: &mut Report) -> Result<()
     let root = work.path().join("unftp");
     std::fs::create_dir_all(&root)?;
     let unftp = ftpsgate::demo::start_backend(&root, USER, PASSWORD).await?;
-    let gw_idle = Gateway::start(unftp, &cert, &key, None);
+    let gw_idle = Gateway::start(unftp, &cert, &key, &[]);
     let idle_target = target(gw_idle.addr, Some(&gw_ca))?;
     let mut open = Vec::new();
     // Three descriptors per session here (the client's socket, the in-process backend's socket
