@@ -62,6 +62,7 @@ fn denied_networks_are_refused_at_accept_and_a_routes_own_rules_once_it_is_known
         let mut route = s.backend.clone();
         route.addresses = vec![backend.into()];
         route.deny = ftpsgate::config::Networks::new(vec!["127.0.0.9/32".parse().unwrap()]);
+        route.hosts = vec!["inner.test".into()];
         s.routes.insert("inner".into(), route);
     });
     let login = format!("{USER}:{PASSWORD}");
@@ -92,7 +93,19 @@ fn denied_networks_are_refused_at_accept_and_a_routes_own_rules_once_it_is_known
     );
     let out = curl_from(&gw, "127.0.0.1", &inner, &[]);
     assert!(out.status.success(), "{}", trace(&out));
-    assert_eq!(refusals(&gw, "access_denied"), 3.0);
+    // HOST naming the route is refused before the route's backend hears of it.
+    if have("python3") {
+        let script = format!(
+            "import ftplib\nftp = ftplib.FTP(source_address=('127.0.0.9', 0))\n\
+             ftp.connect('127.0.0.1', {})\n\
+             try:\n    ftp.sendcmd('HOST inner.test')\nexcept ftplib.error_temp as e:\n    print(e)\n",
+            gw.explicit.port()
+        );
+        let out = run_ok(Command::new("python3").args(["-c", &script]));
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.starts_with("421 Access denied."), "{said}");
+    }
+    assert_eq!(refusals(&gw, "access_denied"), 4.0);
 }
 
 #[test]

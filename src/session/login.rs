@@ -108,11 +108,7 @@ impl Session {
         let route = self
             .fixed_route()
             .unwrap_or_else(|| Arc::clone(self.ctx.router.default_route()));
-        let rules = &route.settings;
-        if !Networks::admits(&rules.allow, &rules.deny, self.client.peer.ip()) {
-            let route = route.name.clone();
-            return Err(Refusal::RouteDenied { route }.into());
-        }
+        self.route_admits(&route)?;
         if self.ctx.access.denies_user(&user) {
             self.failed_login(&user).await;
             return Err(Refusal::DeniedUser { user }.into());
@@ -125,6 +121,17 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// The route's own `allow`/`deny` for this client: checked before anything is sent to
+    /// the route's backend (HOST, USER).
+    fn route_admits(&self, route: &Upstream) -> Result<(), Refusal> {
+        let rules = &route.settings;
+        if Networks::admits(&rules.allow, &rules.deny, self.client.peer.ip()) {
+            return Ok(());
+        }
+        let route = route.name.clone();
+        Err(Refusal::RouteDenied { route })
     }
 
     /// A failed login as `user`: audited, counted toward a ban of the client's address, and
@@ -190,6 +197,7 @@ impl Session {
                 let route = fixed.name.clone();
                 return Err(Refusal::HostElsewhere { name, route }.into());
             }
+            self.route_admits(upstream)?;
             self.choose(upstream).await;
         }
         if self.unconnected_before_tls() {
