@@ -428,6 +428,12 @@ fn the_audit_log_records_transfers_with_their_sha256_and_logins() {
     let wrong = curl_from(&gw, "127.0.0.1", &format!("{USER}:wrong"), &[]);
     assert_eq!(wrong.status.code(), Some(67));
 
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&log)
+        .expect("audit log")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o640, "owner and group only");
     let lines = audit_lines(&log);
     let retr = transfers(&lines, "RETR");
     let stor = transfers(&lines, "STOR");
