@@ -65,7 +65,7 @@ impl Session {
                     }
                 }
             }
-            self.front_door(user.clone()).await?;
+            self.front_door(&user).await?;
             self.attempt = Some(user);
         }
         let reply = self.forward(&cmd).await?;
@@ -104,20 +104,22 @@ impl Session {
     /// The gateway's own rules for a USER, before any backend hears it: the route's address
     /// rules (the route is known by now), denied users, and the user a client certificate
     /// names.
-    async fn front_door(&mut self, user: String) -> Result<(), Halt> {
+    async fn front_door(&self, user: &str) -> Result<(), Refusal> {
         let route = self
             .fixed_route()
             .unwrap_or_else(|| Arc::clone(self.ctx.router.default_route()));
         self.route_admits(&route)?;
-        if self.ctx.access.denies_user(&user) {
-            self.failed_login(&user).await;
-            return Err(Refusal::DeniedUser { user }.into());
+        if self.ctx.access.denies_user(user) {
+            self.failed_login(user).await;
+            let user = user.to_string();
+            return Err(Refusal::DeniedUser { user });
         }
         if let Some(field) = self.ctx.settings.tls.client_cert_user {
             let certified = self.client.certificate_user(field);
-            if certified.as_deref() != Some(user.as_str()) {
-                self.failed_login(&user).await;
-                return Err(Refusal::CertificateUser { user, certified }.into());
+            if certified.as_deref() != Some(user) {
+                self.failed_login(user).await;
+                let user = user.to_string();
+                return Err(Refusal::CertificateUser { user, certified });
             }
         }
         Ok(())
