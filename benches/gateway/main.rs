@@ -142,6 +142,18 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Median, min, max of a sample.
+/// CPU seconds a process has used (utime + stime), or with `children` those of its children
+/// it has reaped (cutime + cstime): a forking server's sessions. From /proc/PID/stat, in
+/// USER_HZ ticks (100 a second on Linux).
+fn cpu_secs(pid: u32, children: bool) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let at = |field: usize| fields.get(field - 3)?.parse::<f64>().ok();
+    let (a, b) = if children { (16, 17) } else { (14, 15) };
+    Some((at(a)? + at(b)?) / 100.0)
+}
+
 fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
@@ -210,10 +222,12 @@ fn main() {
         .expect("runtime");
     let mut report = Report::default();
     let _ = writeln!(report.table, "| measure | result |\n|---|---|");
-    if plan.runs("floor") {
-        floor(&mut report);
-    }
-    if let Err(e) = rt.block_on(measure(&plan, fd_limit, &mut report)) {
+    let floor_cpu = if plan.runs("floor") || plan.runs("throughput") {
+        floor(&plan, &mut report)
+    } else {
+        None
+    };
+    if let Err(e) = rt.block_on(measure(&plan, fd_limit, floor_cpu, &mut report)) {
         eprintln!("benchmark failed: {e}");
         std::process::exit(1);
     }
@@ -253,7 +267,9 @@ fn machine() -> String {
     )
 }
 
-fn floor(report: &mut Report) {
+/// The machine's floor: loopback TCP, one core's AES-GCM, and the CPU a plain relay plus
+/// AES-256-GCM spend per GiB (returned: the ratios of the throughput part are against it).
+fn floor(plan: &Plan, report: &mut Report) -> Option<f64> {
     let port = free_port().to_string();
     let server = Command::new("iperf3")
         .args(["-s", "-1", "-p", &port])
@@ -294,47 +310,218 @@ fn floor(report: &mut Report) {
             "skipped: iperf3 not installed".into(),
         );
     }
-    let out = Command::new("openssl")
-        .args([
-            "speed",
-            "-evp",
-            "aes-128-gcm",
-            "-bytes",
-            "16384",
-            "-seconds",
-            "2",
-        ])
-        .stderr(Stdio::null())
-        .output();
-    let kbs = out.ok().and_then(|o| {
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .rev()
-            .find(|l| l.starts_with("AES-128-GCM"))
-            .and_then(|l| {
-                l.split_whitespace()
-                    .last()
-                    .map(|v| v.trim_end_matches('k').to_string())
-            })
-            .and_then(|v| v.parse::<f64>().ok())
-    });
-    match kbs {
-        Some(k) => {
-            let mib = k * 1000.0 / 1048576.0;
-            report.figure("floor_aes128gcm_one_core", mib, "MiB/s");
-            report.row(
-                "floor: AES-128-GCM, one core (openssl speed, 16 KiB)",
-                format!("{mib:.0} MiB/s"),
-            );
+    for (cipher, label) in [
+        ("aes-128-gcm", "AES-128-GCM"),
+        ("aes-256-gcm", "AES-256-GCM"),
+    ] {
+        match openssl_speed(cipher, label) {
+            Some(mib) => {
+                let name = format!("floor_{}_one_core", cipher.replace('-', ""));
+                report.figure(&name, mib, "MiB/s");
+                report.row(
+                    &format!("floor: {label}, one core (openssl speed, 16 KiB)"),
+                    format!("{mib:.0} MiB/s"),
+                );
+            }
+            None => report.row(
+                &format!("floor: {label}"),
+                "skipped: openssl not available".into(),
+            ),
         }
-        None => report.row(
-            "floor: AES-128-GCM",
-            "skipped: openssl not available".into(),
-        ),
+    }
+    // The CPU floor of a TLS-terminating relay: a plain userspace relay's copies plus one
+    // core's AES-256-GCM over the same bytes.
+    let aes = openssl_speed("aes-256-gcm", "AES-256-GCM");
+    match (relay_cpu(plan.transfer_bytes), aes) {
+        (Some(relay), Some(aes)) => {
+            let crypt = 1024.0 / aes;
+            let floor = relay + crypt;
+            report.figure("floor_cpu", floor, "s/GiB");
+            report.row(
+                "floor: CPU per GiB, socat relay (256 KiB buffers) + AES-256-GCM",
+                format!("{relay:.2} + {crypt:.2} = {floor:.2} s/GiB"),
+            );
+            Some(floor)
+        }
+        _ => {
+            report.row(
+                "floor: CPU per GiB",
+                "skipped: socat or openssl not installed (see .ci/run)".into(),
+            );
+            None
+        }
     }
 }
 
-async fn measure(plan: &Plan, fd_limit: usize, report: &mut Report) -> Result<(), BoxError> {
+/// One core's rate for `cipher` on 16 KiB blocks, in MiB/s (`openssl speed`'s last column).
+fn openssl_speed(cipher: &str, label: &str) -> Option<f64> {
+    let out = Command::new("openssl")
+        .args(["speed", "-evp", cipher, "-bytes", "16384", "-seconds", "2"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let kbs = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .find(|l| l.starts_with(label))?
+        .split_whitespace()
+        .last()?
+        .trim_end_matches('k')
+        .parse::<f64>()
+        .ok()?;
+    Some(kbs * 1000.0 / 1048576.0)
+}
+
+/// CPU seconds per GiB that socat spends relaying a TCP stream on loopback with 256 KiB
+/// buffers: the copies any userspace relay makes, and nothing else.
+fn relay_cpu(bytes: u64) -> Option<f64> {
+    use std::io::{Read, Write};
+    let sink = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).ok()?;
+    let sink_port = sink.local_addr().ok()?.port();
+    let port = free_port();
+    let mut socat = Command::new("socat")
+        .args([
+            "-b",
+            "262144",
+            &format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr"),
+            &format!("TCP:127.0.0.1:{sink_port}"),
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let pid = socat.id();
+    let mut sender = None;
+    for _ in 0..100 {
+        if let Ok(c) = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)) {
+            sender = Some(c);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let Some(mut sender) = sender else {
+        let _ = socat.kill();
+        let _ = socat.wait();
+        return None;
+    };
+    let reader = std::thread::spawn(move || {
+        let (mut conn, _) = sink.accept().ok()?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0u64;
+        while got < bytes {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n as u64,
+            }
+        }
+        Some(got)
+    });
+    let chunk = vec![0u8; 256 * 1024];
+    let mut sent = 0u64;
+    while sent < bytes {
+        if sender.write_all(&chunk).is_err() {
+            break;
+        }
+        sent += chunk.len() as u64;
+    }
+    let got = reader.join().ok().flatten();
+    // Read while socat is still alive: the sender has not closed yet.
+    let cpu = cpu_secs(pid, false);
+    drop(sender);
+    let _ = socat.kill();
+    let _ = socat.wait();
+    let gib = bytes as f64 / f64::from(1u32 << 30);
+    got.filter(|&g| g >= bytes).and(cpu).map(|c| c / gib)
+}
+
+/// Eight downloads at once through the gateway (aggregate MiB/s and CPU s/GiB), and what a
+/// small transfer costs it: gateway CPU per LIST of five names (PASV, a resumed TLS handshake
+/// on the data connection, a few hundred bytes).
+async fn concurrent_and_small(
+    plan: &Plan,
+    t: &Target,
+    gw: &Gateway,
+    server: &FtpServer,
+    report: &mut Report,
+) -> Result<(), BoxError> {
+    let pid = gw.child.id();
+    let at_once = 8u64;
+    let before = cpu_secs(pid, false);
+    let began = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..at_once {
+        let t = t.clone();
+        tasks.spawn(async move {
+            let mut s = Session::open(&t).await?;
+            let got = s.download("big.bin").await?;
+            s.quit().await?;
+            Ok::<u64, BoxError>(got)
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        let got = r??;
+        if got != plan.transfer_bytes {
+            return Err(
+                format!("8 at once: {got} of {} bytes arrived", plan.transfer_bytes).into(),
+            );
+        }
+    }
+    let secs = began.elapsed().as_secs_f64();
+    let gib = (at_once * plan.transfer_bytes) as f64 / f64::from(1u32 << 30);
+    let rate = gib * 1024.0 / secs;
+    report.figure("download_ftpsgate_tls_to_plain_8_at_once", rate, "MiB/s");
+    report.row(
+        "download, ftpsgate TLS to plain, 8 at once",
+        format!("{rate:.0} MiB/s in all"),
+    );
+    if let (Some(b), Some(a)) = (before, cpu_secs(pid, false)) {
+        let cost = (a - b) / gib;
+        report.figure(
+            "cpu_download_ftpsgate_tls_to_plain_8_at_once",
+            cost,
+            "s/GiB",
+        );
+        report.row(
+            "CPU per GiB, download, ftpsgate TLS to plain, 8 at once",
+            format!("{cost:.2} s/GiB"),
+        );
+    }
+
+    let dir = server.root.join("list5");
+    std::fs::create_dir_all(&dir)?;
+    for i in 0..5 {
+        std::fs::write(dir.join(format!("name-{i}.txt")), b"x")?;
+    }
+    let _ = Command::new("chown").arg("-R").arg(USER).arg(&dir).status();
+    let lists = if plan.transfer_bytes < 1 << 30 {
+        20
+    } else {
+        500
+    };
+    let mut s = Session::open(t).await?;
+    s.command("CWD list5", 250).await?;
+    let before = cpu_secs(pid, false);
+    for _ in 0..lists {
+        s.list().await?;
+    }
+    let after = cpu_secs(pid, false);
+    s.quit().await?;
+    if let (Some(b), Some(a)) = (before, after) {
+        let us = (a - b) / f64::from(lists) * 1e6;
+        report.figure("cpu_per_list_of_5_names", us, "us");
+        report.row(
+            "gateway CPU per LIST of 5 names (PASV, resumed data TLS, listing)",
+            format!("{us:.0} us"),
+        );
+    }
+    Ok(())
+}
+
+async fn measure(
+    plan: &Plan,
+    fd_limit: usize,
+    floor_cpu: Option<f64>,
+    report: &mut Report,
+) -> Result<(), BoxError> {
     let plain = FtpServer::vsftpd(VsTls::None).ok_or("vsftpd is needed")?;
     let ftps = FtpServer::vsftpd(VsTls::Explicit).ok_or("vsftpd is needed")?;
     let work = tempfile::tempdir()?;
@@ -400,28 +587,58 @@ async fn measure(plan: &Plan, fd_limit: usize, report: &mut Report) -> Result<()
     let via_tls = target(gw_tls.addr, Some(&gw_ca))?;
     let via_audit = target(gw_audit.addr, Some(&gw_ca))?;
 
-    // a. Throughput.
+    // a. Throughput, and what each proxy's process spends on it: CPU seconds per GiB relayed
+    //    (ftpsgate's own utime + stime; for ProFTPD, which forks a process per session, the
+    //    master's cutime + cstime once the session is reaped).
     let mib = plan.transfer_bytes as f64 / 1048576.0;
+    let gib = mib / 1024.0;
+    let gw_cpu = |g: &Gateway| Some((g.child.id(), false));
     let mut targets = vec![
-        ("direct_plain", &direct_plain),
-        ("direct_ftps", &direct_ftps),
-        ("ftpsgate_tls_to_plain", &via_plain),
-        ("ftpsgate_tls_to_tls", &via_tls),
-        ("ftpsgate_tls_to_plain_audit_sha256", &via_audit),
+        ("direct_plain", &direct_plain, None),
+        ("direct_ftps", &direct_ftps, None),
+        ("ftpsgate_tls_to_plain", &via_plain, gw_cpu(&gw_plain)),
+        ("ftpsgate_tls_to_tls", &via_tls, gw_cpu(&gw_tls)),
+        (
+            "ftpsgate_tls_to_plain_audit_sha256",
+            &via_audit,
+            gw_cpu(&gw_audit),
+        ),
     ];
-    if let Some((mp_plain, mp_tls)) = &mp_targets {
-        targets.push(("mod_proxy_tls_to_plain", mp_plain));
-        targets.push(("mod_proxy_tls_to_tls", mp_tls));
+    if let (Some((mp_plain, mp_tls)), Some((mp_plain_server, mp_tls_server))) =
+        (&mp_targets, &mod_proxy)
+    {
+        targets.push((
+            "mod_proxy_tls_to_plain",
+            mp_plain,
+            Some((mp_plain_server.pid(), true)),
+        ));
+        targets.push((
+            "mod_proxy_tls_to_tls",
+            mp_tls,
+            Some((mp_tls_server.pid(), true)),
+        ));
     }
-    for (name, t) in targets {
+    let mut cpu_medians = std::collections::HashMap::new();
+    for (name, t, cpu) in targets {
         if !plan.runs("throughput") {
             break;
         }
         for dir in ["download", "upload"] {
             let mut rates = Vec::new();
+            let mut costs = Vec::new();
             let mut failures = Vec::new();
             for _ in 0..plan.runs {
-                match transfer(t, dir, plan.transfer_bytes).await {
+                let before = cpu.and_then(|(pid, children)| cpu_secs(pid, children));
+                let result = transfer(t, dir, plan.transfer_bytes).await;
+                if cpu.is_some_and(|(_, children)| children) {
+                    // The session process must have exited and been reaped.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                let after = cpu.and_then(|(pid, children)| cpu_secs(pid, children));
+                if let (Ok(_), Some(b), Some(a)) = (&result, before, after) {
+                    costs.push((a - b) / gib);
+                }
+                match result {
                     Ok(secs) => rates.push(mib / secs),
                     // The peer's failures are results; ftpsgate's (or vsftpd's) are bugs.
                     Err(e) if name.starts_with("mod_proxy") => failures.push(e.to_string()),
@@ -448,7 +665,38 @@ async fn measure(plan: &Plan, fd_limit: usize, report: &mut Report) -> Result<()
                 &label,
                 format!("{med:.0} MiB/s (min {min:.0}, max {max:.0}){failed}"),
             );
+            if !costs.is_empty() {
+                let (med, min, max) = stats(costs);
+                cpu_medians.insert(format!("{dir}_{name}"), med);
+                report.figure(&format!("cpu_{dir}_{name}"), med, "s/GiB");
+                report.row(
+                    &format!("CPU per GiB, {dir}, {}", name.replace('_', " ")),
+                    format!("{med:.2} s/GiB (min {min:.2}, max {max:.2})"),
+                );
+            }
         }
+    }
+    // The ratios the data plane is judged by: against the floor and against mod_proxy.
+    for dir in ["download", "upload"] {
+        for backend in ["plain", "tls"] {
+            let ours = cpu_medians.get(&format!("{dir}_ftpsgate_tls_to_{backend}"));
+            let theirs = cpu_medians.get(&format!("{dir}_mod_proxy_tls_to_{backend}"));
+            if let (Some(o), Some(t)) = (ours, theirs) {
+                report.row(
+                    &format!("CPU ratio, {dir}, TLS to {backend}: ftpsgate / mod_proxy"),
+                    format!("{:.2}", o / t),
+                );
+            }
+            if let (Some(o), Some(f), "plain") = (ours, floor_cpu, backend) {
+                report.row(
+                    &format!("CPU ratio, {dir}, TLS to plain: ftpsgate / floor"),
+                    format!("{:.2}", o / f),
+                );
+            }
+        }
+    }
+    if plan.runs("throughput") {
+        concurrent_and_small(plan, &via_plain, &gw_plain, &plain, report).await?;
     }
 
     // b. Full sessions per second: connect, AUTH TLS, login, PBSZ/PROT P, PASV, LIST, QUIT.

@@ -327,6 +327,11 @@ impl FtpServer {
         }
     }
 
+    /// The server's process (for a forking server, the master that reaps its sessions).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The server's own log (vsftpd: `vsftpd_log_file`; with `xferlog_enable=YES` it has one
     /// `OK UPLOAD` or `FAIL UPLOAD` line per transfer).
     pub fn log(&self) -> String {
