@@ -1,13 +1,14 @@
 //! ftpsgate benchmarks, all in one run so the ratios hold: data-plane throughput through the
-//! gateway against going straight to the backend, full sessions per second, memory per idle
-//! TLS session, the latency the gateway adds to a control command, and this machine's floor
-//! (loopback TCP, one core's AES-128-GCM).
+//! gateway against going straight to the backend, and the CPU per GiB it costs against
+//! ProFTPD mod_proxy and the machine's floor (a socat relay plus one core's AES-256-GCM), full
+//! sessions per second, memory per idle TLS session, the latency the gateway adds to a control
+//! command, and this machine's floor (loopback TCP, one core's AES-GCM).
 //!
 //! `cargo bench --bench gateway` runs it in full (1 GiB transfers, 1,000 and 10,000 sessions);
 //! `-- --smoke` runs a small version to prove the harness works; `-- --only sessions,noop` runs
 //! only the named parts (floor, throughput, sessions, idle, noop), for profiling one of them.
-//! It needs root and vsftpd (the tests' harness starts it), and iperf3 and openssl for the
-//! floor (skipped without them). `FTPSGATE_BENCH_LOG=1` shows the gateways' warnings.
+//! It needs root and vsftpd (the tests' harness starts it), and iperf3, openssl and socat for
+//! the floor (skipped without them). `FTPSGATE_BENCH_LOG=1` shows the gateways' warnings.
 //! Results: a Markdown table on stdout and in target/bench/results.md, and one
 //! `bench <name> <value> <unit>` line per figure.
 
