@@ -234,6 +234,9 @@ fn without_the_variable_the_password_is_asked_on_the_terminal_without_echo() {
         prompt.ends_with(&format!("password for {USER}:")),
         "{prompt:?}"
     );
+    // rpassword prints the prompt, then turns echo off: a person types after that; so does
+    // this test, with room for a loaded machine (typing at once can beat the tcsetattr).
+    std::thread::sleep(std::time::Duration::from_millis(500));
     let mut stdin = child.0.stdin.take().expect("stdin");
     writeln!(stdin, "{PASSWORD}").expect("type the password");
     let mut report = String::new();
