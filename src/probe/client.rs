@@ -6,23 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ClientConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::{TlsConnector, TlsStream};
 
-use crate::ftp::{LineFramer, Peer, Reply, ReplyAssembler};
+use crate::ftp::Reply;
 use crate::stream::Control;
-
-/// A reply line longer than this is not from an FTP server.
-const MAX_LINE: usize = 8 * 1024;
-const MAX_REPLY: usize = 256 * 1024;
+use crate::upstream::{BackendError, ReplyReader};
 
 pub struct Ctl {
     /// `None` only during the TLS upgrade.
     stream: Option<Control>,
-    framer: LineFramer,
-    assembler: ReplyAssembler,
+    replies: ReplyReader,
     /// The address this connection reached: what a 227 should name.
     pub peer: SocketAddr,
     /// This end's address: where the server connects back in active mode.
@@ -40,8 +36,7 @@ impl Ctl {
             peer: tcp.peer_addr()?,
             local: tcp.local_addr()?,
             stream: Some(Control::Plain(Box::new(tcp))),
-            framer: LineFramer::new(MAX_LINE, Peer::Backend),
-            assembler: ReplyAssembler::new(MAX_REPLY),
+            replies: ReplyReader::default(),
             limit,
         })
     }
@@ -98,28 +93,22 @@ impl Ctl {
     }
 
     async fn read_reply(&mut self) -> io::Result<Reply> {
-        let mut chunk = [0u8; 4096];
-        loop {
-            while let Some(line) = self.framer.next_line() {
-                let line = line.map_err(io::Error::other)?;
-                if let Some(reply) = self.assembler.push(&line).map_err(io::Error::other)? {
-                    return Ok(reply);
-                }
-            }
-            let n = self.stream()?.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the server closed the control connection",
-                ));
-            }
-            self.framer.extend(chunk.get(..n).unwrap_or_default());
-        }
+        let stream = self.stream.as_mut().ok_or_else(lost)?;
+        self.replies.read(stream).await.map_err(|e| match e {
+            BackendError::Closed => io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the control connection",
+            ),
+            BackendError::Io(e) => e,
+            other => io::Error::other(other.to_string()),
+        })
     }
 
     fn stream(&mut self) -> io::Result<&mut Control> {
-        self.stream
-            .as_mut()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "connection lost"))
+        self.stream.as_mut().ok_or_else(lost)
     }
+}
+
+fn lost() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "connection lost")
 }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::timeout;
 use tracing::debug;
@@ -50,12 +50,46 @@ enum PassiveStyle {
     Pasv,
 }
 
+/// Replies read off a server's control connection, however the bytes were split: the framing
+/// and assembly the gateway's backend connections and `ftpsgate probe` share.
+pub struct ReplyReader {
+    framer: LineFramer,
+    assembler: ReplyAssembler,
+}
+
+impl Default for ReplyReader {
+    fn default() -> Self {
+        ReplyReader {
+            framer: LineFramer::new(MAX_BACKEND_LINE, Peer::Backend),
+            assembler: ReplyAssembler::new(MAX_BACKEND_REPLY),
+        }
+    }
+}
+
+impl ReplyReader {
+    /// The next complete reply on `io`. Cancel-safe: bytes already read stay in the reader.
+    pub async fn read<R: AsyncRead + Unpin>(&mut self, io: &mut R) -> Result<Reply, BackendError> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            while let Some(line) = self.framer.next_line() {
+                if let Some(reply) = self.assembler.push(&line?)? {
+                    return Ok(reply);
+                }
+            }
+            let n = io.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(BackendError::Closed);
+            }
+            self.framer.extend(chunk.get(..n).unwrap_or_default());
+        }
+    }
+}
+
 pub struct Backend {
     /// `None` only during a TLS upgrade.
     stream: Option<Control>,
     tls: Option<BackendSession>,
-    framer: LineFramer,
-    assembler: ReplyAssembler,
+    replies: ReplyReader,
     peer: SocketAddr,
     local: SocketAddr,
     style: PassiveStyle,
@@ -105,8 +139,7 @@ impl Backend {
             local: addrs.1,
             stream: Some(Control::Plain(io)),
             tls,
-            framer: LineFramer::new(MAX_BACKEND_LINE, Peer::Backend),
-            assembler: ReplyAssembler::new(MAX_BACKEND_REPLY),
+            replies: ReplyReader::default(),
             style: PassiveStyle::Epsv,
             reply_timeout,
         };
@@ -184,9 +217,7 @@ impl Backend {
     }
 
     fn stream(&mut self) -> io::Result<&mut Control> {
-        self.stream
-            .as_mut()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "backend connection lost"))
+        self.stream.as_mut().ok_or_else(lost)
     }
 
     pub fn peer(&self) -> SocketAddr {
@@ -218,19 +249,8 @@ impl Backend {
 
     /// The next complete reply, however the bytes were split. Cancel-safe.
     pub async fn read_reply(&mut self) -> Result<Reply, BackendError> {
-        let mut chunk = [0u8; 4096];
-        loop {
-            while let Some(line) = self.framer.next_line() {
-                if let Some(reply) = self.assembler.push(&line?)? {
-                    return Ok(reply);
-                }
-            }
-            let n = self.stream()?.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(BackendError::Closed);
-            }
-            self.framer.extend(chunk.get(..n).unwrap_or_default());
-        }
+        let stream = self.stream.as_mut().ok_or_else(lost)?;
+        self.replies.read(stream).await
     }
 
     /// [`Self::read_reply`] bounded by the reply timeout.
@@ -304,6 +324,10 @@ impl Backend {
         tcp.set_zero_linger()?;
         Ok(tcp)
     }
+}
+
+fn lost() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "backend connection lost")
 }
 
 fn bad_passive(e: &addr::AddrError) -> Reply {
