@@ -40,12 +40,6 @@ fn url(scheme: &str, at: SocketAddr) -> String {
     format!("{scheme}://{USER}@{at}/")
 }
 
-fn has(report: &str, lines: &[&str]) {
-    for line in lines {
-        assert!(report.contains(line), "{line:?} missing in\n{report}");
-    }
-}
-
 #[test]
 fn a_healthy_gateway_passes_every_step_explicit_implicit_and_active() {
     let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
@@ -57,7 +51,7 @@ fn a_healthy_gateway_passes_every_step_explicit_implicit_and_active() {
     let (ok, report) = probe(&["--ca", &ca, "--active", &url("ftp", gw.explicit)]);
     println!("{report}");
     assert!(ok, "{report}");
-    has(
+    has_lines(
         &report,
         &[
             "[ ok ] connect: 127.0.0.1:",
@@ -77,7 +71,7 @@ fn a_healthy_gateway_passes_every_step_explicit_implicit_and_active() {
     );
     let (ok, report) = probe(&["--ca", &ca, &url("ftps", gw.implicit)]);
     assert!(ok, "{report}");
-    has(
+    has_lines(
         &report,
         &["[ ok ] greeting: 220", "[ ok ] download: RETR small.bin"],
     );
@@ -106,7 +100,7 @@ fn an_external_address_where_nothing_listens_is_named_with_the_fix() {
     let (ok, report) = probe(&["--ca", &ca, &url("ftp", gw.explicit)]);
     println!("{report}");
     assert!(!ok, "a client that trusts the 227 fails:\n{report}");
-    has(
+    has_lines(
         &report,
         &[
             "[warn] PASV: 227 names 127.0.0.99:",
@@ -130,7 +124,7 @@ fn a_server_without_tls_fails_before_any_password_is_sent() {
     let (ok, report) = probe(&["--insecure", &url("ftp", vs.addr)]);
     println!("{report}");
     assert!(!ok);
-    has(
+    has_lines(
         &report,
         &[
             "[ ok ] greeting: 220",
@@ -151,7 +145,7 @@ fn a_server_that_requires_tls_session_reuse_is_told_apart() {
     let (ok, report) = probe(&["--ca", &ca, &url("ftp", vs.addr)]);
     println!("{report}");
     assert!(ok, "{report}");
-    has(
+    has_lines(
         &report,
         &[
             "[ ok ] PASV data TLS: resumed the control connection's TLS session",
@@ -188,7 +182,7 @@ fn a_certificate_for_another_name_fails_with_the_names_it_has() {
     let (ok, report) = probe(&["--ca", &ca, &url("ftp", listen)]);
     println!("{report}");
     assert!(!ok);
-    has(
+    has_lines(
         &report,
         &[
             "[FAIL] TLS: handshake failed: ",

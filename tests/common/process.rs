@@ -59,6 +59,14 @@ pub fn have(tool: &str) -> bool {
     found
 }
 
+/// Fails the test unless each of `lines` appears in `report` (a command's output: a doctor or
+/// probe report), naming the first one missing.
+pub fn has_lines(report: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(report.contains(line), "{line:?} missing in\n{report}");
+    }
+}
+
 /// Runs a command, failing the test with its output when it does not succeed.
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("spawn");
