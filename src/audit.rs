@@ -77,7 +77,8 @@ struct Line<'a> {
 pub struct Audit {
     /// `None`: no audit log configured.
     file: Option<(PathBuf, Mutex<File>)>,
-    pub sha256: bool,
+    /// Transfers' bytes are hashed for their records (`audit.sha256` with a log to put them in).
+    hashes: bool,
 }
 
 impl Audit {
@@ -88,11 +89,12 @@ impl Audit {
             Some(p) => Some((p.to_path_buf(), Mutex::new(append(p)?))),
             None => None,
         };
-        Ok(Audit { file, sha256 })
+        let hashes = sha256 && file.is_some();
+        Ok(Audit { file, hashes })
     }
 
-    pub fn enabled(&self) -> bool {
-        self.file.is_some()
+    pub fn hashes(&self) -> bool {
+        self.hashes
     }
 
     /// Reopens the file by its name (after logrotate moved it away).

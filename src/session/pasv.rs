@@ -137,7 +137,7 @@ impl Session {
             backend_tls: self.backend().await?.data_tls(),
             metrics: Arc::clone(&self.ctx.metrics),
             trusted: self.ctx.settings.proxy_protocol.trusted.clone(),
-            hash: self.ctx.audit.enabled() && self.ctx.audit.sha256,
+            hash: self.ctx.audit.hashes(),
         };
         self.pending = Some(Pending {
             bridge: DataBridge::spawn(client, backend, params),
