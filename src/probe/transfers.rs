@@ -10,7 +10,7 @@ use super::client::Ctl;
 use super::data::{active_transfer, dial, passive_transfer, said, DataTls};
 use super::tls::ProbeTls;
 use super::{Level, Probe, Way};
-use crate::ftp::addr::{self, not_public};
+use crate::ftp::addr::{self, not_public, AddrError};
 
 /// A file larger than this is not downloaded to check it.
 const MAX_DOWNLOAD: u64 = 1024 * 1024;
@@ -21,38 +21,16 @@ impl Probe<'_> {
     /// PASV: does the 227 name the address this client reached, and which address works.
     pub(super) async fn pasv(&mut self, ctl: &mut Ctl, tls: &ProbeTls) -> Option<Way> {
         let reached = ctl.peer.ip();
-        let advertised = match ctl.cmd("PASV").await {
-            Ok(r) if r.code() == 227 => match addr::parse_pasv(&r.text()) {
-                Ok(a) => SocketAddr::V4(a),
-                Err(e) => {
-                    self.say(
-                        Level::Fail,
-                        "PASV",
-                        format!("{}: {e}", said(&r)),
-                        Some("the server's 227 is malformed".into()),
-                    );
-                    return None;
-                }
-            },
-            Ok(r) => {
-                self.say(
-                    Level::Warn,
-                    "PASV",
-                    format!("refused: {}", said(&r)),
-                    Some("clients without EPSV cannot use passive mode".into()),
-                );
-                return None;
-            }
-            Err(e) => {
-                self.say(
-                    Level::Fail,
-                    "PASV",
-                    e.to_string(),
-                    Some("check the server".into()),
-                );
-                return None;
-            }
-        };
+        let advertised = self
+            .ask_passive(
+                ctl,
+                "PASV",
+                227,
+                addr::parse_pasv,
+                "clients without EPSV cannot use passive mode",
+            )
+            .await
+            .map(SocketAddr::V4)?;
         let wrong = advertised.ip() != reached;
         let fix = format!(
             "the server must advertise the address clients reach: ftpsgate passive.external_address = \"{reached}\", vsftpd pasv_address={reached}, ProFTPD MasqueradeAddress {reached}"
@@ -116,38 +94,15 @@ impl Probe<'_> {
 
     /// EPSV: a port only, at the address reached.
     pub(super) async fn epsv(&mut self, ctl: &mut Ctl, tls: &ProbeTls) -> Option<Way> {
-        let port = match ctl.cmd("EPSV").await {
-            Ok(r) if r.code() == 229 => match addr::parse_epsv(&r.text()) {
-                Ok(p) => p,
-                Err(e) => {
-                    self.say(
-                        Level::Fail,
-                        "EPSV",
-                        format!("{}: {e}", said(&r)),
-                        Some("the server's 229 is malformed".into()),
-                    );
-                    return None;
-                }
-            },
-            Ok(r) => {
-                self.say(
-                    Level::Warn,
-                    "EPSV",
-                    format!("refused: {}", said(&r)),
-                    Some("IPv6 clients need EPSV; IPv4 clients fall back to PASV".into()),
-                );
-                return None;
-            }
-            Err(e) => {
-                self.say(
-                    Level::Fail,
-                    "EPSV",
-                    e.to_string(),
-                    Some("check the server".into()),
-                );
-                return None;
-            }
-        };
+        let port = self
+            .ask_passive(
+                ctl,
+                "EPSV",
+                229,
+                addr::parse_epsv,
+                "IPv6 clients need EPSV; IPv4 clients fall back to PASV",
+            )
+            .await?;
         let to = SocketAddr::new(ctl.peer.ip(), port);
         match dial(to, self.opts.timeout).await {
             Ok((tcp, took)) => {
@@ -174,6 +129,36 @@ impl Probe<'_> {
                 None
             }
         }
+    }
+
+    /// Sends PASV or EPSV and parses the answer `code` with `parse`. A refusal is a warning
+    /// (`refused` says what it costs clients); a malformed answer or none is a failure.
+    async fn ask_passive<T>(
+        &mut self,
+        ctl: &mut Ctl,
+        what: &'static str,
+        code: u16,
+        parse: impl Fn(&str) -> Result<T, AddrError>,
+        refused: &str,
+    ) -> Option<T> {
+        let (detail, fix, level) = match ctl.cmd(what).await {
+            Ok(r) if r.code() == code => match parse(&r.text()) {
+                Ok(v) => return Some(v),
+                Err(e) => (
+                    format!("{}: {e}", said(&r)),
+                    format!("the server's {code} is malformed"),
+                    Level::Fail,
+                ),
+            },
+            Ok(r) => (
+                format!("refused: {}", said(&r)),
+                refused.to_string(),
+                Level::Warn,
+            ),
+            Err(e) => (e.to_string(), "check the server".to_string(), Level::Fail),
+        };
+        self.say(level, what, detail, Some(fix));
+        None
     }
 
     /// A LIST over a data connection just opened, its TLS resuming the control session.
