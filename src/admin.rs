@@ -52,22 +52,12 @@ async fn route(ctx: &Context, req: Request<Incoming>) -> Response<Full<Bytes>> {
             ctx.metrics.leases_in_use.set(ctx.pool.in_use() as i64);
             ctx.metrics.bans_active.set(ctx.access.bans().len() as i64);
             ctx.metrics.certificate_expiries(ctx.certs.expiries());
-            let mut resp = text(StatusCode::OK, ctx.metrics.render());
-            if let Ok(v) = OPENMETRICS.parse() {
-                resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
-            }
-            resp
+            typed(text(StatusCode::OK, ctx.metrics.render()), OPENMETRICS)
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
         // The bans in force on this replica: [{"address": "...", "remaining_secs": N}].
         "/bans" => match serde_json::to_string(&ctx.access.bans()) {
-            Ok(json) => {
-                let mut resp = text(StatusCode::OK, json + "\n");
-                if let Ok(v) = "application/json".parse() {
-                    resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
-                }
-                resp
-            }
+            Ok(json) => typed(text(StatusCode::OK, json + "\n"), "application/json"),
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         },
         "/readyz" => {
@@ -90,6 +80,15 @@ async fn route(ctx: &Context, req: Request<Incoming>) -> Response<Full<Bytes>> {
             "not found: try /metrics, /healthz, /readyz, /bans\n",
         ),
     }
+}
+
+/// `resp` with its Content-Type set to `content_type`.
+fn typed(mut resp: Response<Full<Bytes>>, content_type: &'static str) -> Response<Full<Bytes>> {
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    resp
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

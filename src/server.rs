@@ -42,8 +42,11 @@ pub enum StartError {
     External(String),
     #[error("{0}")]
     Descriptors(String),
-    #[error("audit.log {file}: {source}")]
-    Audit { file: String, source: io::Error },
+    #[error("audit.log {}: {source}", file.display())]
+    Audit {
+        file: std::path::PathBuf,
+        source: io::Error,
+    },
 }
 
 /// A gateway with its listeners bound, ready to serve.
@@ -88,12 +91,7 @@ impl Gateway {
         let metrics = Metrics::new();
         let audit = Audit::open(settings.audit.log.as_deref(), settings.audit.sha256).map_err(
             |source| StartError::Audit {
-                file: settings
-                    .audit
-                    .log
-                    .as_deref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
+                file: settings.audit.log.clone().unwrap_or_default(),
                 source,
             },
         )?;
