@@ -6,7 +6,8 @@
 //!
 //! `cargo bench --bench gateway` runs it in full (1 GiB transfers, 1,000 and 10,000 sessions);
 //! `-- --smoke` runs a small version to prove the harness works; `-- --only sessions,noop` runs
-//! only the named parts (floor, throughput, sessions, idle, noop), for profiling one of them.
+//! only the named parts (floor, throughput, sessions, idle, noop), for profiling one of them;
+//! `-- --only throughput --rows ftpsgate_tls_to_plain` only the named throughput rows.
 //! It needs root and vsftpd (the tests' harness starts it), and iperf3, openssl and socat for
 //! the floor (skipped without them). `FTPSGATE_BENCH_LOG=1` shows the gateways' warnings.
 //! Results: a Markdown table on stdout and in target/bench/results.md, and one
@@ -43,10 +44,13 @@ struct Plan {
     noops: usize,
     /// The parts to run (`--only a,b`); empty runs them all.
     only: Vec<String>,
+    /// The throughput rows to run (`--rows ftpsgate_tls_to_plain,...`, names as printed);
+    /// empty runs them all.
+    rows: Vec<String>,
 }
 
 impl Plan {
-    fn new(smoke: bool, only: Vec<String>) -> Plan {
+    fn new(smoke: bool, only: Vec<String>, rows: Vec<String>) -> Plan {
         if smoke {
             Plan {
                 transfer_bytes: 32 << 20,
@@ -55,6 +59,7 @@ impl Plan {
                 idle_counts: vec![50],
                 noops: 200,
                 only,
+                rows,
             }
         } else {
             Plan {
@@ -64,12 +69,17 @@ impl Plan {
                 idle_counts: vec![1000, 10000],
                 noops: 5000,
                 only,
+                rows,
             }
         }
     }
 
     fn runs(&self, part: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|p| p == part)
+    }
+
+    fn runs_row(&self, row: &str) -> bool {
+        self.rows.is_empty() || self.rows.iter().any(|r| r == row)
     }
 }
 
@@ -155,6 +165,25 @@ fn cpu_secs(pid: u32, children: bool) -> Option<f64> {
     Some((at(a)? + at(b)?) / 100.0)
 }
 
+/// Context switches of a process's threads (voluntary and not): each is a thread going to
+/// sleep for want of work and being woken, the cost a relay's batching and its task layout
+/// move, with far less noise than CPU time.
+fn switches(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .filter(|l| l.contains("voluntary_ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Some(total)
+}
+
 fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
@@ -209,12 +238,14 @@ impl Report {
 fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
     // cargo bench passes --bench; the rest is ours.
-    let only = std::env::args()
-        .skip_while(|a| a != "--only")
-        .nth(1)
-        .map(|v| v.split(',').map(str::to_string).collect())
-        .unwrap_or_default();
-    let plan = Plan::new(smoke, only);
+    let list = |flag: &str| -> Vec<String> {
+        std::env::args()
+            .skip_while(|a| a != flag)
+            .nth(1)
+            .map(|v| v.split(',').map(str::to_string).collect())
+            .unwrap_or_default()
+    };
+    let plan = Plan::new(smoke, list("--only"), list("--rows"));
     let fd_limit = raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -624,13 +655,23 @@ async fn measure(
         if !plan.runs("throughput") {
             break;
         }
+        if !plan.runs_row(name) {
+            continue;
+        }
+        // Counted for ftpsgate only: a forking server's sessions take theirs with them.
+        let counted = cpu.filter(|&(_, children)| !children).map(|(pid, _)| pid);
         for dir in ["download", "upload"] {
             let mut rates = Vec::new();
             let mut costs = Vec::new();
+            let mut woken = Vec::new();
             let mut failures = Vec::new();
             for _ in 0..plan.runs {
                 let before = cpu.and_then(|(pid, children)| cpu_secs(pid, children));
+                let switched = counted.and_then(switches);
                 let result = transfer(t, dir, plan.transfer_bytes).await;
+                if let (Ok(_), Some(a), Some(b)) = (&result, switched, counted.and_then(switches)) {
+                    woken.push((b - a) as f64 / gib);
+                }
                 if cpu.is_some_and(|(_, children)| children) {
                     // The session process must have exited and been reaped.
                     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -673,6 +714,17 @@ async fn measure(
                 report.row(
                     &format!("CPU per GiB, {dir}, {}", name.replace('_', " ")),
                     format!("{med:.2} s/GiB (min {min:.2}, max {max:.2})"),
+                );
+            }
+            if !woken.is_empty() {
+                let (med, min, max) = stats(woken);
+                report.figure(&format!("switches_{dir}_{name}"), med, "per GiB");
+                report.row(
+                    &format!(
+                        "context switches per GiB, {dir}, {}",
+                        name.replace('_', " ")
+                    ),
+                    format!("{med:.0} (min {min:.0}, max {max:.0})"),
                 );
             }
         }

@@ -1,12 +1,15 @@
 //! Copying a transfer's bytes from one data connection to the other, every read and write
 //! bounded by the stall limit.
 
+use std::future::poll_fn;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::task::AbortOnDropHandle;
@@ -68,9 +71,10 @@ pub(super) struct Copied {
 ///
 /// The reading runs in a task of its own, two buffers going back and forth: on a machine with
 /// more than one core, one side's work (a socket read, or TLS decryption) overlaps the other's
-/// (TLS encryption, or a socket write) instead of taking turns with it. Buffers are allocated
-/// once per transfer; a dropped pump (a cancelled transfer) aborts the reader, which drops
-/// `from` with it.
+/// (TLS encryption, or a socket write) instead of taking turns with it. Both in one task was
+/// measured and cost downloads more CPU per GiB, not less (docs/ARCHITECTURE.md, "A
+/// transfer"). Buffers are allocated once per transfer; a dropped pump (a cancelled transfer)
+/// aborts the reader, which drops `from` with it.
 ///
 /// Each read and each write must complete within `stall`: a peer that stops sending, or stops
 /// reading, ends the copy with [`PumpError::Stalled`].
@@ -86,15 +90,16 @@ pub(super) async fn pump(
         let _ = empty.try_send(vec![0u8; BUF_SIZE]);
     }
     let reader = tokio::spawn(async move {
+        let mut failed = None;
         while let Some(mut buf) = empty_rx.recv().await {
-            let read = match timeout(stall, from.read(&mut buf)).await {
+            let read = match timeout(stall, read_ready(&mut from, &mut buf, &mut failed)).await {
                 Ok(Ok(0)) => break,
                 Ok(Ok(n)) => Ok((buf, n)),
                 Ok(Err(e)) => Err(PumpError::Read(e)),
                 Err(_) => Err(PumpError::Stalled { reading: true }),
             };
-            let failed = read.is_err();
-            if full_tx.send(read).await.is_err() || failed {
+            let stop = read.is_err();
+            if full_tx.send(read).await.is_err() || stop {
                 break;
             }
         }
@@ -140,6 +145,44 @@ pub(super) async fn pump(
         Ok(Err(e)) => (Err(PumpError::Write(e)), None),
         Err(_) => (Err(PumpError::Stalled { reading: false }), None),
     }
+}
+
+/// Reads as much as `from` has ready, up to `buf`'s size, waiting only while nothing is.
+///
+/// Why: a TLS stream yields one record (16 KiB at most) per read, so one read per buffer
+/// would pass 16 KiB per channel message, wake-up and system call on the other side; taking
+/// every record already received fills the buffer instead. An error after some bytes is kept
+/// in `failed` and returned by the next call, never lost: a reset must not read as a clean
+/// end once the bytes before it are passed on.
+async fn read_ready(
+    from: &mut Stream,
+    buf: &mut [u8],
+    failed: &mut Option<io::Error>,
+) -> io::Result<usize> {
+    if let Some(e) = failed.take() {
+        return Err(e);
+    }
+    let mut filled = 0;
+    poll_fn(|cx| loop {
+        let mut rest = ReadBuf::new(buf.get_mut(filled..).unwrap_or_default());
+        match Pin::new(&mut *from).poll_read(cx, &mut rest) {
+            Poll::Ready(Ok(())) => {
+                let n = rest.filled().len();
+                filled += n;
+                if n == 0 || filled == buf.len() {
+                    return Poll::Ready(Ok(filled));
+                }
+            }
+            Poll::Ready(Err(e)) if filled == 0 => return Poll::Ready(Err(e)),
+            Poll::Ready(Err(e)) => {
+                *failed = Some(e);
+                return Poll::Ready(Ok(filled));
+            }
+            Poll::Pending if filled == 0 => return Poll::Pending,
+            Poll::Pending => return Poll::Ready(Ok(filled)),
+        }
+    })
+    .await
 }
 
 /// Reads until end of file, discarding: after an upload the backend sends no data, only
