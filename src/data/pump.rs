@@ -199,3 +199,40 @@ pub(super) async fn drain(stream: &mut Stream) -> io::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// Bytes followed by a reset: the bytes come first, then the error, and never a clean end
+    /// of file (after reporting ECONNRESET once, a socket reads as end of file, which would
+    /// pass a cut transfer on as complete).
+    #[tokio::test]
+    async fn bytes_then_a_reset_read_as_bytes_then_an_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (ours, _) = listener.accept().await.unwrap();
+        peer.write_all(&[7u8; 100_000]).await.unwrap();
+        peer.set_zero_linger().unwrap();
+        drop(peer);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut from = Stream::Plain(ours);
+        let mut buf = vec![0u8; BUF_SIZE];
+        let mut failed = None;
+        let mut got = 0;
+        let error = loop {
+            match read_ready(&mut from, &mut buf, &mut failed).await {
+                Ok(0) => panic!("a reset read as a clean end after {got} bytes"),
+                Ok(n) => got += n,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(got, 100_000);
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
+    }
+}
