@@ -7,7 +7,10 @@
 //! `cargo bench --bench gateway` runs it in full (1 GiB transfers, 1,000 and 10,000 sessions);
 //! `-- --smoke` runs a small version to prove the harness works; `-- --only sessions,noop` runs
 //! only the named parts (floor, throughput, sessions, idle, noop), for profiling one of them;
-//! `-- --only throughput --rows ftpsgate_tls_to_plain` only the named throughput rows.
+//! `-- --only throughput --rows ftpsgate_tls_to_plain` only the named throughput rows
+//! (`ftpsgate_tls_to_plain_8_at_once` names the eight at once and the LIST cost). With
+//! `FTPSGATE_BIN=path` the gateways are that build instead of this one: run the same rows with
+//! two builds in turn to see what a change buys.
 //! It needs root and vsftpd (the tests' harness starts it), and iperf3, openssl and socat for
 //! the floor (skipped without them). `FTPSGATE_BENCH_LOG=1` shows the gateways' warnings.
 //! Results: a Markdown table on stdout and in target/bench/results.md, and one
@@ -749,7 +752,9 @@ async fn measure(
         }
     }
     if plan.runs("throughput") {
-        concurrent_and_small(plan, &via_plain, &gw_plain, &plain, report).await?;
+        if plan.runs_row("ftpsgate_tls_to_plain_8_at_once") {
+            concurrent_and_small(plan, &via_plain, &gw_plain, &plain, report).await?;
+        }
     }
 
     // b. Full sessions per second: connect, AUTH TLS, login, PBSZ/PROT P, PASV, LIST, QUIT.

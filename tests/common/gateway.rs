@@ -171,7 +171,8 @@ pub async fn suppaftp_retr(ftp: &mut suppaftp::tokio::AsyncRustlsFtpStream, name
 
 /// The ftpsgate binary, as an operator runs it: `run` on `listen` in front of `backend`, with
 /// a passive range starting at `pool` (`len` ports) and the given certificate. Callers add
-/// their own flags, environment and output.
+/// their own flags, environment and output. `FTPSGATE_BIN` names another build to run instead
+/// (the benchmark compares two builds that way; the tests never set it).
 pub fn gateway_command(
     listen: SocketAddr,
     backend: SocketAddr,
@@ -179,7 +180,9 @@ pub fn gateway_command(
     cert: &Path,
     key: &Path,
 ) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ftpsgate"));
+    let program =
+        std::env::var_os("FTPSGATE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_ftpsgate").into());
+    let mut cmd = Command::new(program);
     cmd.arg("run")
         .args(["--listen", &listen.to_string()])
         .args(["--backend", &backend.to_string()])
