@@ -751,10 +751,8 @@ async fn measure(
             }
         }
     }
-    if plan.runs("throughput") {
-        if plan.runs_row("ftpsgate_tls_to_plain_8_at_once") {
-            concurrent_and_small(plan, &via_plain, &gw_plain, &plain, report).await?;
-        }
+    if plan.runs("throughput") && plan.runs_row("ftpsgate_tls_to_plain_8_at_once") {
+        concurrent_and_small(plan, &via_plain, &gw_plain, &plain, report).await?;
     }
 
     // b. Full sessions per second: connect, AUTH TLS, login, PBSZ/PROT P, PASV, LIST, QUIT.
