@@ -123,13 +123,13 @@ impl ClientControl {
         self.stream.as_ref()?.tls_server()
     }
 
-    /// The subject of the client's certificate, when it presented one (mutual TLS).
     /// The user the client's certificate names, as `tls.client_cert_user` reads it.
     pub fn certificate_user(&self, field: crate::config::CertUser) -> Option<String> {
         let cert = self.tls_server()?.peer_certificates()?.first()?;
         crate::tls::store::certificate_user(cert, field)
     }
 
+    /// The subject of the client's certificate, when it presented one (mutual TLS).
     pub fn peer_subject(&self) -> Option<String> {
         self.tls_server()?
             .peer_certificates()?
