@@ -20,7 +20,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tracing::warn;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Reason};
 
 /// What a session knows of itself when it writes a record.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -62,7 +62,7 @@ pub enum Event<'a> {
     Refusal {
         #[serde(flatten)]
         who: Who<'a>,
-        reason: &'a str,
+        reason: Reason,
         reply: u16,
     },
 }
@@ -149,4 +149,29 @@ fn append(path: &Path) -> io::Result<File> {
         .append(true)
         .mode(0o640)
         .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refusal's record names its reason as the metric label does.
+    #[test]
+    fn a_refusal_record_names_its_reason_as_the_metric_does() {
+        let event = Event::Refusal {
+            who: Who {
+                session: 7,
+                client: "192.0.2.7".parse().expect("ip"),
+                user: None,
+                route: None,
+            },
+            reason: Reason::denied_user,
+            reply: 530,
+        };
+        let json = serde_json::to_string(&event).expect("json");
+        assert_eq!(
+            json,
+            r#"{"event":"refusal","session":7,"client":"192.0.2.7","user":null,"route":null,"reason":"denied_user","reply":530}"#
+        );
+    }
 }

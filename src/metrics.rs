@@ -67,7 +67,9 @@ pub enum Reload {
 }
 
 /// Why the gateway refused something. A closed set: log lines carry the detail.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+/// Its name is the same in a metric label and an audit record (serde writes a unit variant as
+/// its name).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue, serde::Serialize)]
 #[allow(non_camel_case_types)]
 pub enum Reason {
     session_limit,

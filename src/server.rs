@@ -321,8 +321,7 @@ fn admit(
         Err((why, reason)) => {
             let _enter = span.enter();
             info!(reason = why, "connection refused");
-            let name = format!("{reason:?}");
-            ctx.metrics.refused(reason);
+            ctx.metrics.refused(reason.clone());
             let who = Who {
                 session: id,
                 client: client.ip(),
@@ -331,7 +330,7 @@ fn admit(
             };
             let event = Event::Refusal {
                 who,
-                reason: &name,
+                reason,
                 reply: 421,
             };
             ctx.audit.record(&event, &ctx.metrics);

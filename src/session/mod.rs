@@ -328,11 +328,10 @@ impl Session {
 
     async fn refuse(&mut self, refusal: Refusal) -> std::io::Result<()> {
         if let Some(reason) = refusal.reason() {
-            let reason = format!("{reason:?}");
             let reply = refusal.reply().code();
             self.audit(&Event::Refusal {
                 who: self.who(None),
-                reason: &reason,
+                reason,
                 reply,
             });
         }
