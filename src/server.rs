@@ -295,11 +295,8 @@ fn admit(
     }
     let admitted = match ctx.access.at_door(client.ip()) {
         Ok(()) => limits.admit(client.ip()),
-        Err(Barred::Denied) => Err(("Access denied.", Reason::access_denied)),
-        Err(Barred::Banned(_)) => Err((
-            "Too many failed logins from your address; try again later.",
-            Reason::banned,
-        )),
+        Err(Barred::Denied) => Err((Barred::DENIED_TEXT, Reason::access_denied)),
+        Err(Barred::Banned(_)) => Err((Barred::BANNED_TEXT, Reason::banned)),
     };
     match admitted {
         Ok(permit) => {

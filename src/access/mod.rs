@@ -22,6 +22,14 @@ pub enum Barred {
     Banned(Duration),
 }
 
+impl Barred {
+    /// The text of the 421 for an address kept out by `allow`/`deny` (at the door or a route).
+    pub const DENIED_TEXT: &'static str = "Access denied.";
+    /// The text of the 421 for a banned address (at the door or at a login).
+    pub const BANNED_TEXT: &'static str =
+        "Too many failed logins from your address; try again later.";
+}
+
 pub struct Access {
     allow: Networks,
     deny: Networks,

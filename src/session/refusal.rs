@@ -10,6 +10,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::Fatal;
+use crate::access::Barred;
 use crate::data::{BridgeError, PoolError};
 use crate::ftp::{addr::AddrError, escaped, CommandError, LineError, Reply};
 use crate::metrics::Reason;
@@ -217,11 +218,8 @@ impl Refusal {
                 return Reply::new(421, &text);
             }
             ShuttingDown => (421, "Service shutting down; please reconnect later."),
-            Banned { .. } => (
-                421,
-                "Too many failed logins from your address; try again later.",
-            ),
-            RouteDenied { .. } => (421, "Access denied."),
+            Banned { .. } => (421, Barred::BANNED_TEXT),
+            RouteDenied { .. } => (421, Barred::DENIED_TEXT),
             DeniedUser { .. } | CertificateUser { .. } => (530, "Login incorrect."),
             PassWithoutUser => (503, "Login with USER first."),
             BackendDown(_) => (
