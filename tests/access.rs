@@ -17,11 +17,6 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
-use ftpsgate::config::Settings;
-
-fn with_admin(s: &mut Settings) {
-    s.admin.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-}
 
 /// curl from `source` listing the root as `user`:`password` over explicit FTPS.
 fn curl_from(gw: &TestGateway, source: &str, login: &str, extra: &[&str]) -> Output {
@@ -55,7 +50,7 @@ fn denied_networks_are_refused_at_accept_and_a_routes_own_rules_once_it_is_known
     };
     let backend = vs.addr;
     let gw = TestGateway::start(vs.backend(), move |s| {
-        with_admin(s);
+        admin_on_loopback(s);
         s.access.allow = ftpsgate::config::Networks::new(vec!["127.0.0.0/24".parse().unwrap()]);
         s.access.deny = ftpsgate::config::Networks::new(vec!["127.0.0.7/32".parse().unwrap()]);
         s.routing.user_suffix = true;
@@ -115,7 +110,7 @@ fn failed_logins_ban_an_address_until_the_ban_ends_while_others_log_in() {
     };
     let ban_secs = 6;
     let gw = TestGateway::start(vs.backend(), move |s| {
-        with_admin(s);
+        admin_on_loopback(s);
         s.access.max_failed_logins = 3;
         s.access.failed_login_window_secs = 60;
         s.access.ban_secs = ban_secs;
@@ -183,7 +178,7 @@ fn denied_users_are_refused_by_the_gateway_and_never_reach_the_backend() {
         return;
     };
     let gw = TestGateway::start(vs.backend(), |s| {
-        with_admin(s);
+        admin_on_loopback(s);
         s.access.deny_users = vec!["root".into(), "Anonymous".into()];
         s.access.failed_login_delay_secs = 0;
     });
@@ -255,7 +250,7 @@ fn client_certificates_bind_logins_by_cn_or_email() {
     ] {
         let client_ca = ca.clone();
         let gw = TestGateway::start(vs.backend(), move |s| {
-            with_admin(s);
+            admin_on_loopback(s);
             s.tls.client_auth = ftpsgate::config::ClientAuth::Required;
             s.tls.client_ca = Some(client_ca);
             s.tls.client_cert_user = Some(field);
@@ -316,7 +311,7 @@ fn certificate_expiry_is_on_metrics_for_the_default_and_each_sni_certificate() {
     let (cert, key) = pair.write_to(dir.path()).expect("write");
     let sni_der = pem_certs(&cert).remove(0);
     let gw = TestGateway::start(BackendKind::Unftp, move |s| {
-        with_admin(s);
+        admin_on_loopback(s);
         s.tls.sni = vec![ftpsgate::config::CertPair { cert, key }];
     });
     let m = scrape(gw.admin.expect("admin"));
@@ -395,7 +390,7 @@ fn the_audit_log_records_transfers_with_their_sha256_and_logins() {
     let log = dir.path().join("audit.jsonl");
     let audit = log.clone();
     let gw = TestGateway::start(vs.backend(), move |s| {
-        with_admin(s);
+        admin_on_loopback(s);
         s.audit.log = Some(audit);
         s.audit.sha256 = true;
         s.access.failed_login_delay_secs = 0;
@@ -475,7 +470,7 @@ fn audit_write_errors_are_counted_and_transfers_go_on() {
     let want = vs.put("still.bin", 100_000);
     // Every write to /dev/full fails (ENOSPC), as a full disk would.
     let gw = TestGateway::start(vs.backend(), |s| {
-        with_admin(s);
+        admin_on_loopback(s);
         s.audit.log = Some("/dev/full".into());
     });
     let dir = tempfile::tempdir().expect("tempdir");

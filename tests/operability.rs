@@ -83,10 +83,6 @@ fn rotate(cert: &Path, key: &Path, names: &[&str]) -> CertificateDer<'static> {
     pem_certs(cert).remove(0)
 }
 
-fn admin_on_loopback(s: &mut ftpsgate::config::Settings) {
-    s.admin.listen = Some("127.0.0.1:0".parse().expect("addr"));
-}
-
 #[test]
 fn metrics_are_scraped_and_parsed_during_a_transfer() {
     if !have("curl") {

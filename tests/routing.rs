@@ -220,7 +220,7 @@ fn round_robin_alternates_and_least_connections_avoids_the_busy_server() {
         s.backend.balance = Balance::LeastConnections;
         s.backend.relay_greeting = true;
         s.routing.health_interval_secs = 0;
-        s.admin.listen = Some("127.0.0.1:0".parse().expect("addr"));
+        admin_on_loopback(s);
     });
     let admin = lc.admin.expect("admin listener");
     // One session held open on the first server (with `relay_greeting`, the gateway connects
@@ -263,7 +263,7 @@ fn health_checks_route_around_dead_servers_and_421_when_none_is_left() {
         s.backend.relay_greeting = true;
         s.routing.health_interval_secs = 1;
         s.routing.health_timeout_secs = 1;
-        s.admin.listen = Some("127.0.0.1:0".parse().expect("addr"));
+        admin_on_loopback(s);
     });
     let admin = gw.admin.expect("admin listener");
     let up = "ftpsgate_backend_up";

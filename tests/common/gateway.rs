@@ -169,6 +169,11 @@ pub async fn suppaftp_retr(ftp: &mut suppaftp::tokio::AsyncRustlsFtpStream, name
     data
 }
 
+/// Settings tweak: the admin listener (`/metrics`, `/bans`, ...) on a free loopback port.
+pub fn admin_on_loopback(s: &mut ftpsgate::config::Settings) {
+    s.admin.listen = Some("127.0.0.1:0".parse().expect("addr"));
+}
+
 /// The ftpsgate binary, as an operator runs it: `run` on `listen` in front of `backend`, with
 /// a passive range starting at `pool` (`len` ports) and the given certificate. Callers add
 /// their own flags, environment and output. `FTPSGATE_BIN` names another build to run instead
