@@ -21,6 +21,7 @@ pub mod ftp;
 pub(crate) mod metrics;
 pub mod probe;
 pub(crate) mod proxy_protocol;
+mod read_ahead;
 pub mod server;
 pub mod session;
 mod stream;

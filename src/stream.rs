@@ -12,10 +12,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use rustls::{HandshakeKind, ProtocolVersion};
-use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsStream;
 
+use crate::read_ahead::ReadAhead;
 use crate::tls::ticket_hold::TicketGate;
 
 /// `(version, resumed)` of a TLS connection, for logs.
@@ -82,8 +83,8 @@ pub enum Stream {
     Plain(TcpStream),
     /// A client data connection, whose TLS 1.3 tickets wait for the gateway's first write.
     DataTls(Box<tokio_rustls::server::TlsStream<TicketGate>>),
-    /// A backend data connection, read in large chunks (see `tls::ticket_hold` on why).
-    BackendDataTls(Box<tokio_rustls::client::TlsStream<BufReader<TcpStream>>>),
+    /// A backend data connection, read in large chunks (see `read_ahead` on why).
+    BackendDataTls(Box<tokio_rustls::client::TlsStream<ReadAhead<TcpStream>>>),
 }
 
 impl Stream {

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::ProtocolVersion;
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::{timeout, timeout_at};
@@ -44,8 +44,8 @@ use super::params::BridgeParams;
 use super::pool::Lease;
 use super::pump::{drain, pump, Counted};
 use crate::ftp::Direction;
+use crate::read_ahead::ReadAhead;
 use crate::stream::Stream;
-use crate::tls::ticket_hold::READ_BUFFER;
 
 /// How the client's end of the data connection comes about.
 pub enum ClientSide {
@@ -211,7 +211,7 @@ async fn run(
         let Some(tls) = &params.backend_tls else {
             return Ok(Stream::Plain(backend));
         };
-        let buffered = BufReader::with_capacity(READ_BUFFER, backend);
+        let buffered = ReadAhead::new(backend);
         let handshake = tls.connector.connect(tls.server_name.clone(), buffered);
         timeout(limit, handshake)
             .await

@@ -9,15 +9,17 @@ use std::task::Poll;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
+use tokio_util::io::poll_read_buf;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::error::BridgeError;
 use crate::stream::Stream;
 
-/// Large enough for several 16 KiB TLS records per read; allocated once per transfer.
+/// Large enough for several 16 KiB TLS records per read; allocated once per transfer, and
+/// never zeroed: reads fill its capacity, so a small listing touches only the pages it uses.
 const BUF_SIZE: usize = 256 * 1024;
 
 pub(super) enum PumpError {
@@ -84,17 +86,17 @@ pub(super) async fn pump(
     counted: &Counted<'_>,
     stall: Duration,
 ) -> (Result<Copied, PumpError>, Option<Stream>) {
-    let (full_tx, mut full) = mpsc::channel::<Result<(Vec<u8>, usize), PumpError>>(2);
+    let (full_tx, mut full) = mpsc::channel::<Result<Vec<u8>, PumpError>>(2);
     let (empty, mut empty_rx) = mpsc::channel::<Vec<u8>>(2);
     for _ in 0..2 {
-        let _ = empty.try_send(vec![0u8; BUF_SIZE]);
+        let _ = empty.try_send(Vec::with_capacity(BUF_SIZE));
     }
     let reader = tokio::spawn(async move {
         let mut failed = None;
         while let Some(mut buf) = empty_rx.recv().await {
             let read = match timeout(stall, read_ready(&mut from, &mut buf, &mut failed)).await {
                 Ok(Ok(0)) => break,
-                Ok(Ok(n)) => Ok((buf, n)),
+                Ok(Ok(_)) => Ok(buf),
                 Ok(Err(e)) => Err(PumpError::Read(e)),
                 Err(_) => Err(PumpError::Stalled { reading: true }),
             };
@@ -110,23 +112,24 @@ pub(super) async fn pump(
     let mut hasher = counted.hash.then(Sha256::new);
     // `None`: the reader has stopped, at the end of the stream.
     while let Some(read) = full.recv().await {
-        let (buf, n) = match read {
+        let mut chunk = match read {
             Ok(chunk) => chunk,
             Err(e) => return (Err(e), None),
         };
-        let chunk = buf.get(..n).unwrap_or_default();
-        match timeout(stall, to.write_all(chunk)).await {
+        match timeout(stall, to.write_all(&chunk)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return (Err(PumpError::Write(e)), None),
             Err(_) => return (Err(PumpError::Stalled { reading: false }), None),
         }
         if let Some(h) = &mut hasher {
-            h.update(chunk);
+            h.update(&chunk);
         }
-        total += n as u64;
+        let n = chunk.len() as u64;
+        total += n;
         counted.progress.store(total, Ordering::Relaxed);
-        counted.total.inc_by(n as u64);
-        let _ = empty.send(buf).await;
+        counted.total.inc_by(n);
+        chunk.clear();
+        let _ = empty.send(chunk).await;
     }
     let from = reader.await.ok();
     let ended = async {
@@ -147,7 +150,8 @@ pub(super) async fn pump(
     }
 }
 
-/// Reads as much as `from` has ready, up to `buf`'s size, waiting only while nothing is.
+/// Reads as much as `from` has ready into `buf` (empty), up to [`BUF_SIZE`], waiting only while
+/// nothing is; returns how much.
 ///
 /// Why: a TLS stream yields one record (16 KiB at most) per read, so one read per buffer
 /// would pass 16 KiB per channel message, wake-up and system call on the other side; taking
@@ -156,21 +160,19 @@ pub(super) async fn pump(
 /// end once the bytes before it are passed on.
 async fn read_ready(
     from: &mut Stream,
-    buf: &mut [u8],
+    buf: &mut Vec<u8>,
     failed: &mut Option<io::Error>,
 ) -> io::Result<usize> {
     if let Some(e) = failed.take() {
         return Err(e);
     }
-    let mut filled = 0;
     poll_fn(|cx| loop {
-        let mut rest = ReadBuf::new(buf.get_mut(filled..).unwrap_or_default());
-        match Pin::new(&mut *from).poll_read(cx, &mut rest) {
-            Poll::Ready(Ok(())) => {
-                let n = rest.filled().len();
-                filled += n;
-                if n == 0 || filled == buf.len() {
-                    return Poll::Ready(Ok(filled));
+        let filled = buf.len();
+        // Fills the spare capacity only: `buf` never grows past BUF_SIZE.
+        match poll_read_buf(Pin::new(&mut *from), cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                if n == 0 || buf.len() >= BUF_SIZE {
+                    return Poll::Ready(Ok(buf.len()));
                 }
             }
             Poll::Ready(Err(e)) if filled == 0 => return Poll::Ready(Err(e)),
@@ -222,10 +224,11 @@ mod tests {
         drop(peer);
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut from = Stream::Plain(ours);
-        let mut buf = vec![0u8; BUF_SIZE];
+        let mut buf = Vec::with_capacity(BUF_SIZE);
         let mut failed = None;
         let mut got = 0;
         let error = loop {
+            buf.clear();
             match read_ready(&mut from, &mut buf, &mut failed).await {
                 Ok(0) => panic!("a reset read as a clean end after {got} bytes"),
                 Ok(n) => got += n,

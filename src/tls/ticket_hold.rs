@@ -15,9 +15,7 @@
 //! them, until [`TicketGate::release`] — called once the handshake is over — and the next write.
 //! TLS 1.2 tickets travel inside the handshake as type 22 records and are never held.
 //!
-//! The gate also buffers reads: rustls asks for at most 4 KiB at a time when its buffer is
-//! empty, one system call each, which capped TLS uploads near 550 MiB/s; reading the socket in
-//! large chunks and serving rustls from memory removes most of those calls.
+//! The gate's socket is read ahead in large chunks (see `read_ahead`).
 
 use std::io;
 use std::pin::Pin;
@@ -26,9 +24,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use rustls::server::ProducesTickets;
-use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::read_ahead::ReadAhead;
 use crate::tls::binding::{Member, Siblings};
 
 const APPLICATION_DATA: u8 = 23;
@@ -75,12 +74,9 @@ impl ProducesTickets for SignalOnTicket {
     }
 }
 
-/// Read buffer under TLS data connections: several TLS records per system call.
-pub const READ_BUFFER: usize = 256 * 1024;
-
 /// The TCP stream under a client data connection's TLS.
 pub struct TicketGate {
-    tcp: BufReader<TcpStream>,
+    tcp: ReadAhead<TcpStream>,
     armed: Arc<AtomicBool>,
     /// True during the handshake: armed writes are held. False after [`Self::release`].
     holding: bool,
@@ -91,7 +87,7 @@ pub struct TicketGate {
 impl TicketGate {
     pub fn new(tcp: TcpStream, armed: Arc<AtomicBool>) -> Self {
         Self {
-            tcp: BufReader::with_capacity(READ_BUFFER, tcp),
+            tcp: ReadAhead::new(tcp),
             armed,
             holding: true,
             held: Vec::new(),
