@@ -19,6 +19,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::error::BridgeError;
 use super::params::BridgeParams;
+use super::pump::TLS_SEND_BATCH;
 use crate::config::{Networks, ReuseMode};
 use crate::metrics::{Channel, Reason};
 use crate::proxy_protocol;
@@ -187,6 +188,7 @@ async fn handshake(
         }
     };
     tls.get_mut().0.release();
+    tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BATCH));
     let resumed = tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
     params.metrics.handshake(Channel::data, Some(resumed));
     if params.reuse == ReuseMode::Require && !resumed {

@@ -142,6 +142,30 @@ impl AsyncWrite for TicketGate {
         Pin::new(&mut this.tcp).poll_write(cx, buf)
     }
 
+    /// Several records per system call once the handshake is over (rustls hands over all it
+    /// holds, see `data::pump::TLS_SEND_BATCH`); during it, one buffer at a time, each judged
+    /// by [`Self::poll_write`].
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.holding {
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &**b);
+            return Pin::new(this).poll_write(cx, first);
+        }
+        ready!(this.poll_send_held(cx))?;
+        Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if !this.holding {
