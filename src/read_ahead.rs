@@ -115,7 +115,7 @@ mod tests {
         let n = reader.read(&mut small).await.unwrap();
         got.extend_from_slice(&small[..n]);
         assert_eq!(reader.buf.len(), READ_AHEAD, "one read filled the buffer");
-        assert!(reader.buf.capacity() == READ_AHEAD, "and did not grow it");
+        assert_eq!(reader.buf.capacity(), READ_AHEAD, "and did not grow it");
         let mut large = vec![0u8; READ_AHEAD];
         loop {
             let n = reader.read(&mut large).await.unwrap();

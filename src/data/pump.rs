@@ -22,14 +22,6 @@ use crate::stream::Stream;
 /// never zeroed: reads fill its capacity, so a small listing touches only the pages it uses.
 const BUF_SIZE: usize = 256 * 1024;
 
-/// The TLS bytes rustls may hold on a client data connection before a write waits for the
-/// socket, and so what one `writev` hands it: about three full 16 KiB records. Measured on
-/// loopback (docs/ARCHITECTURE.md, "A transfer"): one record per `send` cost downloads about
-/// 10 % more CPU per GiB than batches of two or three, and rustls's default of 64 KiB (four
-/// records and a few bytes) per `writev` a quarter more. Toward TLS backends the same limit
-/// changed nothing measurable, so they keep rustls's default.
-pub(super) const TLS_SEND_BATCH: usize = 48 * 1024;
-
 pub(super) enum PumpError {
     Read(io::Error),
     Write(io::Error),

@@ -143,7 +143,7 @@ impl AsyncWrite for TicketGate {
     }
 
     /// Several records per system call once the handshake is over (rustls hands over all it
-    /// holds, see `data::pump::TLS_SEND_BATCH`); during it, one buffer at a time, each judged
+    /// holds, see `data::admit::TLS_SEND_BATCH`); during it, one buffer at a time, each judged
     /// by [`Self::poll_write`].
     fn poll_write_vectored(
         self: Pin<&mut Self>,
