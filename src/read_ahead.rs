@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::io::poll_read_buf;
 
 /// How much one read of the socket may take.
-pub const READ_AHEAD: usize = 256 * 1024;
+const READ_AHEAD: usize = 256 * 1024;
 
 /// `inner` with reads taken [`READ_AHEAD`] bytes at a time; writes go straight through.
 pub struct ReadAhead<T> {

@@ -194,8 +194,9 @@ async fn handshake(
             return Err(e);
         }
     };
-    tls.get_mut().0.release();
-    tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BATCH));
+    let (gate, conn) = tls.get_mut();
+    gate.release();
+    conn.set_buffer_limit(Some(TLS_SEND_BATCH));
     let resumed = tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
     params.metrics.handshake(Channel::data, Some(resumed));
     if params.reuse == ReuseMode::Require && !resumed {
