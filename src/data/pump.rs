@@ -71,21 +71,71 @@ pub(super) struct Copied {
 /// clean end, `from` again. The hash is taken of each chunk as it is written, from the buffer
 /// the write uses: one pass over the bytes, no copy.
 ///
-/// The reading runs in a task of its own, two buffers going back and forth: on a machine with
-/// more than one core, one side's work (a socket read, or TLS decryption) overlaps the other's
-/// (TLS encryption, or a socket write) instead of taking turns with it. Both in one task was
-/// measured and cost downloads more CPU per GiB, not less (docs/ARCHITECTURE.md, "A
-/// transfer"). Buffers are allocated once per transfer; a dropped pump (a cancelled transfer)
-/// aborts the reader, which drops `from` with it.
+/// An upload (the client's TLS connection as the source) is read and written in turn by one
+/// task with one buffer: its reads are decryption, and handing each buffer to another thread
+/// to write cost uploads 7-14 % more CPU per GiB. A download's source is read by a task of
+/// its own, two buffers going back and forth, so the backend's socket keeps being drained
+/// while the writer encrypts toward the client: in turn cost downloads from a plain backend
+/// a quarter more, and changed nothing clear from a TLS one (docs/ARCHITECTURE.md, "A
+/// transfer"). A dropped pump (a cancelled transfer) drops `from`, and aborts the reader with
+/// it. Buffers are allocated once per transfer.
 ///
 /// Each read and each write must complete within `stall`: a peer that stops sending, or stops
 /// reading, ends the copy with [`PumpError::Stalled`].
 pub(super) async fn pump(
-    mut from: Stream,
+    from: Stream,
     to: &mut Stream,
     counted: &Counted<'_>,
     stall: Duration,
 ) -> (Result<Copied, PumpError>, Option<Stream>) {
+    let mut tally = Tally::new(counted);
+    let copied = if matches!(from, Stream::DataTls(_)) {
+        in_turn(from, to, &mut tally, stall).await
+    } else {
+        with_reader(from, to, &mut tally, stall).await
+    };
+    let from = match copied {
+        Ok(from) => from,
+        Err(e) => return (Err(e), None),
+    };
+    let ended = async {
+        to.flush().await?;
+        to.shutdown().await
+    };
+    match timeout(stall, ended).await {
+        Ok(Ok(())) => (Ok(tally.finish()), from),
+        Ok(Err(e)) => (Err(PumpError::Write(e)), None),
+        Err(_) => (Err(PumpError::Stalled { reading: false }), None),
+    }
+}
+
+/// One task, one buffer: read what is ready, write it, again.
+async fn in_turn(
+    mut from: Stream,
+    to: &mut Stream,
+    tally: &mut Tally<'_>,
+    stall: Duration,
+) -> Result<Option<Stream>, PumpError> {
+    let mut buf = Vec::with_capacity(BUF_SIZE);
+    let mut failed = None;
+    loop {
+        buf.clear();
+        match timeout(stall, read_ready(&mut from, &mut buf, &mut failed)).await {
+            Ok(Ok(0)) => return Ok(Some(from)),
+            Ok(Ok(_)) => write_chunk(to, &buf, tally, stall).await?,
+            Ok(Err(e)) => return Err(PumpError::Read(e)),
+            Err(_) => return Err(PumpError::Stalled { reading: true }),
+        }
+    }
+}
+
+/// A reader task and this one, two buffers going back and forth.
+async fn with_reader(
+    mut from: Stream,
+    to: &mut Stream,
+    tally: &mut Tally<'_>,
+    stall: Duration,
+) -> Result<Option<Stream>, PumpError> {
     let (full_tx, mut full) = mpsc::channel::<Result<Vec<u8>, PumpError>>(2);
     let (empty, mut empty_rx) = mpsc::channel::<Vec<u8>>(2);
     for _ in 0..2 {
@@ -108,45 +158,64 @@ pub(super) async fn pump(
         from
     });
     let reader = AbortOnDropHandle::new(reader);
-    let mut total = 0u64;
-    let mut hasher = counted.hash.then(Sha256::new);
     // `None`: the reader has stopped, at the end of the stream.
     while let Some(read) = full.recv().await {
-        let mut chunk = match read {
-            Ok(chunk) => chunk,
-            Err(e) => return (Err(e), None),
-        };
-        match timeout(stall, to.write_all(&chunk)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return (Err(PumpError::Write(e)), None),
-            Err(_) => return (Err(PumpError::Stalled { reading: false }), None),
-        }
-        if let Some(h) = &mut hasher {
-            h.update(&chunk);
-        }
-        let n = chunk.len() as u64;
-        total += n;
-        counted.progress.store(total, Ordering::Relaxed);
-        counted.total.inc_by(n);
+        let mut chunk = read?;
+        write_chunk(to, &chunk, tally, stall).await?;
         chunk.clear();
         let _ = empty.send(chunk).await;
     }
-    let from = reader.await.ok();
-    let ended = async {
-        to.flush().await?;
-        to.shutdown().await
-    };
-    match timeout(stall, ended).await {
+    Ok(reader.await.ok())
+}
+
+/// Writes one chunk within the stall limit, then counts (and hashes) it.
+async fn write_chunk(
+    to: &mut Stream,
+    chunk: &[u8],
+    tally: &mut Tally<'_>,
+    stall: Duration,
+) -> Result<(), PumpError> {
+    match timeout(stall, to.write_all(chunk)).await {
         Ok(Ok(())) => {
-            let sha256 = hasher.map(|h| h.finalize().into());
-            let copied = Copied {
-                bytes: total,
-                sha256,
-            };
-            (Ok(copied), from)
+            tally.add(chunk);
+            Ok(())
         }
-        Ok(Err(e)) => (Err(PumpError::Write(e)), None),
-        Err(_) => (Err(PumpError::Stalled { reading: false }), None),
+        Ok(Err(e)) => Err(PumpError::Write(e)),
+        Err(_) => Err(PumpError::Stalled { reading: false }),
+    }
+}
+
+/// The bytes written so far: counted where [`Counted`] says, hashed if asked.
+struct Tally<'a> {
+    counted: &'a Counted<'a>,
+    bytes: u64,
+    hasher: Option<Sha256>,
+}
+
+impl<'a> Tally<'a> {
+    fn new(counted: &'a Counted<'a>) -> Tally<'a> {
+        Tally {
+            counted,
+            bytes: 0,
+            hasher: counted.hash.then(Sha256::new),
+        }
+    }
+
+    fn add(&mut self, chunk: &[u8]) {
+        if let Some(h) = &mut self.hasher {
+            h.update(chunk);
+        }
+        let n = chunk.len() as u64;
+        self.bytes += n;
+        self.counted.progress.store(self.bytes, Ordering::Relaxed);
+        self.counted.total.inc_by(n);
+    }
+
+    fn finish(self) -> Copied {
+        Copied {
+            bytes: self.bytes,
+            sha256: self.hasher.map(|h| h.finalize().into()),
+        }
     }
 }
 
