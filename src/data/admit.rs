@@ -29,8 +29,10 @@ use crate::tls::ticket_hold::{SignalOnTicket, TicketGate};
 /// socket, and so what one `writev` hands it: about three full 16 KiB records. Measured on
 /// loopback (docs/ARCHITECTURE.md, "A transfer"): one record per `send` cost downloads about
 /// 10 % more CPU per GiB than batches of two or three, and rustls's default of 64 KiB (four
-/// records and a few bytes) per `writev` a quarter more. Toward TLS backends the same limit
-/// changed nothing measurable, so they keep rustls's default.
+/// records and a few bytes) per `writev` a quarter more: those end 141 bytes into a second
+/// 64 KiB loopback segment, and four records trimmed to fit one segment cost no more than
+/// three. Toward TLS backends the same limit changed nothing measurable, so they keep
+/// rustls's default.
 const TLS_SEND_BATCH: usize = 48 * 1024;
 
 /// Data connections from the client's address whose TLS handshakes may run at once while the

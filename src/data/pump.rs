@@ -73,7 +73,7 @@ pub(super) struct Copied {
 ///
 /// An upload (the client's TLS connection as the source) is read and written in turn by one
 /// task with one buffer: its reads are decryption, and handing each buffer to another thread
-/// to write cost uploads 7-14 % more CPU per GiB. A download's source is read by a task of
+/// to write cost uploads 8-18 % more CPU per GiB. A download's source is read by a task of
 /// its own, two buffers going back and forth, so the backend's socket keeps being drained
 /// while the writer encrypts toward the client: in turn cost downloads from a plain backend
 /// a quarter more, and changed nothing clear from a TLS one (docs/ARCHITECTURE.md, "A
