@@ -120,12 +120,10 @@ async fn in_turn(
     let mut failed = None;
     loop {
         buf.clear();
-        match timeout(stall, read_ready(&mut from, &mut buf, &mut failed)).await {
-            Ok(Ok(0)) => return Ok(Some(from)),
-            Ok(Ok(_)) => write_chunk(to, &buf, tally, stall).await?,
-            Ok(Err(e)) => return Err(PumpError::Read(e)),
-            Err(_) => return Err(PumpError::Stalled { reading: true }),
+        if read_chunk(&mut from, &mut buf, &mut failed, stall).await? == 0 {
+            return Ok(Some(from));
         }
+        write_chunk(to, &buf, tally, stall).await?;
     }
 }
 
@@ -144,11 +142,10 @@ async fn with_reader(
     let reader = tokio::spawn(async move {
         let mut failed = None;
         while let Some(mut buf) = empty_rx.recv().await {
-            let read = match timeout(stall, read_ready(&mut from, &mut buf, &mut failed)).await {
-                Ok(Ok(0)) => break,
-                Ok(Ok(_)) => Ok(buf),
-                Ok(Err(e)) => Err(PumpError::Read(e)),
-                Err(_) => Err(PumpError::Stalled { reading: true }),
+            let read = match read_chunk(&mut from, &mut buf, &mut failed, stall).await {
+                Ok(0) => break,
+                Ok(_) => Ok(buf),
+                Err(e) => Err(e),
             };
             let stop = read.is_err();
             if full_tx.send(read).await.is_err() || stop {
@@ -166,6 +163,20 @@ async fn with_reader(
         let _ = empty.send(chunk).await;
     }
     Ok(reader.await.ok())
+}
+
+/// [`read_ready`] within the stall limit.
+async fn read_chunk(
+    from: &mut Stream,
+    buf: &mut Vec<u8>,
+    failed: &mut Option<io::Error>,
+    stall: Duration,
+) -> Result<usize, PumpError> {
+    match timeout(stall, read_ready(from, buf, failed)).await {
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(e)) => Err(PumpError::Read(e)),
+        Err(_) => Err(PumpError::Stalled { reading: true }),
+    }
 }
 
 /// Writes one chunk within the stall limit, then counts (and hashes) it.
