@@ -476,6 +476,53 @@ fn a_stalled_transfer_ends_with_426_and_its_port_goes_back_at_accept() {
     gate.settles_to(baseline);
 }
 
+/// The upload side of the stall limit: a client that sends part of a file over TLS and then
+/// nothing, holding its data connection open. Uploads are copied in turn by one task (see
+/// `data::pump`), so this is the read that must time out there.
+#[test]
+fn a_stalled_upload_ends_with_426_and_the_session_carries_on() {
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    let small = vs.put("small.bin", 100_000);
+    let gate = Gate::start(
+        vs.addr,
+        4,
+        |s| {
+            s.timeouts.data_stall_secs = 2;
+        },
+        &[],
+        &[],
+    );
+    let baseline = gate.fds();
+    runtime().block_on(async {
+        let mut s = gate.logged_in([127, 0, 0, 1]).await;
+        let tcp = s.open("STOR cut.bin").await.expect("PASV");
+        let mut data = s.secure(tcp).await;
+        assert!(s.ctl.reply().await.starts_with("150"));
+        data.write_all(&[7u8; 300_000]).await.expect("first bytes");
+        data.flush().await.expect("flush");
+        let since = Instant::now();
+        let end = s.ctl.reply().await;
+        let took = since.elapsed();
+        assert!(end.starts_with("426"), "{end}");
+        // 2 s of silence, with a generous margin for a loaded machine.
+        assert!(
+            took >= Duration::from_millis(1500),
+            "426 after only {took:?}"
+        );
+        assert!(took < Duration::from_secs(20), "426 after {took:?}");
+        println!("stalled upload: {} after {took:?}", end.trim());
+        assert!(gate.metric("ftpsgate_refusals_total", &[("reason", "data_stalled")]) >= 1.0);
+        // The session carries on.
+        assert!(s.ctl.cmd("NOOP").await.starts_with("200"));
+        assert_eq!(sha256(&s.retr("small.bin").await), small);
+        drop(data);
+        assert!(s.ctl.cmd("QUIT").await.starts_with("221"));
+    });
+    gate.settles_to(baseline);
+}
+
 #[test]
 fn unused_passive_leases_expire_and_one_address_holds_only_its_share() {
     let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
