@@ -1,7 +1,7 @@
 //! Copying a transfer's bytes from one data connection to the other, every read and write
 //! bounded by the stall limit.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -102,10 +102,9 @@ pub(super) async fn pump(
         to.flush().await?;
         to.shutdown().await
     };
-    match timeout(stall, ended).await {
-        Ok(Ok(())) => (Ok(tally.finish()), from),
-        Ok(Err(e)) => (Err(PumpError::Write(e)), None),
-        Err(_) => (Err(PumpError::Stalled { reading: false }), None),
+    match within(stall, false, ended).await {
+        Ok(()) => (Ok(tally.finish()), from),
+        Err(e) => (Err(e), None),
     }
 }
 
@@ -120,7 +119,7 @@ async fn in_turn(
     let mut failed = None;
     loop {
         buf.clear();
-        if read_chunk(&mut from, &mut buf, &mut failed, stall).await? == 0 {
+        if within(stall, true, read_ready(&mut from, &mut buf, &mut failed)).await? == 0 {
             return Ok(Some(from));
         }
         write_chunk(to, &buf, tally, stall).await?;
@@ -142,7 +141,8 @@ async fn with_reader(
     let reader = tokio::spawn(async move {
         let mut failed = None;
         while let Some(mut buf) = empty_rx.recv().await {
-            let read = match read_chunk(&mut from, &mut buf, &mut failed, stall).await {
+            let read = match within(stall, true, read_ready(&mut from, &mut buf, &mut failed)).await
+            {
                 Ok(0) => break,
                 Ok(_) => Ok(buf),
                 Err(e) => Err(e),
@@ -165,17 +165,18 @@ async fn with_reader(
     Ok(reader.await.ok())
 }
 
-/// [`read_ready`] within the stall limit.
-async fn read_chunk(
-    from: &mut Stream,
-    buf: &mut Vec<u8>,
-    failed: &mut Option<io::Error>,
+/// One read (`reading`) or write of the copy, within the stall limit: its failure, or the
+/// limit passing, as the [`PumpError`] for that side.
+async fn within<T>(
     stall: Duration,
-) -> Result<usize, PumpError> {
-    match timeout(stall, read_ready(from, buf, failed)).await {
-        Ok(Ok(n)) => Ok(n),
-        Ok(Err(e)) => Err(PumpError::Read(e)),
-        Err(_) => Err(PumpError::Stalled { reading: true }),
+    reading: bool,
+    io: impl Future<Output = io::Result<T>>,
+) -> Result<T, PumpError> {
+    match timeout(stall, io).await {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(e)) if reading => Err(PumpError::Read(e)),
+        Ok(Err(e)) => Err(PumpError::Write(e)),
+        Err(_) => Err(PumpError::Stalled { reading }),
     }
 }
 
@@ -186,14 +187,9 @@ async fn write_chunk(
     tally: &mut Tally<'_>,
     stall: Duration,
 ) -> Result<(), PumpError> {
-    match timeout(stall, to.write_all(chunk)).await {
-        Ok(Ok(())) => {
-            tally.add(chunk);
-            Ok(())
-        }
-        Ok(Err(e)) => Err(PumpError::Write(e)),
-        Err(_) => Err(PumpError::Stalled { reading: false }),
-    }
+    within(stall, false, to.write_all(chunk)).await?;
+    tally.add(chunk);
+    Ok(())
 }
 
 /// The bytes written so far: counted where [`Counted`] says, hashed if asked.
