@@ -283,6 +283,19 @@ impl Session {
         self.tls.connect(name, tcp).await.expect("data TLS")
     }
 
+    /// The end of a transfer `what` that stalled at `since`: 426 within 20 s (a 2 s stall limit,
+    /// with room for buffers to fill on a loaded machine), and the session carries on. Returns
+    /// how long the 426 took.
+    async fn ends_stalled(&mut self, since: Instant, what: &str) -> Duration {
+        let end = self.ctl.reply().await;
+        let took = since.elapsed();
+        assert!(end.starts_with("426"), "{end}");
+        assert!(took < Duration::from_secs(20), "426 after {took:?}");
+        println!("stalled {what}: {} after {took:?}", end.trim());
+        assert!(self.ctl.cmd("NOOP").await.starts_with("200"));
+        took
+    }
+
     /// A whole RETR: its bytes, once 226 came.
     async fn retr(&mut self, name: &str) -> Vec<u8> {
         use tokio::io::AsyncReadExt;
@@ -460,13 +473,8 @@ fn a_stalled_transfer_ends_with_426_and_its_port_goes_back_at_accept() {
         // Each stalled transfer ends with 426 once nothing moved for 2 s (the bound leaves
         // room for the buffers to fill on a loaded machine), and its session carries on.
         for (s, data, since) in &mut stalled {
-            let end = s.ctl.reply().await;
-            let took = since.elapsed();
-            assert!(end.starts_with("426"), "{end}");
-            assert!(took < Duration::from_secs(20), "426 after {took:?}");
-            println!("stalled download: {} after {took:?}", end.trim());
+            s.ends_stalled(*since, "download").await;
             let _ = data;
-            assert!(s.ctl.cmd("NOOP").await.starts_with("200"));
         }
         assert!(gate.metric("ftpsgate_refusals_total", &[("reason", "data_stalled")]) >= 2.0);
         assert_eq!(sha256(&bystander.retr("small.bin").await), small);
@@ -502,20 +510,13 @@ fn a_stalled_upload_ends_with_426_and_the_session_carries_on() {
         assert!(s.ctl.reply().await.starts_with("150"));
         data.write_all(&[7u8; 300_000]).await.expect("first bytes");
         data.flush().await.expect("flush");
-        let since = Instant::now();
-        let end = s.ctl.reply().await;
-        let took = since.elapsed();
-        assert!(end.starts_with("426"), "{end}");
-        // 2 s of silence, with a generous margin for a loaded machine.
+        let took = s.ends_stalled(Instant::now(), "upload").await;
+        // Not before 2 s of silence, give or take the machine's timer.
         assert!(
             took >= Duration::from_millis(1500),
             "426 after only {took:?}"
         );
-        assert!(took < Duration::from_secs(20), "426 after {took:?}");
-        println!("stalled upload: {} after {took:?}", end.trim());
         assert!(gate.metric("ftpsgate_refusals_total", &[("reason", "data_stalled")]) >= 1.0);
-        // The session carries on.
-        assert!(s.ctl.cmd("NOOP").await.starts_with("200"));
         assert_eq!(sha256(&s.retr("small.bin").await), small);
         drop(data);
         assert!(s.ctl.cmd("QUIT").await.starts_with("221"));
