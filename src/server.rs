@@ -2,7 +2,7 @@
 //!
 //! Shutdown: the accept loops stop, idle sessions are told `421` at once, sessions in a
 //! transfer finish it (and then hear the same `421`), and whatever is still running when the
-//! grace period ends is cut when the runtime stops.
+//! grace period ends is cut when the session threads stop (`cores.rs`).
 
 use std::future::Future;
 use std::io;
@@ -23,6 +23,7 @@ use crate::access::{Access, Barred};
 use crate::admin;
 use crate::audit::{Audit, Event, Who};
 use crate::config::Settings;
+use crate::cores::Cores;
 use crate::data::PassivePool;
 use crate::fdlimit;
 use crate::metrics::{Metrics, Reason};
@@ -42,6 +43,8 @@ pub enum StartError {
     External(String),
     #[error("{0}")]
     Descriptors(String),
+    #[error("cannot start the session threads: {0}")]
+    Threads(io::Error),
     #[error("audit.log {}: {source}", file.display())]
     Audit {
         file: std::path::PathBuf,
@@ -55,6 +58,7 @@ pub struct Gateway {
     listeners: Vec<(TcpListener, Mode)>,
     admin: Option<TcpListener>,
     limits: Arc<SessionLimits>,
+    cores: Arc<Cores>,
     draining: watch::Sender<bool>,
 }
 
@@ -136,6 +140,7 @@ impl Gateway {
         ));
         let pool = PassivePool::new(settings.passive.range(), settings.limits.max_passive_per_ip);
         let (draining, draining_rx) = watch::channel(false);
+        let cores = Cores::start().map_err(StartError::Threads)?;
         Ok(Gateway {
             ctx: Arc::new(Context {
                 access: Access::new(&settings.access),
@@ -153,6 +158,7 @@ impl Gateway {
             listeners,
             admin,
             limits,
+            cores: Arc::new(cores),
             draining,
         })
     }
@@ -202,6 +208,7 @@ impl Gateway {
                 mode,
                 Arc::clone(&self.ctx),
                 Arc::clone(&self.limits),
+                Arc::clone(&self.cores),
             ));
         }
         // The admin listener outlives the accept loops: during the drain /readyz says 503 and
@@ -244,13 +251,14 @@ async fn accept_loop(
     mode: Mode,
     ctx: Arc<Context>,
     limits: Arc<SessionLimits>,
+    cores: Arc<Cores>,
 ) {
     let mut acceptor = Acceptor::new(Some(mode));
     loop {
         let (tcp, peer) = acceptor.accept(&listener, &ctx.metrics).await;
-        let (ctx, limits) = (Arc::clone(&ctx), Arc::clone(&limits));
+        let (ctx, limits, cores) = (Arc::clone(&ctx), Arc::clone(&limits), Arc::clone(&cores));
         if !ctx.settings.proxy_protocol.trusted.contains(peer.ip()) {
-            admit(ctx, &limits, tcp, peer, None, mode);
+            admit(ctx, &limits, &cores, tcp, peer, None, mode);
             continue;
         }
         // A balancer: the real client is in its PROXY header, read off the loop so a slow one
@@ -259,7 +267,15 @@ async fn accept_loop(
             let mut tcp = tcp;
             let limit = ctx.settings.timeouts.tls_handshake();
             match proxy_protocol::read_header(&mut tcp, limit).await {
-                Ok(client) => admit(ctx, &limits, tcp, client.unwrap_or(peer), Some(peer), mode),
+                Ok(client) => admit(
+                    ctx,
+                    &limits,
+                    &cores,
+                    tcp,
+                    client.unwrap_or(peer),
+                    Some(peer),
+                    mode,
+                ),
                 Err(e) => {
                     ctx.metrics.refused(Reason::bad_proxy_header);
                     warn!(balancer = %peer, error = %e, "connection refused: bad PROXY header");
@@ -273,6 +289,7 @@ async fn accept_loop(
 fn admit(
     ctx: Arc<Context>,
     limits: &Arc<SessionLimits>,
+    cores: &Cores,
     tcp: TcpStream,
     client: SocketAddr,
     via: Option<SocketAddr>,
@@ -300,19 +317,33 @@ fn admit(
     };
     match admitted {
         Ok(permit) => {
-            limits.sessions.spawn(
+            // The socket moves to the session's thread, registered with that runtime's
+            // reactor, so its wakes stay there (docs/ARCHITECTURE.md, "Threads").
+            let handed = tcp
+                .local_addr()
+                .and_then(|local| Ok((tcp.into_std()?, local)));
+            let (tcp, local) = match handed {
+                Ok(handed) => handed,
+                Err(e) => return warn!(parent: &span, error = %e, "connection lost at admission"),
+            };
+            let (core, seat) = cores.seat();
+            limits.sessions.spawn_on(
                 async move {
                     ctx.metrics.sessions.inc();
                     ctx.metrics.sessions_active.inc();
-                    if let Ok(local) = tcp.local_addr() {
-                        let _ = tcp.set_nodelay(true);
-                        let io = Box::new(tcp);
-                        session::serve(Arc::clone(&ctx), io, local, mode, client, id).await;
+                    match TcpStream::from_std(tcp) {
+                        Ok(tcp) => {
+                            let _ = tcp.set_nodelay(true);
+                            let io = Box::new(tcp);
+                            session::serve(Arc::clone(&ctx), io, local, mode, client, id).await;
+                        }
+                        Err(e) => warn!(error = %e, "connection lost at admission"),
                     }
                     ctx.metrics.sessions_active.dec();
-                    drop(permit);
+                    drop((permit, seat));
                 }
                 .instrument(span),
+                core,
             );
         }
         Err((why, reason)) => {
