@@ -57,11 +57,12 @@ impl Cores {
 
     /// The least loaded core's runtime, and the session's seat there.
     pub(crate) fn seat(&self) -> (&Handle, Seat) {
-        let core =
-            self.others.iter().fold(
-                &self.first,
-                |best, c| if c.load() < best.load() { c } else { best },
-            );
+        let mut core = &self.first;
+        for other in &self.others {
+            if other.load() < core.load() {
+                core = other;
+            }
+        }
         core.load.fetch_add(1, Ordering::Relaxed);
         let seat = Seat {
             load: Arc::clone(&core.load),

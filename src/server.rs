@@ -58,6 +58,8 @@ pub struct Gateway {
     listeners: Vec<(TcpListener, Mode)>,
     admin: Option<TcpListener>,
     limits: Arc<SessionLimits>,
+    /// Apart from `limits`, which each session's permit holds: the threads stop when the
+    /// gateway is dropped after its drain, cutting whatever outlived the grace period.
     cores: Arc<Cores>,
     draining: watch::Sender<bool>,
 }
