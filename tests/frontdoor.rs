@@ -127,6 +127,14 @@ impl Gate {
         value(&scrape(self.admin), name, labels)
     }
 
+    /// Runs `scenario` on a runtime of its own, then checks it left nothing behind
+    /// ([`Gate::settles_to`] the descriptors open before it).
+    fn run(&self, scenario: impl std::future::Future<Output = ()>) {
+        let baseline = self.fds();
+        runtime().block_on(scenario);
+        self.settles_to(baseline);
+    }
+
     /// Waits until no session is open, no port leased, and the descriptors are back to
     /// `baseline`: nothing a test did is left behind.
     fn settles_to(&self, baseline: usize) {
@@ -361,8 +369,7 @@ fn clients_that_never_read_their_replies_lose_their_slots_within_the_write_limit
         &[("FTPSGATE_LOG", "warn")],
         &[],
     );
-    let baseline = gate.fds();
-    runtime().block_on(async {
+    gate.run(async {
         let mut bystander = gate.logged_in([127, 0, 0, 1]).await;
         assert_eq!(sha256(&bystander.retr("file.bin").await), want);
 
@@ -429,7 +436,6 @@ fn clients_that_never_read_their_replies_lose_their_slots_within_the_write_limit
             assert!(s.ctl.cmd("QUIT").await.starts_with("221"));
         }
     });
-    gate.settles_to(baseline);
 }
 
 #[test]
@@ -449,8 +455,7 @@ fn a_stalled_transfer_ends_with_426_and_its_port_goes_back_at_accept() {
         &[],
         &[],
     );
-    let baseline = gate.fds();
-    runtime().block_on(async {
+    gate.run(async {
         let mut bystander = gate.logged_in([127, 0, 0, 1]).await;
         // Two downloads whose clients read the first 64 KiB and then nothing: with a 2-port
         // pool, both ports are leased ...
@@ -481,7 +486,6 @@ fn a_stalled_transfer_ends_with_426_and_its_port_goes_back_at_accept() {
         drop(stalled);
         assert!(bystander.ctl.cmd("QUIT").await.starts_with("221"));
     });
-    gate.settles_to(baseline);
 }
 
 /// The upload side of the stall limit: a client that sends part of a file over TLS and then
@@ -502,8 +506,7 @@ fn a_stalled_upload_ends_with_426_and_the_session_carries_on() {
         &[],
         &[],
     );
-    let baseline = gate.fds();
-    runtime().block_on(async {
+    gate.run(async {
         let mut s = gate.logged_in([127, 0, 0, 1]).await;
         let tcp = s.open("STOR cut.bin").await.expect("PASV");
         let mut data = s.secure(tcp).await;
@@ -521,7 +524,6 @@ fn a_stalled_upload_ends_with_426_and_the_session_carries_on() {
         drop(data);
         assert!(s.ctl.cmd("QUIT").await.starts_with("221"));
     });
-    gate.settles_to(baseline);
 }
 
 #[test]
@@ -540,8 +542,7 @@ fn unused_passive_leases_expire_and_one_address_holds_only_its_share() {
         &[],
         &[],
     );
-    let baseline = gate.fds();
-    runtime().block_on(async {
+    gate.run(async {
         let mut a = gate.logged_in([127, 0, 0, 1]).await;
         let mut b = gate.logged_in([127, 0, 0, 1]).await;
         let mut c = gate.logged_in([127, 0, 0, 2]).await;
@@ -574,7 +575,6 @@ fn unused_passive_leases_expire_and_one_address_holds_only_its_share() {
             assert!(s.ctl.cmd("QUIT").await.starts_with("221"));
         }
     });
-    gate.settles_to(baseline);
 }
 
 /// Polls an async condition until it holds or `limit` passes.
@@ -606,8 +606,7 @@ fn a_user_name_the_backend_refused_never_becomes_the_sessions_user() {
         &[("FTPSGATE_LOG_FORMAT", "json"), ("FTPSGATE_LOG", "debug")],
         &[],
     );
-    let baseline = gate.fds();
-    runtime().block_on(async {
+    gate.run(async {
         let mut s = gate.logged_in([127, 0, 0, 1]).await;
         let refused = s.ctl.cmd("USER alice").await;
         assert!(
@@ -619,7 +618,6 @@ fn a_user_name_the_backend_refused_never_becomes_the_sessions_user() {
         assert!(status.contains(&format!("Logged in as {USER}")), "{status}");
         assert!(s.ctl.cmd("QUIT").await.starts_with("221"));
     });
-    gate.settles_to(baseline);
     let log = gate.log();
     assert!(
         !log.contains("alice"),
@@ -642,8 +640,7 @@ fn connections_that_never_finish_tls_never_reach_the_backend() {
     };
     let want = vs.put("file.bin", 200_000);
     let gate = Gate::start(vs.addr, 2, |_| {}, &[], &[]);
-    let baseline = gate.fds();
-    runtime().block_on(async {
+    gate.run(async {
         let mut idle = Vec::new();
         for _ in 0..3 {
             let mut ctl = Ctl::new(TcpStream::connect(gate.explicit).await.expect("connect"));
@@ -660,7 +657,6 @@ fn connections_that_never_finish_tls_never_reach_the_backend() {
         assert!(s.ctl.cmd("QUIT").await.starts_with("221"));
         drop(idle);
     });
-    gate.settles_to(baseline);
 
     // `relay_greeting` keeps the old way, and shows what the default prevents: two
     // connections that only read the greeting take both of vsftpd's places.
@@ -748,8 +744,7 @@ fn client_supplied_fields_reach_the_log_escaped() {
     let name = "\u{1b}[31mred\u{7}.bin";
     let want = vs.put(name, 50_000);
     let gate = Gate::start(vs.addr, 2, |_| {}, &[("FTPSGATE_LOG", "debug")], &[]);
-    let baseline = gate.fds();
-    runtime().block_on(async {
+    gate.run(async {
         let mut s = gate.logged_in([127, 0, 0, 1]).await;
         let cwd = s.ctl.cmd("CWD \u{1b}]0;owned\u{7}").await;
         assert!(cwd.starts_with("550"), "{cwd}");
@@ -761,7 +756,6 @@ fn client_supplied_fields_reach_the_log_escaped() {
         t.ctl.cmd("USER \u{1b}[5mmallory").await;
         assert!(t.ctl.cmd("PASS x").await.starts_with("530"));
     });
-    gate.settles_to(baseline);
     let log = std::fs::read(&gate.log).expect("log");
     let text = String::from_utf8_lossy(&log);
     let bad: Vec<&str> = text
