@@ -43,6 +43,7 @@ use super::error::BridgeError;
 use super::params::BridgeParams;
 use super::pool::Lease;
 use super::pump::{drain, pump, Counted};
+use super::sealed::{sink, Sink};
 use crate::ftp::Direction;
 use crate::read_ahead::ReadAhead;
 use crate::stream::Stream;
@@ -253,9 +254,13 @@ async fn run(
         hash: params.hash,
     };
     let stall = params.stall;
+    let tls = client.tls_info();
     let copied = match direction {
         Direction::Download => {
-            let (copied, _backend) = pump(backend, &mut client, &counted, stall).await;
+            let copied = match sink(client).map_err(BridgeError::Client)? {
+                Sink::Sealed(mut client) => pump(backend, &mut *client, &counted, stall).await.0,
+                Sink::Stream(mut client) => pump(backend, &mut client, &counted, stall).await.0,
+            };
             copied.map_err(|e| {
                 e.into_bridge(
                     stall,
@@ -292,7 +297,7 @@ async fn run(
     Ok(Transferred {
         bytes: copied.bytes,
         elapsed: began.elapsed(),
-        tls: client.tls_info(),
+        tls,
         sha256: copied.sha256,
     })
 }

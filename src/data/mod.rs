@@ -8,6 +8,7 @@ mod error;
 mod params;
 mod pool;
 mod pump;
+mod sealed;
 
 pub use bridge::{BackendSide, ClientSide, DataBridge, Transferred};
 pub use error::BridgeError;

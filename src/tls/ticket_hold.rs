@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 
 use crate::read_ahead::ReadAhead;
 use crate::tls::binding::{Member, Siblings};
+use crate::tls::seal::TrafficSecret;
 
 const APPLICATION_DATA: u8 = 23;
 
@@ -82,16 +83,19 @@ pub struct TicketGate {
     holding: bool,
     held: Vec<u8>,
     sent: usize,
+    /// The connection's key log, for when a download seals its own records (`tls::seal`).
+    pub key_log: Arc<TrafficSecret>,
 }
 
 impl TicketGate {
-    pub fn new(tcp: TcpStream, armed: Arc<AtomicBool>) -> Self {
+    pub fn new(tcp: TcpStream, armed: Arc<AtomicBool>, key_log: Arc<TrafficSecret>) -> Self {
         Self {
             tcp: ReadAhead::new(tcp),
             armed,
             holding: true,
             held: Vec::new(),
             sent: 0,
+            key_log,
         }
     }
 
