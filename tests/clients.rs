@@ -77,6 +77,64 @@ fn curl_round_trips(
 
 const SIZES: &[usize] = &[0, 1, MIB];
 
+/// Downloads are sealed by the gateway itself, not rustls (docs/ARCHITECTURE.md, "A
+/// transfer"): OpenSSL (through curl) must open its records under every version and cipher
+/// the gateway offers, for an empty file, one byte, and records of every length.
+#[test]
+fn curl_downloads_under_every_tls_version_and_cipher_open_whole() {
+    if !have("curl") {
+        return;
+    }
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    let gw = TestGateway::start(vs.backend(), |_| {});
+    let work = tempfile::tempdir().expect("tempdir");
+    let tls13 = |suite| vec!["--tlsv1.3", "--tls13-ciphers", suite];
+    let tls12 = |suite| vec!["--tls-max", "1.2", "--ciphers", suite];
+    let cases = [
+        ("TLS_AES_128_GCM_SHA256", tls13("TLS_AES_128_GCM_SHA256")),
+        ("TLS_AES_256_GCM_SHA384", tls13("TLS_AES_256_GCM_SHA384")),
+        (
+            "TLS_CHACHA20_POLY1305_SHA256",
+            tls13("TLS_CHACHA20_POLY1305_SHA256"),
+        ),
+        (
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+            tls12("ECDHE-ECDSA-AES128-GCM-SHA256"),
+        ),
+        (
+            "ECDHE-ECDSA-AES256-GCM-SHA384",
+            tls12("ECDHE-ECDSA-AES256-GCM-SHA384"),
+        ),
+        (
+            "ECDHE-ECDSA-CHACHA20-POLY1305",
+            tls12("ECDHE-ECDSA-CHACHA20-POLY1305"),
+        ),
+    ];
+    for (cipher, flags) in cases {
+        for size in [0, 1, 3 * MIB + 12_345] {
+            let name = format!("cipher-{cipher}-{size}.bin");
+            let want = vs.put(&name, size);
+            let out = work.path().join(&name);
+            let (u, o) = (url(&gw, false, &name), out.display().to_string());
+            let done = run_ok(
+                curl(&gw, 120)
+                    .args(["-v", "--ssl-reqd", "-o", &o, &u])
+                    .args(&flags),
+            );
+            let log = String::from_utf8_lossy(&done.stderr);
+            assert!(log.contains(cipher), "{cipher} was not negotiated:\n{log}");
+            let got = if out.exists() {
+                sha256_file(&out)
+            } else {
+                sha256(b"")
+            };
+            assert_eq!(got, want, "download {name}");
+        }
+    }
+}
+
 #[test]
 fn curl_vsftpd_explicit_epsv_pasv_and_implicit_all_sizes() {
     if !have("curl") {
