@@ -82,10 +82,13 @@ impl Sealer {
         (seq, secrets): (u64, ConnectionTrafficSecrets),
         tls13_secret: Option<Zeroizing<Vec<u8>>>,
     ) -> Option<Sealer> {
-        let (algorithm, key, iv) = match &secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&AES_128_GCM, key, iv),
-            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&AES_256_GCM, key, iv),
-            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (&CHACHA20_POLY1305, key, iv),
+        // TLS 1.2 sends an explicit nonce for AES-GCM (RFC 5288), none for ChaCha20 (RFC 7905).
+        let (algorithm, key, iv, explicit_nonce) = match &secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&AES_128_GCM, key, iv, true),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&AES_256_GCM, key, iv, true),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+                (&CHACHA20_POLY1305, key, iv, false)
+            }
             _ => return None,
         };
         let (framing, limit) = match (version, suite) {
@@ -102,9 +105,7 @@ impl Sealer {
                 )
             }
             (ProtocolVersion::TLSv1_2, SupportedCipherSuite::Tls12(s)) => (
-                Framing::Tls12 {
-                    explicit_nonce: !std::ptr::eq(algorithm, &CHACHA20_POLY1305),
-                },
+                Framing::Tls12 { explicit_nonce },
                 s.common.confidentiality_limit,
             ),
             _ => return None,
@@ -162,11 +163,13 @@ impl Sealer {
         let secret = expand_label(hash, secret, b"traffic upd", secret.len())?;
         let algorithm = self.key.algorithm();
         let key = expand_label(hash, &secret, b"key", algorithm.key_len())?;
-        let iv = expand_label(hash, &secret, b"iv", NONCE_LEN)?;
         let next = UnboundKey::new(algorithm, &key).map_err(|_| SealError::Failed)?;
+        let iv = expand_label(hash, &secret, b"iv", NONCE_LEN)?;
+        let iv: [u8; NONCE_LEN] = iv[..].try_into().map_err(|_| SealError::Failed)?;
+        // Everything that can fail is done: the key and IV change together, or not at all.
         let written = self.seal_one(HANDSHAKE, &KEY_UPDATE, out)?;
         self.key = LessSafeKey::new(next);
-        self.iv = iv[..].try_into().map_err(|_| SealError::Failed)?;
+        self.iv = iv;
         self.seq = 0;
         self.framing = Framing::Tls13 { secret, hash };
         Ok(written)
