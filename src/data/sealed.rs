@@ -9,7 +9,7 @@ use rustls::ProtocolVersion;
 use tokio::io::AsyncWrite;
 use tracing::debug;
 
-use crate::stream::Stream;
+use crate::stream::{poll_write_rest, Stream};
 use crate::tls::seal::{SealError, Sealer, MAX_FRAGMENT};
 use crate::tls::ticket_hold::TicketGate;
 
@@ -79,18 +79,8 @@ pub(super) struct Sealed {
 impl Sealed {
     /// Writes what is sealed and unsent.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while let Some(unsent) = self
-            .out
-            .get(self.sent..self.filled)
-            .filter(|u| !u.is_empty())
-        {
-            let n = ready!(Pin::new(&mut self.gate).poll_write(cx, unsent))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.sent += n;
-        }
-        Poll::Ready(Ok(()))
+        let sealed = self.out.get(..self.filled).unwrap_or_default();
+        poll_write_rest(&mut self.gate, cx, sealed, &mut self.sent)
     }
 
     /// Seals with `seal` into `out`, grown to [`Sealer::sealed_len`]`(plain)` bytes.

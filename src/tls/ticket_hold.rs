@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::read_ahead::ReadAhead;
+use crate::stream::poll_write_rest;
 use crate::tls::binding::{Member, Siblings};
 use crate::tls::seal::TrafficSecret;
 
@@ -105,13 +106,12 @@ impl TicketGate {
     }
 
     fn poll_send_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while let Some(unsent) = self.held.get(self.sent..).filter(|u| !u.is_empty()) {
-            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, unsent))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.sent += n;
-        }
+        ready!(poll_write_rest(
+            &mut self.tcp,
+            cx,
+            &self.held,
+            &mut self.sent
+        ))?;
         self.held = Vec::new();
         self.sent = 0;
         Poll::Ready(Ok(()))
