@@ -19,24 +19,6 @@ use tokio_rustls::TlsStream;
 use crate::read_ahead::ReadAhead;
 use crate::tls::ticket_hold::TicketGate;
 
-/// Writes `buf[*sent..]` to `io`, counting what is written in `sent`, until all of it is: for
-/// bytes a writer holds back and sends later (held tickets, sealed records).
-pub fn poll_write_rest(
-    io: &mut (impl AsyncWrite + Unpin),
-    cx: &mut Context<'_>,
-    buf: &[u8],
-    sent: &mut usize,
-) -> Poll<io::Result<()>> {
-    while let Some(unsent) = buf.get(*sent..).filter(|u| !u.is_empty()) {
-        let n = std::task::ready!(Pin::new(&mut *io).poll_write(cx, unsent))?;
-        if n == 0 {
-            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-        }
-        *sent += n;
-    }
-    Poll::Ready(Ok(()))
-}
-
 /// `(version, resumed)` of a TLS connection, for logs.
 fn summary(conn: &rustls::CommonState) -> Option<(ProtocolVersion, bool)> {
     Some((

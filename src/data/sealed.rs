@@ -9,9 +9,9 @@ use rustls::ProtocolVersion;
 use tokio::io::AsyncWrite;
 use tracing::debug;
 
-use crate::stream::{poll_write_rest, Stream};
+use crate::stream::Stream;
 use crate::tls::seal::{SealError, Sealer, MAX_FRAGMENT};
-use crate::tls::ticket_hold::TicketGate;
+use crate::tls::ticket_hold::{poll_write_rest, TicketGate};
 
 /// Plaintext sealed per write to the socket: three full records, the batch measured best for
 /// rustls's writes too (docs/ARCHITECTURE.md, "A transfer").

@@ -28,7 +28,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::read_ahead::ReadAhead;
-use crate::stream::poll_write_rest;
 use crate::tls::binding::{Member, Siblings};
 use crate::tls::seal::TrafficSecret;
 
@@ -74,6 +73,24 @@ impl ProducesTickets for SignalOnTicket {
         }
         Some(plain)
     }
+}
+
+/// Writes `buf[*sent..]` to `io`, counting what is written in `sent`, until all of it is: for
+/// bytes a writer holds back and sends later (held tickets, sealed records).
+pub(crate) fn poll_write_rest(
+    io: &mut (impl AsyncWrite + Unpin),
+    cx: &mut Context<'_>,
+    buf: &[u8],
+    sent: &mut usize,
+) -> Poll<io::Result<()>> {
+    while let Some(unsent) = buf.get(*sent..).filter(|u| !u.is_empty()) {
+        let n = ready!(Pin::new(&mut *io).poll_write(cx, unsent))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        *sent += n;
+    }
+    Poll::Ready(Ok(()))
 }
 
 /// The TCP stream under a client data connection's TLS.
