@@ -28,7 +28,8 @@ pub const MAX_FRAGMENT: usize = 16 * 1024;
 
 const HANDSHAKE: u8 = 22;
 const ALERT: u8 = 21;
-const APPLICATION_DATA: u8 = 23;
+/// The record type of application data, and of every TLS 1.3 record once encrypted.
+pub(crate) const APPLICATION_DATA: u8 = 23;
 const TAG_LEN: usize = 16;
 const HEADER_LEN: usize = 5;
 /// TLS 1.2 AES-GCM's explicit nonce, sent ahead of each record's ciphertext.
@@ -57,9 +58,9 @@ enum Framing {
         secret: Zeroizing<Vec<u8>>,
         hash: hkdf::Algorithm,
     },
-    /// TLS 1.2: the sequence number, type, version and length as the AAD; AES-GCM sends its
-    /// explicit nonce ahead of the ciphertext.
-    Tls12 { explicit_nonce: bool },
+    /// TLS 1.2: the sequence number, type, version and length as the AAD; `explicit` bytes of
+    /// nonce ahead of the ciphertext (8 for AES-GCM, none for ChaCha20).
+    Tls12 { explicit: usize },
 }
 
 /// One direction's record protection: key, IV, sequence number.
@@ -83,11 +84,15 @@ impl Sealer {
         tls13_secret: Option<Zeroizing<Vec<u8>>>,
     ) -> Option<Sealer> {
         // TLS 1.2 sends an explicit nonce for AES-GCM (RFC 5288), none for ChaCha20 (RFC 7905).
-        let (algorithm, key, iv, explicit_nonce) = match &secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&AES_128_GCM, key, iv, true),
-            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&AES_256_GCM, key, iv, true),
+        let (algorithm, key, iv, explicit) = match &secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => {
+                (&AES_128_GCM, key, iv, EXPLICIT_NONCE_LEN)
+            }
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => {
+                (&AES_256_GCM, key, iv, EXPLICIT_NONCE_LEN)
+            }
             ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
-                (&CHACHA20_POLY1305, key, iv, false)
+                (&CHACHA20_POLY1305, key, iv, 0)
             }
             _ => return None,
         };
@@ -104,10 +109,9 @@ impl Sealer {
                     s.common.confidentiality_limit,
                 )
             }
-            (ProtocolVersion::TLSv1_2, SupportedCipherSuite::Tls12(s)) => (
-                Framing::Tls12 { explicit_nonce },
-                s.common.confidentiality_limit,
-            ),
+            (ProtocolVersion::TLSv1_2, SupportedCipherSuite::Tls12(s)) => {
+                (Framing::Tls12 { explicit }, s.common.confidentiality_limit)
+            }
             _ => return None,
         };
         Some(Sealer {
@@ -182,7 +186,7 @@ impl Sealer {
         // AES-GCM sends its explicit nonce ahead of the ciphertext.
         let (outer, explicit, inner) = match self.framing {
             Framing::Tls13 { .. } => (APPLICATION_DATA, 0, &[typ][..]),
-            Framing::Tls12 { explicit_nonce } => (typ, explicit_len(explicit_nonce), &[][..]),
+            Framing::Tls12 { explicit } => (typ, explicit, &[][..]),
         };
         let len = explicit + plain.len() + inner.len() + TAG_LEN;
         let record = out.get_mut(..HEADER_LEN + len).ok_or(SealError::Failed)?;
@@ -233,14 +237,6 @@ fn tls12_aad(seq: u64, typ: u8, len: usize) -> [u8; 13] {
     aad[8..11].copy_from_slice(&[typ, 3, 3]);
     aad[11..].copy_from_slice(&(len as u16).to_be_bytes());
     aad
-}
-
-fn explicit_len(explicit_nonce: bool) -> usize {
-    if explicit_nonce {
-        EXPLICIT_NONCE_LEN
-    } else {
-        0
-    }
 }
 
 /// The nonce of one record: unique, since it is the IV XOR a sequence number that only

@@ -29,9 +29,7 @@ use tokio::net::TcpStream;
 
 use crate::read_ahead::ReadAhead;
 use crate::tls::binding::{Member, Siblings};
-use crate::tls::seal::TrafficSecret;
-
-const APPLICATION_DATA: u8 = 23;
+use crate::tls::seal::{TrafficSecret, APPLICATION_DATA};
 
 /// A session's ticketer, reporting each ticket it makes to one data connection's gate, and
 /// whether the client offered one at all (see `data::admit::accept_client` on why that
