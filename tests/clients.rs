@@ -77,9 +77,8 @@ fn curl_round_trips(
 
 const SIZES: &[usize] = &[0, 1, MIB];
 
-/// Downloads are sealed by the gateway itself, not rustls (docs/ARCHITECTURE.md, "A
-/// transfer"): OpenSSL (through curl) must open its records under every version and cipher
-/// the gateway offers, for an empty file, one byte, and records of every length.
+/// OpenSSL (through curl) opens a download's records under every version and cipher the
+/// gateway offers, for an empty file, one byte, and records of every length.
 #[test]
 fn curl_downloads_under_every_tls_version_and_cipher_open_whole() {
     if !have("curl") {

@@ -23,7 +23,6 @@ use crate::config::{Networks, ReuseMode};
 use crate::metrics::{Channel, Reason};
 use crate::proxy_protocol;
 use crate::stream::Stream;
-use crate::tls::seal::TrafficSecret;
 use crate::tls::ticket_hold::{SignalOnTicket, TicketGate};
 
 /// The TLS bytes rustls may hold on a client data connection before a write waits for the
@@ -177,11 +176,7 @@ async fn handshake(
     let armed = Arc::new(AtomicBool::new(false));
     let offered = Arc::new(AtomicBool::new(false));
     let issuer = Arc::new(std::sync::Mutex::new(None));
-    let key_log = Arc::new(TrafficSecret::default());
     let mut config = (**config).clone();
-    // A download seals its records itself once the handshake is over (`data::sealed`).
-    config.enable_secret_extraction = true;
-    config.key_log = Arc::clone(&key_log) as _;
     config.ticketer = Arc::new(SignalOnTicket {
         inner: Arc::clone(&config.ticketer),
         armed: Arc::clone(&armed),
@@ -189,7 +184,7 @@ async fn handshake(
         siblings: params.siblings.clone(),
         issuer: Arc::clone(&issuer),
     });
-    let accept = TlsAcceptor::from(Arc::new(config)).accept(TicketGate::new(tcp, armed, key_log));
+    let accept = TlsAcceptor::from(Arc::new(config)).accept(TicketGate::new(tcp, armed));
     let accepted = timeout(params.handshake_timeout, accept)
         .await
         .map_err(|_| BridgeError::Handshake(io::ErrorKind::TimedOut.into()))

@@ -43,7 +43,6 @@ use super::error::BridgeError;
 use super::params::BridgeParams;
 use super::pool::Lease;
 use super::pump::{drain, pump, Counted};
-use super::sealed::{sink, Sink};
 use crate::ftp::Direction;
 use crate::read_ahead::ReadAhead;
 use crate::stream::Stream;
@@ -257,17 +256,16 @@ async fn run(
     let tls = client.tls_info();
     let copied = match direction {
         Direction::Download => {
-            let copied = match sink(client).map_err(BridgeError::Client)? {
-                Sink::Sealed(mut client) => pump(backend, &mut *client, &counted, stall).await.0,
-                Sink::Stream(mut client) => pump(backend, &mut client, &counted, stall).await.0,
-            };
-            copied.map_err(|e| {
+            let (copied, _backend) = pump(backend, &mut client, &counted, stall).await;
+            let done = copied.map_err(|e| {
                 e.into_bridge(
                     stall,
                     ("backend", BridgeError::Backend),
                     ("client", BridgeError::Client),
                 )
-            })?
+            })?;
+            linger(client);
+            done
         }
         Direction::Upload => {
             let (copied, client_back) = pump(client, &mut backend, &counted, stall).await;
@@ -310,4 +308,20 @@ fn upload_read_error(e: io::Error) -> BridgeError {
     } else {
         BridgeError::Client(e)
     }
+}
+
+/// How long a download's client connection is read after the gateway's close_notify and FIN.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Reads a finished download's client connection until the client closes it, for at most
+/// [`LINGER`], off the transfer's path (its 226 does not wait). A client may have sent
+/// records the download never read (a TLS 1.3 KeyUpdate, in the flight of its Finished or
+/// mid-transfer; its close_notify): a socket closed with unread bytes sends RST, and a RST can
+/// throw away the end of the download still in the client's receive buffer. Read, they are
+/// processed by rustls and dropped.
+fn linger(mut client: Stream) {
+    let read = async move {
+        let _ = timeout(LINGER, drain(&mut client)).await;
+    };
+    tokio::spawn(read.instrument(tracing::Span::current()));
 }

@@ -8,7 +8,6 @@ mod error;
 mod params;
 mod pool;
 mod pump;
-mod sealed;
 
 pub use bridge::{BackendSide, ClientSide, DataBridge, Transferred};
 pub use error::BridgeError;

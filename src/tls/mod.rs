@@ -3,7 +3,6 @@
 
 pub mod backend;
 pub(crate) mod binding;
-pub(crate) mod seal;
 pub mod store;
 pub(crate) mod ticket_hold;
 

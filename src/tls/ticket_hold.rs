@@ -29,7 +29,6 @@ use tokio::net::TcpStream;
 
 use crate::read_ahead::ReadAhead;
 use crate::tls::binding::{Member, Siblings};
-use crate::tls::seal::{TrafficSecret, APPLICATION_DATA};
 
 /// A session's ticketer, reporting each ticket it makes to one data connection's gate, and
 /// whether the client offered one at all (see `data::admit::accept_client` on why that
@@ -73,9 +72,11 @@ impl ProducesTickets for SignalOnTicket {
     }
 }
 
-/// Writes `buf[*sent..]` to `io`, counting what is written in `sent`, until all of it is: for
-/// bytes a writer holds back and sends later (held tickets, sealed records).
-pub(crate) fn poll_write_rest(
+/// The TLS record type of application data (RFC 8446 §5.1), which TLS 1.3 tickets travel as.
+const APPLICATION_DATA: u8 = 23;
+
+/// Writes `buf[*sent..]` to `io`, counting what is written in `sent`, until all of it is.
+fn poll_write_rest(
     io: &mut (impl AsyncWrite + Unpin),
     cx: &mut Context<'_>,
     buf: &[u8],
@@ -99,19 +100,16 @@ pub struct TicketGate {
     holding: bool,
     held: Vec<u8>,
     sent: usize,
-    /// The connection's key log, for when a download seals its own records (`tls::seal`).
-    pub key_log: Arc<TrafficSecret>,
 }
 
 impl TicketGate {
-    pub fn new(tcp: TcpStream, armed: Arc<AtomicBool>, key_log: Arc<TrafficSecret>) -> Self {
+    pub fn new(tcp: TcpStream, armed: Arc<AtomicBool>) -> Self {
         Self {
             tcp: ReadAhead::new(tcp),
             armed,
             holding: true,
             held: Vec::new(),
             sent: 0,
-            key_log,
         }
     }
 
