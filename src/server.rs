@@ -213,6 +213,15 @@ impl Gateway {
                 Arc::clone(&self.cores),
             ));
         }
+        // Sessions past their TLS binding grace are forgotten even when none starts or ends.
+        let bindings = Arc::clone(&self.ctx.bindings);
+        tasks.spawn(async move {
+            let mut every = tokio::time::interval(tls::binding::SWEEP_EVERY);
+            loop {
+                every.tick().await;
+                bindings.expire();
+            }
+        });
         // The admin listener outlives the accept loops: during the drain /readyz says 503 and
         // /metrics shows the sessions winding down.
         let admin = self.admin.map(|listener| {

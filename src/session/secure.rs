@@ -26,7 +26,7 @@ pub(super) fn join_siblings(
 ) -> Option<tls::binding::Membership> {
     let ticketer = tls.ticketer.as_ref()?;
     let client = peer.ip().to_canonical();
-    Some(ctx.bindings.join(client, Arc::clone(ticketer)))
+    ctx.bindings.join(client, Arc::clone(ticketer))
 }
 
 /// The control connection's TLS handshake, counted, with the client certificate's subject (if

@@ -9,22 +9,28 @@
 //! as the same user on the same route, still open or closed less than [`GRACE`] ago. Another
 //! user's ticket, another address's, or another gateway's never passes.
 //!
-//! How. Every session enters the registry under its client address as its control handshake
-//! starts, before any of its tickets exists, and says who it is once the backend accepts its
-//! login. A data connection's ticket is tried with the session's own ticketer, then with those
-//! of the other sessions from the same address. A sibling's ticket only opens the handshake:
-//! the bridge then checks that the sibling is (or, if it is still logging in, becomes) the same
-//! user on the same route, and refuses the connection otherwise, before any byte moves.
-//! Go's client caches whichever ticket came last, often that of a sibling still between its
-//! handshake and its 230, hence the wait.
+//! How. Every session enters the registry as its control handshake starts, before any of its
+//! tickets exists, and says who it is once the backend accepts its login. Its tickets carry a
+//! random tag in front ([`Tagged`]), which names its entry: a data connection's ticket is tried
+//! with the session's own ticketer, and a sibling's goes straight to the one session that made
+//! it, which must be from the same client address and open or in its grace. A sibling's ticket
+//! only opens the handshake: the bridge then checks that the sibling is (or, if it is still
+//! logging in, becomes) the same user on the same route, and refuses the connection otherwise,
+//! before any byte moves. Go's client caches whichever ticket came last, often that of a
+//! sibling still between its handshake and its 230, hence the wait.
+//!
+//! What it costs does not grow with history: a lookup by tag per sibling ticket, an insert per
+//! session and a removal when its grace ends, found at the front of a queue in closing order.
+//! One address keeps at most [`CLOSED_PER_CLIENT`] closed sessions, so a client (or everyone
+//! behind one NAT) opening and closing sessions as fast as it can holds bounded memory.
 //!
 //! That is at least as strong as a server whose whole process shares one session key (vsftpd
 //! and ProFTPD do), where any client of the server resumes any other client's session; here the
 //! set is one person's sessions from one address, and only for minutes.
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -34,6 +40,15 @@ use tokio::sync::watch;
 /// How long a closed session's tickets stay good for its siblings' data connections: clients
 /// keep a ticket in their cache after the connection that got it has closed.
 pub const GRACE: Duration = Duration::from_secs(300);
+
+/// Closed sessions one client address may keep in their grace period; past it the oldest go
+/// first. Open sessions are bounded by `limits.max_sessions_per_ip`; this bounds what an
+/// address that opens and closes sessions as fast as it can leaves behind (a client's cache
+/// holds a few recent tickets, never thousands).
+pub const CLOSED_PER_CLIENT: usize = 1024;
+
+/// How often sessions past their grace are forgotten when no session starts or ends to do it.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// Who a logged-in session is, for the binding: the user the backend accepted and the route.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,27 +67,84 @@ enum Login {
     Gone,
 }
 
+/// The length of the tag in front of each ticket.
+const TAG_LEN: usize = 8;
+
+/// A session's ticketer, whose tickets start with the session's tag in clear, so a sibling's
+/// ticket leads straight to the one ticketer that can open it instead of a trial of every
+/// session from the address. The tag is random, names nothing but the session's entry, and is
+/// not trusted: only the ticketer behind it can open (authenticate) the rest.
+pub struct Tagged {
+    tag: u64,
+    inner: Arc<dyn ProducesTickets>,
+}
+
+impl Tagged {
+    pub fn new(inner: Arc<dyn ProducesTickets>) -> Arc<Self> {
+        Arc::new(Self {
+            tag: fastrand::u64(..),
+            inner,
+        })
+    }
+
+    /// The tag a ticket names, if it is long enough to carry one.
+    fn tag_of(cipher: &[u8]) -> Option<(u64, &[u8])> {
+        let (tag, rest) = cipher.split_first_chunk::<TAG_LEN>()?;
+        Some((u64::from_be_bytes(*tag), rest))
+    }
+}
+
+impl std::fmt::Debug for Tagged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tagged").finish_non_exhaustive()
+    }
+}
+
+impl ProducesTickets for Tagged {
+    fn enabled(&self) -> bool {
+        self.inner.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.inner.lifetime()
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        let sealed = self.inner.encrypt(plain)?;
+        let mut ticket = Vec::with_capacity(TAG_LEN + sealed.len());
+        ticket.extend_from_slice(&self.tag.to_be_bytes());
+        ticket.extend_from_slice(&sealed);
+        Some(ticket)
+    }
+
+    /// Opens this session's own tickets only.
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        let (tag, sealed) = Tagged::tag_of(cipher)?;
+        if tag != self.tag {
+            return None;
+        }
+        self.inner.decrypt(sealed)
+    }
+}
+
 /// One session's entry.
 pub struct Member {
-    id: u64,
-    ticketer: Arc<dyn ProducesTickets>,
+    client: IpAddr,
+    ticketer: Arc<Tagged>,
     login: watch::Sender<Login>,
-    /// When the session ended; `None` while it is open.
-    closed: Mutex<Option<Instant>>,
+    /// When the session ended; unset while it is open.
+    closed: OnceLock<Instant>,
 }
 
 impl std::fmt::Debug for Member {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Member").field("id", &self.id).finish()
+        f.debug_struct("Member")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
     }
 }
 
 impl Member {
-    fn live(&self) -> bool {
-        let closed = self.closed.lock().map(|c| *c).unwrap_or(None);
-        closed.is_none_or(|c| c.elapsed() < GRACE)
-    }
-
     /// Waits up to `limit` for the session to log in; true when it is `who`.
     pub async fn is(&self, who: &Identity, limit: Duration) -> bool {
         let mut rx = self.login.subscribe();
@@ -81,83 +153,157 @@ impl Member {
     }
 }
 
-/// The sessions of each client address whose tickets its data connections may try. One per
-/// gateway.
+/// Sessions closed in the order they closed, all addresses together, and per address.
 #[derive(Default)]
-pub struct Registry {
-    by_client: DashMap<IpAddr, Vec<Arc<Member>>>,
-    next_id: AtomicU64,
-    /// Sessions ended so far, for the occasional prune of every address.
-    ended: AtomicU64,
+struct Closed {
+    /// Oldest first: the front is the next to pass its grace.
+    by_time: VecDeque<(Instant, u64)>,
+    /// Oldest first, per address, for [`CLOSED_PER_CLIENT`].
+    by_client: std::collections::HashMap<IpAddr, VecDeque<u64>>,
 }
 
-/// Every this many session ends, addresses whose sessions are all past their grace go.
-const PRUNE_EVERY: u64 = 256;
+/// The sessions whose tickets data connections may try, by tag. One per gateway.
+///
+/// Every operation costs the same whatever the history: a session joins and leaves with one
+/// insert and one removal, a data connection's sibling ticket is looked up by its tag, and the
+/// sessions past their grace leave from the front of a queue in the order they closed (what a
+/// join, a drop or the sweep finds there, each once).
+pub struct Registry {
+    members: DashMap<u64, Arc<Member>>,
+    closed: Mutex<Closed>,
+    grace: Duration,
+}
 
 /// A session's place in the registry. Dropping it (the session ends) starts its grace period.
 pub struct Membership {
     registry: Arc<Registry>,
-    client: IpAddr,
     member: Arc<Member>,
 }
 
 impl Registry {
     pub fn new() -> Arc<Registry> {
-        Arc::new(Registry::default())
+        Registry::with_grace(GRACE)
+    }
+
+    /// A registry whose closed sessions stay `grace` (tests shorten it).
+    pub fn with_grace(grace: Duration) -> Arc<Registry> {
+        Arc::new(Registry {
+            members: DashMap::new(),
+            closed: Mutex::new(Closed::default()),
+            grace,
+        })
     }
 
     /// Enters a session from `client` whose control handshake is about to start, with its
-    /// ticketer.
-    pub fn join(
-        self: &Arc<Self>,
-        client: IpAddr,
-        ticketer: Arc<dyn ProducesTickets>,
-    ) -> Membership {
+    /// ticketer. `None` in the (2^-64) case of a tag already taken: the session's data
+    /// connections still resume its own tickets, only its siblings cannot.
+    pub fn join(self: &Arc<Self>, client: IpAddr, ticketer: Arc<Tagged>) -> Option<Membership> {
+        self.expire();
         let member = Arc::new(Member {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            client,
             ticketer,
             login: watch::Sender::new(Login::Pending),
-            closed: Mutex::new(None),
+            closed: OnceLock::new(),
         });
-        let mut members = self.by_client.entry(client).or_default();
-        members.retain(|m| m.live());
-        members.push(Arc::clone(&member));
-        drop(members);
-        Membership {
+        match self.members.entry(member.ticketer.tag) {
+            dashmap::Entry::Occupied(_) => return None,
+            dashmap::Entry::Vacant(slot) => slot.insert(Arc::clone(&member)),
+        };
+        Some(Membership {
             registry: Arc::clone(self),
-            client,
             member,
-        }
+        })
     }
 
-    /// Decrypts a ticket with the ticketer of another session from `client` (not `own`, which
-    /// the caller has tried) that is open or within its grace period; returns the plaintext and
-    /// the session that issued it, whose identity the caller must still check.
-    pub fn decrypt_sibling(
+    /// Opens a ticket a session from `client` other than `own` issued, if that session is
+    /// open or within its grace period; returns the plaintext and the session that issued it,
+    /// whose identity the caller must still check.
+    fn decrypt_sibling(
         &self,
         client: IpAddr,
         own: u64,
         cipher: &[u8],
     ) -> Option<(Vec<u8>, Arc<Member>)> {
-        let members = self.by_client.get(&client)?;
-        members
-            .iter()
-            .filter(|m| m.id != own && m.live())
-            .find_map(|m| m.ticketer.decrypt(cipher).map(|p| (p, Arc::clone(m))))
+        let (tag, _) = Tagged::tag_of(cipher)?;
+        if tag == own {
+            return None;
+        }
+        let member = Arc::clone(self.members.get(&tag)?.value());
+        let live = member.closed.get().is_none_or(|c| c.elapsed() < self.grace);
+        if member.client != client || !live {
+            return None;
+        }
+        let plain = member.ticketer.decrypt(cipher)?;
+        Some((plain, member))
     }
 
-    /// Client addresses with sessions open or in their grace period.
-    pub fn len(&self) -> usize {
-        self.by_client.len()
+    /// A session ended: it stays for its grace, unless its address already keeps
+    /// [`CLOSED_PER_CLIENT`] closed sessions, in which case that address's oldest goes now.
+    fn close(&self, member: &Member) {
+        let now = Instant::now();
+        if member.closed.set(now).is_err() {
+            return;
+        }
+        let tag = member.ticketer.tag;
+        let Ok(mut closed) = self.closed.lock() else {
+            self.members.remove(&tag);
+            return;
+        };
+        closed.by_time.push_back((now, tag));
+        let mine = closed.by_client.entry(member.client).or_default();
+        mine.push_back(tag);
+        if mine.len() > CLOSED_PER_CLIENT {
+            if let Some(oldest) = mine.pop_front() {
+                self.members.remove(&oldest);
+            }
+        }
+        self.expire_locked(&mut closed, now);
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.by_client.is_empty()
+    /// Forgets the sessions past their grace. Each closed session is found here once, so the
+    /// cost over a gateway's life is one step per session.
+    pub fn expire(&self) {
+        if let Ok(mut closed) = self.closed.lock() {
+            self.expire_locked(&mut closed, Instant::now());
+        }
+    }
+
+    fn expire_locked(&self, closed: &mut Closed, now: Instant) {
+        let mut forgot = false;
+        while let Some(&(at, tag)) = closed.by_time.front() {
+            if now.saturating_duration_since(at) < self.grace {
+                break;
+            }
+            closed.by_time.pop_front();
+            forgot = true;
+            // Already gone if its address's cap pushed it out first.
+            let Some((_, member)) = self.members.remove(&tag) else {
+                continue;
+            };
+            if let Some(mine) = closed.by_client.get_mut(&member.client) {
+                if mine.front() == Some(&tag) {
+                    mine.pop_front();
+                }
+                if mine.is_empty() {
+                    closed.by_client.remove(&member.client);
+                }
+            }
+        }
+        if forgot && closed.by_time.is_empty() {
+            // A burst's queues give their memory back once it is all forgotten.
+            closed.by_time.shrink_to_fit();
+            closed.by_client.shrink_to_fit();
+            self.members.shrink_to_fit();
+        }
     }
 
     /// Sessions open or in their grace period, all addresses together.
     pub fn members(&self) -> usize {
-        self.by_client.iter().map(|m| m.len()).sum()
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
     }
 }
 
@@ -171,8 +317,8 @@ impl Membership {
     pub fn siblings(&self, who: Identity) -> Siblings {
         Siblings {
             registry: Arc::clone(&self.registry),
-            client: self.client,
-            own: self.member.id,
+            client: self.member.client,
+            own: self.member.ticketer.tag,
             who,
         }
     }
@@ -187,23 +333,7 @@ impl Drop for Membership {
             }
             pending
         });
-        if let Ok(mut closed) = self.member.closed.lock() {
-            *closed = Some(Instant::now());
-        }
-        // Sessions past their grace are forgotten: this address's now, every address's once in
-        // a while (an address that never comes back must not stay forever), so a session's end
-        // costs a scan of the whole registry only rarely.
-        let prune = |members: &mut Vec<Arc<Member>>| {
-            members.retain(|m| m.live());
-            !members.is_empty()
-        };
-        self.registry
-            .by_client
-            .remove_if_mut(&self.client, |_, m| !prune(m));
-        let ended = self.registry.ended.fetch_add(1, Ordering::Relaxed);
-        if ended % PRUNE_EVERY == 0 {
-            self.registry.by_client.retain(|_, m| prune(m));
-        }
+        self.registry.close(&self.member);
     }
 }
 
@@ -225,7 +355,9 @@ impl Siblings {
 
 impl std::fmt::Debug for Siblings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Siblings").field("own", &self.own).finish()
+        f.debug_struct("Siblings")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
     }
 }
 
@@ -233,8 +365,8 @@ impl std::fmt::Debug for Siblings {
 mod tests {
     use super::*;
 
-    fn ticketer() -> Arc<dyn ProducesTickets> {
-        rustls::crypto::aws_lc_rs::Ticketer::new().expect("ticketer")
+    fn ticketer() -> Arc<Tagged> {
+        Tagged::new(rustls::crypto::aws_lc_rs::Ticketer::new().expect("ticketer"))
     }
 
     fn who(user: &str) -> Identity {
@@ -248,13 +380,20 @@ mod tests {
     const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
     const SOON: Duration = Duration::from_millis(50);
 
+    fn join(registry: &Arc<Registry>, client: IpAddr, t: &Arc<Tagged>) -> Membership {
+        registry.join(client, Arc::clone(t)).expect("joined")
+    }
+
     #[tokio::test]
     async fn only_siblings_of_one_address_user_and_route_pass() {
         let registry = Registry::new();
         let t1 = ticketer();
-        let first = registry.join(A, Arc::clone(&t1));
-        let second = registry.join(A, ticketer());
+        let first = join(&registry, A, &t1);
+        let second = join(&registry, A, &ticketer());
         let ticket = t1.encrypt(b"state").expect("ticket");
+        // A session opens its own tickets, and no other session's.
+        assert_eq!(t1.decrypt(&ticket).as_deref(), Some(&b"state"[..]));
+        assert!(ticketer().decrypt(&ticket).is_none());
         let data = second.siblings(who("alice"));
         // The first session's ticket opens the handshake while it is still logging in ...
         let (plain, issuer) = data.decrypt(&ticket).expect("sibling ticket");
@@ -270,8 +409,10 @@ mod tests {
         };
         assert!(!issuer.is(&other_route, SOON).await);
         // Another address never even decrypts it.
-        let elsewhere = registry.join(B, ticketer());
+        let elsewhere = join(&registry, B, &ticketer());
         assert!(elsewhere.siblings(who("alice")).decrypt(&ticket).is_none());
+        // A session's own ticket is not a sibling's.
+        assert!(first.siblings(who("alice")).decrypt(&ticket).is_none());
         // Closed, the first session's tickets still serve its sibling for the grace period.
         drop(first);
         assert!(data.decrypt(&ticket).is_some());
@@ -281,8 +422,8 @@ mod tests {
     async fn a_session_that_ends_before_logging_in_never_passes() {
         let registry = Registry::new();
         let t1 = ticketer();
-        let first = registry.join(A, Arc::clone(&t1));
-        let second = registry.join(A, ticketer());
+        let first = join(&registry, A, &t1);
+        let second = join(&registry, A, &ticketer());
         let ticket = t1.encrypt(b"state").expect("ticket");
         let (_, issuer) = second
             .siblings(who("alice"))
@@ -290,5 +431,48 @@ mod tests {
             .expect("decrypts");
         drop(first);
         assert!(!issuer.is(&who("alice"), Duration::from_secs(5)).await);
+    }
+
+    /// A forged or cut tag never reaches a ticketer that could be tricked: a ticket whose tag
+    /// is changed to a sibling's fails that sibling's authentication.
+    #[test]
+    fn a_changed_tag_opens_nothing() {
+        let registry = Registry::new();
+        let (t1, t2) = (ticketer(), ticketer());
+        let _first = join(&registry, A, &t1);
+        let second = join(&registry, A, &t2);
+        let mut ticket = t1.encrypt(b"state").expect("ticket");
+        ticket[..TAG_LEN].copy_from_slice(&t2.tag.to_be_bytes());
+        let third = join(&registry, A, &ticketer());
+        assert!(third.siblings(who("a")).decrypt(&ticket).is_none());
+        assert!(second.siblings(who("a")).decrypt(&[1, 2, 3]).is_none());
+    }
+
+    /// Past their grace, closed sessions are forgotten, whoever calls; an address keeps at
+    /// most [`CLOSED_PER_CLIENT`], its oldest going first; open ones stay.
+    #[test]
+    fn closed_sessions_leave_after_their_grace_and_past_the_cap_oldest_first() {
+        let registry = Registry::with_grace(Duration::from_millis(200));
+        let open = join(&registry, A, &ticketer());
+        let oldest = ticketer();
+        let ticket = oldest.encrypt(b"old").expect("ticket");
+        drop(join(&registry, A, &oldest));
+        let reader = open.siblings(who("a"));
+        assert!(reader.decrypt(&ticket).is_some(), "within its grace");
+        for _ in 0..CLOSED_PER_CLIENT {
+            drop(join(&registry, A, &ticketer()));
+        }
+        assert_eq!(registry.members(), 1 + CLOSED_PER_CLIENT);
+        assert!(reader.decrypt(&ticket).is_none(), "the oldest went first");
+        // Another address's closed sessions are not counted against A's.
+        drop(join(&registry, B, &ticketer()));
+        assert_eq!(registry.members(), 2 + CLOSED_PER_CLIENT);
+        std::thread::sleep(Duration::from_millis(250));
+        registry.expire();
+        assert_eq!(registry.members(), 1, "only the open session is left");
+        drop(open);
+        std::thread::sleep(Duration::from_millis(250));
+        registry.expire();
+        assert!(registry.is_empty());
     }
 }

@@ -213,7 +213,7 @@ pub struct SessionTls {
     pub data: Arc<ServerConfig>,
     /// The session's own ticketer, which its siblings' data connections may use too (see
     /// [`binding`]); `None` with `data_session_reuse = "off"`.
-    pub ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
+    pub ticketer: Option<Arc<binding::Tagged>>,
 }
 
 pub fn session_config(base: &Arc<ServerConfig>, reuse: ReuseMode) -> Result<SessionTls, TlsError> {
@@ -226,8 +226,9 @@ pub fn session_config(base: &Arc<ServerConfig>, reuse: ReuseMode) -> Result<Sess
         }
         ReuseMode::Allow | ReuseMode::Require => {
             config.session_storage = ServerSessionMemoryCache::new(16);
-            config.ticketer = aws_lc_rs::Ticketer::new()?;
-            Some(Arc::clone(&config.ticketer))
+            let ticketer = binding::Tagged::new(aws_lc_rs::Ticketer::new()?);
+            config.ticketer = Arc::clone(&ticketer) as _;
+            Some(ticketer)
         }
     };
     let mut data = config.clone();
