@@ -6,7 +6,8 @@
 //!
 //! `cargo bench --bench gateway` runs it in full (1 GiB transfers, 1,000 and 10,000 sessions);
 //! `-- --smoke` runs a small version to prove the harness works; `-- --only sessions,noop` runs
-//! only the named parts (floor, throughput, sessions, idle, noop), for profiling one of them;
+//! only the named parts (floor, throughput, sessions, idle, noop, handshakes), for profiling one
+//! of them;
 //! `-- --only throughput --rows ftpsgate_tls_to_plain` only the named throughput rows
 //! (`ftpsgate_tls_to_plain_8_at_once` names the eight at once and the LIST cost). With
 //! `FTPSGATE_BIN=path` the gateways are that build instead of this one: run the same rows with
@@ -27,6 +28,7 @@
 mod client;
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod handshakes;
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -45,6 +47,7 @@ struct Plan {
     sessions: usize,
     idle_counts: Vec<usize>,
     noops: usize,
+    handshakes: handshakes::Sizes,
     /// The parts to run (`--only a,b`); empty runs them all.
     only: Vec<String>,
     /// The throughput rows to run (`--rows ftpsgate_tls_to_plain,...`, names as printed);
@@ -61,6 +64,11 @@ impl Plan {
                 sessions: 8,
                 idle_counts: vec![50],
                 noops: 200,
+                handshakes: handshakes::Sizes {
+                    total: 400,
+                    window: 100,
+                    wait_grace: false,
+                },
                 only,
                 rows,
             }
@@ -71,6 +79,11 @@ impl Plan {
                 sessions: 100,
                 idle_counts: vec![1000, 10000],
                 noops: 5000,
+                handshakes: handshakes::Sizes {
+                    total: 100_000,
+                    window: 10_000,
+                    wait_grace: true,
+                },
                 only,
                 rows,
             }
@@ -920,5 +933,11 @@ async fn measure(
         );
     }
     drop(mod_proxy);
+
+    // e. CPU per full TLS handshake over 100,000 sessions from one address, first and last
+    //    10,000, beside HAProxy; and the memory they leave once the binding's grace is over.
+    if plan.runs("handshakes") {
+        handshakes::measure(&plan.handshakes, plain.addr, (&cert, &key, &gw_ca), report).await?;
+    }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! binds data connections to their control connection. TLS toward backends is in [`backend`].
 
 pub mod backend;
-pub(crate) mod binding;
+pub mod binding;
 pub mod store;
 pub(crate) mod ticket_hold;
 
