@@ -98,6 +98,9 @@ pub enum Reason {
     access_denied,
     /// A client address banned after failed logins.
     banned,
+    /// A password waited too long for one of its address's login attempts, all held by
+    /// passwords still at a backend.
+    logins_in_flight,
     /// A user in `access.deny_users`.
     denied_user,
     /// A user other than the one the client certificate names (`tls.client_cert_user`).

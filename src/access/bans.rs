@@ -1,5 +1,10 @@
 //! Bans after failed logins: per client address, the failures within the window, and the ban
 //! they earn. Time is passed in, so the rules are unit-tested without sleeping.
+//!
+//! A password counts before the backend checks it: each PASS takes one of the address's
+//! remaining attempts ([`Bans::reserve`]) on its way to the backend, and gives it back when the
+//! backend accepts it. Counted only at the backend's 530, ten sessions sending a wrong password
+//! at once all reached the backend before the first failure was on record.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -25,6 +30,19 @@ pub struct Bans {
 struct Record {
     failures: VecDeque<Instant>,
     until: Option<Instant>,
+    /// Passwords on their way to a backend, each holding one of the remaining attempts.
+    in_flight: u32,
+}
+
+/// What [`Bans::reserve`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserved {
+    /// One attempt is held for this password; settle it with [`Bans::settle`].
+    Held,
+    /// Every remaining attempt is held by a password still at a backend: wait for one.
+    Full,
+    /// Banned, for this much longer.
+    Banned(Duration),
 }
 
 impl Record {
@@ -64,18 +82,26 @@ impl Bans {
         until.checked_duration_since(now).filter(|d| !d.is_zero())
     }
 
-    /// Records a failed login from `ip`; true when this one bans it.
-    pub fn failed(&self, ip: IpAddr, now: Instant) -> bool {
-        if self.max_failures == 0 {
-            return false;
-        }
-        let ip = ip.to_canonical();
+    /// The record of `ip` (canonical), made if need be; a new address may sweep the table.
+    fn record(&self, ip: IpAddr, now: Instant) -> dashmap::mapref::one::RefMut<'_, IpAddr, Record> {
         if !self.table.contains_key(&ip)
             && self.added.fetch_add(1, Ordering::Relaxed) >= SWEEP_ABOVE
         {
             self.sweep(now);
         }
-        let mut record = self.table.entry(ip).or_default();
+        self.table.entry(ip).or_default()
+    }
+
+    /// Records a failed login from `ip`; true when this one bans it.
+    pub fn failed(&self, ip: IpAddr, now: Instant) -> bool {
+        if self.max_failures == 0 {
+            return false;
+        }
+        let mut record = self.record(ip.to_canonical(), now);
+        self.fail(&mut record, now)
+    }
+
+    fn fail(&self, record: &mut Record, now: Instant) -> bool {
         if record.until.is_some_and(|u| u > now) {
             return false; // banned already: the ban is not stretched by further tries
         }
@@ -88,6 +114,40 @@ impl Bans {
         record.failures.clear();
         record.until = Some(now + self.ban);
         true
+    }
+
+    /// Takes one of `ip`'s remaining attempts for a password about to go to a backend: the
+    /// failures in the window and the passwords still in flight together stay below the
+    /// limit, so however many sessions send one at once, no more reach a backend than the
+    /// address has attempts left.
+    pub fn reserve(&self, ip: IpAddr, now: Instant) -> Reserved {
+        if self.max_failures == 0 {
+            return Reserved::Held;
+        }
+        let mut record = self.record(ip.to_canonical(), now);
+        if let Some(left) = record.until.and_then(|u| u.checked_duration_since(now)) {
+            if !left.is_zero() {
+                return Reserved::Banned(left);
+            }
+        }
+        record.forget_before(now.checked_sub(self.window));
+        let held = record.failures.len() + record.in_flight as usize;
+        if held >= self.max_failures as usize {
+            return Reserved::Full;
+        }
+        record.in_flight += 1;
+        Reserved::Held
+    }
+
+    /// Gives back an attempt [`Self::reserve`] held: as a failure when `failed` (true when it
+    /// bans the address), or as nothing when the backend accepted the password.
+    pub fn settle(&self, ip: IpAddr, failed: bool, now: Instant) -> bool {
+        if self.max_failures == 0 {
+            return false;
+        }
+        let mut record = self.record(ip.to_canonical(), now);
+        record.in_flight = record.in_flight.saturating_sub(1);
+        failed && self.fail(&mut record, now)
     }
 
     /// The bans in force.
@@ -115,7 +175,7 @@ impl Bans {
             if r.until.is_some_and(|u| u <= now) {
                 r.until = None;
             }
-            r.until.is_some() || !r.failures.is_empty()
+            r.until.is_some() || !r.failures.is_empty() || r.in_flight > 0
         });
         self.added.store(0, Ordering::Relaxed);
     }
@@ -177,6 +237,30 @@ mod tests {
             "mapped and plain are one"
         );
         assert!(bans.failed(a, t0 + 14 * MIN));
+    }
+
+    #[test]
+    fn passwords_in_flight_hold_the_attempts_left() {
+        let bans = Bans::new(3, 10 * MIN, 15 * MIN);
+        let t0 = Instant::now();
+        let a = ip("192.0.2.7");
+        assert!(!bans.failed(a, t0));
+        // Two attempts left: two passwords may be at the backend at once, not a third.
+        assert_eq!(bans.reserve(a, t0), Reserved::Held);
+        assert_eq!(bans.reserve(ip("::ffff:192.0.2.7"), t0), Reserved::Held);
+        assert_eq!(bans.reserve(a, t0), Reserved::Full);
+        assert_eq!(bans.reserve(ip("192.0.2.8"), t0), Reserved::Held, "others");
+        // An accepted password gives its attempt back ...
+        assert!(!bans.settle(a, false, t0));
+        assert_eq!(bans.reserve(a, t0), Reserved::Held);
+        // ... a refused one spends it, and the last bans.
+        assert!(!bans.settle(a, true, t0));
+        assert!(bans.settle(a, true, t0), "the third failure bans");
+        assert_eq!(bans.reserve(a, t0), Reserved::Banned(15 * MIN));
+        // A sweep keeps an address whose passwords are in flight.
+        assert_eq!(bans.reserve(ip("192.0.2.9"), t0), Reserved::Held);
+        bans.sweep(t0 + 60 * MIN);
+        assert!(bans.table.contains_key(&ip("192.0.2.9")));
     }
 
     #[test]

@@ -6,10 +6,12 @@
 mod bans;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use bans::BanEntry;
-use bans::Bans;
+use bans::{Bans, Reserved};
+use tokio::sync::Notify;
 
 use crate::config::{AccessSettings, Networks};
 
@@ -20,6 +22,16 @@ pub enum Barred {
     Denied,
     /// Banned after failed logins, for this much longer.
     Banned(Duration),
+}
+
+/// Why a password is not sent to a backend (see [`Access::attempt`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoAttempt {
+    /// Banned after failed logins, for this much longer.
+    Banned(Duration),
+    /// Every login attempt the address has left is a password still at a backend, and none
+    /// came back within the wait.
+    Busy,
 }
 
 impl Barred {
@@ -35,7 +47,47 @@ pub struct Access {
     deny: Networks,
     deny_users: Vec<String>,
     delay: Duration,
-    bans: Bans,
+    bans: Arc<Bans>,
+    /// Woken whenever a held attempt is settled: PASS commands waiting for one try again.
+    settled: Arc<Notify>,
+}
+
+/// One password on its way to a backend, holding one of its address's remaining login
+/// attempts (see `bans`). Settle it with the backend's answer; dropped unsettled (the backend
+/// never answered), it gives the attempt back uncounted, as a failure of the backend's is not
+/// the client's.
+pub struct Attempt {
+    bans: Arc<Bans>,
+    settled: Arc<Notify>,
+    ip: IpAddr,
+    open: bool,
+}
+
+impl Attempt {
+    /// The backend refused the password (530); true when this bans the address.
+    pub fn refused(mut self) -> bool {
+        self.settle(true)
+    }
+
+    /// Any other answer: the attempt goes back.
+    pub fn answered(mut self) {
+        self.settle(false);
+    }
+
+    fn settle(&mut self, failed: bool) -> bool {
+        self.open = false;
+        let banned = self.bans.settle(self.ip, failed, Instant::now());
+        self.settled.notify_waiters();
+        banned
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if self.open {
+            self.settle(false);
+        }
+    }
 }
 
 impl Access {
@@ -49,11 +101,12 @@ impl Access {
                 .map(|u| u.to_lowercase())
                 .collect(),
             delay: settings.failed_login_delay(),
-            bans: Bans::new(
+            bans: Arc::new(Bans::new(
                 settings.max_failed_logins,
                 settings.failed_login_window(),
                 settings.ban(),
-            ),
+            )),
+            settled: Arc::new(Notify::new()),
         }
     }
 
@@ -70,6 +123,33 @@ impl Access {
         match self.bans.remaining(ip, Instant::now()) {
             Some(left) => Err(Barred::Banned(left)),
             None => Ok(()),
+        }
+    }
+
+    /// Takes one of `ip`'s remaining login attempts for a password about to go to a backend,
+    /// waiting up to `wait` while every one left is held by a password still there.
+    pub async fn attempt(&self, ip: IpAddr, wait: Duration) -> Result<Attempt, NoAttempt> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before the check, so a settle between the two is not missed.
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            match self.bans.reserve(ip, Instant::now()) {
+                Reserved::Held => {
+                    return Ok(Attempt {
+                        bans: Arc::clone(&self.bans),
+                        settled: Arc::clone(&self.settled),
+                        ip,
+                        open: true,
+                    })
+                }
+                Reserved::Banned(left) => return Err(NoAttempt::Banned(left)),
+                Reserved::Full => {}
+            }
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                return Err(NoAttempt::Busy);
+            }
         }
     }
 

@@ -9,7 +9,7 @@ use tracing::{info, warn, Span};
 use super::phase::Phase;
 use super::refusal::{Halt, Refusal};
 use super::Session;
-use crate::access::Barred;
+use crate::access::{Attempt, Barred, NoAttempt};
 use crate::audit::Event;
 use crate::config::Networks;
 use crate::ftp::{escaped, Command, Verb};
@@ -68,6 +68,19 @@ impl Session {
             self.front_door(&user).await?;
             self.attempt = Some(user);
         }
+        // A password holds one of the address's remaining attempts while the backend checks
+        // it, so parallel sessions cannot all guess before the first failure counts.
+        let attempt = match cmd.verb() {
+            Verb::Pass => {
+                let wait = self.ctx.settings.timeouts.backend_reply();
+                match self.ctx.access.attempt(ip, wait).await {
+                    Ok(attempt) => Some(attempt),
+                    Err(NoAttempt::Banned(left)) => return Err(Refusal::Banned { left }.into()),
+                    Err(NoAttempt::Busy) => return Err(Refusal::LoginsInFlight.into()),
+                }
+            }
+            _ => None,
+        };
         let reply = self.forward(&cmd).await?;
         if reply.code() == 230 {
             // Before the client hears 230: a TLS backend's data channel is secured first.
@@ -85,9 +98,9 @@ impl Session {
                 outcome: "ok",
             });
         } else if reply.code() >= 400 {
-            if cmd.verb() == Verb::Pass && reply.code() == 530 {
+            if let (Some(attempt), 530) = (attempt, reply.code()) {
                 let tried = self.attempt.clone().unwrap_or_default();
-                self.failed_login(&tried).await;
+                self.failed_login(&tried, Some(attempt)).await;
             }
             self.attempt = None;
             if let Phase::LoggingIn(waiting) = &mut self.phase {
@@ -110,14 +123,14 @@ impl Session {
             .unwrap_or_else(|| Arc::clone(self.ctx.router.default_route()));
         self.route_admits(&route)?;
         if self.ctx.access.denies_user(user) {
-            self.failed_login(user).await;
+            self.failed_login(user, None).await;
             let user = user.to_string();
             return Err(Refusal::DeniedUser { user });
         }
         if let Some(field) = self.ctx.settings.tls.client_cert_user {
             let certified = self.client.certificate_user(field);
             if certified.as_deref() != Some(user) {
-                self.failed_login(user).await;
+                self.failed_login(user, None).await;
                 let user = user.to_string();
                 return Err(Refusal::CertificateUser { user, certified });
             }
@@ -136,15 +149,20 @@ impl Session {
         Err(Refusal::RouteDenied { route })
     }
 
-    /// A failed login as `user`: audited, counted toward a ban of the client's address, and
-    /// its reply held back by `access.failed_login_delay_secs`.
-    async fn failed_login(&self, user: &str) {
+    /// A failed login as `user`: audited, counted toward a ban of the client's address (as
+    /// the `attempt` its password held, if it went to a backend), and its reply held back by
+    /// `access.failed_login_delay_secs`.
+    async fn failed_login(&self, user: &str, attempt: Option<Attempt>) {
         let ip = self.client.peer.ip();
         self.audit(&Event::Login {
             who: self.who(Some(user)),
             outcome: "failed",
         });
-        if self.ctx.access.failed_login(ip) {
+        let banned = match attempt {
+            Some(attempt) => attempt.refused(),
+            None => self.ctx.access.failed_login(ip),
+        };
+        if banned {
             let ban_secs = self.ctx.settings.access.ban_secs;
             warn!(ban_secs, "address banned after failed logins");
             self.audit(&Event::Ban {

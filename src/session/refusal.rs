@@ -125,6 +125,9 @@ pub(super) enum Refusal {
     Banned {
         left: Duration,
     },
+    /// Every login attempt the address has left is a password still at a backend, and none
+    /// came back in time (`timeouts.backend_reply_secs`). The session ends.
+    LoginsInFlight,
     /// The route's `allow`/`deny` keep this client out. The session ends.
     RouteDenied {
         route: String,
@@ -219,6 +222,10 @@ impl Refusal {
             }
             ShuttingDown => (421, "Service shutting down; please reconnect later."),
             Banned { .. } => (421, Barred::BANNED_TEXT),
+            LoginsInFlight => (
+                421,
+                "Too many logins in progress from your address; try again later.",
+            ),
             RouteDenied { .. } => (421, Barred::DENIED_TEXT),
             DeniedUser { .. } | CertificateUser { .. } => (530, "Login incorrect."),
             PassWithoutUser => (503, "Login with USER first."),
@@ -244,6 +251,7 @@ impl Refusal {
             ShuttingDown => Reason::shutting_down,
             BackendDown(_) => Reason::backend_down,
             Banned { .. } => Reason::banned,
+            LoginsInFlight => Reason::logins_in_flight,
             RouteDenied { .. } => Reason::access_denied,
             DeniedUser { .. } => Reason::denied_user,
             CertificateUser { .. } => Reason::certificate_user,
@@ -260,6 +268,7 @@ impl Refusal {
                 | Refusal::ShuttingDown
                 | Refusal::BackendDown(_)
                 | Refusal::Banned { .. }
+                | Refusal::LoginsInFlight
                 | Refusal::RouteDenied { .. }
         )
     }
@@ -311,6 +320,9 @@ impl Refusal {
                     ban_left_secs = left.as_secs(),
                     "login refused: address banned"
                 )
+            }
+            LoginsInFlight => {
+                warn!("login refused: every attempt the address has left is still at the backend")
             }
             RouteDenied { route } => warn!(%route, "refused: the route's access rules"),
             DeniedUser { user } => warn!(user = %escaped(user), "login refused: denied user"),
