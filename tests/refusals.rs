@@ -78,7 +78,7 @@ fn a_neighbours_fresh_handshake_does_not_end_the_clients_wait() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         use tokio::io::AsyncReadExt;
-        let mut ftp = HandFtps::login(&gw).await;
+        let mut ftp = HandFtps::login(gw.explicit, &gw.ca).await;
         let port = ftp.epsv().await;
 
         let fresh = rustls_client(&gw.ca);

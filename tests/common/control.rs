@@ -72,11 +72,10 @@ pub struct HandFtps {
 }
 
 impl HandFtps {
-    pub async fn login(gw: &TestGateway) -> HandFtps {
-        let config = rustls_client(&gw.ca);
-        let tcp = tokio::net::TcpStream::connect(gw.explicit)
-            .await
-            .expect("connect");
+    /// Logs in to the gateway's explicit listener `addr`, whose certificate is `ca`.
+    pub async fn login(addr: SocketAddr, ca: &Path) -> HandFtps {
+        let config = rustls_client(ca);
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let mut plain = tokio::io::BufReader::new(tcp);
         let hello = read_reply(&mut plain, Duration::from_secs(30)).await;
         assert!(hello.starts_with("220"), "{hello}");
