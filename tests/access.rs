@@ -254,6 +254,9 @@ fn client_certificates_bind_logins_by_cn_or_email() {
             s.tls.client_auth = ftpsgate::config::ClientAuth::Required;
             s.tls.client_ca = Some(client_ca);
             s.tls.client_cert_user = Some(field);
+            if field == ftpsgate::config::CertUser::Email {
+                s.tls.client_cert_email_domains = vec!["example.org".into()];
+            }
             s.access.failed_login_delay_secs = 0;
         });
         let got = dir.path().join("got.bin");
@@ -303,6 +306,89 @@ fn client_certificates_bind_logins_by_cn_or_email() {
     }
 }
 
+/// The `USER` commands vsftpd heard, from its command log.
+fn users_heard(vs: &FtpServer) -> Vec<String> {
+    vs.log()
+        .lines()
+        .filter(|l| l.contains("FTP command") && l.to_uppercase().contains("\"USER "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn email_bound_logins_accept_only_the_listed_domains() {
+    if !have("curl") {
+        return;
+    }
+    let Some(vs) = FtpServer::vsftpd_on(
+        VsTls::None,
+        false,
+        "xferlog_enable=YES\nlog_ftp_protocol=YES\n",
+    ) else {
+        return;
+    };
+    let want = vs.put("domain.bin", 100_000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clients = ClientCa::new();
+    let ca = dir.path().join("clients-ca.pem");
+    std::fs::write(&ca, &clients.pem).expect("write CA");
+    let write = |name: &str, c: &ClientCert| {
+        let (cert, key) = (
+            dir.path().join(format!("{name}.pem")),
+            dir.path().join(format!("{name}.key")),
+        );
+        std::fs::write(&cert, &c.cert_pem).expect("cert");
+        std::fs::write(&key, &c.key_pem).expect("key");
+        (cert.display().to_string(), key.display().to_string())
+    };
+    // Both valid under the same CA, both with the local part the user logs in as.
+    let evil = write(
+        "evil",
+        &clients.client("evil", Some(&format!("{USER}@evil.example"))),
+    );
+    let ours = write(
+        "ours",
+        &clients.client("ours", Some(&format!("{USER}@Example.ORG"))),
+    );
+    let gw = TestGateway::start(vs.backend(), move |s| {
+        admin_on_loopback(s);
+        s.tls.client_auth = ftpsgate::config::ClientAuth::Required;
+        s.tls.client_ca = Some(ca);
+        s.tls.client_cert_user = Some(ftpsgate::config::CertUser::Email);
+        s.tls.client_cert_email_domains = vec!["example.org".into(), "corp.example".into()];
+        s.access.failed_login_delay_secs = 0;
+    });
+    let login = format!("{USER}:{PASSWORD}");
+    let url = format!("ftp://127.0.0.1:{}/domain.bin", gw.explicit.port());
+    let got = dir.path().join("got.bin");
+    let fetch = |pair: &(String, String)| {
+        curl(&gw, 30)
+            .args(["-v", "--ssl-reqd", "--cert", &pair.0, "--key", &pair.1])
+            .args(["--user", &login, &url, "-o"])
+            .arg(&got)
+            .output()
+            .expect("curl")
+    };
+
+    let out = fetch(&evil);
+    assert_eq!(out.status.code(), Some(67), "{}", trace(&out));
+    assert!(
+        trace(&out).contains("< 530 Login incorrect."),
+        "{}",
+        trace(&out)
+    );
+    assert!(!trace(&out).contains("> PASS"), "{}", trace(&out));
+    assert_eq!(refusals(&gw, "certificate_user"), 1.0);
+    assert_eq!(users_heard(&vs), Vec::<String>::new(), "{}", vs.log());
+
+    // The listed domain, in another case, logs in and downloads.
+    let out = fetch(&ours);
+    assert!(out.status.success(), "{}", trace(&out));
+    assert_eq!(sha256_file(&got), want);
+    assert_eq!(users_heard(&vs).len(), 1, "{}", vs.log());
+    assert_eq!(refusals(&gw, "certificate_user"), 1.0);
+}
+
 #[test]
 fn certificate_expiry_is_on_metrics_for_the_default_and_each_sni_certificate() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -346,6 +432,12 @@ fn check_refuses_a_malformed_cidr_and_an_unknown_access_key_naming_them() {
             "[access]\nmax_failed_logins = 3\nban_secs = 0\n",
             "access.failed_login_window_secs",
         ),
+        // Email binding with no domains would let any domain's `user@` in as `user`.
+        (
+            "[tls]\nclient_auth = \"required\"\nclient_ca = \"/ca.pem\"\n\
+             client_cert_user = \"email\"\n",
+            "tls.client_cert_email_domains",
+        ),
     ] {
         let config = dir.path().join("bad.toml");
         std::fs::write(&config, text).expect("write");
@@ -359,6 +451,60 @@ fn check_refuses_a_malformed_cidr_and_an_unknown_access_key_naming_them() {
         assert!(!out.status.success(), "{text}");
         assert!(err.contains(names), "{text}: {err}");
     }
+}
+
+#[test]
+fn check_takes_the_email_domains_from_the_flag_or_the_variable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("clients-ca.pem");
+    std::fs::write(&ca, ClientCa::new().pem).expect("write CA");
+    let config = dir.path().join("email.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tls]\nclient_auth = \"required\"\nclient_ca = {:?}\nclient_cert_user = \"email\"\n",
+            ca.display().to_string()
+        ),
+    )
+    .expect("write");
+    let check = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ftpsgate"));
+        cmd.arg("check").arg("--config").arg(&config);
+        cmd.env_remove("FTPSGATE_CLIENT_CERT_EMAIL_DOMAINS");
+        cmd
+    };
+    let out = check().output().expect("check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("tls.client_cert_email_domains"), "{err}");
+    let out = check()
+        .env(
+            "FTPSGATE_CLIENT_CERT_EMAIL_DOMAINS",
+            "example.org,corp.example",
+        )
+        .output()
+        .expect("check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(
+            "client_cert_email_domains = [\n    \"example.org\",\n    \"corp.example\",\n]"
+        ),
+        "{text}"
+    );
+    let out = check()
+        .args(["--client-cert-email-domains", "example.org"])
+        .output()
+        .expect("check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The audit log's lines, parsed.

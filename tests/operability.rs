@@ -394,6 +394,87 @@ fn sighup_reloads_and_sigterm_drains_a_transfer_in_flight() {
     );
 }
 
+/// A transfer that fails after its data connection resumed is logged with that connection's
+/// TLS facts, as a finished one is: an upload whose client closes the data socket without
+/// close_notify, and a download whose client drops the data socket mid-transfer. The binary's
+/// JSON log has `tls` and `resumed = true` on both failed transfer lines.
+#[test]
+fn failed_transfers_are_logged_with_their_data_connections_tls() {
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    vs.put("cut-down.bin", 64 * MIB);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = ftpsgate::tls::self_signed(&["localhost".into(), "127.0.0.1".into()])
+        .expect("rcgen")
+        .write_to(&dir.path().join("certs"))
+        .expect("write");
+    let port = free_port();
+    let lo = 43400 + (port % 20) * 20;
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let log = dir.path().join("ftpsgate.log");
+    let _child = KillOnDrop(
+        gateway_command(listen, vs.addr, (lo, 20), &cert, &key)
+            .args(["--log-format", "json"])
+            .env("FTPSGATE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start ftpsgate"),
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || TcpStream::connect(listen)
+            .is_ok()),
+        "ftpsgate listens"
+    );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let mut ftp = HandFtps::login(listen, &cert).await;
+
+        // Upload: a MiB, flushed, then FIN without close_notify.
+        let port = ftp.epsv().await;
+        let mut data = ftp.data(port).await;
+        let first = ftp.cmd("STOR cut-up.bin").await;
+        assert!(first.starts_with("150"), "{first}");
+        data.write_all(&vec![7u8; MIB]).await.expect("upload");
+        data.flush().await.expect("flush");
+        let (mut tcp, _) = data.into_inner();
+        tcp.shutdown().await.expect("FIN");
+        let done = ftp.reply().await;
+        assert!(done.starts_with("426"), "truncated upload: {done}");
+        drop(tcp);
+
+        // Download: a MiB read of 64, then the socket dropped with the rest unread (RST).
+        let port = ftp.epsv().await;
+        let mut data = ftp.data(port).await;
+        let first = ftp.cmd("RETR cut-down.bin").await;
+        assert!(first.starts_with("150"), "{first}");
+        let mut got = vec![0u8; MIB];
+        data.read_exact(&mut got).await.expect("first MiB");
+        drop(data);
+        let done = ftp.reply().await;
+        assert!(done.starts_with("426"), "cut download: {done}");
+        assert!(ftp.cmd("NOOP").await.starts_with("200"));
+    });
+    let text = std::fs::read_to_string(&log).expect("log");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for command in ["STOR", "RETR"] {
+        let line = lines
+            .iter()
+            .find(|l| l["fields"]["message"] == "transfer" && l["fields"]["command"] == command)
+            .unwrap_or_else(|| panic!("no {command} transfer line in\n{text}"));
+        let fields = &line["fields"];
+        assert_eq!(fields["outcome"], "failed", "{line}");
+        assert_eq!(fields["resumed"], true, "{line}");
+        assert_eq!(fields["tls"], "TLSv1_3", "{line}");
+        assert!(fields["error"].is_string(), "{line}");
+    }
+}
+
 /// `ftpsgate doctor` as an operator runs it: `(exit success, stdout)`.
 fn doctor(args: &[&str], password: &str) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ftpsgate"))

@@ -13,6 +13,7 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpListener};
 use std::thread;
+use std::time::Duration;
 
 use ftpsgate::config::ReuseMode;
 
@@ -50,13 +51,63 @@ fn plaintext_pipelined_after_auth_tls_is_refused() {
     refused("pipelined-after-auth");
 }
 
+/// A client that never resumes (plain ftplib) hears 522 within seconds (the scenario allows
+/// 10), after the short grace a fresh handshake starts, not at the data connection deadline.
 #[test]
 fn data_connection_without_session_reuse_is_refused_with_522() {
     let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
         return;
     };
-    let gw = TestGateway::start(vs.backend(), |_| {});
+    let gw = TestGateway::start(vs.backend(), |s| {
+        s.timeouts.data_connection_secs = 60;
+    });
     py_scenario(&gw, "no-reuse-refused", &[]);
+}
+
+/// A neighbour behind the same NAT (the client's address) makes a full handshake that offers
+/// no session on the client's data port before the client connects: what a client that never
+/// resumes does. It is refused, and it does not end the wait: the client's own resuming
+/// connection, half a second later, carries the whole download and gets 226.
+#[test]
+fn a_neighbours_fresh_handshake_does_not_end_the_clients_wait() {
+    let gw = TestGateway::start(BackendKind::Unftp, |s| {
+        s.timeouts.data_connection_secs = 60;
+    });
+    let size = 3 * MIB + 7;
+    let want = random_file(&gw.root.join("neighbour.bin"), size);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        use tokio::io::AsyncReadExt;
+        let mut ftp = HandFtps::login(gw.explicit, &gw.ca).await;
+        let port = ftp.epsv().await;
+
+        let fresh = rustls_client(&gw.ca);
+        let mut neighbour = tls_data(&fresh, port)
+            .await
+            .expect("the neighbour's handshake completes");
+        assert_eq!(
+            neighbour.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Full)
+        );
+        // Refused: closed without a byte (once the gateway has read its Finished).
+        let mut buf = [0u8; 1024];
+        let got = tokio::time::timeout(Duration::from_secs(30), neighbour.read(&mut buf))
+            .await
+            .expect("the neighbour is closed");
+        assert!(matches!(got, Ok(0) | Err(_)), "{got:?}");
+
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut data = ftp.data(port).await;
+        let first = ftp.cmd("RETR neighbour.bin").await;
+        assert!(first.starts_with("150"), "{first}");
+        let mut got = Vec::new();
+        data.read_to_end(&mut got).await.expect("download");
+        let done = ftp.reply().await;
+        assert!(done.starts_with("226"), "{done}");
+        assert_eq!(got.len(), size);
+        assert_eq!(sha256(&got), want);
+        assert!(ftp.cmd("NOOP").await.starts_with("200"));
+    });
 }
 
 #[test]

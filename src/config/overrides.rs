@@ -56,6 +56,14 @@ pub struct Overrides {
     /// Users refused by the gateway, never sent to the backend (repeatable).
     #[arg(long, env = "FTPSGATE_DENY_USERS", value_delimiter = ',')]
     pub deny_users: Vec<String>,
+    /// Domains whose certificate emails may log in with `tls.client_cert_user = "email"`
+    /// (repeatable; comma-separated in the variable).
+    #[arg(
+        long,
+        env = "FTPSGATE_CLIENT_CERT_EMAIL_DOMAINS",
+        value_delimiter = ','
+    )]
+    pub client_cert_email_domains: Vec<String>,
     /// Audit log: one JSON line per transfer, login, ban and refusal.
     #[arg(long, env = "FTPSGATE_AUDIT_LOG")]
     pub audit_log: Option<PathBuf>,
@@ -110,6 +118,9 @@ impl Settings {
         }
         if !o.deny_users.is_empty() {
             self.access.deny_users = o.deny_users.clone();
+        }
+        if !o.client_cert_email_domains.is_empty() {
+            self.tls.client_cert_email_domains = o.client_cert_email_domains.clone();
         }
         if let Some(log) = &o.audit_log {
             self.audit.log = Some(log.clone());

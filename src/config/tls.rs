@@ -38,6 +38,11 @@ pub struct TlsSettings {
     /// certificate names, its subject's CN (`"cn"`) or the local part of its rfc822Name
     /// (`"email"`). A second factor the backend never has to know about. Unset: no binding.
     pub client_cert_user: Option<CertUser>,
+    /// With `client_cert_user = "email"`: the domains whose addresses may log in. A CA that
+    /// certifies addresses in several domains would otherwise let `ftpuser@elsewhere.example`
+    /// log in as `ftpuser`. Exact names, any case; required with email binding, since an
+    /// empty list meaning "any domain" would be that hole by default.
+    pub client_cert_email_domains: Vec<String>,
 }
 
 /// Which name in a client certificate is the user it may log in as.
@@ -79,6 +84,7 @@ impl Default for TlsSettings {
             client_auth: ClientAuth::None,
             client_ca: None,
             client_cert_user: None,
+            client_cert_email_domains: Vec::new(),
         }
     }
 }
@@ -121,6 +127,32 @@ impl TlsSettings {
             return Err(bad(
                 "tls.client_cert_user".into(),
                 "binds logins to client certificates: set tls.client_auth to \"required\" (or \"optional\", refusing logins without one)".into(),
+            ));
+        }
+        let email = self.client_cert_user == Some(CertUser::Email);
+        if email && self.client_cert_email_domains.is_empty() {
+            return Err(bad(
+                "tls.client_cert_email_domains".into(),
+                "client_cert_user = \"email\" needs the domains whose addresses may log in (a certificate for user@any.other.domain would log in as user)".into(),
+            ));
+        }
+        if !email && !self.client_cert_email_domains.is_empty() {
+            return Err(bad(
+                "tls.client_cert_email_domains".into(),
+                "applies only with client_cert_user = \"email\"".into(),
+            ));
+        }
+        if let Some(d) = self
+            .client_cert_email_domains
+            .iter()
+            .find(|d| d.is_empty() || d.contains(['@', ' ']) || d.chars().any(char::is_control))
+        {
+            return Err(bad(
+                "tls.client_cert_email_domains".into(),
+                format!(
+                    "`{}` is not a domain name (e.g. \"example.org\")",
+                    d.escape_default()
+                ),
             ));
         }
         if !self.sni.is_empty() && self.cert.is_none() {

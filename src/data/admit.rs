@@ -9,11 +9,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::{HandshakeKind, ServerConfig};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinSet;
-use tokio::time::{sleep_until, timeout};
+use tokio::time::{sleep_until, timeout, Instant};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn, Instrument};
 
@@ -39,6 +40,12 @@ const TLS_SEND_BATCH: usize = 48 * 1024;
 /// bridge waits for the one that passes.
 const MAX_CANDIDATES: usize = 4;
 
+/// How long a completed handshake that offered no session at all leaves the client's own
+/// connection to arrive, before the wait ends with 522. Long enough for a client's connection
+/// that trails a neighbour's by a round trip or a scheduler hiccup; short enough that a client
+/// that never resumes hears its 522 within seconds rather than at `data_connection_secs`.
+const FRESH_HANDSHAKE_GRACE: Duration = Duration::from_secs(3);
+
 /// The client's passive data connection: the first from the control connection's address that
 /// also passes the TLS check, by `deadline`. A connection that fails the check is logged,
 /// counted and closed, and the wait goes on: behind one NAT a neighbour connecting across the
@@ -46,23 +53,30 @@ const MAX_CANDIDATES: usize = 4;
 /// [`MAX_CANDIDATES`] handshakes run at once, so a neighbour that stalls its handshake holds
 /// up nobody. At the deadline the client hears why the last candidate failed, if one did.
 ///
-/// One failure ends the wait at once: a completed handshake that offered no session to resume
-/// at all, under `require`. That is a client that never resumes (Apache Commons Net, plain
-/// ftplib): its own connection will not do better, and it deserves a prompt 522 rather than
-/// one at the deadline. A neighbour's client that never resumes cannot hold a transfer under
-/// `require` in the first place, so it is not the neighbour this wait protects against; a
-/// neighbour's resuming client offers its own session, which keeps the wait going.
+/// A completed handshake that offered no session to resume at all, under `require`, shortens
+/// the wait to [`FRESH_HANDSHAKE_GRACE`]: that is what a client that never resumes (Apache
+/// Commons Net, plain ftplib) does, its own connection will not do better, and it deserves a
+/// prompt 522 rather than one at the deadline. But a neighbour can make the same handshake
+/// with any TLS library, so it does not end the wait at once: connections accepted before the
+/// grace is over still get their handshake, and the client's own, resuming, wins. Only the
+/// first such handshake starts the grace; later ones neither end nor lengthen it.
 pub(super) async fn accept_client(
     listener: &TcpListener,
     params: &Arc<BridgeParams>,
-    deadline: tokio::time::Instant,
+    deadline: Instant,
 ) -> Result<Stream, BridgeError> {
     let mut candidates = JoinSet::new();
     let mut failed = None;
+    // Set by the first handshake that offered no session: when the wait ends with 522.
+    let mut grace: Option<Instant> = None;
     loop {
+        let closing = grace.is_some_and(|g| Instant::now() >= g);
+        if closing && candidates.is_empty() {
+            return Err(BridgeError::NotResumed { offered: false });
+        }
         tokio::select! {
             accepted = accept_from(listener, params.client_ip, Some(&params.trusted), params),
-                if candidates.len() < MAX_CANDIDATES =>
+                if candidates.len() < MAX_CANDIDATES && !closing =>
             {
                 let tcp = accepted.map_err(BridgeError::Accept)?;
                 let params = Arc::clone(params);
@@ -71,13 +85,22 @@ pub(super) async fn accept_client(
             }
             Some(done) = candidates.join_next() => match done {
                 Ok(Ok(stream)) => return Ok(stream),
-                Ok(Err(e @ BridgeError::NotResumed { offered: false })) => return Err(e),
+                Ok(Err(e @ BridgeError::NotResumed { offered: false })) => {
+                    if grace.is_none() {
+                        let secs = FRESH_HANDSHAKE_GRACE.as_secs();
+                        info!(secs, "data connection offered no TLS session: 522 unless one that resumes arrives within the grace");
+                        grace = Some((Instant::now() + FRESH_HANDSHAKE_GRACE).min(deadline));
+                    }
+                    failed = Some(e);
+                }
                 Ok(Err(e)) => {
                     warn!(error = %e, "data connection from the client's address failed the TLS check; waiting on for the client's own");
                     failed = Some(e);
                 }
                 Err(e) => warn!(error = %e, "data connection check ended abnormally"),
             },
+            // Once the grace is over, only handshakes already under way may still pass.
+            () = sleep_until(grace.unwrap_or(deadline)), if grace.is_some() && !closing => {}
             () = sleep_until(deadline) => return Err(failed.unwrap_or(BridgeError::AcceptTimeout)),
         }
     }

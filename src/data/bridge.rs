@@ -28,7 +28,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rustls::ProtocolVersion;
@@ -74,7 +74,6 @@ pub enum BackendSide {
 pub struct Transferred {
     pub bytes: u64,
     pub elapsed: Duration,
-    pub tls: Option<(ProtocolVersion, bool)>,
     /// The SHA-256 of the bytes relayed, when the audit log asks for it.
     pub sha256: Option<[u8; 32]>,
 }
@@ -85,6 +84,8 @@ type Outcome = Result<Transferred, BridgeError>;
 pub struct DataBridge {
     /// Bytes copied so far, for STAT during the transfer.
     progress: Arc<AtomicU64>,
+    /// The client data connection's `(version, resumed)`, once its TLS handshake has passed.
+    tls: Arc<OnceLock<(ProtocolVersion, bool)>>,
     start: Option<oneshot::Sender<Direction>>,
     done: oneshot::Receiver<Outcome>,
     /// Never sent on: dropping it is the cancel signal the task watches.
@@ -109,6 +110,8 @@ impl DataBridge {
         let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
         let progress = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&progress);
+        let tls = Arc::new(OnceLock::new());
+        let facts = Arc::clone(&tls);
         tokio::spawn(
             async move {
                 // Both data connections are owned by `run` and closed when it returns or is
@@ -117,7 +120,7 @@ impl DataBridge {
                 // with `run`): always before the session can relay 226, so a client may PASV
                 // again at once.
                 let outcome = tokio::select! {
-                    r = run(client, backend, &params, start_rx, &counter) => r,
+                    r = run(client, backend, &params, start_rx, (&counter, &facts)) => r,
                     _ = cancel_rx => Err(BridgeError::Cancelled),
                 };
                 let _ = done_tx.send(outcome);
@@ -127,6 +130,7 @@ impl DataBridge {
         );
         DataBridge {
             progress,
+            tls,
             start: Some(start_tx),
             done: done_rx,
             _cancel: cancel_tx,
@@ -136,6 +140,13 @@ impl DataBridge {
     /// Bytes copied so far.
     pub fn progress(&self) -> u64 {
         self.progress.load(Ordering::Relaxed)
+    }
+
+    /// The client data connection's TLS `(version, resumed)`, once its handshake has passed:
+    /// kept here rather than in the outcome, so a transfer that fails after the handshake (a
+    /// client gone without close_notify, ABOR, a backend lost) is logged with them too.
+    pub fn tls(&self) -> Option<(ProtocolVersion, bool)> {
+        self.tls.get().copied()
     }
 
     /// The transfer command has been forwarded: bytes may flow in `direction`.
@@ -178,8 +189,15 @@ async fn run(
     backend: BackendSide,
     params: &Arc<BridgeParams>,
     start: oneshot::Receiver<Direction>,
-    progress: &AtomicU64,
+    (progress, tls): (&AtomicU64, &OnceLock<(ProtocolVersion, bool)>),
 ) -> Outcome {
+    // Recorded as soon as the client's connection has passed, whatever happens after.
+    let passed = |client: Stream| {
+        if let Some(facts) = client.tls_info() {
+            let _ = tls.set(facts);
+        }
+        client
+    };
     let deadline = tokio::time::Instant::now() + params.accept_timeout;
     // The transfer command, which the session forwards once the client sends it.
     let command = async {
@@ -222,7 +240,7 @@ async fn run(
     let (mut client, mut backend, direction) = match client {
         Side::Listen(listener, lease) => {
             let client_side = async {
-                let client = accept_client(&listener, params, deadline).await?;
+                let client = passed(accept_client(&listener, params, deadline).await?);
                 // The port goes back now: this connection keeps it as its own local port, and
                 // the next lease binds beside it.
                 drop(listener);
@@ -240,7 +258,7 @@ async fn run(
                     .await
                     .map_err(|_| BridgeError::AcceptTimeout)?
                     .map_err(BridgeError::Accept)?;
-                secure(tcp, params).await
+                secure(tcp, params).await.map(passed)
             };
             let (client, backend) = tokio::try_join!(client_side, backend_side)?;
             (client, backend, direction)
@@ -253,7 +271,6 @@ async fn run(
         hash: params.hash,
     };
     let stall = params.stall;
-    let tls = client.tls_info();
     let copied = match direction {
         Direction::Download => {
             let (copied, _backend) = pump(backend, &mut client, &counted, stall).await;
@@ -295,7 +312,6 @@ async fn run(
     Ok(Transferred {
         bytes: copied.bytes,
         elapsed: began.elapsed(),
-        tls,
         sha256: copied.sha256,
     })
 }

@@ -123,10 +123,15 @@ impl ClientControl {
         self.stream.as_ref()?.tls_server()
     }
 
-    /// The user the client's certificate names, as `tls.client_cert_user` reads it.
-    pub fn certificate_user(&self, field: crate::config::CertUser) -> Option<String> {
+    /// The user the client's certificate names, as `tls.client_cert_user` reads it (an email
+    /// counts only in one of `email_domains`, `tls.client_cert_email_domains`).
+    pub fn certificate_user(
+        &self,
+        field: crate::config::CertUser,
+        email_domains: &[String],
+    ) -> Option<String> {
         let cert = self.tls_server()?.peer_certificates()?.first()?;
-        crate::tls::store::certificate_user(cert, field)
+        crate::tls::store::certificate_user(cert, field, email_domains)
     }
 
     /// The subject of the client's certificate, when it presented one (mutual TLS).

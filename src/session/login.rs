@@ -127,8 +127,11 @@ impl Session {
             let user = user.to_string();
             return Err(Refusal::DeniedUser { user });
         }
-        if let Some(field) = self.ctx.settings.tls.client_cert_user {
-            let certified = self.client.certificate_user(field);
+        let tls = &self.ctx.settings.tls;
+        if let Some(field) = tls.client_cert_user {
+            let certified = self
+                .client
+                .certificate_user(field, &tls.client_cert_email_domains);
             if certified.as_deref() != Some(user) {
                 self.failed_login(user, None).await;
                 let user = user.to_string();

@@ -328,7 +328,7 @@ impl Refusal {
             DeniedUser { user } => warn!(user = %escaped(user), "login refused: denied user"),
             CertificateUser { user, certified } => warn!(
                 user = %escaped(user),
-                certified = %escaped(certified.as_deref().unwrap_or("(no certificate)")),
+                certified = %escaped(certified.as_deref().unwrap_or("(none)")),
                 "login refused: not the user the client certificate names"
             ),
             _ => {}

@@ -230,6 +230,9 @@ struct Record<'a> {
     backend_code: Option<u16>,
     bytes: u64,
     elapsed: std::time::Duration,
+    /// The client data connection's TLS `(version, resumed)`, if its handshake passed, whether
+    /// or not the transfer then did.
+    tls: Option<(rustls::ProtocolVersion, bool)>,
 }
 
 impl<'a> Record<'a> {
@@ -245,6 +248,7 @@ impl<'a> Record<'a> {
             backend_code,
             bytes: bridge.progress(),
             elapsed: began.elapsed(),
+            tls: bridge.tls(),
         }
     }
 }
@@ -269,9 +273,8 @@ impl Session {
             Ok(t) => (t.bytes, t.elapsed.as_millis() as u64),
             Err(_) => (r.bytes, r.elapsed.as_millis() as u64),
         };
-        let tls = result.ok().and_then(|t| t.tls);
-        let version = tls.map(|(v, _)| format!("{v:?}"));
-        let resumed = tls.is_some_and(|(_, resumed)| resumed);
+        let version = r.tls.map(|(v, _)| format!("{v:?}"));
+        let resumed = r.tls.is_some_and(|(_, resumed)| resumed);
         let error = result.err().map(ToString::to_string);
         let sha256 = result
             .ok()

@@ -338,8 +338,14 @@ fn ip_from_bytes(b: &[u8]) -> Option<std::net::IpAddr> {
 }
 
 /// The user a client certificate names: its subject's common name, or the local part of its
-/// first rfc822Name (email) in the subjectAltName.
-pub fn certificate_user(der: &CertificateDer<'_>, field: CertUser) -> Option<String> {
+/// first rfc822Name (email) in the subjectAltName whose domain is one of `email_domains`.
+/// The domain matters: a CA may certify addresses in domains whose users are not ours, and
+/// `alice@elsewhere.example` is not `alice`.
+pub fn certificate_user(
+    der: &CertificateDer<'_>,
+    field: CertUser,
+    email_domains: &[String],
+) -> Option<String> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
     match field {
         CertUser::Cn => cert
@@ -351,9 +357,12 @@ pub fn certificate_user(der: &CertificateDer<'_>, field: CertUser) -> Option<Str
         CertUser::Email => {
             let san = cert.subject_alternative_name().ok()??;
             san.value.general_names.iter().find_map(|n| match n {
-                GeneralName::RFC822Name(mail) => {
-                    mail.split_once('@').map(|(local, _)| local.to_string())
-                }
+                GeneralName::RFC822Name(mail) => mail
+                    .rsplit_once('@')
+                    .filter(|(_, domain)| {
+                        email_domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+                    })
+                    .map(|(local, _)| local.to_string()),
                 _ => None,
             })
         }
@@ -424,5 +433,29 @@ mod tests {
         let err = CertStore::load(&settings, Arc::new(aws_lc_rs::default_provider()))
             .expect_err("mismatch refused");
         assert!(err.to_string().contains("key.pem"), "{err}");
+    }
+
+    #[test]
+    fn an_email_names_a_user_only_in_a_listed_domain() {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        for mail in ["alice@evil.example", "bob@Example.ORG"] {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::Rfc822Name(mail.try_into().expect("email")));
+        }
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("cert");
+        let der = cert.der();
+        let user = |domains: &[&str]| {
+            let domains: Vec<String> = domains.iter().map(|d| d.to_string()).collect();
+            certificate_user(der, CertUser::Email, &domains)
+        };
+        assert_eq!(user(&["example.org"]).as_deref(), Some("bob"));
+        assert_eq!(
+            user(&["EVIL.example", "example.org"]).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(user(&["sub.example.org", "example"]), None);
+        assert_eq!(user(&[]), None);
     }
 }
