@@ -165,6 +165,73 @@ fn failed_logins_ban_an_address_until_the_ban_ends_while_others_log_in() {
     assert_eq!(value(&scrape(admin), "ftpsgate_bans_active", &[]), 0.0);
 }
 
+/// Ten sessions from one address wait at PASS and send a wrong password at once, with three
+/// failures allowed: no more than three passwords reach the backend (each holds one of the
+/// address's attempts while vsftpd checks it), the address is banned after, and a session
+/// from another address logs in throughout.
+#[test]
+fn parallel_wrong_passwords_reach_the_backend_only_as_often_as_attempts_are_left() {
+    let Some(vs) = FtpServer::vsftpd_on(
+        VsTls::None,
+        false,
+        "xferlog_enable=YES\nlog_ftp_protocol=YES\n",
+    ) else {
+        return;
+    };
+    let gw = TestGateway::start(vs.backend(), |s| {
+        admin_on_loopback(s);
+        s.access.max_failed_logins = 3;
+        s.access.failed_login_delay_secs = 0;
+    });
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let replies = rt.block_on(async {
+        let mut waiting = Vec::new();
+        for _ in 0..10 {
+            let mut ftp = HandFtps::secured(gw.explicit, &gw.ca).await;
+            assert!(ftp.cmd(&format!("USER {USER}")).await.starts_with("331"));
+            waiting.push(ftp);
+        }
+        let guesses = waiting
+            .into_iter()
+            .map(|mut ftp| async move { ftp.cmd("PASS wrong-guess").await });
+        futures_join_all(guesses).await
+    });
+    let refused = replies.iter().filter(|r| r.starts_with("530")).count();
+    let turned_away = replies.iter().filter(|r| r.starts_with("421")).count();
+    assert_eq!(refused + turned_away, 10, "{replies:?}");
+    assert!((1..=3).contains(&refused), "{replies:?}");
+    let passes = vs
+        .log()
+        .lines()
+        .filter(|l| l.contains("FTP command") && l.contains("PASS"))
+        .count();
+    assert!(
+        (1..=3).contains(&passes),
+        "{passes} passwords reached vsftpd:\n{}",
+        vs.log()
+    );
+    let admin = gw.admin.expect("admin");
+    assert_eq!(value(&scrape(admin), "ftpsgate_bans_active", &[]), 1.0);
+    let out = curl_from(&gw, "127.0.0.1", &format!("{USER}:{PASSWORD}"), &[]);
+    assert!(!out.status.success(), "banned:\n{}", trace(&out));
+    let out = curl_from(&gw, "127.0.0.2", &format!("{USER}:{PASSWORD}"), &[]);
+    assert!(out.status.success(), "another address:\n{}", trace(&out));
+}
+
+/// Runs `futures` at once on the current runtime; their outputs in order.
+async fn futures_join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("join"));
+    }
+    out
+}
+
 #[test]
 fn denied_users_are_refused_by_the_gateway_and_never_reach_the_backend() {
     if !have("curl") {

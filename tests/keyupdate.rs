@@ -20,11 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
+use rustls::pki_types::ServerName;
 
 /// When the client asks the gateway for new keys.
 #[derive(Debug, Clone, Copy)]
@@ -93,34 +89,6 @@ fn download(
     Ok(data)
 }
 
-fn client_config(ca: &std::path::Path) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).expect("ca") {
-        roots.add(c.expect("cert")).expect("add");
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Arc::new(config)
-}
-
-/// One command on a control connection, its whole reply.
-async fn cmd<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    ctl: &mut BufReader<S>,
-    line: &str,
-) -> String {
-    ctl.get_mut()
-        .write_all(format!("{line}\r\n").as_bytes())
-        .await
-        .expect("send");
-    ctl.get_mut().flush().await.expect("flush");
-    read_reply(ctl, Duration::from_secs(30)).await
-}
-
 #[test]
 fn downloads_whole_when_the_client_asks_for_new_keys_with_its_finished_or_mid_transfer() {
     let gw = TestGateway::start(BackendKind::Unftp, |_| {});
@@ -128,52 +96,26 @@ fn downloads_whole_when_the_client_asks_for_new_keys_with_its_finished_or_mid_tr
     let want = random_file(&gw.root.join("keyupdate.bin"), size);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let config = client_config(&gw.ca);
-        let tcp = TcpStream::connect(gw.explicit).await.expect("connect");
-        let mut plain = BufReader::new(tcp);
-        let hello = read_reply(&mut plain, Duration::from_secs(30)).await;
-        assert!(hello.starts_with("220"), "{hello}");
-        assert!(cmd(&mut plain, "AUTH TLS").await.starts_with("234"));
-        let name = ServerName::try_from("localhost").expect("name");
-        let tls = TlsConnector::from(Arc::clone(&config))
-            .connect(name, plain.into_inner())
-            .await
-            .expect("control TLS");
-        let mut ctl = BufReader::new(tls);
-        assert!(cmd(&mut ctl, &format!("USER {USER}"))
-            .await
-            .starts_with("331"));
-        assert!(cmd(&mut ctl, &format!("PASS {PASSWORD}"))
-            .await
-            .starts_with("230"));
-        for line in ["PBSZ 0", "PROT P", "TYPE I"] {
-            assert!(cmd(&mut ctl, line).await.starts_with("200"), "{line}");
-        }
+        let mut ftp = HandFtps::login(gw.explicit, &gw.ca).await;
         for update in [
             Update::WithFinished,
             Update::After(MIB),
             Update::WithFinished,
         ] {
-            let epsv = cmd(&mut ctl, "EPSV").await;
-            let port: u16 = epsv
-                .split("|||")
-                .nth(1)
-                .and_then(|p| p.split('|').next())
-                .and_then(|p| p.parse().ok())
-                .unwrap_or_else(|| panic!("{epsv}"));
-            let config = Arc::clone(&config);
+            let port = ftp.epsv().await;
+            let config = Arc::clone(&ftp.config);
             let data = tokio::task::spawn_blocking(move || download(config, port, update));
-            let first = cmd(&mut ctl, "RETR keyupdate.bin").await;
+            let first = ftp.cmd("RETR keyupdate.bin").await;
             assert!(first.starts_with("150"), "{first}");
             let got = data
                 .await
                 .expect("join")
                 .unwrap_or_else(|e| panic!("{update:?}: {e}"));
-            let done = read_reply(&mut ctl, Duration::from_secs(30)).await;
+            let done = ftp.reply().await;
             assert!(done.starts_with("226"), "{update:?}: {done}");
             assert_eq!(got.len(), size, "{update:?}");
             assert_eq!(sha256(&got), want, "{update:?}");
         }
-        assert!(cmd(&mut ctl, "NOOP").await.starts_with("200"));
+        assert!(ftp.cmd("NOOP").await.starts_with("200"));
     });
 }
