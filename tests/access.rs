@@ -293,19 +293,9 @@ fn client_certificates_bind_logins_by_cn_or_email() {
         return;
     };
     let want = vs.put("bound.bin", 100_000);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clients = ClientCa::new();
-    let ca = dir.path().join("clients-ca.pem");
-    std::fs::write(&ca, &clients.pem).expect("write CA");
-    let write = |name: &str, c: &ClientCert| {
-        let (cert, key) = (
-            dir.path().join(format!("{name}.pem")),
-            dir.path().join(format!("{name}.key")),
-        );
-        std::fs::write(&cert, &c.cert_pem).expect("cert");
-        std::fs::write(&key, &c.key_pem).expect("key");
-        (cert.display().to_string(), key.display().to_string())
-    };
+    let pki = ClientPki::new();
+    let (clients, ca) = (&pki.ca, pki.ca_path.clone());
+    let write = |name: &str, c: &ClientCert| pki.write(name, c);
     let ours = write(
         "ours",
         &clients.client(USER, Some(&format!("{USER}@example.org"))),
@@ -326,7 +316,7 @@ fn client_certificates_bind_logins_by_cn_or_email() {
             }
             s.access.failed_login_delay_secs = 0;
         });
-        let got = dir.path().join("got.bin");
+        let got = pki.dir.path().join("got.bin");
         let login = format!("{USER}:{PASSWORD}");
         let url = format!("ftp://127.0.0.1:{}/bound.bin", gw.explicit.port());
         let out = curl(&gw, 30)
@@ -373,6 +363,35 @@ fn client_certificates_bind_logins_by_cn_or_email() {
     }
 }
 
+/// A client CA and the client certificates made under it, written to a temporary directory
+/// for curl and the gateway to read.
+struct ClientPki {
+    dir: tempfile::TempDir,
+    ca: ClientCa,
+    ca_path: std::path::PathBuf,
+}
+
+impl ClientPki {
+    fn new() -> ClientPki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = ClientCa::new();
+        let ca_path = dir.path().join("clients-ca.pem");
+        std::fs::write(&ca_path, &ca.pem).expect("write CA");
+        ClientPki { dir, ca, ca_path }
+    }
+
+    /// Writes `c` as `name.pem` and `name.key`; their paths.
+    fn write(&self, name: &str, c: &ClientCert) -> (String, String) {
+        let (cert, key) = (
+            self.dir.path().join(format!("{name}.pem")),
+            self.dir.path().join(format!("{name}.key")),
+        );
+        std::fs::write(&cert, &c.cert_pem).expect("cert");
+        std::fs::write(&key, &c.key_pem).expect("key");
+        (cert.display().to_string(), key.display().to_string())
+    }
+}
+
 /// The `USER` commands vsftpd heard, from its command log.
 fn users_heard(vs: &FtpServer) -> Vec<String> {
     vs.log()
@@ -395,19 +414,9 @@ fn email_bound_logins_accept_only_the_listed_domains() {
         return;
     };
     let want = vs.put("domain.bin", 100_000);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clients = ClientCa::new();
-    let ca = dir.path().join("clients-ca.pem");
-    std::fs::write(&ca, &clients.pem).expect("write CA");
-    let write = |name: &str, c: &ClientCert| {
-        let (cert, key) = (
-            dir.path().join(format!("{name}.pem")),
-            dir.path().join(format!("{name}.key")),
-        );
-        std::fs::write(&cert, &c.cert_pem).expect("cert");
-        std::fs::write(&key, &c.key_pem).expect("key");
-        (cert.display().to_string(), key.display().to_string())
-    };
+    let pki = ClientPki::new();
+    let (clients, ca) = (&pki.ca, pki.ca_path.clone());
+    let write = |name: &str, c: &ClientCert| pki.write(name, c);
     // Both valid under the same CA, both with the local part the user logs in as.
     let evil = write(
         "evil",
@@ -427,7 +436,7 @@ fn email_bound_logins_accept_only_the_listed_domains() {
     });
     let login = format!("{USER}:{PASSWORD}");
     let url = format!("ftp://127.0.0.1:{}/domain.bin", gw.explicit.port());
-    let got = dir.path().join("got.bin");
+    let got = pki.dir.path().join("got.bin");
     let fetch = |pair: &(String, String)| {
         curl(&gw, 30)
             .args(["-v", "--ssl-reqd", "--cert", &pair.0, "--key", &pair.1])
