@@ -404,7 +404,11 @@ impl SessionLimits {
         }
     }
 
+    /// Takes a slot for a session from `ip`. Counted by the canonical address, as the bans
+    /// are: a dual-stack listener sees an IPv4 client as `::ffff:a.b.c.d`, and one client
+    /// reaching both a v4 and a `[::]` listener otherwise had the limit twice over.
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, (&'static str, Reason)> {
+        let ip = ip.to_canonical();
         let total = Arc::clone(&self.total)
             .try_acquire_owned()
             .map_err(|_| ("Too many sessions; try again later.", Reason::session_limit))?;
@@ -451,5 +455,17 @@ mod tests {
         assert!(limits.admit(b).is_err(), "total limit");
         drop(p1);
         assert!(limits.admit(a).is_ok());
+    }
+
+    #[test]
+    fn a_mapped_address_counts_as_its_ipv4_one() {
+        let limits = Arc::new(SessionLimits::new(10, 1));
+        let plain: IpAddr = "192.0.2.1".parse().expect("ip");
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().expect("ip");
+        let held = limits.admit(plain).expect("1st");
+        assert!(limits.admit(mapped).is_err(), "the same client, mapped");
+        drop(held);
+        let _held = limits.admit(mapped).expect("freed");
+        assert!(limits.admit(plain).is_err());
     }
 }

@@ -86,6 +86,8 @@ impl PassivePool {
         ip: IpAddr,
         client: IpAddr,
     ) -> Result<(Lease, TcpListener), PoolError> {
+        // One client through a v4 and a dual-stack listener is one address, not two.
+        let client = client.to_canonical();
         {
             let mut held = self.per_client.entry(client).or_insert(0);
             if *held >= self.max_per_client {
@@ -205,5 +207,19 @@ mod tests {
         let _c = pool.lease(LOCAL, LOCAL).expect("share back");
         drop(_other);
         assert_eq!(pool.per_client.get(&OTHER).map(|c| *c), None);
+    }
+
+    #[tokio::test]
+    async fn a_mapped_address_shares_its_ipv4_ones_leases() {
+        let pool = PassivePool::new(free_range(2), 1);
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().expect("ip");
+        let held = pool.lease(LOCAL, LOCAL).expect("first");
+        assert!(matches!(
+            pool.lease(LOCAL, mapped),
+            Err(PoolError::PerAddress(_, 1))
+        ));
+        drop(held);
+        let _again = pool.lease(LOCAL, mapped).expect("share back");
+        assert!(pool.lease(LOCAL, LOCAL).is_err());
     }
 }
