@@ -218,6 +218,77 @@ fn denied_users_are_refused_by_the_gateway_and_never_reach_the_backend() {
 }
 
 #[test]
+fn user_names_with_whitespace_around_or_control_characters_are_refused_by_the_gateway() {
+    if !have("curl") {
+        return;
+    }
+    let Some(vs) = FtpServer::vsftpd_on(
+        VsTls::None,
+        false,
+        "xferlog_enable=YES\nlog_ftp_protocol=YES\n",
+    ) else {
+        return;
+    };
+    let backend = vs.addr;
+    let gw = TestGateway::start(vs.backend(), move |s| {
+        admin_on_loopback(s);
+        s.access.deny_users = vec!["ftpuser".into()];
+        s.access.max_failed_logins = 4;
+        s.access.failed_login_delay_secs = 0;
+        s.routing.user_suffix = true;
+        let mut route = s.backend.clone();
+        route.addresses = vec![backend.into()];
+        s.routes.insert("inner".into(), route);
+    });
+    let admin = gw.admin.expect("admin");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut ftp = HandFtps::secured(gw.explicit, &gw.ca).await;
+        // A denied user hidden by a space before the suffix (pure-ftpd took it as `ftpuser`);
+        // its PASS is the gateway's to answer too.
+        let said = ftp.cmd("USER ftpuser @inner").await;
+        assert!(said.starts_with("530 Login incorrect."), "{said}");
+        let said = ftp.cmd("PASS secret").await;
+        assert!(said.starts_with("503"), "{said}");
+        for line in [
+            "USER ftpuser ".to_string(),
+            "USER \tftpuser".to_string(),
+            // Not a denied name, refused all the same: the shape is the rule.
+            format!("USER {USER} "),
+        ] {
+            let said = ftp.cmd(&line).await;
+            assert!(said.starts_with("530 Login incorrect."), "{line:?}: {said}");
+        }
+        // Four failed logins: the address is banned.
+        let said = ftp.cmd(&format!("USER {USER}")).await;
+        assert!(said.starts_with("421"), "{said}");
+    });
+    assert_eq!(refusals(&gw, "malformed_user"), 4.0);
+    let (_, bans) = http_get(admin, "/bans");
+    assert!(bans.contains("\"address\":\"127.0.0.1\""), "{bans}");
+    // Well-formed logins from another address, by the route suffix and without one.
+    for login in [
+        format!("{USER}@inner:{PASSWORD}"),
+        format!("{USER}:{PASSWORD}"),
+    ] {
+        let out = curl_from(&gw, "127.0.0.2", &login, &[]);
+        assert!(out.status.success(), "{login}: {}", trace(&out));
+    }
+    // The backend heard those two USER lines and nothing else.
+    let heard = users_heard(&vs);
+    assert_eq!(heard.len(), 2, "{}", vs.log());
+    assert!(
+        heard
+            .iter()
+            .all(|l| l.contains(&format!("\"USER {USER}\""))),
+        "{heard:#?}"
+    );
+}
+
+#[test]
 fn client_certificates_bind_logins_by_cn_or_email() {
     if !have("curl") {
         return;

@@ -74,6 +74,23 @@ pub struct HandFtps {
 impl HandFtps {
     /// Logs in to the gateway's explicit listener `addr`, whose certificate is `ca`.
     pub async fn login(addr: SocketAddr, ca: &Path) -> HandFtps {
+        let mut ftp = HandFtps::secured(addr, ca).await;
+        for (line, code) in [
+            (format!("USER {USER}"), "331"),
+            (format!("PASS {PASSWORD}"), "230"),
+            ("PBSZ 0".into(), "200"),
+            ("PROT P".into(), "200"),
+            ("TYPE I".into(), "200"),
+        ] {
+            let reply = ftp.cmd(&line).await;
+            assert!(reply.starts_with(code), "{line}: {reply}");
+        }
+        ftp
+    }
+
+    /// A session to `addr` past its greeting and AUTH TLS, not logged in: for tests that
+    /// send their own USER lines.
+    pub async fn secured(addr: SocketAddr, ca: &Path) -> HandFtps {
         let config = rustls_client(ca);
         let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let mut plain = tokio::io::BufReader::new(tcp);
@@ -87,21 +104,10 @@ impl HandFtps {
             .connect(name, plain.into_inner())
             .await
             .expect("control TLS");
-        let mut ftp = HandFtps {
+        HandFtps {
             ctl: tokio::io::BufReader::new(tls),
             config,
-        };
-        for (line, code) in [
-            (format!("USER {USER}"), "331"),
-            (format!("PASS {PASSWORD}"), "230"),
-            ("PBSZ 0".into(), "200"),
-            ("PROT P".into(), "200"),
-            ("TYPE I".into(), "200"),
-        ] {
-            let reply = ftp.cmd(&line).await;
-            assert!(reply.starts_with(code), "{line}: {reply}");
         }
-        ftp
     }
 
     /// Sends `line` and returns its whole reply.
