@@ -103,6 +103,8 @@ pub enum Reason {
     logins_in_flight,
     /// A user in `access.deny_users`.
     denied_user,
+    /// A user name with whitespace at either end or a control character in it.
+    malformed_user,
     /// A user other than the one the client certificate names (`tls.client_cert_user`).
     certificate_user,
 }

@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{field, info, info_span, warn, Instrument};
 
 use crate::accept::{refuse, Acceptor};
-use crate::access::{Access, Barred};
+use crate::access::{Access, Barred, ClientKey};
 use crate::admin;
 use crate::audit::{Audit, Event, Who};
 use crate::config::Settings;
@@ -322,7 +322,7 @@ fn admit(
         span.record("via", field::display(via));
     }
     let admitted = match ctx.access.at_door(client.ip()) {
-        Ok(()) => limits.admit(client.ip()),
+        Ok(()) => limits.admit(ctx.access.client_key(client.ip())),
         Err(Barred::Denied) => Err((Barred::DENIED_TEXT, Reason::access_denied)),
         Err(Barred::Banned(_)) => Err((Barred::BANNED_TEXT, Reason::banned)),
     };
@@ -379,18 +379,18 @@ fn admit(
 }
 
 /// The sessions: their tasks (which the drain waits for), their slots in total and per client
-/// address.
+/// (an IPv4 address or an IPv6 network, see [`ClientKey`]).
 struct SessionLimits {
     sessions: TaskTracker,
     total: Arc<Semaphore>,
-    per_ip: DashMap<IpAddr, usize>,
+    per_ip: DashMap<ClientKey, usize>,
     max_per_ip: usize,
 }
 
 /// A session slot; dropping it frees the slot.
 struct Permit {
     limits: Arc<SessionLimits>,
-    ip: IpAddr,
+    client: ClientKey,
     _total: OwnedSemaphorePermit,
 }
 
@@ -404,11 +404,14 @@ impl SessionLimits {
         }
     }
 
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, (&'static str, Reason)> {
+    /// Takes a slot for a session from `client`, keyed as the bans are: a dual-stack listener
+    /// sees an IPv4 client as `::ffff:a.b.c.d`, and counted as written, one client reaching
+    /// both a v4 and a `[::]` listener had the limit twice over.
+    fn admit(self: &Arc<Self>, client: ClientKey) -> Result<Permit, (&'static str, Reason)> {
         let total = Arc::clone(&self.total)
             .try_acquire_owned()
             .map_err(|_| ("Too many sessions; try again later.", Reason::session_limit))?;
-        let mut count = self.per_ip.entry(ip).or_insert(0);
+        let mut count = self.per_ip.entry(client).or_insert(0);
         if *count >= self.max_per_ip {
             return Err((
                 "Too many sessions from your address; try again later.",
@@ -418,7 +421,7 @@ impl SessionLimits {
         *count += 1;
         Ok(Permit {
             limits: Arc::clone(self),
-            ip,
+            client,
             _total: total,
         })
     }
@@ -426,7 +429,7 @@ impl SessionLimits {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if let Entry::Occupied(mut e) = self.limits.per_ip.entry(self.ip) {
+        if let Entry::Occupied(mut e) = self.limits.per_ip.entry(self.client) {
             *e.get_mut() -= 1;
             if *e.get() == 0 {
                 e.remove();
@@ -439,11 +442,15 @@ impl Drop for Permit {
 mod tests {
     use super::*;
 
+    /// The key of `s`, IPv6 counted per /64.
+    fn key(s: &str) -> ClientKey {
+        ClientKey::of(s.parse().expect("ip"), 64)
+    }
+
     #[test]
     fn per_ip_and_total_limits_hold_and_free_on_drop() {
         let limits = Arc::new(SessionLimits::new(3, 2));
-        let a: IpAddr = "192.0.2.1".parse().expect("ip");
-        let b: IpAddr = "192.0.2.2".parse().expect("ip");
+        let (a, b) = (key("192.0.2.1"), key("192.0.2.2"));
         let p1 = limits.admit(a).expect("1st");
         let _p2 = limits.admit(a).expect("2nd");
         assert!(limits.admit(a).is_err(), "per-ip limit");
@@ -451,5 +458,21 @@ mod tests {
         assert!(limits.admit(b).is_err(), "total limit");
         drop(p1);
         assert!(limits.admit(a).is_ok());
+    }
+
+    #[test]
+    fn a_mapped_address_counts_as_its_ipv4_one_and_an_ipv6_network_as_one() {
+        let limits = Arc::new(SessionLimits::new(10, 1));
+        let held = limits.admit(key("192.0.2.1")).expect("1st");
+        assert!(
+            limits.admit(key("::ffff:192.0.2.1")).is_err(),
+            "the same client, mapped"
+        );
+        drop(held);
+        let _held = limits.admit(key("::ffff:192.0.2.1")).expect("freed");
+        assert!(limits.admit(key("192.0.2.1")).is_err());
+        let _v6 = limits.admit(key("2001:db8:1:2::1")).expect("v6");
+        assert!(limits.admit(key("2001:db8:1:2::2")).is_err(), "same /64");
+        let _next = limits.admit(key("2001:db8:1:3::1")).expect("next /64");
     }
 }

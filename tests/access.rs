@@ -232,6 +232,109 @@ where
     out
 }
 
+/// IPv6 documentation addresses on the loopback interface for one test, removed when dropped.
+/// Loopback IPv6 has only ::1, and a ban per network needs two addresses in one.
+struct LoopbackV6(Vec<&'static str>);
+
+impl LoopbackV6 {
+    /// Adds `addrs` (as /128s: no route for the rest of their network) to lo; `None` after a
+    /// loud message when that is not allowed here (not root), a failure in CI (root there).
+    fn add(addrs: &[&'static str]) -> Option<LoopbackV6> {
+        if !have("ip") {
+            return None;
+        }
+        let mut added = LoopbackV6(Vec::new());
+        for addr in addrs {
+            let out = Command::new("ip")
+                .args([
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{addr}/128"),
+                    "dev",
+                    "lo",
+                    "nodad",
+                ])
+                .output()
+                .expect("ip");
+            let err = String::from_utf8_lossy(&out.stderr);
+            // Left by an earlier run that was killed: it is removed at the end all the same.
+            if !out.status.success() && !err.contains("File exists") {
+                if std::env::var("CI").is_ok_and(|v| v == "true") {
+                    panic!("cannot add {addr} to lo in CI (root there): {err}");
+                }
+                eprintln!(
+                    "\n!!!!! SKIPPED: cannot add {addr} to lo ({}); run as root !!!!!\n",
+                    err.trim()
+                );
+                return None;
+            }
+            added.0.push(addr);
+        }
+        Some(added)
+    }
+}
+
+impl Drop for LoopbackV6 {
+    fn drop(&mut self) {
+        for addr in &self.0 {
+            let _ = Command::new("ip")
+                .args(["-6", "addr", "del", &format!("{addr}/128"), "dev", "lo"])
+                .status();
+        }
+    }
+}
+
+#[test]
+fn an_ipv6_ban_covers_the_clients_prefix_and_no_more() {
+    if !have("curl") {
+        return;
+    }
+    let Some(_lo) = LoopbackV6::add(&["2001:db8:1:2::1", "2001:db8:1:2::2"]) else {
+        return;
+    };
+    let gw = TestGateway::start(BackendKind::Unftp, |s| {
+        admin_on_loopback(s);
+        s.access.max_failed_logins = 2;
+        s.access.failed_login_delay_secs = 0;
+        s.access.ipv6_prefix = 64;
+    });
+    std::fs::write(gw.root.join("v6.txt"), "over IPv6\n").expect("fixture");
+    let url = format!("ftp://[::1]:{}/", gw.explicit6.port());
+    let from = |source: Option<&str>, login: &str| {
+        let mut cmd = curl(&gw, 30);
+        cmd.args(["-v", "-g", "--ssl-reqd", "--user", login]);
+        if let Some(source) = source {
+            cmd.args(["--interface", source]);
+        }
+        cmd.arg(&url).output().expect("curl")
+    };
+    let wrong = format!("{USER}:wrong");
+    for _ in 0..2 {
+        let out = from(Some("2001:db8:1:2::1"), &wrong);
+        assert_eq!(out.status.code(), Some(67), "{}", trace(&out));
+    }
+    let (_, bans) = http_get(gw.admin.expect("admin"), "/bans");
+    assert!(bans.contains("\"address\":\"2001:db8:1:2::/64\""), "{bans}");
+    // Its neighbour in the /64 is turned away at the door, with the right password too ...
+    let out = from(Some("2001:db8:1:2::2"), &format!("{USER}:{PASSWORD}"));
+    assert!(!out.status.success(), "{}", trace(&out));
+    assert!(
+        trace(&out).contains(&format!("< 421 {}", "Too many failed logins")),
+        "{}",
+        trace(&out)
+    );
+    assert_eq!(refusals(&gw, "banned"), 1.0);
+    // ... while ::1, outside it, logs in and lists.
+    let out = from(None, &format!("{USER}:{PASSWORD}"));
+    assert!(out.status.success(), "{}", trace(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("v6.txt"),
+        "{}",
+        trace(&out)
+    );
+}
+
 #[test]
 fn denied_users_are_refused_by_the_gateway_and_never_reach_the_backend() {
     if !have("curl") {
@@ -282,6 +385,77 @@ fn denied_users_are_refused_by_the_gateway_and_never_reach_the_backend() {
         );
     }
     assert!(!commands.is_empty());
+}
+
+#[test]
+fn user_names_with_whitespace_around_or_control_characters_are_refused_by_the_gateway() {
+    if !have("curl") {
+        return;
+    }
+    let Some(vs) = FtpServer::vsftpd_on(
+        VsTls::None,
+        false,
+        "xferlog_enable=YES\nlog_ftp_protocol=YES\n",
+    ) else {
+        return;
+    };
+    let backend = vs.addr;
+    let gw = TestGateway::start(vs.backend(), move |s| {
+        admin_on_loopback(s);
+        s.access.deny_users = vec!["ftpuser".into()];
+        s.access.max_failed_logins = 4;
+        s.access.failed_login_delay_secs = 0;
+        s.routing.user_suffix = true;
+        let mut route = s.backend.clone();
+        route.addresses = vec![backend.into()];
+        s.routes.insert("inner".into(), route);
+    });
+    let admin = gw.admin.expect("admin");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut ftp = HandFtps::secured(gw.explicit, &gw.ca).await;
+        // A denied user hidden by a space before the suffix (pure-ftpd took it as `ftpuser`);
+        // its PASS is the gateway's to answer too.
+        let said = ftp.cmd("USER ftpuser @inner").await;
+        assert!(said.starts_with("530 Login incorrect."), "{said}");
+        let said = ftp.cmd("PASS secret").await;
+        assert!(said.starts_with("503"), "{said}");
+        for line in [
+            "USER ftpuser ".to_string(),
+            "USER \tftpuser".to_string(),
+            // Not a denied name, refused all the same: the shape is the rule.
+            format!("USER {USER} "),
+        ] {
+            let said = ftp.cmd(&line).await;
+            assert!(said.starts_with("530 Login incorrect."), "{line:?}: {said}");
+        }
+        // Four failed logins: the address is banned.
+        let said = ftp.cmd(&format!("USER {USER}")).await;
+        assert!(said.starts_with("421"), "{said}");
+    });
+    assert_eq!(refusals(&gw, "malformed_user"), 4.0);
+    let (_, bans) = http_get(admin, "/bans");
+    assert!(bans.contains("\"address\":\"127.0.0.1\""), "{bans}");
+    // Well-formed logins from another address, by the route suffix and without one.
+    for login in [
+        format!("{USER}@inner:{PASSWORD}"),
+        format!("{USER}:{PASSWORD}"),
+    ] {
+        let out = curl_from(&gw, "127.0.0.2", &login, &[]);
+        assert!(out.status.success(), "{login}: {}", trace(&out));
+    }
+    // The backend heard those two USER lines and nothing else.
+    let heard = users_heard(&vs);
+    assert_eq!(heard.len(), 2, "{}", vs.log());
+    assert!(
+        heard
+            .iter()
+            .all(|l| l.contains(&format!("\"USER {USER}\""))),
+        "{heard:#?}"
+    );
 }
 
 #[test]
@@ -508,6 +682,8 @@ fn check_refuses_a_malformed_cidr_and_an_unknown_access_key_naming_them() {
             "[access]\nmax_failed_logins = 3\nban_secs = 0\n",
             "access.failed_login_window_secs",
         ),
+        ("[access]\nipv6_prefix = 0\n", "access.ipv6_prefix"),
+        ("[access]\nipv6_prefix = 129\n", "access.ipv6_prefix"),
         // Email binding with no domains would let any domain's `user@` in as `user`.
         (
             "[tls]\nclient_auth = \"required\"\nclient_ca = \"/ca.pem\"\n\
@@ -527,6 +703,41 @@ fn check_refuses_a_malformed_cidr_and_an_unknown_access_key_naming_them() {
         assert!(!out.status.success(), "{text}");
         assert!(err.contains(names), "{text}: {err}");
     }
+}
+
+#[test]
+fn check_takes_the_ipv6_prefix_from_the_flag_or_the_variable_and_refuses_one_out_of_range() {
+    let check = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ftpsgate"));
+        cmd.arg("check").env_remove("FTPSGATE_IPV6_PREFIX");
+        cmd
+    };
+    let effective = |out: Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(effective(check().output().expect("check")).contains("ipv6_prefix = 64\n"));
+    let flag = check()
+        .args(["--ipv6-prefix", "56"])
+        .output()
+        .expect("check");
+    assert!(effective(flag).contains("ipv6_prefix = 56\n"));
+    let var = check()
+        .env("FTPSGATE_IPV6_PREFIX", "128")
+        .output()
+        .expect("check");
+    assert!(effective(var).contains("ipv6_prefix = 128\n"));
+    let out = check()
+        .args(["--ipv6-prefix", "0"])
+        .output()
+        .expect("check");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("access.ipv6_prefix"), "{err}");
 }
 
 #[test]

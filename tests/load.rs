@@ -145,3 +145,71 @@ fn the_per_address_limit_refuses_with_421_and_spares_other_addresses() {
         "the address is admitted again once its sessions close"
     );
 }
+
+#[test]
+fn the_per_address_limit_counts_a_client_once_through_a_v4_and_a_dual_stack_listener() {
+    // 127.0.0.1 and [::], which sees the same client as ::ffff:127.0.0.1.
+    let gw = TestGateway::start(BackendKind::Unftp, |s| {
+        admin_on_loopback(s);
+        s.listen.explicit = vec![
+            "127.0.0.1:0".parse().expect("addr"),
+            "[::]:0".parse().expect("addr"),
+        ];
+        s.limits.max_sessions_per_ip = 3;
+    });
+    let admin = gw.admin.expect("admin");
+    let dual = SocketAddr::from(([127, 0, 0, 1], gw.explicit6.port()));
+    let open = |addr: SocketAddr| {
+        let tcp = TcpStream::connect(addr).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        tcp
+    };
+    let mut held: Vec<TcpStream> = (0..3).map(|_| open(gw.explicit)).collect();
+    for tcp in &held {
+        assert!(read_line(tcp).starts_with("220"));
+    }
+    let refused = read_line(&open(dual));
+    assert!(
+        refused.starts_with("421 Too many sessions from your address"),
+        "the 4th session, through [::]: {refused}"
+    );
+    let per_ip = || {
+        value(
+            &scrape(admin),
+            "ftpsgate_refusals_total",
+            &[("reason", "per_ip_limit")],
+        )
+    };
+    assert_eq!(per_ip(), 1.0);
+    // One closes: a whole session through [::] gets its slot, logs in and downloads.
+    drop(held.pop());
+    assert!(
+        eventually(Duration::from_secs(10), || value(
+            &scrape(admin),
+            "ftpsgate_sessions_active",
+            &[]
+        ) == 2.0),
+        "the closed session's slot did not come back"
+    );
+    let want = random_file(&gw.root.join("dual.bin"), 200_000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        use tokio::io::AsyncReadExt;
+        let mut ftp = HandFtps::login(dual, &gw.ca).await;
+        let port = ftp.epsv().await;
+        let mut data = ftp.data(port).await;
+        let first = ftp.cmd("RETR dual.bin").await;
+        assert!(first.starts_with("150"), "{first}");
+        let mut got = Vec::new();
+        data.read_to_end(&mut got).await.expect("download");
+        assert_eq!(sha256(&got), want);
+        let done = ftp.reply().await;
+        assert!(done.starts_with("226"), "{done}");
+        assert!(ftp.cmd("QUIT").await.starts_with("221"));
+    });
+    assert_eq!(per_ip(), 1.0, "only the 4th was refused");
+}

@@ -1,5 +1,6 @@
-//! Bans after failed logins: per client address, the failures within the window, and the ban
-//! they earn. Time is passed in, so the rules are unit-tested without sleeping.
+//! Bans after failed logins: per client ([`ClientKey`]: an IPv4 address, an IPv6 network), the
+//! failures within the window, and the ban they earn. Time is passed in, so the rules are
+//! unit-tested without sleeping.
 //!
 //! A password counts before the backend checks it: each PASS takes one of the address's
 //! remaining attempts ([`Bans::reserve`]) on its way to the backend, and gives it back when the
@@ -7,11 +8,12 @@
 //! at once all reached the backend before the first failure was on record.
 
 use std::collections::VecDeque;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+
+use super::ClientKey;
 
 /// Past this many addresses on record, each new one sweeps out those with nothing left to
 /// remember: an attacker spread over many addresses cannot grow the table without bound.
@@ -21,7 +23,7 @@ pub struct Bans {
     max_failures: u32,
     window: Duration,
     ban: Duration,
-    table: DashMap<IpAddr, Record>,
+    table: DashMap<ClientKey, Record>,
     /// Addresses recorded since the last sweep.
     added: AtomicUsize,
 }
@@ -60,7 +62,8 @@ impl Record {
 /// One ban, for `/bans`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BanEntry {
-    pub address: IpAddr,
+    /// An IPv4 address, or the IPv6 network of `access.ipv6_prefix` (`2001:db8:1:2::/64`).
+    pub address: ClientKey,
     pub remaining_secs: u64,
 }
 
@@ -76,28 +79,32 @@ impl Bans {
         }
     }
 
-    /// How long `ip` stays banned, if it is.
-    pub fn remaining(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
-        let until = self.table.get(&ip.to_canonical())?.until?;
+    /// How long `client` stays banned, if it is.
+    pub fn remaining(&self, client: ClientKey, now: Instant) -> Option<Duration> {
+        let until = self.table.get(&client)?.until?;
         until.checked_duration_since(now).filter(|d| !d.is_zero())
     }
 
-    /// The record of `ip` (canonical), made if need be; a new address may sweep the table.
-    fn record(&self, ip: IpAddr, now: Instant) -> dashmap::mapref::one::RefMut<'_, IpAddr, Record> {
-        if !self.table.contains_key(&ip)
+    /// The record of `client`, made if need be; a new client may sweep the table.
+    fn record(
+        &self,
+        client: ClientKey,
+        now: Instant,
+    ) -> dashmap::mapref::one::RefMut<'_, ClientKey, Record> {
+        if !self.table.contains_key(&client)
             && self.added.fetch_add(1, Ordering::Relaxed) >= SWEEP_ABOVE
         {
             self.sweep(now);
         }
-        self.table.entry(ip).or_default()
+        self.table.entry(client).or_default()
     }
 
-    /// Records a failed login from `ip`; true when this one bans it.
-    pub fn failed(&self, ip: IpAddr, now: Instant) -> bool {
+    /// Records a failed login from `client`; true when this one bans it.
+    pub fn failed(&self, client: ClientKey, now: Instant) -> bool {
         if self.max_failures == 0 {
             return false;
         }
-        let mut record = self.record(ip.to_canonical(), now);
+        let mut record = self.record(client, now);
         self.fail(&mut record, now)
     }
 
@@ -116,15 +123,15 @@ impl Bans {
         true
     }
 
-    /// Takes one of `ip`'s remaining attempts for a password about to go to a backend: the
+    /// Takes one of `client`'s remaining attempts for a password about to go to a backend: the
     /// failures in the window and the passwords still in flight together stay below the
     /// limit, so however many sessions send one at once, no more reach a backend than the
-    /// address has attempts left.
-    pub fn reserve(&self, ip: IpAddr, now: Instant) -> Reserved {
+    /// client has attempts left.
+    pub fn reserve(&self, client: ClientKey, now: Instant) -> Reserved {
         if self.max_failures == 0 {
             return Reserved::Held;
         }
-        let mut record = self.record(ip.to_canonical(), now);
+        let mut record = self.record(client, now);
         if let Some(left) = record.until.and_then(|u| u.checked_duration_since(now)) {
             if !left.is_zero() {
                 return Reserved::Banned(left);
@@ -140,12 +147,12 @@ impl Bans {
     }
 
     /// Gives back an attempt [`Self::reserve`] held: as a failure when `failed` (true when it
-    /// bans the address), or as nothing when the backend accepted the password.
-    pub fn settle(&self, ip: IpAddr, failed: bool, now: Instant) -> bool {
+    /// bans the client), or as nothing when the backend accepted the password.
+    pub fn settle(&self, client: ClientKey, failed: bool, now: Instant) -> bool {
         if self.max_failures == 0 {
             return false;
         }
-        let mut record = self.record(ip.to_canonical(), now);
+        let mut record = self.record(client, now);
         record.in_flight = record.in_flight.saturating_sub(1);
         failed && self.fail(&mut record, now)
     }
@@ -187,8 +194,9 @@ mod tests {
 
     const MIN: Duration = Duration::from_secs(60);
 
-    fn ip(s: &str) -> IpAddr {
-        s.parse().expect("ip")
+    /// The key of `s` with IPv6 counted per /64.
+    fn ip(s: &str) -> ClientKey {
+        ClientKey::of(s.parse().expect("ip"), 64)
     }
 
     #[test]
@@ -261,6 +269,27 @@ mod tests {
         assert_eq!(bans.reserve(ip("192.0.2.9"), t0), Reserved::Held);
         bans.sweep(t0 + 60 * MIN);
         assert!(bans.table.contains_key(&ip("192.0.2.9")));
+    }
+
+    #[test]
+    fn an_ipv6_ban_covers_the_prefix() {
+        let bans = Bans::new(2, 10 * MIN, 15 * MIN);
+        let t0 = Instant::now();
+        assert!(!bans.failed(ip("2001:db8:1:2::1"), t0));
+        assert_eq!(bans.reserve(ip("2001:db8:1:2::3"), t0), Reserved::Held);
+        assert_eq!(
+            bans.reserve(ip("2001:db8:1:2::4"), t0),
+            Reserved::Full,
+            "the /64's last attempt is in flight"
+        );
+        assert!(bans.settle(ip("2001:db8:1:2::3"), true, t0), "bans the /64");
+        assert_eq!(bans.remaining(ip("2001:db8:1:2::2"), t0), Some(15 * MIN));
+        assert_eq!(bans.remaining(ip("2001:db8:1:3::1"), t0), None, "next /64");
+        let listed = serde_json::to_string(&bans.list(t0)).expect("json");
+        assert_eq!(
+            listed,
+            r#"[{"address":"2001:db8:1:2::/64","remaining_secs":900}]"#
+        );
     }
 
     #[test]

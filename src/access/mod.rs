@@ -1,9 +1,11 @@
 //! The front door's rules at run time (docs/ARCHITECTURE.md, "Access policy"): address rules
 //! checked at accept, before TLS, and again per route once the route is known; bans earned by
 //! failed logins; users the gateway refuses itself. Every replica keeps its own bans, so a
-//! balancer in front of several should send one client address to one replica.
+//! balancer in front of several should send one client address to one replica. Bans, login
+//! attempts and the per-client limits count a client as one [`ClientKey`].
 
 mod bans;
+mod key;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 
 pub use bans::BanEntry;
 use bans::{Bans, Reserved};
+pub use key::ClientKey;
 use tokio::sync::Notify;
 
 use crate::config::{AccessSettings, Networks};
@@ -47,6 +50,7 @@ pub struct Access {
     deny: Networks,
     deny_users: Vec<String>,
     delay: Duration,
+    ipv6_prefix: u8,
     bans: Arc<Bans>,
     /// Woken whenever a held attempt is settled: PASS commands waiting for one try again.
     settled: Arc<Notify>,
@@ -59,7 +63,7 @@ pub struct Access {
 pub struct Attempt {
     bans: Arc<Bans>,
     settled: Arc<Notify>,
-    ip: IpAddr,
+    client: ClientKey,
     open: bool,
 }
 
@@ -76,7 +80,7 @@ impl Attempt {
 
     fn settle(&mut self, failed: bool) -> bool {
         self.open = false;
-        let banned = self.bans.settle(self.ip, failed, Instant::now());
+        let banned = self.bans.settle(self.client, failed, Instant::now());
         self.settled.notify_waiters();
         banned
     }
@@ -101,6 +105,7 @@ impl Access {
                 .map(|u| u.to_lowercase())
                 .collect(),
             delay: settings.failed_login_delay(),
+            ipv6_prefix: settings.ipv6_prefix,
             bans: Arc::new(Bans::new(
                 settings.max_failed_logins,
                 settings.failed_login_window(),
@@ -108,6 +113,12 @@ impl Access {
             )),
             settled: Arc::new(Notify::new()),
         }
+    }
+
+    /// Who `ip` is to the bans and the per-client limits: its IPv4 address, or its IPv6
+    /// network of `access.ipv6_prefix` bits.
+    pub fn client_key(&self, ip: IpAddr) -> ClientKey {
+        ClientKey::of(ip, self.ipv6_prefix)
     }
 
     /// The check at accept.
@@ -120,7 +131,7 @@ impl Access {
 
     /// The check at each login attempt of a session already open.
     pub fn not_banned(&self, ip: IpAddr) -> Result<(), Barred> {
-        match self.bans.remaining(ip, Instant::now()) {
+        match self.bans.remaining(self.client_key(ip), Instant::now()) {
             Some(left) => Err(Barred::Banned(left)),
             None => Ok(()),
         }
@@ -129,18 +140,19 @@ impl Access {
     /// Takes one of `ip`'s remaining login attempts for a password about to go to a backend,
     /// waiting up to `wait` while every one left is held by a password still there.
     pub async fn attempt(&self, ip: IpAddr, wait: Duration) -> Result<Attempt, NoAttempt> {
+        let client = self.client_key(ip);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Registered before the check, so a settle between the two is not missed.
             let settled = self.settled.notified();
             tokio::pin!(settled);
             settled.as_mut().enable();
-            match self.bans.reserve(ip, Instant::now()) {
+            match self.bans.reserve(client, Instant::now()) {
                 Reserved::Held => {
                     return Ok(Attempt {
                         bans: Arc::clone(&self.bans),
                         settled: Arc::clone(&self.settled),
-                        ip,
+                        client,
                         open: true,
                     })
                 }
@@ -153,9 +165,9 @@ impl Access {
         }
     }
 
-    /// Records a failed login; true when it bans the address.
+    /// Records a failed login; true when it bans the address (and its IPv6 network).
     pub fn failed_login(&self, ip: IpAddr) -> bool {
-        self.bans.failed(ip, Instant::now())
+        self.bans.failed(self.client_key(ip), Instant::now())
     }
 
     /// How long the reply to a failed login is held back.

@@ -28,6 +28,11 @@ pub struct AccessSettings {
     /// Users refused by the gateway with 530 and never sent to a backend (e.g. root,
     /// anonymous, ftp). Compared without regard to case.
     pub deny_users: Vec<String>,
+    /// The bits of an IPv6 client address that name the client, for the bans, the login
+    /// attempts and `limits.max_sessions_per_ip` / `max_passive_per_ip`: a site or host is
+    /// usually given a whole /64, so counted per address, a banned client came back from the
+    /// next one. 128: per address. IPv4 clients are always one address.
+    pub ipv6_prefix: u8,
 }
 
 impl Default for AccessSettings {
@@ -40,6 +45,7 @@ impl Default for AccessSettings {
             ban_secs: 900,
             failed_login_delay_secs: 1,
             deny_users: Vec::new(),
+            ipv6_prefix: 64,
         }
     }
 }
@@ -69,6 +75,12 @@ impl AccessSettings {
             return Err(bad(
                 "access.failed_login_delay_secs".into(),
                 "at most 60 seconds".into(),
+            ));
+        }
+        if !(1..=128).contains(&self.ipv6_prefix) {
+            return Err(bad(
+                "access.ipv6_prefix".into(),
+                format!("{} is not a prefix length from 1 to 128", self.ipv6_prefix),
             ));
         }
         if let Some(u) = self

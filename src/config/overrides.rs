@@ -56,6 +56,9 @@ pub struct Overrides {
     /// Users refused by the gateway, never sent to the backend (repeatable).
     #[arg(long, env = "FTPSGATE_DENY_USERS", value_delimiter = ',')]
     pub deny_users: Vec<String>,
+    /// IPv6 prefix length one client is counted by, for bans and per-address limits (1-128).
+    #[arg(long, env = "FTPSGATE_IPV6_PREFIX")]
+    pub ipv6_prefix: Option<u8>,
     /// Domains whose certificate emails may log in with `tls.client_cert_user = "email"`
     /// (repeatable; comma-separated in the variable).
     #[arg(
@@ -118,6 +121,9 @@ impl Settings {
         }
         if !o.deny_users.is_empty() {
             self.access.deny_users = o.deny_users.clone();
+        }
+        if let Some(p) = o.ipv6_prefix {
+            self.access.ipv6_prefix = p;
         }
         if !o.client_cert_email_domains.is_empty() {
             self.tls.client_cert_email_domains = o.client_cert_email_domains.clone();

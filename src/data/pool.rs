@@ -14,22 +14,25 @@ use dashmap::{DashMap, DashSet};
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpSocket};
 
+use crate::access::ClientKey;
+
 #[derive(Debug, Error)]
 pub enum PoolError {
     /// Every port is leased or bound by something else. The client gets 425 at once.
     #[error("no free passive port in {0}-{1}")]
     Exhausted(u16, u16),
-    /// The client's address holds its share of leases already.
+    /// The client (its address, or its IPv6 network) holds its share of leases already.
     #[error("{0} holds {1} passive ports already")]
-    PerAddress(IpAddr, usize),
+    PerAddress(ClientKey, usize),
 }
 
 #[derive(Debug)]
 pub struct PassivePool {
     range: RangeInclusive<u16>,
     leased: DashSet<u16>,
-    /// Leases held per client address, and the most one may hold.
-    per_client: DashMap<IpAddr, usize>,
+    /// Leases held per client (keyed as the bans and session limits are), and the most one
+    /// may hold.
+    per_client: DashMap<ClientKey, usize>,
     max_per_client: usize,
 }
 
@@ -38,7 +41,7 @@ pub struct PassivePool {
 pub struct Lease {
     pool: Arc<PassivePool>,
     port: u16,
-    client: IpAddr,
+    client: ClientKey,
 }
 
 impl Lease {
@@ -64,7 +67,7 @@ impl PassivePool {
         })
     }
 
-    fn release_client(&self, client: IpAddr) {
+    fn release_client(&self, client: ClientKey) {
         if let Entry::Occupied(mut e) = self.per_client.entry(client) {
             *e.get_mut() -= 1;
             if *e.get() == 0 {
@@ -84,7 +87,7 @@ impl PassivePool {
     pub fn lease(
         self: &Arc<Self>,
         ip: IpAddr,
-        client: IpAddr,
+        client: ClientKey,
     ) -> Result<(Lease, TcpListener), PoolError> {
         {
             let mut held = self.per_client.entry(client).or_insert(0);
@@ -146,7 +149,11 @@ mod tests {
     use std::net::Ipv4Addr;
 
     const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    const OTHER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+
+    /// The client `s`, IPv6 counted per /64.
+    fn key(s: &str) -> ClientKey {
+        ClientKey::of(s.parse().expect("ip"), 64)
+    }
 
     fn free_range(n: u16) -> RangeInclusive<u16> {
         // Below Linux's ephemeral range (32768 and up), so no outgoing connection can take a
@@ -165,17 +172,17 @@ mod tests {
     #[tokio::test]
     async fn exhausted_pool_refuses_and_recovers_when_a_lease_is_dropped() {
         let pool = PassivePool::new(free_range(2), 10);
-        let a = pool.lease(LOCAL, LOCAL).expect("first");
-        let b = pool.lease(LOCAL, LOCAL).expect("second");
+        let a = pool.lease(LOCAL, key("127.0.0.1")).expect("first");
+        let b = pool.lease(LOCAL, key("127.0.0.1")).expect("second");
         assert_ne!(a.0.port(), b.0.port());
         assert!(matches!(
-            pool.lease(LOCAL, LOCAL),
+            pool.lease(LOCAL, key("127.0.0.1")),
             Err(PoolError::Exhausted(..))
         ));
         assert_eq!(pool.in_use(), 2);
         drop(a);
         let c = pool
-            .lease(LOCAL, LOCAL)
+            .lease(LOCAL, key("127.0.0.1"))
             .expect("freed port is leased again");
         assert_ne!(c.0.port(), b.0.port());
     }
@@ -186,24 +193,49 @@ mod tests {
         let _squatter =
             std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, *range.start())).expect("squat");
         let pool = PassivePool::new(range.clone(), 10);
-        let (lease, _l) = pool.lease(LOCAL, LOCAL).expect("the other port");
+        let (lease, _l) = pool.lease(LOCAL, key("127.0.0.1")).expect("the other port");
         assert_eq!(lease.port(), *range.end());
-        assert!(pool.lease(LOCAL, LOCAL).is_err());
+        assert!(pool.lease(LOCAL, key("127.0.0.1")).is_err());
     }
 
     #[tokio::test]
     async fn one_address_holds_at_most_its_share_and_gets_it_back() {
         let pool = PassivePool::new(free_range(3), 2);
-        let a = pool.lease(LOCAL, LOCAL).expect("first");
-        let _b = pool.lease(LOCAL, LOCAL).expect("second");
+        let a = pool.lease(LOCAL, key("127.0.0.1")).expect("first");
+        let _b = pool.lease(LOCAL, key("127.0.0.1")).expect("second");
         assert!(matches!(
-            pool.lease(LOCAL, LOCAL),
+            pool.lease(LOCAL, key("127.0.0.1")),
             Err(PoolError::PerAddress(_, 2))
         ));
-        let _other = pool.lease(LOCAL, OTHER).expect("another address");
+        let _other = pool
+            .lease(LOCAL, key("192.0.2.7"))
+            .expect("another address");
         drop(a);
-        let _c = pool.lease(LOCAL, LOCAL).expect("share back");
+        let _c = pool.lease(LOCAL, key("127.0.0.1")).expect("share back");
         drop(_other);
-        assert_eq!(pool.per_client.get(&OTHER).map(|c| *c), None);
+        assert_eq!(pool.per_client.get(&key("192.0.2.7")).map(|c| *c), None);
+    }
+
+    #[tokio::test]
+    async fn a_mapped_address_shares_its_ipv4_ones_leases_and_an_ipv6_network_its_own() {
+        let pool = PassivePool::new(free_range(3), 1);
+        let held = pool.lease(LOCAL, key("127.0.0.1")).expect("first");
+        assert!(matches!(
+            pool.lease(LOCAL, key("::ffff:127.0.0.1")),
+            Err(PoolError::PerAddress(_, 1))
+        ));
+        drop(held);
+        let _again = pool
+            .lease(LOCAL, key("::ffff:127.0.0.1"))
+            .expect("share back");
+        assert!(pool.lease(LOCAL, key("127.0.0.1")).is_err());
+        let _v6 = pool.lease(LOCAL, key("2001:db8:1:2::1")).expect("v6");
+        assert!(
+            pool.lease(LOCAL, key("2001:db8:1:2::2")).is_err(),
+            "the same /64"
+        );
+        let _next = pool
+            .lease(LOCAL, key("2001:db8:1:3::1"))
+            .expect("the next /64");
     }
 }

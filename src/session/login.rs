@@ -46,7 +46,9 @@ impl Session {
             return Err(Refusal::PassWithoutUser.into());
         }
         if cmd.verb() == Verb::User {
-            let mut user = cmd.arg_text();
+            // Untrimmed: `USER name @route` must not become `name` for the rules and `name `
+            // for the backend (see `front_door`).
+            let mut user = String::from_utf8_lossy(cmd.arg()).into_owned();
             // `USER name@route`: the route is the gateway's business; the backend sees `name`.
             if let Some((upstream, name)) = self.ctx.router.by_user(&user) {
                 let upstream = Arc::clone(upstream);
@@ -115,13 +117,22 @@ impl Session {
     }
 
     /// The gateway's own rules for a USER, before any backend hears it: the route's address
-    /// rules (the route is known by now), denied users, and the user a client certificate
-    /// names.
+    /// rules (the route is known by now), the name's shape, denied users, and the user a
+    /// client certificate names.
+    ///
+    /// A name with whitespace at either end or a control character anywhere is refused
+    /// outright: `deny_users` compares exact names, while a backend may trim or split the
+    /// argument its own way (pure-ftpd took `USER ftpuser @pure` as `ftpuser`), so such a
+    /// name could slip past the list and still log in as the user it names.
     async fn front_door(&self, user: &str) -> Result<(), Refusal> {
         let route = self
             .fixed_route()
             .unwrap_or_else(|| Arc::clone(self.ctx.router.default_route()));
         self.route_admits(&route)?;
+        if user.trim() != user || user.chars().any(char::is_control) {
+            self.failed_login(user, None).await;
+            return Err(Refusal::MalformedUser);
+        }
         if self.ctx.access.denies_user(user) {
             self.failed_login(user, None).await;
             let user = user.to_string();

@@ -97,7 +97,7 @@ impl Session {
     /// PASV and EPSV: lease a pool port and start the bridge.
     async fn open_passive(&mut self) -> Result<u16, Halt> {
         self.prepare_data().await?;
-        let client = self.client.peer.ip().to_canonical();
+        let client = self.ctx.access.client_key(self.client.peer.ip());
         let (lease, listener) = match self.ctx.pool.lease(self.client.local.ip(), client) {
             Ok(l) => l,
             Err(e @ PoolError::Exhausted(..)) => return Err(Refusal::PoolFull(e).into()),

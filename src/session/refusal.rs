@@ -136,6 +136,11 @@ pub(super) enum Refusal {
     DeniedUser {
         user: String,
     },
+    /// A user name with whitespace at either end or a control character: never sent to a
+    /// backend, which might read it as another name than the gateway's rules did. The name
+    /// is not logged: unlike a denied user's, it is nobody's known name (a password typed
+    /// into the wrong field, as likely as not).
+    MalformedUser,
     /// A user other than the one the client certificate names (`tls.client_cert_user`).
     CertificateUser {
         user: String,
@@ -227,7 +232,7 @@ impl Refusal {
                 "Too many logins in progress from your address; try again later.",
             ),
             RouteDenied { .. } => (421, Barred::DENIED_TEXT),
-            DeniedUser { .. } | CertificateUser { .. } => (530, "Login incorrect."),
+            DeniedUser { .. } | MalformedUser | CertificateUser { .. } => (530, "Login incorrect."),
             PassWithoutUser => (503, "Login with USER first."),
             BackendDown(_) => (
                 421,
@@ -254,6 +259,7 @@ impl Refusal {
             LoginsInFlight => Reason::logins_in_flight,
             RouteDenied { .. } => Reason::access_denied,
             DeniedUser { .. } => Reason::denied_user,
+            MalformedUser => Reason::malformed_user,
             CertificateUser { .. } => Reason::certificate_user,
             _ => return None,
         })
@@ -326,6 +332,9 @@ impl Refusal {
             }
             RouteDenied { route } => warn!(%route, "refused: the route's access rules"),
             DeniedUser { user } => warn!(user = %escaped(user), "login refused: denied user"),
+            MalformedUser => {
+                warn!("login refused: whitespace around or control characters in the user name")
+            }
             CertificateUser { user, certified } => warn!(
                 user = %escaped(user),
                 certified = %escaped(certified.as_deref().unwrap_or("(none)")),
