@@ -488,6 +488,44 @@ fn a_stalled_transfer_ends_with_426_and_its_port_goes_back_at_accept() {
     });
 }
 
+/// After a download the gateway reads the client's data connection for what it sent (a
+/// KeyUpdate, its close_notify) for at most two seconds: a client that keeps the connection
+/// open, and writes to it, does not hold the gateway's socket longer, and its session carries on.
+#[test]
+fn a_finished_downloads_connection_held_open_by_its_client_closes_within_the_linger() {
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    let small = vs.put("small.bin", 100_000);
+    let gate = Gate::start(vs.addr, 2, |_| {}, &[], &[]);
+    gate.run(async {
+        let mut s = gate.logged_in([127, 0, 0, 1]).await;
+        let idle = gate.fds();
+        let tcp = s.open("RETR small.bin").await.expect("PASV");
+        let mut data = s.secure(tcp).await;
+        assert!(s.ctl.reply().await.starts_with("150"));
+        let mut got = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut data, &mut got)
+            .await
+            .expect("download");
+        assert_eq!(sha256(&got), small);
+        assert!(s.ctl.reply().await.starts_with("226"));
+        // The client neither closes nor stops talking: application data after the end.
+        let since = Instant::now();
+        let _ = data.write_all(&[b'x'; 4096]).await;
+        let _ = data.flush().await;
+        let closed =
+            eventually_async(Duration::from_secs(15), || async { gate.fds() <= idle }).await;
+        assert!(closed, "the gateway still holds the data connection");
+        let took = since.elapsed();
+        assert!(took < Duration::from_secs(10), "closed after {took:?}");
+        println!("a held-open download connection closed after {took:?}");
+        assert_eq!(sha256(&s.retr("small.bin").await), small);
+        drop(data);
+        assert!(s.ctl.cmd("QUIT").await.starts_with("221"));
+    });
+}
+
 /// The upload side of the stall limit: a client that sends part of a file over TLS and then
 /// nothing, holding its data connection open. Uploads are copied in turn by one task (see
 /// `data::pump`), so this is the read that must time out there.
