@@ -1,7 +1,8 @@
 //! `ftpsgate probe` on loopback, against servers whose faults are known: a healthy gateway
 //! (explicit and implicit, active too), one that advertises an address where nothing listens,
 //! a server without TLS, a server that requires TLS session reuse, and a certificate for
-//! another name. The NAT cases (dropped, rejected range, wrong external address) are in
+//! another name; and a hostile server, whose greeting and replies carry terminal escape
+//! sequences. The NAT cases (dropped, rejected range, wrong external address) are in
 //! tests/nat.rs.
 
 #![allow(
@@ -244,4 +245,56 @@ fn without_the_variable_the_password_is_asked_on_the_terminal_without_echo() {
         !report.contains(PASSWORD),
         "the password was echoed:\n{report}"
     );
+}
+
+/// A greeting and a reply that would clear the screen and retitle the terminal.
+const HOSTILE_GREETING: &str = "220 \x1b[2J\x1b]0;pwned\x07 hostile server\r\n";
+const HOSTILE_LOGIN: &str = "230 \x1b[31mlogged in\x1b[0m\r\n";
+
+#[test]
+fn escape_sequences_from_a_hostile_server_reach_the_report_only_as_visible_text() {
+    let server = ScriptedFtps::start(FtpsScript {
+        greeting: HOSTILE_GREETING,
+        login: HOSTILE_LOGIN,
+        pasv_ip: std::net::Ipv4Addr::LOCALHOST,
+    });
+    let ca = server.ca.display().to_string();
+    let target = url("ftp", server.addr);
+    for json in [false, true] {
+        let mut args = vec!["--ca", &ca, &target];
+        if json {
+            args.insert(0, "--json");
+        }
+        let (_, report) = probe(&args);
+        println!("{report}");
+        // `probe` returns stdout and stderr together.
+        for control in [0x1b_u8, 0x07] {
+            assert!(
+                !report.as_bytes().contains(&control),
+                "a raw {control:#04x} reached the output (--json: {json}):\n{report:?}"
+            );
+        }
+        if json {
+            let v: serde_json::Value = serde_json::from_str(&report).expect("JSON report");
+            let details: Vec<&str> = v["checks"]
+                .as_array()
+                .expect("checks")
+                .iter()
+                .filter_map(|c| c["detail"].as_str())
+                .collect();
+            assert!(
+                details.contains(&r"220 \u{1b}[2J\u{1b}]0;pwned\u{7} hostile server"),
+                "{details:?}"
+            );
+        } else {
+            has_lines(
+                &report,
+                &[
+                    r"[ ok ] greeting: 220 \u{1b}[2J\u{1b}]0;pwned\u{7} hostile server",
+                    r"[ ok ] login: ftpsgate-test: 230 \u{1b}[31mlogged in\u{1b}[0m",
+                    "[ ok ] PASV data TLS:",
+                ],
+            );
+        }
+    }
 }

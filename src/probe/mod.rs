@@ -95,13 +95,11 @@ struct Probe<'a> {
 }
 
 impl Probe<'_> {
+    /// Adds a line to the report. `detail` and `fix` may quote the server (its greeting, its
+    /// replies, its certificate's names): [`Check::new`] escapes them.
     fn say(&mut self, level: Level, what: &'static str, detail: String, fix: Option<String>) {
-        self.out.push(Check {
-            level,
-            what,
-            detail,
-            fix,
-        });
+        self.out
+            .push(Check::new(level, what, &detail, fix.as_deref()));
     }
 
     fn fail(&mut self, what: &'static str, detail: String, fix: impl Into<String>) -> Stop {
