@@ -2,7 +2,7 @@
 //! (explicit and implicit, active too), one that advertises an address where nothing listens,
 //! a server without TLS, a server that requires TLS session reuse, and a certificate for
 //! another name; and a hostile server, whose greeting and replies carry terminal escape
-//! sequences. The NAT cases (dropped, rejected range, wrong external address) are in
+//! sequences, or whose 227 names another host. The NAT cases (dropped, rejected range, wrong external address) are in
 //! tests/nat.rs.
 
 #![allow(
@@ -88,6 +88,48 @@ fn a_healthy_gateway_passes_every_step_explicit_implicit_and_active() {
     assert!(checks.iter().any(|c| c["what"] == "download"), "{json}");
 }
 
+/// A hostile server's 227 names another host (here 127.0.0.77, where the test listens on the
+/// 227's port): the probe reports it, and never connects there.
+#[test]
+fn a_227_naming_another_address_is_reported_but_never_dialled() {
+    let elsewhere = std::net::Ipv4Addr::new(127, 0, 0, 77);
+    let server = ScriptedFtps::start(FtpsScript {
+        greeting: "220 scripted FTPS server\r\n",
+        login: "230 logged in\r\n",
+        pasv_ip: elsewhere,
+    });
+    let ca = server.ca.display().to_string();
+    let (ok, report) = probe(&["--ca", &ca, &url("ftp", server.addr)]);
+    println!("{report}");
+    assert!(!ok, "a 227 naming another address is a failure:\n{report}");
+    has_lines(
+        &report,
+        &[
+            "[FAIL] PASV: 227 names 127.0.0.77:",
+            "but the server was reached at 127.0.0.1",
+            "clients that use the 227's address connect to 127.0.0.77, which the probe does not (it connects to 127.0.0.1:",
+            "passive.external_address = \"127.0.0.1\"",
+            "[ ok ] PASV data: connected to 127.0.0.1:",
+            "[ ok ] PASV data TLS:",
+            // The later data connections (TLS reuse) go to the address reached too.
+            "[ ok ] TLS reuse:",
+        ],
+    );
+    assert_eq!(
+        server.dialled_elsewhere(),
+        0,
+        "the probe connected to the 227's address"
+    );
+    // PASV's LIST, NLST for the download, the TLS reuse check's LIST: all at 127.0.0.1.
+    assert_eq!(
+        server
+            .data_accepted
+            .load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "{report}"
+    );
+}
+
 #[test]
 fn an_external_address_where_nothing_listens_is_named_with_the_fix() {
     let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
@@ -104,15 +146,15 @@ fn an_external_address_where_nothing_listens_is_named_with_the_fix() {
     has_lines(
         &report,
         &[
-            "[warn] PASV: 227 names 127.0.0.99:",
+            "[FAIL] PASV: 227 names 127.0.0.99:",
             "a loopback address, but the server was reached at 127.0.0.1",
-            "[FAIL] PASV data: 127.0.0.99:",
-            ": refused; 127.0.0.1:",
-            "works: clients that use the 227's address fail",
+            "clients that use the 227's address connect to 127.0.0.99",
             "passive.external_address = \"127.0.0.1\"",
+            // The probe connects where curl does by default: the address reached.
+            "[ ok ] PASV data: connected to 127.0.0.1:",
             // EPSV carries no address, so it works.
             "[ ok ] EPSV data:",
-            "summary: 1 failed, 1 warned",
+            "summary: 1 failed, 0 warned",
         ],
     );
 }

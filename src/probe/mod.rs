@@ -78,11 +78,11 @@ pub fn fixes(checks: &[Check]) -> Vec<&str> {
     out
 }
 
-/// How a passive data connection was reached: by PASV at the address it named or at the
-/// address the control connection reached, or by EPSV.
+/// How a passive data connection was reached: by PASV's port or EPSV's, either way at the
+/// address the control connection reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Way {
-    Pasv { at_reached: bool },
+    Pasv,
     Epsv,
 }
 

@@ -171,14 +171,19 @@ fn reset(stream: TcpStream) {
 
 /// A scripted explicit-FTPS server, for what a hostile server says to a client (`ftpsgate
 /// probe`): its greeting and its reply to `PASS` are the test's, escape sequences and all,
-/// and its 227 names `pasv_ip` (while its data listener is on loopback). Serves `LIST` and
-/// `NLST` (one name, `listed.txt`) over TLS; `EPSV` and `SIZE` are refused.
+/// and its 227 names `pasv_ip` (while its data listener is on 127.0.0.1). When `pasv_ip` is
+/// another address, a listener there on the same port counts who follows the 227 (see
+/// [`ScriptedFtps::dialled_elsewhere`]). Serves `LIST` and `NLST` (one name, `listed.txt`) over
+/// TLS; `EPSV` and `SIZE` are refused.
 pub struct ScriptedFtps {
     pub addr: SocketAddr,
     /// Its certificate (for 127.0.0.1), for a client's `--ca`.
     pub ca: PathBuf,
-    /// Data connections its data listeners accepted.
+    /// Data connections its data listeners (on 127.0.0.1) accepted.
     pub data_accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// The listeners at the 227's address when it is not 127.0.0.1: never accepted from, so
+    /// a connection to one waits in its backlog until counted.
+    decoys: std::sync::Arc<std::sync::Mutex<Vec<TcpListener>>>,
     _dir: TempDir,
 }
 
@@ -210,20 +215,35 @@ impl ScriptedFtps {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
         let addr = listener.local_addr().expect("addr");
         let data_accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let accepted = data_accepted.clone();
+        let decoys = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (accepted, decoyed) = (data_accepted.clone(), decoys.clone());
         thread::spawn(move || {
             for control in listener.incoming().take(16) {
                 let Ok(control) = control else { continue };
-                let (config, script, accepted) = (config.clone(), script.clone(), accepted.clone());
-                thread::spawn(move || ftps_session(control, &config, &script, &accepted));
+                let (config, script) = (config.clone(), script.clone());
+                let (accepted, decoyed) = (accepted.clone(), decoyed.clone());
+                thread::spawn(move || ftps_session(control, &config, &script, &accepted, &decoyed));
             }
         });
         ScriptedFtps {
             addr,
             ca,
             data_accepted,
+            decoys,
             _dir: dir,
         }
+    }
+
+    /// Connections made to the 227's address (when it is not 127.0.0.1) so far.
+    pub fn dialled_elsewhere(&self) -> usize {
+        let decoys = self.decoys.lock().expect("lock");
+        decoys
+            .iter()
+            .map(|l| {
+                l.set_nonblocking(true).expect("nonblocking");
+                l.incoming().take_while(Result::is_ok).count()
+            })
+            .sum()
     }
 }
 
@@ -232,6 +252,7 @@ fn ftps_session(
     config: &std::sync::Arc<rustls::ServerConfig>,
     script: &FtpsScript,
     accepted: &std::sync::atomic::AtomicUsize,
+    decoys: &std::sync::Mutex<Vec<TcpListener>>,
 ) {
     use std::io::{BufRead, BufReader, Read};
     let _ = control.write_all(script.greeting.as_bytes());
@@ -260,6 +281,10 @@ fn ftps_session(
                 let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("pasv");
                 let port = l.local_addr().expect("addr").port();
                 data_listener = Some(l);
+                if script.pasv_ip != Ipv4Addr::LOCALHOST {
+                    let decoy = TcpListener::bind((script.pasv_ip, port)).expect("decoy");
+                    decoys.lock().expect("lock").push(decoy);
+                }
                 let [a, b, c, d] = script.pasv_ip.octets();
                 format!(
                     "227 Entering Passive Mode ({a},{b},{c},{d},{},{})\r\n",
