@@ -429,7 +429,18 @@ fn the_audit_log_records_transfers_with_their_sha256_and_logins() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o640, "owner and group only");
-    let lines = audit_lines(&log);
+    let logins = |lines: &[serde_json::Value], outcome: &str| {
+        lines
+            .iter()
+            .filter(|l| l["event"] == "login" && l["outcome"] == outcome && l["user"] == USER)
+            .count()
+    };
+    // Records are written by the audit log's own thread, just after the replies.
+    let mut lines = Vec::new();
+    eventually(Duration::from_secs(10), || {
+        lines = audit_lines(&log);
+        logins(&lines, "failed") == 1
+    });
     let retr = transfers(&lines, "RETR");
     let stor = transfers(&lines, "STOR");
     assert_eq!((retr.len(), stor.len()), (1, 1), "{lines:#?}");
@@ -450,13 +461,11 @@ fn the_audit_log_records_transfers_with_their_sha256_and_logins() {
         assert!(t["session"].as_u64().is_some() && t["duration_ms"].as_u64().is_some());
         assert!(t["time"].as_str().is_some_and(|s| s.ends_with('Z')), "{t}");
     }
-    let logins = |outcome: &str| {
-        lines
-            .iter()
-            .filter(|l| l["event"] == "login" && l["outcome"] == outcome && l["user"] == USER)
-            .count()
-    };
-    assert_eq!((logins("ok"), logins("failed")), (2, 1), "{lines:#?}");
+    assert_eq!(
+        (logins(&lines, "ok"), logins(&lines, "failed")),
+        (2, 1),
+        "{lines:#?}"
+    );
 }
 
 #[test]
@@ -557,6 +566,9 @@ fn the_audit_log_reopens_on_sighup_and_an_unwritable_one_refuses_the_start() {
         assert!(out.status.success(), "{}", trace(&out));
     };
     download();
+    let retrs = |log: &std::path::Path| transfers(&audit_lines(log), "RETR").len();
+    // Written by the audit log's own thread, just after the reply.
+    assert!(eventually(Duration::from_secs(10), || retrs(&log) == 1));
     // logrotate: the file is moved away, then the gateway told to reopen.
     let rotated = dir.path().join("audit.jsonl.1");
     std::fs::rename(&log, &rotated).expect("rotate");
@@ -566,7 +578,192 @@ fn the_audit_log_reopens_on_sighup_and_an_unwritable_one_refuses_the_start() {
         "not reopened on SIGHUP"
     );
     download();
+    eventually(Duration::from_secs(10), || retrs(&log) == 1);
     let (old, new) = (audit_lines(&rotated), audit_lines(&log));
     assert_eq!(transfers(&old, "RETR").len(), 1, "{old:#?}");
     assert_eq!(transfers(&new, "RETR").len(), 1, "{new:#?}");
+}
+
+/// Connects to `to` `n` times from 127.0.0.1 and hangs up at once: with 127.0.0.0/8 denied,
+/// each is a refusal at accept, and a refusal record. Returns how many connected, up to the
+/// first that did not.
+fn refused_connections(to: SocketAddr, n: usize) -> usize {
+    (0..n)
+        .take_while(|_| std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1)).is_ok())
+        .count()
+}
+
+/// The audit log's lines as read from a pipe: every line read within `limit`, until `done`
+/// says enough.
+fn read_pipe_until(
+    pipe: std::fs::File,
+    limit: Duration,
+    done: impl Fn(&serde_json::Value) -> bool + Send + 'static,
+) -> Vec<serde_json::Value> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Blocks when the pipe is empty (the test holds a write end too): the channel bounds it.
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines() {
+            let Ok(line) = line else { return };
+            let v: serde_json::Value = serde_json::from_str(&line).expect("one JSON object a line");
+            let enough = done(&v);
+            if tx.send(v).is_err() || enough {
+                return;
+            }
+        }
+    });
+    let end = std::time::Instant::now() + limit;
+    let mut lines = Vec::new();
+    while let Ok(v) = rx.recv_timeout(end.saturating_duration_since(std::time::Instant::now())) {
+        lines.push(v);
+    }
+    lines
+}
+
+/// An audit log that stops taking lines (a FIFO whose reader stopped reading; a slow disk or
+/// a full pipe does the same) costs records, never service: while it is stuck new sessions get
+/// their 220 and log in, a session already open answers NOOP, and the records that did not
+/// fit are counted; once it is read again, the log says how many it is missing.
+#[test]
+fn an_audit_log_that_stops_taking_lines_drops_records_and_never_stalls_sessions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("audit.fifo");
+    run_ok(Command::new("mkfifo").args(["-m", "0600"]).arg(&fifo));
+    // Read and write: the open does not wait for a writer, and the gateway's open (write only)
+    // finds a reader. The test then reads nothing until the end.
+    let pipe = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .expect("open the FIFO");
+    let audit = fifo.clone();
+    let gw = TestGateway::start(BackendKind::Unftp, move |s| {
+        admin_on_loopback(s);
+        s.audit.log = Some(audit);
+        // Every refusal gets its record (the rate limit has a test of its own), to fill the pipe.
+        s.audit.refusals_per_sec = u32::MAX;
+        // Refused at accept with a record each: the flood. The sessions come over [::1].
+        s.access.deny = ftpsgate::config::Networks::new(vec!["127.0.0.0/8".parse().unwrap()]);
+    });
+    let admin = gw.admin.expect("admin");
+    let dropped = || {
+        value(
+            &scrape(admin),
+            "ftpsgate_audit_dropped_total",
+            &[("reason", "queue_full")],
+        )
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut open = rt.block_on(suppaftp_session(gw.explicit6, &gw.ca));
+
+    // The pipe holds 64 KiB and the queue 4096 records: a few thousand refusals fill both.
+    let (mut flooded, flooding) = (0, std::time::Instant::now());
+    while dropped() == 0.0 {
+        assert!(
+            flooded < 40_000 && flooding.elapsed() < Duration::from_secs(120),
+            "no record dropped after {flooded} refusals"
+        );
+        flooded += refused_connections(gw.explicit, 500);
+    }
+    let before = dropped();
+
+    // A new session: its 220 at once, and a login (whose record is dropped too).
+    let started = std::time::Instant::now();
+    let mut greeted = std::net::TcpStream::connect(gw.explicit6).expect("connect");
+    greeted
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut greeting = [0u8; 4];
+    std::io::Read::read_exact(&mut greeted, &mut greeting).expect("a 220 within 5 s");
+    assert_eq!(&greeting, b"220 ");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    rt.block_on(async {
+        let five = Duration::from_secs(5);
+        let mut fresh = tokio::time::timeout(five, suppaftp_session(gw.explicit6, &gw.ca))
+            .await
+            .expect("a login within 5 s");
+        let noop = tokio::time::timeout(five, fresh.noop()).await;
+        noop.expect("within 5 s").expect("NOOP on the new session");
+        // The session opened before the log stalled.
+        let noop = tokio::time::timeout(five, open.noop()).await;
+        noop.expect("within 5 s").expect("NOOP on the open session");
+    });
+    assert!(
+        dropped() > before,
+        "the login's record was dropped and counted"
+    );
+
+    // Read again: the writer catches up, and says what it dropped.
+    let lines = read_pipe_until(pipe, Duration::from_secs(20), |v| v["event"] == "dropped");
+    let summary = lines.last().expect("lines");
+    assert_eq!(summary["event"], "dropped", "{summary}");
+    assert_eq!(summary["reason"], "queue_full");
+    assert!(summary["records"].as_u64().expect("records") as f64 >= before);
+    // Before it, the records the pipe held, whole and in the order of events.
+    let sessions: Vec<u64> = lines
+        .iter()
+        .filter(|l| l["event"] == "refusal")
+        .map(|l| l["session"].as_u64().expect("session"))
+        .collect();
+    assert!(sessions.len() > 100, "{}", sessions.len());
+    assert!(sessions.windows(2).all(|w| w[0] < w[1]), "in order");
+}
+
+/// A flood of refused connections costs at most `audit.refusals_per_sec` records a second; the
+/// rest are counted, and summed up in the log: records written plus records dropped make the
+/// refusals.
+#[test]
+fn refusal_records_beyond_the_rate_are_summed_up_not_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("audit.jsonl");
+    let audit = log.clone();
+    let gw = TestGateway::start(BackendKind::Unftp, move |s| {
+        admin_on_loopback(s);
+        s.audit.log = Some(audit);
+        s.audit.refusals_per_sec = 5;
+        s.access.deny = ftpsgate::config::Networks::new(vec!["127.0.0.0/8".parse().unwrap()]);
+    });
+    let started = std::time::Instant::now();
+    let connected = refused_connections(gw.explicit, 300) as f64;
+    let lines = |kind: &str| {
+        audit_lines(&log)
+            .into_iter()
+            .filter(|l| l["event"] == kind)
+            .collect::<Vec<_>>()
+    };
+    // Every connection refused, each refusal either written or dropped, and those dropped
+    // summed up in the log (within a second of them).
+    let (mut refused, mut limited, mut written) = (0.0, 0.0, 0.0);
+    let settled = eventually(Duration::from_secs(10), || {
+        let metrics = scrape(gw.admin.expect("admin"));
+        refused = value(
+            &metrics,
+            "ftpsgate_refusals_total",
+            &[("reason", "access_denied")],
+        );
+        limited = value(
+            &metrics,
+            "ftpsgate_audit_dropped_total",
+            &[("reason", "rate_limited")],
+        );
+        let summed: u64 = lines("dropped")
+            .iter()
+            .map(|l| l["records"].as_u64().unwrap())
+            .sum();
+        written = lines("refusal").len() as f64;
+        refused == connected && summed as f64 == limited && written + limited == refused
+    });
+    assert!(
+        settled,
+        "{refused} refused of {connected}, {written} written, {limited} dropped: {:#?}",
+        lines("dropped")
+    );
+    // A burst of 5, then 5 a second.
+    let took = started.elapsed().as_secs_f64();
+    assert!(written <= 5.0 + 5.0 * took, "{written} in {took} s");
+    assert!(limited > 0.0);
+    assert!(lines("dropped")
+        .iter()
+        .all(|l| l["reason"] == "rate_limited"));
 }

@@ -86,7 +86,7 @@ impl AccessSettings {
 }
 
 /// `[audit]`: the record a security team keeps of who moved what.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditSettings {
     /// A file that gets one JSON object a line for each transfer, login, ban and refusal,
@@ -96,4 +96,30 @@ pub struct AuditSettings {
     /// Put the SHA-256 of the bytes each transfer relayed in its record (hashed as they are
     /// copied: one pass over the data, no extra copy).
     pub sha256: bool,
+    /// At most this many refusal records a second (and a burst of as many): a flood of
+    /// refused connections must not fill the disk. The rest are counted, and a `dropped`
+    /// record says how many.
+    pub refusals_per_sec: u32,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            log: None,
+            sha256: false,
+            refusals_per_sec: 50,
+        }
+    }
+}
+
+impl AuditSettings {
+    pub(super) fn validate(&self, bad: Bad) -> Result<(), ConfigError> {
+        if self.refusals_per_sec == 0 {
+            return Err(bad(
+                "audit.refusals_per_sec".into(),
+                "at least 1 (refusals are what an audit is for)".into(),
+            ));
+        }
+        Ok(())
+    }
 }
