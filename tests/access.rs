@@ -428,7 +428,7 @@ fn the_audit_log_records_transfers_with_their_sha256_and_logins() {
         .expect("audit log")
         .permissions()
         .mode();
-    assert_eq!(mode & 0o777, 0o640, "owner and group only");
+    assert_eq!(mode & 0o777, 0o600, "the owner only");
     let logins = |lines: &[serde_json::Value], outcome: &str| {
         lines
             .iter()
@@ -477,12 +477,22 @@ fn audit_write_errors_are_counted_and_transfers_go_on() {
         return;
     };
     let want = vs.put("still.bin", 100_000);
-    // Every write to /dev/full fails (ENOSPC), as a full disk would.
-    let gw = TestGateway::start(vs.backend(), |s| {
-        admin_on_loopback(s);
-        s.audit.log = Some("/dev/full".into());
-    });
+    // A FIFO whose reader is gone, as a collector that died leaves it: every write fails
+    // (EPIPE), as every write to a full disk would.
     let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("audit.fifo");
+    run_ok(Command::new("mkfifo").args(["-m", "0600"]).arg(&fifo));
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .expect("open the FIFO");
+    let audit = fifo.clone();
+    let gw = TestGateway::start(vs.backend(), move |s| {
+        admin_on_loopback(s);
+        s.audit.log = Some(audit);
+    });
+    drop(reader);
     let got = dir.path().join("got.bin");
     let out = curl(&gw, 30)
         .args(["--ssl-reqd", "--user", &format!("{USER}:{PASSWORD}"), "-o"])
@@ -492,10 +502,18 @@ fn audit_write_errors_are_counted_and_transfers_go_on() {
         .expect("curl");
     assert!(out.status.success(), "{}", trace(&out));
     assert_eq!(sha256_file(&got), want);
-    let m = scrape(gw.admin.expect("admin"));
+    let errors = || {
+        value(
+            &scrape(gw.admin.expect("admin")),
+            "ftpsgate_audit_write_errors_total",
+            &[],
+        )
+    };
+    // Written (and failed) by the audit log's own thread, just after the replies.
     assert!(
-        value(&m, "ftpsgate_audit_write_errors_total", &[]) >= 2.0,
-        "login and transfer"
+        eventually(Duration::from_secs(10), || errors() >= 2.0),
+        "login and transfer: {}",
+        errors()
     );
 }
 
@@ -766,4 +784,128 @@ fn refusal_records_beyond_the_rate_are_summed_up_not_written() {
     assert!(lines("dropped")
         .iter()
         .all(|l| l["reason"] == "rate_limited"));
+}
+
+/// The audit log is opened without following a symbolic link and must be the gateway's own,
+/// closed to others (0600 or 0640): a symlink or a file others may write refuses the start
+/// with the reason; the normal case creates it 0600; and a SIGHUP that would reopen onto a
+/// symlink keeps writing the old file and says why.
+#[test]
+fn an_audit_log_that_is_a_symlink_or_open_to_others_is_refused_at_start_and_on_sighup() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pair = ftpsgate::tls::self_signed(&["127.0.0.1".into()]).expect("cert");
+    let (cert, key) = pair.write_to(dir.path()).expect("write");
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_low_port()));
+    let pool = free_low_range(4);
+    let config = dir.path().join("ftpsgate.toml");
+    // Every connection is refused at accept, with a refusal record: no backend needed.
+    let configure = |audit: &std::path::Path| {
+        let text = format!(
+            "[listen]\nexplicit = [\"{listen}\"]\n[backend]\naddress = \"127.0.0.1:9\"\n\
+             [passive]\nports = \"{pool}-{}\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+             [access]\ndeny = [\"127.0.0.0/8\"]\n[audit]\nlog = \"{}\"\n",
+            pool + 3,
+            cert.display(),
+            key.display(),
+            audit.display(),
+        );
+        std::fs::write(&config, text).expect("config");
+    };
+    let run = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ftpsgate"));
+        cmd.args(["run", "--config"]).arg(&config);
+        cmd
+    };
+    // Exits at once, non-zero, naming the key and `why`.
+    let refused = |why: &str| {
+        let err_file = dir.path().join("refused.log");
+        let mut gw = KillOnDrop(
+            run()
+                .stderr(std::fs::File::create(&err_file).expect("stderr"))
+                .spawn()
+                .expect("run"),
+        );
+        let mut status = None;
+        eventually(Duration::from_secs(10), || {
+            status = gw.0.try_wait().expect("wait");
+            status.is_some()
+        });
+        let err = std::fs::read_to_string(&err_file).unwrap_or_default();
+        assert!(status.is_some_and(|s| !s.success()), "started: {err}");
+        assert!(err.contains("audit.log") && err.contains(why), "{err}");
+    };
+    let chmod = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+
+    // A symlink, even to a file fit to be the log: refused, and nothing written through it.
+    let target = dir.path().join("elsewhere.jsonl");
+    std::fs::write(&target, b"").expect("write");
+    chmod(&target, 0o600);
+    let link = dir.path().join("link.jsonl");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    configure(&link);
+    refused("symbolic link");
+    // A file everyone may write: refused, its mode named.
+    let open = dir.path().join("open.jsonl");
+    std::fs::write(&open, b"").expect("write");
+    chmod(&open, 0o666);
+    configure(&open);
+    refused("mode 0666");
+
+    // The normal case: created 0600, and written.
+    let log = dir.path().join("audit.jsonl");
+    configure(&log);
+    let stderr = dir.path().join("stderr.log");
+    let gw = KillOnDrop(
+        run()
+            .stderr(std::fs::File::create(&stderr).expect("stderr"))
+            .spawn()
+            .expect("start"),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || std::net::TcpStream::connect(
+            listen
+        )
+        .is_ok()),
+        "gateway did not start"
+    );
+    let mode = std::fs::metadata(&log)
+        .expect("created")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let refusals = |log: &std::path::Path| {
+        audit_lines(log)
+            .iter()
+            .filter(|l| l["event"] == "refusal")
+            .count()
+    };
+    assert!(eventually(Duration::from_secs(10), || refusals(&log) >= 1));
+
+    // logrotate's move, then a symlink where the log was, then SIGHUP: the old file stays.
+    let rotated = dir.path().join("audit.jsonl.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    std::os::unix::fs::symlink(&target, &log).expect("symlink");
+    run_ok(Command::new("kill").args(["-HUP", &gw.0.id().to_string()]));
+    let said = || std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(10), || said()
+            .contains("cannot reopen the audit log")),
+        "{}",
+        said()
+    );
+    assert!(said().contains("symbolic link"), "{}", said());
+    let before = refusals(&rotated);
+    let _ = std::net::TcpStream::connect(listen).expect("connect");
+    assert!(
+        eventually(Duration::from_secs(10), || refusals(&rotated) > before),
+        "records go on to the old file"
+    );
+    assert_eq!(
+        std::fs::read(&target).expect("target"),
+        b"",
+        "nothing through the link"
+    );
 }

@@ -91,7 +91,8 @@ impl AccessSettings {
 pub struct AuditSettings {
     /// A file that gets one JSON object a line for each transfer, login, ban and refusal,
     /// appended and flushed as each happens, reopened on SIGHUP (for logrotate). The gateway
-    /// does not start if it cannot open it.
+    /// does not start if it cannot open it, or if it is not the gateway user's own regular
+    /// file or FIFO, mode 0600 or 0640 (a symbolic link is refused too).
     pub log: Option<std::path::PathBuf>,
     /// Put the SHA-256 of the bytes each transfer relayed in its record (hashed as they are
     /// copied: one pass over the data, no extra copy).
