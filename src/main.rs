@@ -53,7 +53,7 @@ enum Cmd {
     },
     /// Walk what an FTPS client does against any server (ftpsgate or not) and say what fails
     /// and how to fix it: connect, TLS, login, PROT P, PASV and EPSV (does the 227 name the
-    /// address reached? which address works?), TLS reuse, a listing and a small download,
+    /// address reached? does its port work there?), TLS reuse, a listing and a small download,
     /// active mode with --active. The password comes from FTPSGATE_PROBE_PASSWORD or a prompt.
     /// Exits non-zero on any failure.
     Probe(ProbeArgs),

@@ -109,6 +109,22 @@ pub enum Reason {
     certificate_user,
 }
 
+/// Why an audit record was not written. Its name is the same in the metric label and in the
+/// log's own `dropped` record.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue, serde::Serialize)]
+#[allow(non_camel_case_types)]
+pub enum AuditDrop {
+    /// The writer is behind (a slow disk, a full pipe): the queue to it is full.
+    queue_full,
+    /// Beyond `audit.refusals_per_sec`.
+    rate_limited,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuditDropLabels {
+    reason: AuditDrop,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BytesLabels {
     direction: DirectionLabel,
@@ -165,6 +181,7 @@ pub struct Metrics {
     /// Client addresses banned now (read at scrape time).
     pub bans_active: Gauge,
     pub audit_write_errors: Counter,
+    audit_dropped: Family<AuditDropLabels, Counter>,
     certificate_expiry: Family<NameLabels, Gauge>,
 }
 
@@ -183,6 +200,7 @@ impl Metrics {
         let reloads = Family::default();
         let bans_active = Gauge::default();
         let audit_write_errors = Counter::default();
+        let audit_dropped = Family::default();
         let certificate_expiry = Family::default();
         registry.register(
             "sessions_active",
@@ -236,6 +254,11 @@ impl Metrics {
             audit_write_errors.clone(),
         );
         registry.register(
+            "audit_dropped",
+            "Audit records not written, by reason: the writer was behind (queue_full) or refusals beyond audit.refusals_per_sec (rate_limited)",
+            audit_dropped.clone(),
+        );
+        registry.register(
             "certificate_expiry_timestamp_seconds",
             "When each certificate in use expires (Unix time): default, and each SNI certificate by its first name",
             certificate_expiry.clone(),
@@ -259,6 +282,7 @@ impl Metrics {
             reloads,
             bans_active,
             audit_write_errors,
+            audit_dropped,
             certificate_expiry,
         })
     }
@@ -319,6 +343,12 @@ impl Metrics {
                 .get_or_create(&NameLabels { name })
                 .set(at);
         }
+    }
+
+    pub fn audit_dropped(&self, reason: AuditDrop) {
+        self.audit_dropped
+            .get_or_create(&AuditDropLabels { reason })
+            .inc();
     }
 
     pub fn refused(&self, reason: Reason) {

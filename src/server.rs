@@ -95,12 +95,10 @@ impl Gateway {
             }
         }
         let metrics = Metrics::new();
-        let audit = Audit::open(settings.audit.log.as_deref(), settings.audit.sha256).map_err(
-            |source| StartError::Audit {
-                file: settings.audit.log.clone().unwrap_or_default(),
-                source,
-            },
-        )?;
+        let audit = Audit::open(&settings.audit, &metrics).map_err(|source| StartError::Audit {
+            file: settings.audit.log.clone().unwrap_or_default(),
+            source,
+        })?;
         let (certs, generated) = CertStore::load(&settings.tls, tls::provider())?;
         if generated {
             warn!("no tls.cert/tls.key configured: using a generated self-signed certificate; clients will not trust it");
@@ -372,7 +370,7 @@ fn admit(
                 reason,
                 reply: 421,
             };
-            ctx.audit.record(&event, &ctx.metrics);
+            ctx.audit.record(&event);
             tokio::spawn(refuse(tcp, mode, why));
         }
     }

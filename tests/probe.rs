@@ -1,7 +1,8 @@
 //! `ftpsgate probe` on loopback, against servers whose faults are known: a healthy gateway
 //! (explicit and implicit, active too), one that advertises an address where nothing listens,
 //! a server without TLS, a server that requires TLS session reuse, and a certificate for
-//! another name. The NAT cases (dropped, rejected range, wrong external address) are in
+//! another name; and a hostile server, whose greeting and replies carry terminal escape
+//! sequences, or whose 227 names another host. The NAT cases (dropped, rejected range, wrong external address) are in
 //! tests/nat.rs.
 
 #![allow(
@@ -87,6 +88,48 @@ fn a_healthy_gateway_passes_every_step_explicit_implicit_and_active() {
     assert!(checks.iter().any(|c| c["what"] == "download"), "{json}");
 }
 
+/// A hostile server's 227 names another host (here 127.0.0.77, where the test listens on the
+/// 227's port): the probe reports it, and never connects there.
+#[test]
+fn a_227_naming_another_address_is_reported_but_never_dialled() {
+    let elsewhere = std::net::Ipv4Addr::new(127, 0, 0, 77);
+    let server = ScriptedFtps::start(FtpsScript {
+        greeting: "220 scripted FTPS server\r\n",
+        login: "230 logged in\r\n",
+        pasv_ip: elsewhere,
+    });
+    let ca = server.ca.display().to_string();
+    let (ok, report) = probe(&["--ca", &ca, &url("ftp", server.addr)]);
+    println!("{report}");
+    assert!(!ok, "a 227 naming another address is a failure:\n{report}");
+    has_lines(
+        &report,
+        &[
+            "[FAIL] PASV: 227 names 127.0.0.77:",
+            "but the server was reached at 127.0.0.1",
+            "clients that use the 227's address connect to 127.0.0.77, which the probe does not (it connects to 127.0.0.1:",
+            "passive.external_address = \"127.0.0.1\"",
+            "[ ok ] PASV data: connected to 127.0.0.1:",
+            "[ ok ] PASV data TLS:",
+            // The later data connections (TLS reuse) go to the address reached too.
+            "[ ok ] TLS reuse:",
+        ],
+    );
+    assert_eq!(
+        server.dialled_elsewhere(),
+        0,
+        "the probe connected to the 227's address"
+    );
+    // PASV's LIST, NLST for the download, the TLS reuse check's LIST: all at 127.0.0.1.
+    assert_eq!(
+        server
+            .data_accepted
+            .load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "{report}"
+    );
+}
+
 #[test]
 fn an_external_address_where_nothing_listens_is_named_with_the_fix() {
     let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
@@ -103,15 +146,15 @@ fn an_external_address_where_nothing_listens_is_named_with_the_fix() {
     has_lines(
         &report,
         &[
-            "[warn] PASV: 227 names 127.0.0.99:",
+            "[FAIL] PASV: 227 names 127.0.0.99:",
             "a loopback address, but the server was reached at 127.0.0.1",
-            "[FAIL] PASV data: 127.0.0.99:",
-            ": refused; 127.0.0.1:",
-            "works: clients that use the 227's address fail",
+            "clients that use the 227's address connect to 127.0.0.99",
             "passive.external_address = \"127.0.0.1\"",
+            // The probe connects where curl does by default: the address reached.
+            "[ ok ] PASV data: connected to 127.0.0.1:",
             // EPSV carries no address, so it works.
             "[ ok ] EPSV data:",
-            "summary: 1 failed, 1 warned",
+            "summary: 1 failed, 0 warned",
         ],
     );
 }
@@ -244,4 +287,56 @@ fn without_the_variable_the_password_is_asked_on_the_terminal_without_echo() {
         !report.contains(PASSWORD),
         "the password was echoed:\n{report}"
     );
+}
+
+/// A greeting and a reply that would clear the screen and retitle the terminal.
+const HOSTILE_GREETING: &str = "220 \x1b[2J\x1b]0;pwned\x07 hostile server\r\n";
+const HOSTILE_LOGIN: &str = "230 \x1b[31mlogged in\x1b[0m\r\n";
+
+#[test]
+fn escape_sequences_from_a_hostile_server_reach_the_report_only_as_visible_text() {
+    let server = ScriptedFtps::start(FtpsScript {
+        greeting: HOSTILE_GREETING,
+        login: HOSTILE_LOGIN,
+        pasv_ip: std::net::Ipv4Addr::LOCALHOST,
+    });
+    let ca = server.ca.display().to_string();
+    let target = url("ftp", server.addr);
+    for json in [false, true] {
+        let mut args = vec!["--ca", &ca, &target];
+        if json {
+            args.insert(0, "--json");
+        }
+        let (_, report) = probe(&args);
+        println!("{report}");
+        // `probe` returns stdout and stderr together.
+        for control in [0x1b_u8, 0x07] {
+            assert!(
+                !report.as_bytes().contains(&control),
+                "a raw {control:#04x} reached the output (--json: {json}):\n{report:?}"
+            );
+        }
+        if json {
+            let v: serde_json::Value = serde_json::from_str(&report).expect("JSON report");
+            let details: Vec<&str> = v["checks"]
+                .as_array()
+                .expect("checks")
+                .iter()
+                .filter_map(|c| c["detail"].as_str())
+                .collect();
+            assert!(
+                details.contains(&r"220 \u{1b}[2J\u{1b}]0;pwned\u{7} hostile server"),
+                "{details:?}"
+            );
+        } else {
+            has_lines(
+                &report,
+                &[
+                    r"[ ok ] greeting: 220 \u{1b}[2J\u{1b}]0;pwned\u{7} hostile server",
+                    r"[ ok ] login: ftpsgate-test: 230 \u{1b}[31mlogged in\u{1b}[0m",
+                    "[ ok ] PASV data TLS:",
+                ],
+            );
+        }
+    }
 }

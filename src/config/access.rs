@@ -98,14 +98,41 @@ impl AccessSettings {
 }
 
 /// `[audit]`: the record a security team keeps of who moved what.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditSettings {
     /// A file that gets one JSON object a line for each transfer, login, ban and refusal,
     /// appended and flushed as each happens, reopened on SIGHUP (for logrotate). The gateway
-    /// does not start if it cannot open it.
+    /// does not start if it cannot open it, or if it is not the gateway user's own regular
+    /// file or FIFO, mode 0600 or 0640 (a symbolic link is refused too).
     pub log: Option<std::path::PathBuf>,
     /// Put the SHA-256 of the bytes each transfer relayed in its record (hashed as they are
     /// copied: one pass over the data, no extra copy).
     pub sha256: bool,
+    /// At most this many refusal records a second (and a burst of as many): a flood of
+    /// refused connections must not fill the disk. The rest are counted, and a `dropped`
+    /// record says how many.
+    pub refusals_per_sec: u32,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            log: None,
+            sha256: false,
+            refusals_per_sec: 50,
+        }
+    }
+}
+
+impl AuditSettings {
+    pub(super) fn validate(&self, bad: Bad) -> Result<(), ConfigError> {
+        if self.refusals_per_sec == 0 {
+            return Err(bad(
+                "audit.refusals_per_sec".into(),
+                "at least 1 (refusals are what an audit is for)".into(),
+            ));
+        }
+        Ok(())
+    }
 }

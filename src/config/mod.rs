@@ -148,6 +148,7 @@ impl Settings {
         self.passive.validate(&bad)?;
         self.timeouts.validate(&bad)?;
         self.access.validate(&bad)?;
+        self.audit.validate(&bad)?;
         self.limits.validate(&bad)
     }
 }
@@ -195,6 +196,15 @@ mod tests {
         assert!(err.to_string().contains("backend.sni"), "{err}");
         let err = parse("[routes.\"a b\"]\n").expect_err("bad name");
         assert!(err.to_string().contains("route names"), "{err}");
+    }
+
+    /// No refusal records at all would leave an audit without what it is for.
+    #[test]
+    fn audit_refusals_per_sec_must_be_at_least_one() {
+        let err = parse("[audit]\nrefusals_per_sec = 0\n").expect_err("zero");
+        assert!(err.to_string().contains("audit.refusals_per_sec"), "{err}");
+        let ok = parse("[audit]\nrefusals_per_sec = 1\n").expect("one");
+        assert_eq!(ok.audit.refusals_per_sec, 1);
     }
 
     #[test]

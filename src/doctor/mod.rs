@@ -10,6 +10,7 @@ mod host;
 use std::fmt;
 
 use crate::config::Settings;
+use crate::ftp::escaped;
 use backend::backend_checks;
 use cert::certificate;
 pub use firewall::firewall;
@@ -34,6 +35,12 @@ impl fmt::Display for Level {
 }
 
 /// One line of the report (`probe --json` writes them as they are).
+///
+/// `detail` and `fix` quote what servers said (greetings, replies, certificate names), which
+/// anyone on a plaintext path can write: an escape sequence in a greeting would drive the
+/// terminal of whoever reads the report. So they are only ever set through [`Check::new`]
+/// and [`with_fix`], which keep them as [`crate::ftp::Escaped`] text: no control character
+/// reaches the text report, the JSON, or the list of fixes.
 #[derive(Debug, serde::Serialize)]
 pub struct Check {
     pub level: Level,
@@ -52,17 +59,24 @@ impl fmt::Display for Check {
     }
 }
 
-fn check(level: Level, what: &'static str, detail: impl Into<String>) -> Check {
-    Check {
-        level,
-        what,
-        detail: detail.into(),
-        fix: None,
+impl Check {
+    /// A line of the report, its texts escaped (see [`Check`]).
+    pub(crate) fn new(level: Level, what: &'static str, detail: &str, fix: Option<&str>) -> Check {
+        Check {
+            level,
+            what,
+            detail: escaped(detail),
+            fix: fix.map(escaped),
+        }
     }
 }
 
-fn with_fix(mut c: Check, fix: impl Into<String>) -> Check {
-    c.fix = Some(fix.into());
+fn check(level: Level, what: &'static str, detail: impl AsRef<str>) -> Check {
+    Check::new(level, what, detail.as_ref(), None)
+}
+
+fn with_fix(mut c: Check, fix: impl AsRef<str>) -> Check {
+    c.fix = Some(escaped(fix.as_ref()));
     c
 }
 

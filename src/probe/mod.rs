@@ -78,11 +78,11 @@ pub fn fixes(checks: &[Check]) -> Vec<&str> {
     out
 }
 
-/// How a passive data connection was reached: by PASV at the address it named or at the
-/// address the control connection reached, or by EPSV.
+/// How a passive data connection was reached: by PASV's port or EPSV's, either way at the
+/// address the control connection reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Way {
-    Pasv { at_reached: bool },
+    Pasv,
     Epsv,
 }
 
@@ -95,13 +95,11 @@ struct Probe<'a> {
 }
 
 impl Probe<'_> {
+    /// Adds a line to the report. `detail` and `fix` may quote the server (its greeting, its
+    /// replies, its certificate's names): [`Check::new`] escapes them.
     fn say(&mut self, level: Level, what: &'static str, detail: String, fix: Option<String>) {
-        self.out.push(Check {
-            level,
-            what,
-            detail,
-            fix,
-        });
+        self.out
+            .push(Check::new(level, what, &detail, fix.as_deref()));
     }
 
     fn fail(&mut self, what: &'static str, detail: String, fix: impl Into<String>) -> Stop {

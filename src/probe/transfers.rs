@@ -1,8 +1,10 @@
-//! The data path, as clients use it: PASV (does its address work?) and EPSV, each with a
-//! listing, a small download checked against SIZE, active mode, and whether the server insists
-//! that data connections resume the control connection's TLS session.
+//! The data path, as clients use it: PASV (does its address match the one reached? does its
+//! port work there?) and EPSV, each with a listing, a small download checked against SIZE,
+//! active mode, and whether the server insists that data connections resume the control
+//! connection's TLS session. Data connections always go to the address the control connection
+//! reached, whatever a 227 names.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use tokio::net::{TcpListener, TcpStream};
 
@@ -18,7 +20,13 @@ const MAX_DOWNLOAD: u64 = 1024 * 1024;
 const MAX_CANDIDATES: usize = 20;
 
 impl Probe<'_> {
-    /// PASV: does the 227 name the address this client reached, and which address works.
+    /// PASV: does the 227 name the address this client reached, and does its port work there.
+    ///
+    /// The data connection goes to the address the control connection reached, with the
+    /// 227's port, as curl does by default (`--ftp-skip-pasv-ip`): the 227's address is only
+    /// the server's word, and a hostile server (or anyone on a plaintext path) could name any
+    /// host for the probe to connect to. A 227 that names another address is a failure of its
+    /// own: clients that follow it go where the probe did not look.
     pub(super) async fn pasv(&mut self, ctl: &mut Ctl, tls: &ProbeTls) -> Option<Way> {
         let reached = ctl.peer.ip();
         let advertised = self
@@ -31,65 +39,53 @@ impl Probe<'_> {
             )
             .await
             .map(SocketAddr::V4)?;
-        let wrong = advertised.ip() != reached;
-        let fix = format!(
-            "the server must advertise the address clients reach: ftpsgate passive.external_address = \"{reached}\", vsftpd pasv_address={reached}, ProFTPD MasqueradeAddress {reached}"
-        );
-        if !wrong {
+        let to = SocketAddr::new(reached, advertised.port());
+        let follows = format!("clients that use the 227's address connect to {}, which the probe does not (it connects to {to}, as curl does by default)", advertised.ip());
+        let named = advertised.ip();
+        if named == reached.to_canonical() {
             self.say(
                 Level::Ok,
                 "PASV",
                 format!("227 names {advertised}, the address connected to"),
                 None,
             );
-        } else if let Some(kind) = not_public(advertised.ip()) {
-            self.say(Level::Warn, "PASV", format!("227 names {advertised}, a {kind} address, but the server was reached at {reached}: it does not know its public address (the classic NAT fault)"), Some(fix.clone()));
+        } else if reached.to_canonical().is_ipv6() {
+            // A 227 cannot name an IPv6 address: not the server's fault.
+            self.say(Level::Warn, "PASV", format!("227 names {advertised}; the server was reached over IPv6 at {reached}, which a 227 cannot name; {follows}"), Some("IPv6 clients need EPSV".into()));
         } else {
-            self.say(Level::Warn, "PASV", format!("227 names {advertised}, another address than {reached}, where the server was reached"), Some(fix.clone()));
+            let fix = format!(
+                "the server must advertise the address clients reach: ftpsgate passive.external_address = \"{reached}\", vsftpd pasv_address={reached}, ProFTPD MasqueradeAddress {reached}"
+            );
+            let which = match not_public(named) {
+                Some(kind) => format!("a {kind} address, but the server was reached at {reached}: it does not know its public address (the classic NAT fault)"),
+                None => format!("another address than {reached}, where the server was reached"),
+            };
+            self.say(
+                Level::Fail,
+                "PASV",
+                format!("227 names {advertised}, {which}; {follows}"),
+                Some(fix),
+            );
         }
         let what = "PASV data";
-        let tcp = match dial(advertised, self.opts.timeout).await {
+        let tcp = match dial(to, self.opts.timeout).await {
             Ok((tcp, took)) => {
                 self.say(
                     Level::Ok,
                     what,
-                    format!("connected to {advertised} in {} ms", took.as_millis()),
+                    format!("connected to {to} in {} ms", took.as_millis()),
                     None,
                 );
-                (tcp, false)
-            }
-            Err(first) if wrong => {
-                let fallback = SocketAddr::new(reached, advertised.port());
-                match dial(fallback, self.opts.timeout).await {
-                    Ok((tcp, _)) => {
-                        self.say(Level::Fail, what, format!("{advertised}: {first}; {fallback}, the address connected to with the 227's port (curl's default, --ftp-skip-pasv-ip), works: clients that use the 227's address fail"), Some(fix));
-                        (tcp, true)
-                    }
-                    Err(second) => {
-                        self.say(
-                            Level::Fail,
-                            what,
-                            format!("{advertised}: {first}; {fallback}: {second}"),
-                            Some(second.fix(fallback)),
-                        );
-                        return None;
-                    }
-                }
+                tcp
             }
             Err(e) => {
-                self.say(
-                    Level::Fail,
-                    what,
-                    format!("{advertised}: {e}"),
-                    Some(e.fix(advertised)),
-                );
+                self.say(Level::Fail, what, format!("{to}: {e}"), Some(e.fix(to)));
                 return None;
             }
         };
-        let way = Way::Pasv { at_reached: tcp.1 };
-        self.listing(ctl, tls, tcp.0, "PASV data TLS")
+        self.listing(ctl, tls, tcp, "PASV data TLS")
             .await
-            .then_some(way)
+            .then_some(Way::Pasv)
     }
 
     /// EPSV: a port only, at the address reached.
@@ -211,17 +207,11 @@ impl Probe<'_> {
                     addr::parse_epsv(&r.text()).map_err(|e| e.to_string())?,
                 )
             }
-            Way::Pasv { at_reached } => {
+            // The 227's port at the address reached, as in `pasv`.
+            Way::Pasv => {
                 let r = ctl.cmd("PASV").await.map_err(|e| e.to_string())?;
                 let a = addr::parse_pasv(&r.text()).map_err(|e| e.to_string())?;
-                SocketAddr::new(
-                    if at_reached {
-                        reached
-                    } else {
-                        IpAddr::V4(*a.ip())
-                    },
-                    a.port(),
-                )
+                SocketAddr::new(reached, a.port())
             }
         };
         dial(to, self.opts.timeout)

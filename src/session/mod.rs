@@ -357,7 +357,7 @@ impl Session {
     }
 
     fn audit(&self, event: &Event<'_>) {
-        self.ctx.audit.record(event, &self.ctx.metrics);
+        self.ctx.audit.record(event);
     }
 
     /// Waits for the client's next line while watching the backend (it may announce its own
