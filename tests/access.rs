@@ -171,11 +171,7 @@ fn failed_logins_ban_an_address_until_the_ban_ends_while_others_log_in() {
 /// from another address logs in throughout.
 #[test]
 fn parallel_wrong_passwords_reach_the_backend_only_as_often_as_attempts_are_left() {
-    let Some(vs) = FtpServer::vsftpd_on(
-        VsTls::None,
-        false,
-        "xferlog_enable=YES\nlog_ftp_protocol=YES\n",
-    ) else {
+    let Some(vs) = vsftpd_logging_commands() else {
         return;
     };
     let gw = TestGateway::start(vs.backend(), |s| {
@@ -337,14 +333,7 @@ fn an_ipv6_ban_covers_the_clients_prefix_and_no_more() {
 
 #[test]
 fn denied_users_are_refused_by_the_gateway_and_never_reach_the_backend() {
-    if !have("curl") {
-        return;
-    }
-    let Some(vs) = FtpServer::vsftpd_on(
-        VsTls::None,
-        false,
-        "xferlog_enable=YES\nlog_ftp_protocol=YES\n",
-    ) else {
+    let Some(vs) = vsftpd_logging_commands() else {
         return;
     };
     let gw = TestGateway::start(vs.backend(), |s| {
@@ -389,14 +378,7 @@ fn denied_users_are_refused_by_the_gateway_and_never_reach_the_backend() {
 
 #[test]
 fn user_names_with_whitespace_around_or_control_characters_are_refused_by_the_gateway() {
-    if !have("curl") {
-        return;
-    }
-    let Some(vs) = FtpServer::vsftpd_on(
-        VsTls::None,
-        false,
-        "xferlog_enable=YES\nlog_ftp_protocol=YES\n",
-    ) else {
+    let Some(vs) = vsftpd_logging_commands() else {
         return;
     };
     let backend = vs.addr;
@@ -566,6 +548,19 @@ impl ClientPki {
     }
 }
 
+/// A plain vsftpd that logs every command it hears, for tests that show what never reached
+/// it, and curl to drive the gateway in front of it; `None` (the test skips) without them.
+fn vsftpd_logging_commands() -> Option<FtpServer> {
+    if !have("curl") {
+        return None;
+    }
+    FtpServer::vsftpd_on(
+        VsTls::None,
+        false,
+        "xferlog_enable=YES\nlog_ftp_protocol=YES\n",
+    )
+}
+
 /// The `USER` commands vsftpd heard, from its command log.
 fn users_heard(vs: &FtpServer) -> Vec<String> {
     vs.log()
@@ -577,14 +572,7 @@ fn users_heard(vs: &FtpServer) -> Vec<String> {
 
 #[test]
 fn email_bound_logins_accept_only_the_listed_domains() {
-    if !have("curl") {
-        return;
-    }
-    let Some(vs) = FtpServer::vsftpd_on(
-        VsTls::None,
-        false,
-        "xferlog_enable=YES\nlog_ftp_protocol=YES\n",
-    ) else {
+    let Some(vs) = vsftpd_logging_commands() else {
         return;
     };
     let want = vs.put("domain.bin", 100_000);
