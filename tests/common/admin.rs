@@ -39,3 +39,12 @@ pub fn value(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) 
         })
         .sum()
 }
+
+/// `ftpsgate_refusals_total{reason}` of a gateway with an admin listener.
+pub fn refusals(gw: &TestGateway, reason: &str) -> f64 {
+    value(
+        &scrape(gw.admin.expect("admin")),
+        "ftpsgate_refusals_total",
+        &[("reason", reason)],
+    )
+}

@@ -151,3 +151,19 @@ async fn send_line<W: tokio::io::AsyncWrite + Unpin>(io: &mut W, line: &str) {
         .expect("send");
     io.flush().await.expect("flush");
 }
+
+/// curl from `source` listing the root as `user`:`password` over explicit FTPS, with its
+/// trace (`-v`) on stderr.
+pub fn curl_from(gw: &TestGateway, source: &str, login: &str, extra: &[&str]) -> Output {
+    curl(gw, 30)
+        .args(["-v", "--ssl-reqd", "--interface", source, "--user", login])
+        .args(extra)
+        .arg(format!("ftp://127.0.0.1:{}/", gw.explicit.port()))
+        .output()
+        .expect("curl")
+}
+
+/// What a command wrote on stderr (curl's `-v` trace).
+pub fn trace(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

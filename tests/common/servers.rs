@@ -409,3 +409,25 @@ fn ensure_test_user() {
         );
     });
 }
+
+/// A plain vsftpd that logs every command it hears, for tests that show what never reached
+/// it, and curl to drive the gateway in front of it; `None` (the test skips) without them.
+pub fn vsftpd_logging_commands() -> Option<FtpServer> {
+    if !have("curl") {
+        return None;
+    }
+    FtpServer::vsftpd_on(
+        VsTls::None,
+        false,
+        "xferlog_enable=YES\nlog_ftp_protocol=YES\n",
+    )
+}
+
+/// The `USER` commands vsftpd heard, from its command log.
+pub fn users_heard(vs: &FtpServer) -> Vec<String> {
+    vs.log()
+        .lines()
+        .filter(|l| l.contains("FTP command") && l.to_uppercase().contains("\"USER "))
+        .map(str::to_string)
+        .collect()
+}
