@@ -48,6 +48,13 @@ pub enum Reserved {
 }
 
 impl Record {
+    /// How much longer the ban lasts, if one is in force at `now`.
+    fn banned_for(&self, now: Instant) -> Option<Duration> {
+        self.until?
+            .checked_duration_since(now)
+            .filter(|d| !d.is_zero())
+    }
+
     fn forget_before(&mut self, since: Option<Instant>) {
         while self
             .failures
@@ -81,8 +88,7 @@ impl Bans {
 
     /// How long `client` stays banned, if it is.
     pub fn remaining(&self, client: ClientKey, now: Instant) -> Option<Duration> {
-        let until = self.table.get(&client)?.until?;
-        until.checked_duration_since(now).filter(|d| !d.is_zero())
+        self.table.get(&client)?.banned_for(now)
     }
 
     /// The record of `client`, made if need be; a new client may sweep the table.
@@ -132,10 +138,8 @@ impl Bans {
             return Reserved::Held;
         }
         let mut record = self.record(client, now);
-        if let Some(left) = record.until.and_then(|u| u.checked_duration_since(now)) {
-            if !left.is_zero() {
-                return Reserved::Banned(left);
-            }
+        if let Some(left) = record.banned_for(now) {
+            return Reserved::Banned(left);
         }
         record.forget_before(now.checked_sub(self.window));
         let held = record.failures.len() + record.in_flight as usize;
@@ -163,8 +167,8 @@ impl Bans {
             .table
             .iter()
             .filter_map(|r| {
-                let left = r.until?.checked_duration_since(now)?;
-                (!left.is_zero()).then(|| BanEntry {
+                let left = r.banned_for(now)?;
+                Some(BanEntry {
                     address: *r.key(),
                     remaining_secs: left.as_secs().max(1),
                 })

@@ -9,7 +9,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::io::poll_read_buf;
@@ -84,7 +84,7 @@ pub(super) struct Copied {
 /// reading, ends the copy with [`PumpError::Stalled`].
 pub(super) async fn pump(
     from: Stream,
-    to: &mut (impl AsyncWrite + Unpin),
+    to: &mut Stream,
     counted: &Counted<'_>,
     stall: Duration,
 ) -> (Result<Copied, PumpError>, Option<Stream>) {
@@ -111,7 +111,7 @@ pub(super) async fn pump(
 /// One task, one buffer: read what is ready, write it, again.
 async fn in_turn(
     mut from: Stream,
-    to: &mut (impl AsyncWrite + Unpin),
+    to: &mut Stream,
     tally: &mut Tally<'_>,
     stall: Duration,
 ) -> Result<Option<Stream>, PumpError> {
@@ -129,7 +129,7 @@ async fn in_turn(
 /// A reader task and this one, two buffers going back and forth.
 async fn with_reader(
     mut from: Stream,
-    to: &mut (impl AsyncWrite + Unpin),
+    to: &mut Stream,
     tally: &mut Tally<'_>,
     stall: Duration,
 ) -> Result<Option<Stream>, PumpError> {
@@ -182,7 +182,7 @@ async fn within<T>(
 
 /// Writes one chunk within the stall limit, then counts (and hashes) it.
 async fn write_chunk(
-    to: &mut (impl AsyncWrite + Unpin),
+    to: &mut Stream,
     chunk: &[u8],
     tally: &mut Tally<'_>,
     stall: Duration,
