@@ -57,9 +57,9 @@ pub struct Access {
 }
 
 /// One password on its way to a backend, holding one of its address's remaining login
-/// attempts (see `bans`). Settle it with the backend's answer; dropped unsettled (the backend
-/// never answered), it gives the attempt back uncounted, as a failure of the backend's is not
-/// the client's.
+/// attempts (see `bans`). [`Attempt::refused`] spends it at the backend's 530; dropped
+/// otherwise (any other answer, or none: a failure of the backend's is not the client's), it
+/// gives the attempt back uncounted.
 pub struct Attempt {
     bans: Arc<Bans>,
     settled: Arc<Notify>,
@@ -71,11 +71,6 @@ impl Attempt {
     /// The backend refused the password (530); true when this bans the address.
     pub fn refused(mut self) -> bool {
         self.settle(true)
-    }
-
-    /// Any other answer: the attempt goes back.
-    pub fn answered(mut self) {
-        self.settle(false);
     }
 
     fn settle(&mut self, failed: bool) -> bool {
