@@ -120,7 +120,7 @@ impl DataBridge {
                 // with `run`): always before the session can relay 226, so a client may PASV
                 // again at once.
                 let outcome = tokio::select! {
-                    r = run(client, backend, &params, start_rx, (&counter, &facts)) => r,
+                    r = run(client, backend, &params, start_rx, &counter, &facts) => r,
                     _ = cancel_rx => Err(BridgeError::Cancelled),
                 };
                 let _ = done_tx.send(outcome);
@@ -189,7 +189,8 @@ async fn run(
     backend: BackendSide,
     params: &Arc<BridgeParams>,
     start: oneshot::Receiver<Direction>,
-    (progress, tls): (&AtomicU64, &OnceLock<(ProtocolVersion, bool)>),
+    progress: &AtomicU64,
+    tls: &OnceLock<(ProtocolVersion, bool)>,
 ) -> Outcome {
     // Recorded as soon as the client's connection has passed, whatever happens after.
     let passed = |client: Stream| {
