@@ -261,10 +261,12 @@ fn the_audit_log_reopens_on_sighup_and_an_unwritable_one_refuses_the_start() {
 
 /// Connects to `to` `n` times from 127.0.0.1 and hangs up at once: with 127.0.0.0/8 denied,
 /// each is a refusal at accept, and a refusal record. Returns how many connected, up to the
-/// first that did not.
+/// first that did not. Each connect may take 10 s: under load the listener's queue drops a
+/// SYN and the kernel sends it again a second later, when the gateway still refuses it, so a
+/// shorter wait counted one refusal fewer than the gateway made.
 fn refused_connections(to: SocketAddr, n: usize) -> usize {
     (0..n)
-        .take_while(|_| std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1)).is_ok())
+        .take_while(|_| std::net::TcpStream::connect_timeout(&to, Duration::from_secs(10)).is_ok())
         .count()
 }
 
