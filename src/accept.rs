@@ -9,6 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
 use crate::metrics::{Metrics, Reason};
+use crate::refusal::Refusal;
 use crate::session::Mode;
 
 /// Accepts connections on one listener, never spinning and never giving up.
@@ -77,9 +78,10 @@ impl Acceptor {
         if let Ok(Ok((tcp, peer))) =
             tokio::time::timeout(Duration::from_millis(50), listener.accept()).await
         {
-            warn!(%peer, "connection refused: out of file descriptors");
+            let refusal = Refusal::OutOfDescriptors { peer };
+            refusal.log();
             match self.mode {
-                Some(mode) => refuse(tcp, mode, "Out of resources; try again later.").await,
+                Some(mode) => refuse(tcp, mode, refusal).await,
                 None => drop(tcp),
             }
         }
@@ -87,12 +89,12 @@ impl Acceptor {
     }
 }
 
-/// Tells a refused explicit-mode client why (`421`, with `why` as its text); an implicit-mode
-/// client only gets a close, since a reply would need a TLS handshake the gateway will not
-/// spend on it.
-pub(crate) async fn refuse(mut tcp: TcpStream, mode: Mode, why: &'static str) {
+/// Tells a refused explicit-mode client why (the refusal's 421); an implicit-mode client only
+/// gets a close, since a reply would need a TLS handshake the gateway will not spend on it.
+pub(crate) async fn refuse(mut tcp: TcpStream, mode: Mode, refusal: Refusal) {
     if mode == Mode::Explicit {
-        let line = format!("421 {why}\r\n");
-        let _ = tokio::time::timeout(Duration::from_secs(2), tcp.write_all(line.as_bytes())).await;
+        let reply = refusal.reply();
+        let write = tcp.write_all(reply.as_bytes());
+        let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
     }
 }

@@ -23,6 +23,7 @@ pub(crate) mod metrics;
 pub mod probe;
 pub(crate) mod proxy_protocol;
 mod read_ahead;
+mod refusal;
 pub mod server;
 pub mod session;
 mod stream;

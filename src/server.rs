@@ -28,6 +28,7 @@ use crate::data::PassivePool;
 use crate::fdlimit;
 use crate::metrics::{Metrics, Reason};
 use crate::proxy_protocol;
+use crate::refusal::Refusal;
 use crate::session::{self, Context, Mode};
 use crate::tls::store::CertStore;
 use crate::tls::{self, TlsError};
@@ -321,8 +322,8 @@ fn admit(
     }
     let admitted = match ctx.access.at_door(client.ip()) {
         Ok(()) => limits.admit(ctx.access.client_key(client.ip())),
-        Err(Barred::Denied) => Err((Barred::DENIED_TEXT, Reason::access_denied)),
-        Err(Barred::Banned(_)) => Err((Barred::BANNED_TEXT, Reason::banned)),
+        Err(Barred::Denied) => Err(Refusal::AddressDenied),
+        Err(Barred::Banned(_)) => Err(Refusal::AddressBanned),
     };
     match admitted {
         Ok(permit) => {
@@ -355,23 +356,21 @@ fn admit(
                 core,
             );
         }
-        Err((why, reason)) => {
+        Err(refusal) => {
             let _enter = span.enter();
-            info!(reason = why, "connection refused");
-            ctx.metrics.refused(reason.clone());
-            let who = Who {
-                session: id,
-                client: client.ip(),
-                user: None,
-                route: None,
-            };
-            let event = Event::Refusal {
-                who,
-                reason,
-                reply: 421,
-            };
-            ctx.audit.record(&event);
-            tokio::spawn(refuse(tcp, mode, why));
+            refusal.log();
+            if let Some(reason) = refusal.reason() {
+                ctx.metrics.refused(reason.clone());
+                let who = Who {
+                    session: id,
+                    client: client.ip(),
+                    user: None,
+                    route: None,
+                };
+                let reply = refusal.reply().code();
+                ctx.audit.record(&Event::Refusal { who, reason, reply });
+            }
+            tokio::spawn(refuse(tcp, mode, refusal));
         }
     }
 }
@@ -405,16 +404,13 @@ impl SessionLimits {
     /// Takes a slot for a session from `client`, keyed as the bans are: a dual-stack listener
     /// sees an IPv4 client as `::ffff:a.b.c.d`, and counted as written, one client reaching
     /// both a v4 and a `[::]` listener had the limit twice over.
-    fn admit(self: &Arc<Self>, client: ClientKey) -> Result<Permit, (&'static str, Reason)> {
+    fn admit(self: &Arc<Self>, client: ClientKey) -> Result<Permit, Refusal> {
         let total = Arc::clone(&self.total)
             .try_acquire_owned()
-            .map_err(|_| ("Too many sessions; try again later.", Reason::session_limit))?;
+            .map_err(|_| Refusal::TooManySessions)?;
         let mut count = self.per_ip.entry(client).or_insert(0);
         if *count >= self.max_per_ip {
-            return Err((
-                "Too many sessions from your address; try again later.",
-                Reason::per_ip_limit,
-            ));
+            return Err(Refusal::TooManyFromAddress);
         }
         *count += 1;
         Ok(Permit {

@@ -13,7 +13,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use ftpsgate::ftp::addr::{self, EpsvArg};
-use ftpsgate::ftp::{rewrite_feat, Command, LineFramer, Peer, Reply, ReplyAssembler};
+use ftpsgate::ftp::{rewrite_feat, LineFramer, Peer, Reply, ReplyAssembler, Request};
 use proptest::prelude::*;
 
 /// Feeds `wire` to a framer and an assembler in chunks cut at `cuts`, as a socket might
@@ -125,7 +125,7 @@ proptest! {
 
     #[test]
     fn a_password_never_reaches_a_log(pw in "[A-Za-z0-9]{5,40}") {
-        let cmd = Command::parse(format!("PASS {pw}").into_bytes()).expect("PASS parses");
+        let cmd = Request::parse(format!("PASS {pw}").into_bytes()).expect("PASS parses").line;
         let (shown, debugged) = (cmd.to_string(), format!("{cmd:?}"));
         prop_assert!(!shown.contains(&pw), "Display leaks: {}", shown);
         prop_assert!(!debugged.contains(&pw), "Debug leaks: {}", debugged);
@@ -141,8 +141,9 @@ proptest! {
             while let Some(line) = framer.next_line() {
                 if let Ok(line) = line {
                     prop_assert!(line.len() <= 512);
-                    if let Ok(cmd) = Command::parse(line) {
-                        let _ = (cmd.verb(), cmd.name(), cmd.arg_text(), cmd.to_wire(), format!("{cmd}"));
+                    if let Ok(req) = Request::parse(line) {
+                        let cmd = req.line;
+                        let _ = (req.command.transfer(), cmd.name(), cmd.arg_text(), cmd.to_wire(), format!("{cmd}"));
                     }
                 }
             }

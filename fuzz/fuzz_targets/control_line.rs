@@ -2,7 +2,7 @@
 //! and command parsing. The first byte picks where the input is split, as a socket would.
 #![no_main]
 
-use ftpsgate::ftp::{parse_pbsz, AuthMechanism, Command, LineFramer, Peer, ProtLevel};
+use ftpsgate::ftp::{parse_pbsz, AuthMechanism, LineFramer, Peer, ProtLevel, Request};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -17,12 +17,13 @@ fuzz_target!(|data: &[u8]| {
             let Ok(line) = line else { continue };
             assert!(line.len() <= 512);
             assert!(!line.contains(&b'\n') && !line.contains(&0));
-            if let Ok(cmd) = Command::parse(line) {
+            if let Ok(req) = Request::parse(line) {
+                let cmd = req.line;
                 let wire = cmd.to_wire();
                 assert!(wire.ends_with(b"\r\n"));
                 assert_eq!(wire.iter().filter(|&&b| b == b'\n').count(), 1);
                 let arg = cmd.arg_text();
-                let _ = (cmd.verb(), cmd.name(), cmd.to_string());
+                let _ = (req.command.allowed_before_tls(), cmd.name(), cmd.to_string());
                 let _ = (
                     AuthMechanism::parse(&arg),
                     ProtLevel::parse(&arg),

@@ -11,7 +11,7 @@ mod line;
 mod reply;
 
 pub use args::{parse_pbsz, AuthMechanism, ProtLevel};
-pub use command::{Command, CommandError, Direction, Verb};
+pub use command::{Command, CommandError, Direction, Line, Request};
 pub use escape::{escaped, Escaped};
 pub use feat::{gateway_feat, rewrite_feat};
 pub use line::{strip_telnet, LineError, LineFramer, Peer};

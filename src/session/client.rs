@@ -19,6 +19,8 @@ pub struct ClientControl {
     /// `None` only while an upgrade is in progress (or after it failed).
     stream: Option<Control>,
     framer: LineFramer,
+    /// A line read during a transfer and not yet served: the next `read_line` returns it.
+    deferred: Option<Result<Vec<u8>, LineError>>,
     pub peer: SocketAddr,
     pub local: SocketAddr,
     /// How long one reply may wait for the client to read: a client that stops reading must
@@ -41,6 +43,7 @@ impl ClientControl {
         Self {
             stream: Some(Control::Plain(io)),
             framer: LineFramer::new(max_line, Peer::Client),
+            deferred: None,
             peer,
             local,
             write_limit,
@@ -59,6 +62,9 @@ impl ClientControl {
     /// The next line; `Ok(None)` when the client closed the connection. Cancel-safe: bytes are
     /// moved into the framer in the same poll that reads them.
     pub async fn read_line(&mut self) -> io::Result<Option<Result<Vec<u8>, LineError>>> {
+        if let Some(line) = self.deferred.take() {
+            return Ok(Some(line));
+        }
         let mut chunk = [0u8; 2048];
         loop {
             if let Some(line) = self.framer.next_line() {
@@ -76,6 +82,16 @@ impl ClientControl {
             }
             self.framer.extend(chunk.get(..n).unwrap_or_default());
         }
+    }
+
+    /// Keeps `line` for the next [`Self::read_line`]: a command sent during a transfer is
+    /// served after it, as on a plain server.
+    pub fn defer(&mut self, line: Result<Vec<u8>, LineError>) {
+        self.deferred = Some(line);
+    }
+
+    pub fn has_deferred(&self) -> bool {
+        self.deferred.is_some()
     }
 
     /// Writes one reply, within the write limit: past it the client is taken to have stopped

@@ -14,18 +14,19 @@
 //! it, which, when TLS is required, is only once TLS is up: a client that never finishes TLS
 //! never reaches the backend (see `backend.relay_greeting` for the old way).
 //!
-//! Where things happen: the command loop and its deadlines here; `phase` (before and after
-//! login), `refusal` (every refusal's reply, metric and log line), `secure` (AUTH TLS, PBSZ,
-//! PROT), `login` (USER, PASS, HOST and the route rules), `relay` (the backend connection and
-//! forwarding), `pasv` (PASV and EPSV answered from the pool, PORT and EPRT checked),
-//! `transfer` (transfers, the held final reply, ABOR), `client` (the client's connection).
+//! The session is a thin command loop over owned machines, each taking only what it needs and
+//! returning an [`Outcome`] for the loop to send: `secure` (AUTH TLS, PBSZ, PROT: the control
+//! channel's security), `login` (USER, PASS, HOST, the phase and the route: the login),
+//! `channel` (PASV, EPSV, PORT, EPRT, EPSV ALL and the transfer: the data channel), with
+//! `transfer` (the transfer in flight and ABOR), `relay` (forwarding to the backend), `refusal`
+//! (every refusal's reply, metric and log line) and `client` (the client's connection)
+//! (docs/ARCHITECTURE.md, "A session").
 
+mod channel;
 mod client;
 mod context;
 mod login;
-mod pasv;
 mod phase;
-mod refusal;
 mod relay;
 mod secure;
 mod transfer;
@@ -39,19 +40,20 @@ use tokio::time::{sleep_until, timeout_at, Instant};
 use tracing::{debug, info, warn, Span};
 
 use crate::audit::{Event, Who};
-use crate::data::DataBridge;
-use crate::ftp::{escaped, gateway_feat, Command, LineError, Reply, Verb};
+use crate::ftp::{gateway_feat, Command, LineError, Reply, Request};
 use crate::metrics::Reason;
+use crate::refusal::Refusal;
 pub use crate::stream::Io;
 use crate::tls;
 use crate::upstream::{BackendError, RouteError};
 
+use channel::{DataChannel, Parts};
 use client::ClientControl;
 pub use context::Context;
+use login::Login;
 use phase::{Link, Phase};
-use refusal::{Halt, Refusal};
 use relay::backend_reply;
-use secure::{join_siblings, secure_control};
+use secure::{Protection, Security};
 
 /// How the client's control connection starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,45 +86,72 @@ impl From<RouteError> for Fatal {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flow {
-    Continue,
-    Close,
+/// What stops a command short: a refusal, after which the session carries on (unless the
+/// refusal says otherwise), or a fatal error, after which it ends.
+#[derive(Debug)]
+enum Halt {
+    Refused(Refusal),
+    Fatal(Fatal),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Protection {
-    Clear,
-    Private,
+impl From<Refusal> for Halt {
+    fn from(r: Refusal) -> Self {
+        Halt::Refused(r)
+    }
 }
 
-/// A passive data connection set up by PASV/EPSV and not yet used.
-struct Pending {
-    bridge: DataBridge,
-    protection: Protection,
+impl From<Fatal> for Halt {
+    fn from(f: Fatal) -> Self {
+        Halt::Fatal(f)
+    }
+}
+
+impl From<std::io::Error> for Halt {
+    fn from(e: std::io::Error) -> Self {
+        Halt::Fatal(e.into())
+    }
+}
+
+impl From<BackendError> for Halt {
+    fn from(e: BackendError) -> Self {
+        Halt::Fatal(e.into())
+    }
+}
+
+impl From<RouteError> for Halt {
+    fn from(e: RouteError) -> Self {
+        Halt::Fatal(e.into())
+    }
+}
+
+/// What a command leaves for the loop to do.
+enum Outcome {
+    /// Send this reply; the session carries on.
+    Reply(Reply),
+    /// The handler has sent its replies itself (AUTH's 234 before the handshake, a transfer's
+    /// 1xx and final reply, ABOR's pair); the session carries on.
+    Sent,
+    /// The session ends, after this reply if there is one.
+    Close(Option<Reply>),
+}
+
+impl From<Reply> for Outcome {
+    fn from(reply: Reply) -> Self {
+        Outcome::Reply(reply)
+    }
 }
 
 struct Session {
-    /// The number every log line of the session carries, and its audit records.
-    id: u64,
     ctx: Arc<Context>,
     client: ClientControl,
-    /// Before or after login, with what each has (`phase`).
-    phase: Phase,
-    /// This session's own TLS configs, for its control and data handshakes.
-    tls: tls::SessionTls,
-    prot: Protection,
-    epsv_all: bool,
-    /// The name in the last USER, which becomes the session's user on 230.
-    attempt: Option<String>,
+    /// The control channel's security: AUTH, PBSZ, PROT, and the TLS binding.
+    security: Security,
+    /// The login: its phase, the route, the backend connection.
+    login: Login,
+    /// The data channel: PASV, EPSV, PORT, EPRT, and the transfers on what they set up.
+    data: DataChannel,
     /// When the session last finished a command: the idle deadline counts from here.
     idle_since: Instant,
-    /// Once the control connection is TLS: the session's place among the sessions whose data
-    /// connections may resume each other's TLS sessions (see [`tls::binding`]).
-    membership: Option<tls::binding::Membership>,
-    pending: Option<Pending>,
-    /// A client line received during a transfer, handled after it.
-    deferred: Option<Result<Vec<u8>, LineError>>,
 }
 
 /// Serves one client connection from accept to close.
@@ -151,11 +180,9 @@ pub async fn serve(
     let write_limit = ctx.settings.timeouts.client_write();
     let mut client = ClientControl::new(io, peer, local, max_line, write_limit);
     let implicit = mode == Mode::Implicit;
-    let mut membership = None;
+    let mut security = Security::new(session_tls, implicit);
     if implicit {
-        membership = join_siblings(&ctx, &session_tls, peer);
-        let config = Arc::clone(&session_tls.control);
-        if let Err(e) = secure_control(&ctx, &mut client, config).await {
+        if let Err(e) = security.implicit(&ctx, &mut client).await {
             info!(error = %e, "implicit TLS handshake failed");
             return;
         }
@@ -177,55 +204,25 @@ pub async fn serve(
         (None, vec![Reply::new(220, &ctx.settings.greeting)])
     };
     let mut session = Session {
-        id,
-        phase: Phase::new(Instant::now() + t.login(), link),
+        login: Login::new(id, Instant::now() + t.login(), link),
         idle_since: Instant::now(),
-        membership,
         ctx: Arc::clone(&ctx),
         client,
-        tls: session_tls,
-        // Implicit FTPS: the data channel is protected from the start, as clients expect of
-        // it (none waits to send PROT P before its first transfer).
-        prot: if implicit {
-            Protection::Private
-        } else {
-            Protection::Clear
-        },
-        epsv_all: false,
-        attempt: None,
-        pending: None,
-        deferred: None,
+        security,
+        data: DataChannel::default(),
     };
-    if let Some(link) = session.phase.link() {
+    if let Some(link) = session.login.phase().link() {
         Span::current().record("backend", tracing::field::display(link.backend.peer()));
     }
     info!(?mode, "session started");
     match session.run(greeting).await {
         Ok(()) => info!("session closed"),
         Err(Fatal::Backend(e)) => {
-            warn!(error = %e, "backend failed; closing session");
-            let _ = session
-                .client
-                .send(&Reply::new(
-                    421,
-                    "Service not available: lost the FTP server.",
-                ))
-                .await;
+            let _ = refuse(&ctx, &mut session.client, Refusal::BackendLost(e)).await;
         }
         Err(Fatal::Unreachable(e)) => unreachable(&ctx, &mut session.client, e).await,
         Err(Fatal::Greeting(reply)) => {
-            // The code is relayed; the text, which may name the server, is the gateway's own.
-            info!(code = reply.code(), text = %escaped(&reply.text()), "backend refused the session");
-            let code = if reply.code() >= 400 {
-                reply.code()
-            } else {
-                421
-            };
-            let refusal = Reply::new(
-                code,
-                "Service not available: the FTP server refused the session.",
-            );
-            let _ = session.client.send(&refusal).await;
+            let _ = refuse(&ctx, &mut session.client, Refusal::BackendRefused(reply)).await;
         }
         Err(Fatal::Client(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
             ctx.metrics.refused(Reason::client_write_timeout);
@@ -272,12 +269,8 @@ impl Session {
             return Ok(());
         }
         loop {
-            let line = match self.deferred.take() {
-                Some(line) => line,
-                None => match self.next_line().await? {
-                    Some(line) => line,
-                    None => return Ok(()),
-                },
+            let Some(line) = self.next_line().await? else {
+                return Ok(());
             };
             // Lines a client keeps queued are served before timers are looked at, so the
             // deadline is checked here too: a client that pipelines without end still meets it.
@@ -285,33 +278,37 @@ impl Session {
             if Instant::now() >= deadline {
                 return Ok(self.refuse(Refusal::Timeout { why }).await?);
             }
-            let line = match line {
-                Ok(line) => line,
-                Err(e) => {
-                    self.refuse(Refusal::BadLine(e)).await?;
-                    continue;
-                }
-            };
-            let cmd = match Command::parse(line) {
-                Ok(cmd) => cmd,
-                Err(e) => {
-                    self.refuse(Refusal::Unrecognized(e)).await?;
+            let request = match line
+                .map_err(Refusal::BadLine)
+                .and_then(|line| Request::parse(line).map_err(Refusal::Unrecognized))
+            {
+                Ok(request) => request,
+                Err(refusal) => {
+                    self.refuse(refusal).await?;
                     continue;
                 }
             };
             // A transfer is bounded by the data plane's limits (connection, stall), not by the
             // idle deadline; everything else must be done by the deadline.
-            let bounded = !self.phase.is_logged_in() || cmd.verb().transfer().is_none();
-            let flow = if bounded {
-                match timeout_at(deadline, self.handle(cmd)).await {
-                    Ok(flow) => flow?,
+            let logged_in = self.login.phase().is_logged_in();
+            let bounded = !logged_in || request.command.transfer().is_none();
+            let outcome = if bounded {
+                match timeout_at(deadline, self.handle(request)).await {
+                    Ok(outcome) => outcome?,
                     Err(_) => return Ok(self.refuse(Refusal::Timeout { why }).await?),
                 }
             } else {
-                self.handle(cmd).await?
+                self.handle(request).await?
             };
-            if flow == Flow::Close {
-                return Ok(());
+            match outcome {
+                Outcome::Reply(reply) => self.client.send(&reply).await?,
+                Outcome::Sent => {}
+                Outcome::Close(reply) => {
+                    if let Some(reply) = reply {
+                        self.client.send(&reply).await?;
+                    }
+                    return Ok(());
+                }
             }
             self.idle_since = Instant::now();
         }
@@ -320,7 +317,7 @@ impl Session {
     /// When the session must have been served by, and which timer that is.
     fn deadline(&self) -> (Instant, &'static str) {
         let idle = self.idle_since + self.ctx.settings.timeouts.idle();
-        match &self.phase {
+        match self.login.phase() {
             Phase::LoggingIn(l) if l.deadline <= idle => (l.deadline, "login"),
             _ => (idle, "idle"),
         }
@@ -329,8 +326,8 @@ impl Session {
     async fn refuse(&mut self, refusal: Refusal) -> std::io::Result<()> {
         if let Some(reason) = refusal.reason() {
             let reply = refusal.reply().code();
-            self.audit(&Event::Refusal {
-                who: self.who(None),
+            self.ctx.audit.record(&Event::Refusal {
+                who: self.who(),
                 reason,
                 reply,
             });
@@ -338,31 +335,18 @@ impl Session {
         refuse(&self.ctx, &mut self.client, refusal).await
     }
 
-    /// The session as its audit records name it; `user` stands in for a user not logged in
-    /// (the name a failed login tried).
-    fn who<'a>(&'a self, user: Option<&'a str>) -> Who<'a> {
-        let (logged_in, route) = match &self.phase {
-            Phase::LoggedIn(s) => (
-                Some(s.user.as_str()),
-                Some(s.link.lease.upstream().name.as_str()),
-            ),
-            Phase::LoggingIn(_) => (None, None),
-        };
-        Who {
-            session: self.id,
-            client: self.client.peer.ip(),
-            user: logged_in.or(user),
-            route,
-        }
-    }
-
-    fn audit(&self, event: &Event<'_>) {
-        self.ctx.audit.record(event);
+    /// The session as its audit records name it.
+    fn who(&self) -> Who<'_> {
+        self.login.who(self.client.peer.ip(), None)
     }
 
     /// Waits for the client's next line while watching the backend (it may announce its own
-    /// shutdown with an unsolicited 421) and the idle and login timers.
+    /// shutdown with an unsolicited 421) and the idle and login timers. A line deferred during
+    /// a transfer comes first.
     async fn next_line(&mut self) -> Result<Option<Result<Vec<u8>, LineError>>, Fatal> {
+        if self.client.has_deferred() {
+            return Ok(self.client.read_line().await?);
+        }
         self.idle_since = Instant::now();
         let (deadline, why) = self.deadline();
         let mut draining = self.ctx.draining.clone();
@@ -375,7 +359,7 @@ impl Session {
                     self.refuse(Refusal::ShuttingDown).await?;
                     return Ok(None);
                 }
-                reply = backend_reply(self.phase.link_mut()) => {
+                reply = backend_reply(self.login.link_mut()) => {
                     let reply = reply?;
                     info!(code = reply.code(), "unsolicited backend reply relayed");
                     self.client.send(&reply).await?;
@@ -391,109 +375,133 @@ impl Session {
         }
     }
 
-    async fn reply(&mut self, code: u16, text: &str) -> std::io::Result<()> {
-        self.client.send(&Reply::new(code, text)).await
-    }
-
     /// One command: answered, or refused in one place.
-    async fn handle(&mut self, cmd: Command) -> Result<Flow, Fatal> {
-        match self.dispatch(cmd).await {
-            Ok(flow) => Ok(flow),
+    async fn handle(&mut self, request: Request) -> Result<Outcome, Fatal> {
+        match self.dispatch(request).await {
+            Ok(outcome) => Ok(outcome),
             Err(Halt::Refused(refusal)) => {
                 let ends = refusal.ends_session();
                 self.refuse(refusal).await?;
-                Ok(if ends { Flow::Close } else { Flow::Continue })
+                Ok(if ends {
+                    Outcome::Close(None)
+                } else {
+                    Outcome::Sent
+                })
             }
             Err(Halt::Fatal(fatal)) => Err(fatal),
         }
     }
 
-    async fn dispatch(&mut self, cmd: Command) -> Result<Flow, Halt> {
+    /// Each command to the machine that owns it, with what that machine may borrow.
+    async fn dispatch(&mut self, request: Request) -> Result<Outcome, Halt> {
         // Display hides PASS and USER and escapes the rest.
-        debug!(command = %cmd, "client command");
-        let verb = cmd.verb();
-        if self.ctx.settings.tls.required && !self.client.is_tls() && !verb.allowed_before_tls() {
-            let command = cmd.name().to_string();
+        debug!(command = %request.line, "client command");
+        let Request { command, line } = request;
+        let ctx = &*self.ctx;
+        let client = &mut self.client;
+        if ctx.settings.tls.required && !client.is_tls() && !command.allowed_before_tls() {
+            let command = line.name();
             return Err(Refusal::TlsRequired { command }.into());
         }
-        match verb {
-            Verb::Auth => return self.auth(&cmd).await,
-            Verb::Pbsz => self.pbsz(&cmd).await?,
-            Verb::Prot => self.prot(&cmd).await?,
-            Verb::Ccc => return Err(Refusal::Ccc.into()),
-            Verb::Adat | Verb::Mic | Verb::Conf | Verb::Enc => {
-                return Err(Refusal::OtherSecurity.into())
+        let before_tls = self.login.unconnected_before_tls(client);
+        let (security, login, data) = (&mut self.security, &mut self.login, &mut self.data);
+        match command {
+            Command::Auth(mechanism) => security.auth(mechanism, ctx, client).await,
+            Command::Pbsz(size) => security.pbsz(size, client),
+            Command::Prot(level) => security.prot(level, ctx, client),
+            Command::Ccc => Err(Refusal::Ccc.into()),
+            Command::OtherSecurity => Err(Refusal::OtherSecurity.into()),
+            Command::LongAddress => Err(Refusal::LongAddress.into()),
+            Command::Rein => Err(Refusal::Rein.into()),
+            Command::Pasv => {
+                let parts = Parts {
+                    ctx,
+                    client,
+                    login,
+                    security,
+                };
+                data.pasv(parts).await
             }
-            Verb::Lprt | Verb::Lpsv => return Err(Refusal::LongAddress.into()),
-            Verb::Port | Verb::Eprt => self.active(&cmd).await?,
-            Verb::Rein => return Err(Refusal::Rein.into()),
-            Verb::Pasv => self.pasv().await?,
-            Verb::Epsv => self.epsv(&cmd).await?,
-            Verb::Feat if self.unconnected_before_tls() => {
-                self.client.send(&gateway_feat()).await?
+            Command::Epsv(arg) => {
+                let parts = Parts {
+                    ctx,
+                    client,
+                    login,
+                    security,
+                };
+                data.epsv(arg, parts).await
             }
-            Verb::Syst if self.unconnected_before_tls() => self.reply(215, "UNIX Type: L8").await?,
-            Verb::Noop if self.unconnected_before_tls() => self.reply(200, "NOOP ok.").await?,
-            Verb::Help if self.unconnected_before_tls() => {
-                self.reply(214, "Send AUTH TLS, then log in with USER and PASS.")
-                    .await?
+            Command::Active(target) => {
+                let parts = Parts {
+                    ctx,
+                    client,
+                    login,
+                    security,
+                };
+                data.active(line.name(), target, parts).await
             }
-            Verb::Stat if cmd.arg().is_empty() && !self.relay_stat() => self.status().await?,
-            Verb::Feat => self.feat().await?,
-            Verb::Quit => {
-                self.quit().await?;
-                return Ok(Flow::Close);
+            Command::Transfer(direction) => {
+                let parts = Parts {
+                    ctx,
+                    client,
+                    login,
+                    security,
+                };
+                data.transfer(line, direction, parts).await
             }
-            Verb::User | Verb::Pass => self.login(cmd).await?,
-            Verb::Retr
-            | Verb::Stor
-            | Verb::Stou
-            | Verb::Appe
-            | Verb::List
-            | Verb::Nlst
-            | Verb::Mlsd => self.transfer(cmd).await?,
-            Verb::Host => self.host(&cmd).await?,
-            Verb::Abor | Verb::Stat | Verb::Help | Verb::Syst | Verb::Noop | Verb::Other => {
-                self.pass_through(&cmd).await?;
+            Command::User(name) => login.user(name, line, ctx, client, security).await,
+            Command::Pass => login.pass(line, ctx, client, security).await,
+            Command::Host(name) => login.host(name, line, ctx, client).await,
+            Command::Feat if before_tls => Ok(gateway_feat().into()),
+            Command::Syst if before_tls => Ok(Reply::new(215, "UNIX Type: L8").into()),
+            Command::Noop if before_tls => Ok(Reply::new(200, "NOOP ok.").into()),
+            Command::Help if before_tls => {
+                let text = "Send AUTH TLS, then log in with USER and PASS.";
+                Ok(Reply::new(214, text).into())
             }
+            Command::Status if !relay_stat(ctx, login) => {
+                Ok(status(client, login, security).into())
+            }
+            Command::Feat => Ok(relay::feat(login.link(ctx, client).await?).await?.into()),
+            Command::Quit => {
+                data.close();
+                Ok(Outcome::Close(Some(relay::quit(login.link_mut()).await)))
+            }
+            Command::Abor
+            | Command::Status
+            | Command::Help
+            | Command::Syst
+            | Command::Noop
+            | Command::Forward => Ok(login.pass_through(ctx, client, &line).await?),
         }
-        Ok(Flow::Continue)
     }
+}
 
-    /// True while the session has no backend and its control connection is not yet
-    /// encrypted: the gateway answers the commands allowed before TLS itself, so a client that
-    /// never finishes TLS never reaches the backend.
-    fn unconnected_before_tls(&self) -> bool {
-        self.phase.link().is_none() && !self.client.is_tls()
-    }
+/// `backend.relay_stat` of the route the session is on (or would be).
+fn relay_stat(ctx: &Context, login: &Login) -> bool {
+    let upstream = login.phase().upstream();
+    upstream
+        .unwrap_or(ctx.router.default_route())
+        .settings
+        .relay_stat
+}
 
-    /// `backend.relay_stat` of the route the session is on (or would be).
-    fn relay_stat(&self) -> bool {
-        let upstream = self.phase.upstream();
-        upstream
-            .unwrap_or(self.ctx.router.default_route())
-            .settings
-            .relay_stat
+/// STAT without an argument, outside a transfer (RFC 959 §4.1.3): the gateway's own status,
+/// since the backend's names its server, its version and internal addresses.
+fn status(client: &ClientControl, login: &Login, security: &Security) -> Reply {
+    let mut lines = vec![format!(" Connected from {}", client.peer)];
+    match login.phase().user() {
+        Some(user) => lines.push(format!(" Logged in as {user}")),
+        None => lines.push(" Not logged in".into()),
     }
-
-    /// STAT without an argument, outside a transfer (RFC 959 §4.1.3): the gateway's own
-    /// status, since the backend's names its server, its version and internal addresses.
-    async fn status(&mut self) -> std::io::Result<()> {
-        let mut lines = vec![format!(" Connected from {}", self.client.peer)];
-        match self.phase.user() {
-            Some(user) => lines.push(format!(" Logged in as {user}")),
-            None => lines.push(" Not logged in".into()),
-        }
-        lines.push(match self.client.tls_info() {
-            Some((version, _)) => format!(" Control connection: {version:?}"),
-            None => " Control connection: plain".into(),
-        });
-        let prot = match self.prot {
-            Protection::Private => "private (PROT P)",
-            Protection::Clear => "clear (PROT C)",
-        };
-        lines.push(format!(" Data connections: {prot}"));
-        let reply = Reply::multi(211, "FTP gateway status:", &lines, "End of status.");
-        self.client.send(&reply).await
-    }
+    lines.push(match client.tls_info() {
+        Some((version, _)) => format!(" Control connection: {version:?}"),
+        None => " Control connection: plain".into(),
+    });
+    let prot = match security.protection() {
+        Protection::Private => "private (PROT P)",
+        Protection::Clear => "clear (PROT C)",
+    };
+    lines.push(format!(" Data connections: {prot}"));
+    Reply::multi(211, "FTP gateway status:", &lines, "End of status.")
 }

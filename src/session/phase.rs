@@ -8,13 +8,37 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::ftp::Command;
+use crate::ftp::Line;
 use crate::upstream::{Backend, Lease, Upstream};
 
 /// The session's control connection to its backend, and its place in that backend's count.
 pub(super) struct Link {
     pub backend: Backend,
     pub lease: Lease,
+}
+
+/// Which route HOST or `USER name@route` chose, and which of the two: the route rules apply in
+/// order (the SNI name, then HOST, then the user suffix), a later one never overriding an
+/// earlier one, and only the suffix's choice is given back when its login is refused. The SNI
+/// name's route is not a choice the session makes: it is read off the TLS session when needed.
+#[derive(Clone, Default)]
+pub(super) enum RouteChoice {
+    /// Neither HOST nor a user suffix has chosen: the SNI name's route, else the default.
+    #[default]
+    Open,
+    /// HOST chose it, for good.
+    Host(Arc<Upstream>),
+    /// `USER name@route` chose it; a refused login gives the choice back.
+    User(Arc<Upstream>),
+}
+
+impl RouteChoice {
+    pub fn route(&self) -> Option<&Arc<Upstream>> {
+        match self {
+            RouteChoice::Open => None,
+            RouteChoice::Host(route) | RouteChoice::User(route) => Some(route),
+        }
+    }
 }
 
 pub(super) enum Phase {
@@ -29,14 +53,10 @@ pub(super) struct LoggingIn {
     /// `None` until a command needs the backend (with routes: once HOST or USER may have
     /// chosen it), or after HOST or USER moved the session to another route.
     pub link: Option<Link>,
-    /// The route HOST or USER chose; until then, the one the SNI name (or nothing) selects.
-    pub route: Option<Arc<Upstream>>,
-    /// True when `route` came from a `USER name@route` whose login has not succeeded yet: a
-    /// refused login gives the choice back.
-    pub route_by_user: bool,
+    pub route: RouteChoice,
     /// A HOST the gateway answered before the backend was connected; sent to it on connect,
     /// for virtual hosts of its own.
-    pub host_pending: Option<Command>,
+    pub host_pending: Option<Line>,
 }
 
 /// After the backend's 230.
@@ -47,13 +67,19 @@ pub(super) struct LoggedIn {
     pub user: String,
 }
 
+/// A logged-in session's backend, with who the session is there: what the data channel needs.
+pub(super) struct Seat<'a> {
+    pub backend: &'a mut Backend,
+    pub route: &'a Arc<Upstream>,
+    pub user: &'a str,
+}
+
 impl Phase {
     pub fn new(deadline: Instant, link: Option<Link>) -> Phase {
         Phase::LoggingIn(LoggingIn {
             deadline,
             link,
-            route: None,
-            route_by_user: false,
+            route: RouteChoice::Open,
             host_pending: None,
         })
     }
@@ -90,8 +116,20 @@ impl Phase {
                 .link
                 .as_ref()
                 .map(|k| k.lease.upstream())
-                .or(l.route.as_ref()),
+                .or(l.route.route()),
             Phase::LoggedIn(s) => Some(s.link.lease.upstream()),
+        }
+    }
+
+    /// The logged-in session's backend; `None` before login.
+    pub fn seat(&mut self) -> Option<Seat<'_>> {
+        match self {
+            Phase::LoggingIn(_) => None,
+            Phase::LoggedIn(s) => Some(Seat {
+                backend: &mut s.link.backend,
+                route: s.link.lease.upstream(),
+                user: &s.user,
+            }),
         }
     }
 

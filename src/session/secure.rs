@@ -1,5 +1,8 @@
-//! Securing the control connection (AUTH TLS and its handshake, RFC 4217) and choosing the
-//! data connections' protection (PBSZ, PROT).
+//! The control channel's security, as one machine: AUTH TLS and its handshake (RFC 4217), PBSZ
+//! and PROT (the data connections' protection), CCC and the other RFC 2228 mechanisms (refused),
+//! and the session's place among the sessions whose data connections may resume each other's
+//! TLS sessions. It owns what it decides (the session's TLS configs, the protection level, the
+//! membership) and borrows only the client's connection, which AUTH upgrades in place.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,30 +11,159 @@ use rustls::ServerConfig;
 use tracing::{info, Span};
 
 use super::client::ClientControl;
-use super::refusal::{Halt, Refusal};
-use super::{Context, Flow, Protection, Session};
-use crate::ftp::{escaped, parse_pbsz, AuthMechanism, Command, ProtLevel};
+use super::Halt;
+use super::{Context, Outcome};
+use crate::ftp::{escaped, AuthMechanism, ProtLevel, Reply};
 use crate::metrics::Channel;
+use crate::refusal::Refusal;
 use crate::tls;
+use crate::tls::binding::{Identity, Membership, Siblings};
 
-/// Enters the session in the registry its siblings' data connections look in (see
-/// `tls::binding`), as *pending*, before its control handshake starts: the client may hand
-/// that handshake's ticket to a sibling's data connection the moment it has it, before this
-/// session's task runs again. Joined only after the handshake, rclone's check once had a data
-/// connection offer such a ticket first, fail to resume, and wait out its deadline.
-pub(super) fn join_siblings(
-    ctx: &Context,
-    tls: &tls::SessionTls,
-    peer: SocketAddr,
-) -> Option<tls::binding::Membership> {
-    let ticketer = tls.ticketer.as_ref()?;
-    let client = peer.ip().to_canonical();
-    ctx.bindings.join(client, Arc::clone(ticketer))
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Protection {
+    Clear,
+    Private,
+}
+
+pub(super) struct Security {
+    /// This session's own TLS configs, for its control and data handshakes.
+    tls: tls::SessionTls,
+    prot: Protection,
+    /// Once the control connection is TLS: the session's place among the sessions whose data
+    /// connections may resume each other's TLS sessions (see [`tls::binding`]).
+    membership: Option<Membership>,
+}
+
+impl Security {
+    /// Implicit FTPS protects the data channel from the start, as clients expect of it (none
+    /// waits to send PROT P before its first transfer).
+    pub fn new(tls: tls::SessionTls, implicit: bool) -> Security {
+        let prot = if implicit {
+            Protection::Private
+        } else {
+            Protection::Clear
+        };
+        Security {
+            tls,
+            prot,
+            membership: None,
+        }
+    }
+
+    pub fn protection(&self) -> Protection {
+        self.prot
+    }
+
+    /// The TLS config for a data connection at the current protection level; `None` at
+    /// PROT C.
+    pub fn data_config(&self) -> Option<Arc<ServerConfig>> {
+        (self.prot == Protection::Private).then(|| Arc::clone(&self.tls.data))
+    }
+
+    /// The session logged in as `who`: its siblings may now resume its TLS sessions.
+    pub fn logged_in(&self, who: Identity) {
+        if let Some(membership) = &self.membership {
+            membership.logged_in(who);
+        }
+    }
+
+    /// What a data connection of the session logged in as `who` needs to accept its
+    /// siblings' TLS sessions.
+    pub fn siblings(&self, who: Identity) -> Option<Siblings> {
+        Some(self.membership.as_ref()?.siblings(who))
+    }
+
+    /// The handshake at the first byte, for implicit FTPS.
+    pub async fn implicit(
+        &mut self,
+        ctx: &Context,
+        client: &mut ClientControl,
+    ) -> std::io::Result<()> {
+        self.join_siblings(ctx, client.peer);
+        let config = Arc::clone(&self.tls.control);
+        secure_control(ctx, client, config).await
+    }
+
+    /// AUTH: 234, then the handshake; a client whose handshake fails is gone.
+    pub async fn auth(
+        &mut self,
+        mechanism: Option<AuthMechanism>,
+        ctx: &Context,
+        client: &mut ClientControl,
+    ) -> Result<Outcome, Halt> {
+        if client.is_tls() {
+            return Err(Refusal::AlreadyTls.into());
+        }
+        let mechanism = mechanism.ok_or(Refusal::AuthMechanism)?;
+        if client.has_pending_input() {
+            return Err(Refusal::PipelinedAfterAuth.into());
+        }
+        client
+            .send(&Reply::new(234, "AUTH TLS successful."))
+            .await?;
+        self.join_siblings(ctx, client.peer);
+        let config = Arc::clone(&self.tls.control);
+        if let Err(e) = secure_control(ctx, client, config).await {
+            info!(error = %e, "control TLS handshake failed");
+            return Ok(Outcome::Close(None));
+        }
+        if mechanism == AuthMechanism::TlsWithPrivateData {
+            self.prot = Protection::Private;
+        }
+        Ok(Outcome::Sent)
+    }
+
+    pub fn pbsz(&self, size: Option<u32>, client: &ClientControl) -> Result<Outcome, Halt> {
+        if !client.is_tls() {
+            return Err(Refusal::NeedsTls { command: "PBSZ" }.into());
+        }
+        size.ok_or(Refusal::PbszNotANumber)?;
+        // RFC 4217 §8: TLS needs no protection buffer; the answer is always 0.
+        Ok(Reply::new(200, "PBSZ=0").into())
+    }
+
+    pub fn prot(
+        &mut self,
+        level: Option<ProtLevel>,
+        ctx: &Context,
+        client: &ClientControl,
+    ) -> Result<Outcome, Halt> {
+        // RFC 2228 puts PBSZ before PROT; like vsftpd, the gateway does not insist (Python's
+        // ftplib sends `PROT C` alone), since TLS has no protection buffer to size anyway.
+        if !client.is_tls() {
+            return Err(Refusal::NeedsTls { command: "PROT" }.into());
+        }
+        match level.ok_or(Refusal::ProtUnknown)? {
+            ProtLevel::Private => {
+                self.prot = Protection::Private;
+                Ok(Reply::new(200, "Protection level set to Private.").into())
+            }
+            ProtLevel::Clear if ctx.settings.tls.allow_clear_data => {
+                self.prot = Protection::Clear;
+                Ok(Reply::new(200, "Protection level set to Clear.").into())
+            }
+            ProtLevel::Clear => Err(Refusal::ClearProt.into()),
+            ProtLevel::Safe | ProtLevel::Confidential => Err(Refusal::ProtUnsupported.into()),
+        }
+    }
+
+    /// Enters the session in the registry its siblings' data connections look in (see
+    /// `tls::binding`), as *pending*, before its control handshake starts: the client may hand
+    /// that handshake's ticket to a sibling's data connection the moment it has it, before
+    /// this session's task runs again. Joined only after the handshake, rclone's check once
+    /// had a data connection offer such a ticket first, fail to resume, and wait out its
+    /// deadline.
+    fn join_siblings(&mut self, ctx: &Context, peer: SocketAddr) {
+        self.membership = self.tls.ticketer.as_ref().and_then(|ticketer| {
+            let client = peer.ip().to_canonical();
+            ctx.bindings.join(client, Arc::clone(ticketer))
+        });
+    }
 }
 
 /// The control connection's TLS handshake, counted, with the client certificate's subject (if
 /// the client presented one) put on the session's span.
-pub(super) async fn secure_control(
+async fn secure_control(
     ctx: &Context,
     client: &mut ClientControl,
     config: Arc<ServerConfig>,
@@ -49,56 +181,4 @@ pub(super) async fn secure_control(
         info!(subject, "client certificate accepted");
     }
     result
-}
-
-impl Session {
-    pub(super) async fn auth(&mut self, cmd: &Command) -> Result<Flow, Halt> {
-        if self.client.is_tls() {
-            return Err(Refusal::AlreadyTls.into());
-        }
-        let mechanism = AuthMechanism::parse(&cmd.arg_text()).ok_or(Refusal::AuthMechanism)?;
-        if self.client.has_pending_input() {
-            return Err(Refusal::PipelinedAfterAuth.into());
-        }
-        self.reply(234, "AUTH TLS successful.").await?;
-        self.membership = join_siblings(&self.ctx, &self.tls, self.client.peer);
-        let config = Arc::clone(&self.tls.control);
-        if let Err(e) = secure_control(&self.ctx, &mut self.client, config).await {
-            info!(error = %e, "control TLS handshake failed");
-            return Ok(Flow::Close);
-        }
-        if mechanism == AuthMechanism::TlsWithPrivateData {
-            self.prot = Protection::Private;
-        }
-        Ok(Flow::Continue)
-    }
-
-    pub(super) async fn pbsz(&mut self, cmd: &Command) -> Result<(), Halt> {
-        if !self.client.is_tls() {
-            return Err(Refusal::NeedsTls { command: "PBSZ" }.into());
-        }
-        parse_pbsz(&cmd.arg_text()).ok_or(Refusal::PbszNotANumber)?;
-        // RFC 4217 §8: TLS needs no protection buffer; the answer is always 0.
-        Ok(self.reply(200, "PBSZ=0").await?)
-    }
-
-    pub(super) async fn prot(&mut self, cmd: &Command) -> Result<(), Halt> {
-        // RFC 2228 puts PBSZ before PROT; like vsftpd, the gateway does not insist (Python's
-        // ftplib sends `PROT C` alone), since TLS has no protection buffer to size anyway.
-        if !self.client.is_tls() {
-            return Err(Refusal::NeedsTls { command: "PROT" }.into());
-        }
-        match ProtLevel::parse(&cmd.arg_text()).ok_or(Refusal::ProtUnknown)? {
-            ProtLevel::Private => {
-                self.prot = Protection::Private;
-                Ok(self.reply(200, "Protection level set to Private.").await?)
-            }
-            ProtLevel::Clear if self.ctx.settings.tls.allow_clear_data => {
-                self.prot = Protection::Clear;
-                Ok(self.reply(200, "Protection level set to Clear.").await?)
-            }
-            ProtLevel::Clear => Err(Refusal::ClearProt.into()),
-            ProtLevel::Safe | ProtLevel::Confidential => Err(Refusal::ProtUnsupported.into()),
-        }
-    }
 }

@@ -1,4 +1,4 @@
-//! Transfers: RETR, STOR, STOU, APPE, LIST, NLST, MLSD, and ABOR while one runs.
+//! A transfer in flight: from its 1xx to its final reply, with ABOR and STAT while it runs.
 //!
 //! The backend's final reply is held until the bridge reports both data connections closed: a
 //! client that sees `226` before the last byte reads a short file (docs/ARCHITECTURE.md,
@@ -9,60 +9,60 @@ use std::time::Duration;
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tracing::{debug, info, warn};
 
-use super::refusal::{Halt, Refusal};
-use super::{BackendError, Fatal, Protection, Session};
-use crate::audit::Event;
+use super::client::ClientControl;
+use super::phase::Seat;
+use super::{Context, Fatal};
+use crate::audit::{Event, Who};
 use crate::data::{BridgeError, DataBridge, Transferred};
-use crate::ftp::{abort, Command, Escaped, Reply, Verb};
+use crate::ftp::{abort, Command, Direction, Escaped, Line, Reply, Request};
 use crate::metrics::{Outcome, Reason};
+use crate::upstream::BackendError;
 
-impl Session {
-    pub(super) async fn transfer(&mut self, cmd: Command) -> Result<(), Halt> {
-        let Some(direction) = cmd.verb().transfer() else {
-            return Ok(());
-        };
-        let pending = self.pending.take().ok_or(Refusal::NoDataConnection)?;
-        if pending.protection != self.prot {
-            return Err(Refusal::ProtChanged.into());
+/// A transfer between the 1xx the client has heard and the final reply it is owed.
+pub(super) struct InFlight {
+    line: Line,
+    direction: Direction,
+    bridge: DataBridge,
+    session: u64,
+    began: std::time::Instant,
+    /// The backend's final reply, once it came.
+    last: Option<Reply>,
+    /// A 1xx after the one relayed already. pure-ftpd ends a download cut short with its
+    /// statistics line coded 150: it stands for the transfer's reply, and is never relayed (a
+    /// client would read it as the answer to its next command).
+    stray: bool,
+    /// How the copy ended, once it did.
+    copied: Option<Result<Transferred, BridgeError>>,
+}
+
+impl InFlight {
+    pub fn new(line: Line, direction: Direction, bridge: DataBridge, session: u64) -> InFlight {
+        InFlight {
+            line,
+            direction,
+            bridge,
+            session,
+            began: std::time::Instant::now(),
+            last: None,
+            stray: false,
+            copied: None,
         }
-        let command = cmd.name().to_string();
-        if self.prot == Protection::Clear
-            && self.client.is_tls()
-            && !self.ctx.settings.tls.allow_clear_data
-        {
-            return Err(Refusal::ClearTransfer { command }.into());
-        }
-        let mut bridge = pending.bridge;
-        if let Some(Err(error)) = bridge.ended() {
-            return Err(Refusal::DataLost { command, error }.into());
-        }
-        let backend = self.backend().await?;
-        backend.send(&cmd.to_wire()).await?;
-        bridge.start(direction);
-        let first = backend.expect_reply().await?;
-        self.client.send(&first).await?;
-        if !first.is_preliminary() {
-            // Refused (550 and the like): dropping the bridge releases the lease.
-            return Ok(());
-        }
-        Ok(self.await_transfer(&cmd, bridge).await?)
     }
 
     /// Waits for both the backend's final reply and the end of the copy, watching the client
-    /// for ABOR meanwhile.
-    async fn await_transfer(&mut self, cmd: &Command, mut bridge: DataBridge) -> Result<(), Fatal> {
-        let began = std::time::Instant::now();
-        let mut last: Option<Reply> = None;
-        // A 1xx after the one relayed already. pure-ftpd ends a download cut short with its
-        // statistics line coded 150: it stands for the transfer's reply, and is never relayed
-        // (a client would read it as the answer to its next command).
-        let mut stray = false;
-        let mut outcome: Option<Result<Transferred, BridgeError>> = None;
+    /// for ABOR meanwhile; a line it sends that is not ABOR or STAT waits in `client` for the
+    /// transfer to end, as on a plain server.
+    pub async fn run(
+        mut self,
+        ctx: &Context,
+        client: &mut ClientControl,
+        seat: Seat<'_>,
+    ) -> Result<(), Fatal> {
         // Once the copy is over, the backend gets the usual reply timeout to say so.
         let mut reply_deadline: Option<Instant> = None;
-        while last.is_none() || outcome.is_none() {
+        while self.last.is_none() || self.copied.is_none() {
             tokio::select! {
-                reply = super::backend_reply(self.phase.link_mut()), if last.is_none() => {
+                reply = seat.backend.read_reply(), if self.last.is_none() => {
                     let reply = match reply {
                         Ok(reply) => reply,
                         Err(e) => {
@@ -70,77 +70,69 @@ impl Session {
                             // transfer failed (426), then, from `serve`, that the session is
                             // over (421). The bridge drops with this frame, resetting the
                             // backend's side.
-                            let record = Record::now(cmd, &bridge, began, None);
                             let lost = std::io::Error::other(format!("backend control: {e}"));
                             let lost = BridgeError::Backend(lost);
-                            self.log_transfer(record, Err(&lost));
-                            self.client.send(&lost.reply()).await?;
+                            self.log(ctx, client, &seat, None, Err(&lost));
+                            client.send(&lost.reply()).await?;
                             return Err(e.into());
                         }
                     };
                     if reply.is_preliminary() {
                         debug!(code = reply.code(), "extra preliminary reply withheld");
-                        stray = true;
+                        self.stray = true;
                     } else {
-                        last = Some(reply);
+                        self.last = Some(reply);
                     }
                 }
-                done = bridge.finished(), if outcome.is_none() => {
-                    outcome = Some(done);
-                    reply_deadline = Some(Instant::now() + self.ctx.settings.timeouts.backend_reply());
+                done = self.bridge.finished(), if self.copied.is_none() => {
+                    self.copied = Some(done);
+                    reply_deadline = Some(Instant::now() + ctx.settings.timeouts.backend_reply());
                 }
-                _ = sleep_until(reply_deadline.unwrap_or_else(Instant::now)), if reply_deadline.is_some() && last.is_none() => {
+                _ = sleep_until(reply_deadline.unwrap_or_else(Instant::now)), if reply_deadline.is_some() && self.last.is_none() => {
                     return Err(BackendError::Timeout.into());
                 }
-                line = self.client.read_line(), if self.deferred.is_none() => {
+                line = client.read_line(), if !client.has_deferred() => {
                     let Some(line) = line? else {
                         info!("client closed the control connection during a transfer");
                         return Err(std::io::Error::from(std::io::ErrorKind::ConnectionAborted).into());
                     };
-                    let verb = match &line {
-                        Ok(l) => Command::parse(l.clone()).ok().map(|c| (c.verb(), c.arg().is_empty())),
-                        Err(_) => None,
-                    };
-                    match verb {
-                        Some((Verb::Abor, _)) => {
-                            let record = Record::now(cmd, &bridge, began, None);
-                            return self.abort(record, bridge, (last, stray), outcome).await;
-                        }
+                    let command = line.as_ref().ok().and_then(|l| Request::parse(l.clone()).ok());
+                    match command.map(|r| r.command) {
+                        Some(Command::Abor) => return self.abort(ctx, client, seat).await,
                         // STAT without argument asks about the transfer itself (RFC 959
                         // §4.1.3): answered here, since the backend's answer would interleave
                         // with the transfer's own replies.
-                        Some((Verb::Stat, true)) => {
+                        Some(Command::Status) => {
                             let status = Reply::multi(
                                 211,
                                 "Transfer in progress:",
-                                &[format!(" {} {} bytes so far", cmd, bridge.progress())],
+                                &[format!(" {} {} bytes so far", self.line, self.bridge.progress())],
                                 "End of status.",
                             );
-                            self.client.send(&status).await?;
+                            client.send(&status).await?;
                             continue;
                         }
                         _ => {}
                     }
                     // Anything else waits until the transfer is over, as on a plain server.
-                    self.deferred = Some(line);
+                    client.defer(line);
                 }
             }
         }
-        let (Some(last), Some(outcome)) = (last, outcome) else {
+        let (Some(last), Some(copied)) = (self.last.take(), self.copied.take()) else {
             return Ok(());
         };
-        let record = Record::now(cmd, &bridge, began, Some(last.code()));
-        let reply = match outcome {
+        let reply = match copied {
             Ok(t) => {
-                self.log_transfer(record, Ok(&t));
+                self.log(ctx, client, &seat, Some(last.code()), Ok(&t));
                 last
             }
             Err(e) => {
-                self.log_transfer(record, Err(&e));
+                self.log(ctx, client, &seat, Some(last.code()), Err(&e));
                 e.reply()
             }
         };
-        Ok(self.client.send(&reply).await?)
+        Ok(client.send(&reply).await?)
     }
 
     /// ABOR during a transfer (RFC 959 §4.1.3). Inside TLS there is no urgent data, so ABOR is
@@ -153,14 +145,29 @@ impl Session {
     /// the session is in step with the backend again. A backend that does not even answer the
     /// NOOP ends the session (421), after the client has had its two replies.
     async fn abort(
-        &mut self,
-        record: Record<'_>,
-        bridge: DataBridge,
-        (last, mut stray): (Option<Reply>, bool),
-        outcome: Option<Result<Transferred, BridgeError>>,
+        self,
+        ctx: &Context,
+        client: &mut ClientControl,
+        seat: Seat<'_>,
     ) -> Result<(), Fatal> {
+        // What the log line says is the transfer as it stood when the client aborted it.
+        let (bytes, elapsed, tls) = (
+            self.bridge.progress(),
+            self.began.elapsed(),
+            self.bridge.tls(),
+        );
+        let InFlight {
+            line,
+            direction,
+            bridge,
+            session,
+            began: _,
+            last,
+            mut stray,
+            copied,
+        } = self;
         let began = Instant::now();
-        let backend = self.backend().await?;
+        let backend = &mut *seat.backend;
         backend.send(b"ABOR\r\n").await?;
         drop(bridge);
         let mut after = Vec::with_capacity(2);
@@ -202,18 +209,48 @@ impl Session {
                 }
             }
         }
-        let copied_whole = matches!(outcome, Some(Ok(_)));
+        let copied_whole = matches!(copied, Some(Ok(_)));
         let replies = abort::settle(last.as_ref(), &after, copied_whole);
-        match &outcome {
-            Some(Ok(t)) if replies.completed => self.log_transfer(record, Ok(t)),
-            _ => self.log_transfer(record, Err(&BridgeError::Cancelled)),
+        let record = Record {
+            line: &line,
+            direction,
+            session,
+            backend_code: None,
+            bytes,
+            elapsed,
+            tls,
+        };
+        match &copied {
+            Some(Ok(t)) if replies.completed => record.log(ctx, client, &seat, Ok(t)),
+            _ => record.log(ctx, client, &seat, Err(&BridgeError::Cancelled)),
         }
-        self.client.send(&replies.transfer).await?;
-        self.client.send(&replies.abor).await?;
+        client.send(&replies.transfer).await?;
+        client.send(&replies.abor).await?;
         if !in_step {
             return Err(BackendError::Timeout.into());
         }
         Ok(())
+    }
+
+    /// The transfer's log line and audit record, as it stands now.
+    fn log(
+        &self,
+        ctx: &Context,
+        client: &ClientControl,
+        seat: &Seat<'_>,
+        backend_code: Option<u16>,
+        result: Result<&Transferred, &BridgeError>,
+    ) {
+        let record = Record {
+            line: &self.line,
+            direction: self.direction,
+            session: self.session,
+            backend_code,
+            bytes: self.bridge.progress(),
+            elapsed: self.began.elapsed(),
+            tls: self.bridge.tls(),
+        };
+        record.log(ctx, client, seat, result);
     }
 }
 
@@ -225,7 +262,9 @@ const ABOR_LIMIT: Duration = Duration::from_secs(5);
 
 /// What the transfer log line says about a transfer besides its outcome.
 struct Record<'a> {
-    cmd: &'a Command,
+    line: &'a Line,
+    direction: Direction,
+    session: u64,
     /// The backend's final reply, when it came.
     backend_code: Option<u16>,
     bytes: u64,
@@ -235,54 +274,46 @@ struct Record<'a> {
     tls: Option<(rustls::ProtocolVersion, bool)>,
 }
 
-impl<'a> Record<'a> {
-    /// The transfer as it stands: its bytes so far and its time since `began`.
-    fn now(
-        cmd: &'a Command,
-        bridge: &DataBridge,
-        began: std::time::Instant,
-        backend_code: Option<u16>,
-    ) -> Self {
-        Record {
-            cmd,
-            backend_code,
-            bytes: bridge.progress(),
-            elapsed: began.elapsed(),
-            tls: bridge.tls(),
-        }
-    }
-}
-
-impl Session {
+impl Record<'_> {
     /// One line per transfer, like an xferlog, and its count in the metrics.
-    fn log_transfer(&self, r: Record<'_>, result: Result<&Transferred, &BridgeError>) {
-        let Some(direction) = r.cmd.verb().transfer() else {
-            return;
-        };
-        let path = Escaped(r.cmd.arg()).to_string();
+    fn log(
+        &self,
+        ctx: &Context,
+        client: &ClientControl,
+        seat: &Seat<'_>,
+        result: Result<&Transferred, &BridgeError>,
+    ) {
+        let direction = self.direction;
+        let command = self.line.name();
+        let path = Escaped(self.line.arg()).to_string();
         if let Err(BridgeError::Stalled { .. }) = result {
-            self.ctx.metrics.refused(Reason::data_stalled);
+            ctx.metrics.refused(Reason::data_stalled);
         }
         let outcome = match result {
             Ok(_) => Outcome::ok,
             Err(BridgeError::Cancelled) => Outcome::aborted,
             Err(_) => Outcome::failed,
         };
-        self.ctx.metrics.transfer(direction, outcome.clone());
+        ctx.metrics.transfer(direction, outcome.clone());
         let (bytes, ms) = match result {
             Ok(t) => (t.bytes, t.elapsed.as_millis() as u64),
-            Err(_) => (r.bytes, r.elapsed.as_millis() as u64),
+            Err(_) => (self.bytes, self.elapsed.as_millis() as u64),
         };
-        let version = r.tls.map(|(v, _)| format!("{v:?}"));
-        let resumed = r.tls.is_some_and(|(_, resumed)| resumed);
+        let version = self.tls.map(|(v, _)| format!("{v:?}"));
+        let resumed = self.tls.is_some_and(|(_, resumed)| resumed);
         let error = result.err().map(ToString::to_string);
         let sha256 = result
             .ok()
             .and_then(|t| t.sha256)
             .map(|d| d.iter().map(|b| format!("{b:02x}")).collect::<String>());
-        self.audit(&Event::Transfer {
-            who: self.who(None),
-            command: &r.cmd.name(),
+        ctx.audit.record(&Event::Transfer {
+            who: Who {
+                session: self.session,
+                client: client.peer.ip(),
+                user: Some(seat.user),
+                route: Some(&seat.route.name),
+            },
+            command: &command,
             path: &path,
             direction: &direction.to_string(),
             bytes,
@@ -292,13 +323,14 @@ impl Session {
             tls_resumed: resumed,
             sha256,
         });
+        let backend_code = self.backend_code;
         if outcome == Outcome::failed {
-            warn!(command = %r.cmd.name(), path, %direction, bytes, ms, outcome = ?outcome,
-                tls = version.as_deref(), resumed, backend_code = r.backend_code,
+            warn!(%command, path, %direction, bytes, ms, outcome = ?outcome,
+                tls = version.as_deref(), resumed, backend_code,
                 error = error.as_deref(), "transfer");
         } else {
-            info!(command = %r.cmd.name(), path, %direction, bytes, ms, outcome = ?outcome,
-                tls = version.as_deref(), resumed, backend_code = r.backend_code, "transfer");
+            info!(%command, path, %direction, bytes, ms, outcome = ?outcome,
+                tls = version.as_deref(), resumed, backend_code, "transfer");
         }
     }
 }

@@ -1,15 +1,15 @@
-//! Where a refusal's code is chosen. Whatever the gateway turns down itself is a [`Refusal`]: its
-//! reply, the metric reason it is counted under (when it says something about a client an
-//! operator would watch) and its log line all come from the value. Handlers return one as
-//! [`Halt::Refused`]; `Session::refuse` sends it, in one place, as rustls maps each error to one
-//! alert.
+//! Where a refusal's code is chosen. Whatever the gateway turns down itself, at the door or in a
+//! session, is a [`Refusal`]: its reply, the metric reason it is counted under (when it says
+//! something about a client an operator would watch) and its log line all come from the value,
+//! each from one exhaustive match, so a new refusal does not compile until all three are
+//! decided. A session's handlers return one (as `Halt::Refused`) and `Session::refuse` sends it;
+//! the listeners send theirs with `accept::refuse`; as rustls maps each error to one alert.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::Fatal;
 use crate::access::Barred;
 use crate::data::{BridgeError, PoolError};
 use crate::ftp::{addr::AddrError, escaped, CommandError, LineError, Reply};
@@ -17,7 +17,7 @@ use crate::metrics::Reason;
 use crate::upstream::{BackendError, RouteError};
 
 #[derive(Debug)]
-pub(super) enum Refusal {
+pub(crate) enum Refusal {
     /// A line the framer refused: too long, a NUL, a bare CR or LF.
     BadLine(LineError),
     /// A line that is no command.
@@ -148,10 +148,30 @@ pub(super) enum Refusal {
     },
     /// PASS without a USER the gateway passed on (one it refused, say).
     PassWithoutUser,
+    /// The backend failed (closed, timed out, spoke nonsense) during the session. The session
+    /// ends.
+    BackendLost(BackendError),
+    /// The backend turned the session away in its greeting (421 too many users, ...): its code
+    /// is relayed, its text, which may name the server, is not. The session ends.
+    BackendRefused(Reply),
+    // At the door, before a session starts: the reply goes to an explicit-mode client only
+    // (an implicit one gets a close, since a reply would need a TLS handshake).
+    /// `access.allow`/`deny` keep the address out.
+    AddressDenied,
+    /// The address is banned after failed logins.
+    AddressBanned,
+    /// `limits.max_sessions` reached.
+    TooManySessions,
+    /// `limits.max_sessions_per_ip` reached for the address (or IPv6 network).
+    TooManyFromAddress,
+    /// Out of file descriptors: the acceptor spent its reserve one on telling `peer` so.
+    OutOfDescriptors {
+        peer: SocketAddr,
+    },
 }
 
 impl Refusal {
-    pub fn reply(&self) -> Reply {
+    pub(crate) fn reply(&self) -> Reply {
         use Refusal::*;
         let (code, text) = match self {
             BadLine(e) => return Reply::new(500, &format!("Syntax error: {e}.")),
@@ -238,12 +258,27 @@ impl Refusal {
                 421,
                 "Service not available: the FTP server cannot be reached.",
             ),
+            BackendLost(_) => (421, "Service not available: lost the FTP server."),
+            BackendRefused(reply) => {
+                let code = if reply.code() >= 400 {
+                    reply.code()
+                } else {
+                    421
+                };
+                let text = "Service not available: the FTP server refused the session.";
+                return Reply::new(code, text);
+            }
+            AddressDenied => (421, Barred::DENIED_TEXT),
+            AddressBanned => (421, Barred::BANNED_TEXT),
+            TooManySessions => (421, "Too many sessions; try again later."),
+            TooManyFromAddress => (421, "Too many sessions from your address; try again later."),
+            OutOfDescriptors { .. } => (421, "Out of resources; try again later."),
         };
         Reply::new(code, text)
     }
 
     /// The reason it is counted under in `ftpsgate_refusals_total`, if it is counted.
-    pub fn reason(&self) -> Option<Reason> {
+    pub(crate) fn reason(&self) -> Option<Reason> {
         use Refusal::*;
         Some(match self {
             BadLine(_) | Unrecognized(_) => Reason::bad_line,
@@ -261,12 +296,47 @@ impl Refusal {
             DeniedUser { .. } => Reason::denied_user,
             MalformedUser => Reason::malformed_user,
             CertificateUser { .. } => Reason::certificate_user,
-            _ => return None,
+            AddressDenied => Reason::access_denied,
+            AddressBanned => Reason::banned,
+            TooManySessions => Reason::session_limit,
+            TooManyFromAddress => Reason::per_ip_limit,
+            // Mistakes a client makes and corrects, the backend's own answers, and the out of
+            // descriptors case (counted as `accept_failed` where the accept failed): not
+            // counted as refusals.
+            Ccc
+            | OtherSecurity
+            | LongAddress
+            | Rein
+            | AlreadyTls
+            | AuthMechanism
+            | PipelinedAfterAuth
+            | NeedsTls { .. }
+            | PbszNotANumber
+            | ProtUnsupported
+            | ProtUnknown
+            | HostAfterUser
+            | HostElsewhere { .. }
+            | UserElsewhere { .. }
+            | AfterEpsvAll { .. }
+            | PasvNotIpv4
+            | BadEpsvArgument
+            | WrongFamily { .. }
+            | BadActiveAddress { .. }
+            | NotLoggedIn
+            | NoDataConnection
+            | ProtChanged
+            | DataLost { .. }
+            | BackendDataPort { .. }
+            | Backend(_)
+            | PassWithoutUser
+            | BackendLost(_)
+            | BackendRefused(_)
+            | OutOfDescriptors { .. } => return None,
         })
     }
 
     /// True when the session ends after the reply.
-    pub fn ends_session(&self) -> bool {
+    pub(crate) fn ends_session(&self) -> bool {
         matches!(
             self,
             Refusal::PipelinedAfterAuth
@@ -276,12 +346,19 @@ impl Refusal {
                 | Refusal::Banned { .. }
                 | Refusal::LoginsInFlight
                 | Refusal::RouteDenied { .. }
+                | Refusal::BackendLost(_)
+                | Refusal::BackendRefused(_)
+                | Refusal::AddressDenied
+                | Refusal::AddressBanned
+                | Refusal::TooManySessions
+                | Refusal::TooManyFromAddress
+                | Refusal::OutOfDescriptors { .. }
         )
     }
 
     /// The log line: a warning for what looks like an attack or a fault in the deployment,
     /// information for the rest. Refusals of ordinary mistakes are not logged.
-    pub fn log(&self) {
+    pub(crate) fn log(&self) {
         use Refusal::*;
         match self {
             BadLine(e) => info!(error = %e, "refused client line"),
@@ -340,46 +417,41 @@ impl Refusal {
                 certified = %escaped(certified.as_deref().unwrap_or("(none)")),
                 "login refused: not the user the client certificate names"
             ),
-            _ => {}
+            BackendLost(e) => warn!(error = %e, "backend failed; closing session"),
+            BackendRefused(reply) => info!(
+                code = reply.code(),
+                text = %escaped(&reply.text()),
+                "backend refused the session"
+            ),
+            AddressDenied | AddressBanned | TooManySessions | TooManyFromAddress => {
+                let text = self.reply().text();
+                info!(reason = text.as_str(), "connection refused")
+            }
+            OutOfDescriptors { peer } => {
+                warn!(%peer, "connection refused: out of file descriptors")
+            }
+            // Ordinary mistakes, answered and not logged.
+            Ccc
+            | OtherSecurity
+            | LongAddress
+            | Rein
+            | AlreadyTls
+            | AuthMechanism
+            | NeedsTls { .. }
+            | PbszNotANumber
+            | ProtUnsupported
+            | ProtUnknown
+            | HostAfterUser
+            | AfterEpsvAll { .. }
+            | PasvNotIpv4
+            | BadEpsvArgument
+            | WrongFamily { .. }
+            | NotLoggedIn
+            | NoDataConnection
+            | ProtChanged
+            | Backend(_)
+            | PassWithoutUser => {}
         }
-    }
-}
-
-/// What stops a command short: a refusal, after which the session carries on (unless the
-/// refusal says otherwise), or a fatal error, after which it ends.
-#[derive(Debug)]
-pub(super) enum Halt {
-    Refused(Refusal),
-    Fatal(Fatal),
-}
-
-impl From<Refusal> for Halt {
-    fn from(r: Refusal) -> Self {
-        Halt::Refused(r)
-    }
-}
-
-impl From<Fatal> for Halt {
-    fn from(f: Fatal) -> Self {
-        Halt::Fatal(f)
-    }
-}
-
-impl From<std::io::Error> for Halt {
-    fn from(e: std::io::Error) -> Self {
-        Halt::Fatal(e.into())
-    }
-}
-
-impl From<BackendError> for Halt {
-    fn from(e: BackendError) -> Self {
-        Halt::Fatal(e.into())
-    }
-}
-
-impl From<RouteError> for Halt {
-    fn from(e: RouteError) -> Self {
-        Halt::Fatal(e.into())
     }
 }
 
