@@ -195,7 +195,7 @@ fn check(args: RunArgs) -> Result<(), String> {
 
 async fn doctor(args: RunArgs, user: Option<String>) -> Result<(), String> {
     let settings = args.settings().map_err(|e| e.to_string())?;
-    let login = user.map(|user| ftpsgate::doctor::Login {
+    let login = user.map(|user| ftpsgate::doctor::Credentials {
         user,
         password: std::env::var("FTPSGATE_DOCTOR_PASSWORD").unwrap_or_default(),
     });

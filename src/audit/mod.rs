@@ -93,7 +93,7 @@ pub enum Event<'a> {
 }
 
 #[derive(Serialize)]
-struct Line<'a> {
+struct Stamped<'a> {
     time: String,
     #[serde(flatten)]
     event: &'a Event<'a>,
@@ -151,7 +151,7 @@ pub(super) fn encode(event: &Event<'_>) -> Option<Vec<u8>> {
     let time = OffsetDateTime::now_utc()
         .format(&Rfc3339)
         .unwrap_or_default();
-    match serde_json::to_vec(&Line { time, event }) {
+    match serde_json::to_vec(&Stamped { time, event }) {
         Ok(mut line) => {
             line.push(b'\n');
             Some(line)

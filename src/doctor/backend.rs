@@ -1,14 +1,14 @@
 //! The backend checks: each address of the default backend and of every route reached, its
 //! greeting and TLS, and (with a login) its passive mode as the gateway will use it.
 
-use super::{check, with_fix, Check, Level, Login};
+use super::{check, with_fix, Check, Credentials, Level};
 use crate::config::{BackendSettings, HostPort, Settings};
 use crate::ftp::addr;
 use crate::tls::backend::BackendTls;
 use crate::upstream::{self, Backend, BackendError};
 
 /// Every address of the default backend and of each route.
-pub(super) async fn backend_checks(settings: &Settings, login: Option<&Login>) -> Vec<Check> {
+pub(super) async fn backend_checks(settings: &Settings, login: Option<&Credentials>) -> Vec<Check> {
     let mut out = Vec::new();
     let backends = std::iter::once(("backend".to_string(), &settings.backend)).chain(
         settings
@@ -34,7 +34,7 @@ pub(super) async fn backend_checks(settings: &Settings, login: Option<&Login>) -
             } else {
                 format!("{key} {address}")
             };
-            let to = Target {
+            let to = Candidate {
                 settings: b,
                 tls: tls.as_ref(),
                 address,
@@ -47,7 +47,7 @@ pub(super) async fn backend_checks(settings: &Settings, login: Option<&Login>) -
 }
 
 /// One backend address to check.
-struct Target<'a> {
+struct Candidate<'a> {
     settings: &'a BackendSettings,
     tls: Option<&'a BackendTls>,
     address: &'a HostPort,
@@ -55,7 +55,11 @@ struct Target<'a> {
     label: &'a str,
 }
 
-async fn address_checks(settings: &Settings, to: Target<'_>, login: Option<&Login>) -> Vec<Check> {
+async fn address_checks(
+    settings: &Settings,
+    to: Candidate<'_>,
+    login: Option<&Credentials>,
+) -> Vec<Check> {
     let mut out = Vec::new();
     let what = "backend";
     let address = to.label;
@@ -111,7 +115,11 @@ async fn address_checks(settings: &Settings, to: Target<'_>, login: Option<&Logi
     out
 }
 
-async fn passive_checks(backend: &mut Backend, login: &Login, settings: &Settings) -> Vec<Check> {
+async fn passive_checks(
+    backend: &mut Backend,
+    login: &Credentials,
+    settings: &Settings,
+) -> Vec<Check> {
     let what = "backend passive mode";
     let mut out = Vec::new();
     let logged_in = async {

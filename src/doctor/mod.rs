@@ -81,13 +81,13 @@ fn with_fix(mut c: Check, fix: impl AsRef<str>) -> Check {
 }
 
 /// Backend credentials for the passive-mode checks (they need a login).
-pub struct Login {
+pub struct Credentials {
     pub user: String,
     pub password: String,
 }
 
 /// Runs every check and returns them in order.
-pub async fn run(settings: &Settings, login: Option<&Login>) -> Vec<Check> {
+pub async fn run(settings: &Settings, login: Option<&Credentials>) -> Vec<Check> {
     let mut out = Vec::new();
     out.extend(backend_checks(settings, login).await);
     out.push(pool_ports(settings));

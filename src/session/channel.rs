@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use super::client::ClientControl;
 use super::login::Login;
-use super::phase::Seat;
+use super::phase::Account;
 use super::secure::{Protection, Security};
 use super::transfer::InFlight;
 use super::Halt;
-use super::{Context, Outcome};
+use super::{Answer, Context};
 use crate::config::{BackendDataMode, Switch};
 use crate::data::{BackendSide, BridgeParams, ClientSide, DataBridge, PoolError};
 use crate::ftp::addr::{self, AddrError, EpsvArg};
@@ -52,7 +52,7 @@ impl DataChannel {
         self.pending = None;
     }
 
-    pub async fn pasv(&mut self, s: Parts<'_>) -> Result<Outcome, Halt> {
+    pub async fn pasv(&mut self, s: Parts<'_>) -> Result<Answer, Halt> {
         if self.epsv_all {
             let command = "PASV".into();
             return Err(Refusal::AfterEpsvAll { command }.into());
@@ -68,7 +68,7 @@ impl DataChannel {
         Ok(Reply::new(227, &text).into())
     }
 
-    pub async fn epsv(&mut self, arg: Option<EpsvArg>, s: Parts<'_>) -> Result<Outcome, Halt> {
+    pub async fn epsv(&mut self, arg: Option<EpsvArg>, s: Parts<'_>) -> Result<Answer, Halt> {
         let family = addr::family_number(s.client.local.ip().to_canonical());
         match arg {
             None => return Err(Refusal::BadEpsvArgument.into()),
@@ -93,7 +93,7 @@ impl DataChannel {
         command: String,
         target: Result<SocketAddr, AddrError>,
         s: Parts<'_>,
-    ) -> Result<Outcome, Halt> {
+    ) -> Result<Answer, Halt> {
         if s.ctx.settings.active.mode == Switch::Off {
             return Err(Refusal::ActiveDisabled { command }.into());
         }
@@ -161,10 +161,10 @@ impl DataChannel {
     /// Gets the backend's end of the data connection and starts the bridge.
     async fn start_bridge(&mut self, client: ClientSide, s: Parts<'_>) -> Result<(), Halt> {
         let siblings = s.login.identity().and_then(|who| s.security.siblings(who));
-        let seat = s.login.seat().ok_or(Refusal::NotLoggedIn)?;
+        let account = s.login.account().ok_or(Refusal::NotLoggedIn)?;
         let t = &s.ctx.settings.timeouts;
-        let backend_tls = seat.backend.data_tls();
-        let backend = backend_data(s.ctx, seat).await?;
+        let backend_tls = account.backend.data_tls();
+        let backend = backend_data(s.ctx, account).await?;
         let params = BridgeParams {
             client_ip: s.client.peer.ip(),
             tls: s.security.data_config(),
@@ -192,7 +192,7 @@ impl DataChannel {
         line: Line,
         direction: Direction,
         s: Parts<'_>,
-    ) -> Result<Outcome, Halt> {
+    ) -> Result<Answer, Halt> {
         let pending = self.pending.take().ok_or(Refusal::NoDataConnection)?;
         let prot = s.security.protection();
         if pending.protection != prot {
@@ -207,26 +207,26 @@ impl DataChannel {
             return Err(Refusal::DataLost { command, error }.into());
         }
         let session = s.login.session();
-        let seat = s.login.seat().ok_or(Refusal::NotLoggedIn)?;
-        seat.backend.send(&line.to_wire()).await?;
+        let account = s.login.account().ok_or(Refusal::NotLoggedIn)?;
+        account.backend.send(&line.to_wire()).await?;
         bridge.start(direction);
-        let first = seat.backend.expect_reply().await?;
+        let first = account.backend.expect_reply().await?;
         s.client.send(&first).await?;
         if !first.is_preliminary() {
             // Refused (550 and the like): dropping the bridge releases the lease.
-            return Ok(Outcome::Sent);
+            return Ok(Answer::Sent);
         }
         let transfer = InFlight::new(line, direction, bridge, session);
-        transfer.run(s.ctx, s.client, seat).await?;
-        Ok(Outcome::Sent)
+        transfer.run(s.ctx, s.client, account).await?;
+        Ok(Answer::Sent)
     }
 }
 
 /// The backend's end of the next data connection, as `backend.data_mode` says.
-async fn backend_data(ctx: &Context, seat: Seat<'_>) -> Result<BackendSide, Halt> {
+async fn backend_data(ctx: &Context, account: Account<'_>) -> Result<BackendSide, Halt> {
     let limit = ctx.settings.timeouts.backend_connect();
-    let backend = seat.backend;
-    if seat.route.settings.data_mode == BackendDataMode::Active {
+    let backend = account.backend;
+    if account.route.settings.data_mode == BackendDataMode::Active {
         let ip = backend.peer().ip();
         let listener = backend.listen_active().await?.map_err(Refusal::Backend)?;
         return Ok(BackendSide::Listening(listener, ip));

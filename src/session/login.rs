@@ -10,11 +10,11 @@ use tokio::time::Instant;
 use tracing::{info, warn, Span};
 
 use super::client::ClientControl;
-use super::phase::{Link, Phase, RouteChoice, Seat};
+use super::phase::{Account, Link, Phase, RouteChoice};
 use super::relay::{connect, forward};
 use super::secure::Security;
 use super::Halt;
-use super::{Context, Fatal, Outcome};
+use super::{Answer, Context, Fatal};
 use crate::access::{Attempt, Barred, NoAttempt};
 use crate::audit::{Event, Who};
 use crate::config::Networks;
@@ -53,8 +53,8 @@ impl Login {
     }
 
     /// The logged-in session's backend and who it is there; `None` before login.
-    pub fn seat(&mut self) -> Option<Seat<'_>> {
-        self.phase.seat()
+    pub fn account(&mut self) -> Option<Account<'_>> {
+        self.phase.account()
     }
 
     /// The session as its audit records name it; `tried` stands in for a user not logged in
@@ -119,7 +119,7 @@ impl Login {
         ctx: &Context,
         client: &mut ClientControl,
         line: &Line,
-    ) -> Result<Outcome, Fatal> {
+    ) -> Result<Answer, Fatal> {
         let link = self.link(ctx, client).await?;
         Ok(forward(link, client, line).await?.into())
     }
@@ -153,7 +153,7 @@ impl Login {
         ctx: &Context,
         client: &mut ClientControl,
         security: &Security,
-    ) -> Result<Outcome, Halt> {
+    ) -> Result<Answer, Halt> {
         let ip = client.peer.ip();
         if let Err(Barred::Banned(left)) = ctx.access.not_banned(ip) {
             return Err(Refusal::Banned { left }.into());
@@ -191,7 +191,7 @@ impl Login {
         ctx: &Context,
         client: &mut ClientControl,
         security: &Security,
-    ) -> Result<Outcome, Halt> {
+    ) -> Result<Answer, Halt> {
         let ip = client.peer.ip();
         if let Err(Barred::Banned(left)) = ctx.access.not_banned(ip) {
             return Err(Refusal::Banned { left }.into());
@@ -219,7 +219,7 @@ impl Login {
         security: &Security,
         line: &Line,
         attempt: Option<Attempt>,
-    ) -> Result<Outcome, Halt> {
+    ) -> Result<Answer, Halt> {
         let link = self.link(ctx, client).await?;
         let reply = forward(link, client, line).await?;
         if reply.code() == 230 {
@@ -345,7 +345,7 @@ impl Login {
         line: Line,
         ctx: &Context,
         client: &mut ClientControl,
-    ) -> Result<Outcome, Halt> {
+    ) -> Result<Answer, Halt> {
         if self.phase.is_logged_in() || self.attempt.is_some() {
             return Err(Refusal::HostAfterUser.into());
         }

@@ -15,7 +15,7 @@
 //! never reaches the backend (see `backend.relay_greeting` for the old way).
 //!
 //! The session is a thin command loop over owned machines, each taking only what it needs and
-//! returning an [`Outcome`] for the loop to send: `secure` (AUTH TLS, PBSZ, PROT: the control
+//! returning an [`Answer`] for the loop to send: `secure` (AUTH TLS, PBSZ, PROT: the control
 //! channel's security), `login` (USER, PASS, HOST, the phase and the route: the login),
 //! `channel` (PASV, EPSV, PORT, EPRT, EPSV ALL and the transfer: the data channel), with
 //! `transfer` (the transfer in flight and ABOR), `relay` (forwarding to the backend), `refusal`
@@ -125,7 +125,7 @@ impl From<RouteError> for Halt {
 }
 
 /// What a command leaves for the loop to do.
-enum Outcome {
+enum Answer {
     /// Send this reply; the session carries on.
     Reply(Reply),
     /// The handler has sent its replies itself (AUTH's 234 before the handshake, a transfer's
@@ -135,9 +135,9 @@ enum Outcome {
     Close(Option<Reply>),
 }
 
-impl From<Reply> for Outcome {
+impl From<Reply> for Answer {
     fn from(reply: Reply) -> Self {
-        Outcome::Reply(reply)
+        Answer::Reply(reply)
     }
 }
 
@@ -301,9 +301,9 @@ impl Session {
                 self.handle(request).await?
             };
             match outcome {
-                Outcome::Reply(reply) => self.client.send(&reply).await?,
-                Outcome::Sent => {}
-                Outcome::Close(reply) => {
+                Answer::Reply(reply) => self.client.send(&reply).await?,
+                Answer::Sent => {}
+                Answer::Close(reply) => {
                     if let Some(reply) = reply {
                         self.client.send(&reply).await?;
                     }
@@ -376,16 +376,16 @@ impl Session {
     }
 
     /// One command: answered, or refused in one place.
-    async fn handle(&mut self, request: Request) -> Result<Outcome, Fatal> {
+    async fn handle(&mut self, request: Request) -> Result<Answer, Fatal> {
         match self.dispatch(request).await {
             Ok(outcome) => Ok(outcome),
             Err(Halt::Refused(refusal)) => {
                 let ends = refusal.ends_session();
                 self.refuse(refusal).await?;
                 Ok(if ends {
-                    Outcome::Close(None)
+                    Answer::Close(None)
                 } else {
-                    Outcome::Sent
+                    Answer::Sent
                 })
             }
             Err(Halt::Fatal(fatal)) => Err(fatal),
@@ -393,7 +393,7 @@ impl Session {
     }
 
     /// Each command to the machine that owns it, with what that machine may borrow.
-    async fn dispatch(&mut self, request: Request) -> Result<Outcome, Halt> {
+    async fn dispatch(&mut self, request: Request) -> Result<Answer, Halt> {
         // Display hides PASS and USER and escapes the rest.
         debug!(command = %request.line, "client command");
         let Request { command, line } = request;
@@ -465,7 +465,7 @@ impl Session {
             Command::Feat => Ok(relay::feat(login.link(ctx, client).await?).await?.into()),
             Command::Quit => {
                 data.close();
-                Ok(Outcome::Close(Some(relay::quit(login.link_mut()).await)))
+                Ok(Answer::Close(Some(relay::quit(login.link_mut()).await)))
             }
             Command::Abor
             | Command::Status

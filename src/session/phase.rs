@@ -68,7 +68,7 @@ pub(super) struct LoggedIn {
 }
 
 /// A logged-in session's backend, with who the session is there: what the data channel needs.
-pub(super) struct Seat<'a> {
+pub(super) struct Account<'a> {
     pub backend: &'a mut Backend,
     pub route: &'a Arc<Upstream>,
     pub user: &'a str,
@@ -122,10 +122,10 @@ impl Phase {
     }
 
     /// The logged-in session's backend; `None` before login.
-    pub fn seat(&mut self) -> Option<Seat<'_>> {
+    pub fn account(&mut self) -> Option<Account<'_>> {
         match self {
             Phase::LoggingIn(_) => None,
-            Phase::LoggedIn(s) => Some(Seat {
+            Phase::LoggedIn(s) => Some(Account {
                 backend: &mut s.link.backend,
                 route: s.link.lease.upstream(),
                 user: &s.user,

@@ -12,7 +12,7 @@ use tracing::{info, Span};
 
 use super::client::ClientControl;
 use super::Halt;
-use super::{Context, Outcome};
+use super::{Answer, Context};
 use crate::ftp::{escaped, AuthMechanism, ProtLevel, Reply};
 use crate::metrics::Channel;
 use crate::refusal::Refusal;
@@ -90,7 +90,7 @@ impl Security {
         mechanism: Option<AuthMechanism>,
         ctx: &Context,
         client: &mut ClientControl,
-    ) -> Result<Outcome, Halt> {
+    ) -> Result<Answer, Halt> {
         if client.is_tls() {
             return Err(Refusal::AlreadyTls.into());
         }
@@ -105,15 +105,15 @@ impl Security {
         let config = Arc::clone(&self.tls.control);
         if let Err(e) = secure_control(ctx, client, config).await {
             info!(error = %e, "control TLS handshake failed");
-            return Ok(Outcome::Close(None));
+            return Ok(Answer::Close(None));
         }
         if mechanism == AuthMechanism::TlsWithPrivateData {
             self.prot = Protection::Private;
         }
-        Ok(Outcome::Sent)
+        Ok(Answer::Sent)
     }
 
-    pub fn pbsz(&self, size: Option<u32>, client: &ClientControl) -> Result<Outcome, Halt> {
+    pub fn pbsz(&self, size: Option<u32>, client: &ClientControl) -> Result<Answer, Halt> {
         if !client.is_tls() {
             return Err(Refusal::NeedsTls { command: "PBSZ" }.into());
         }
@@ -127,7 +127,7 @@ impl Security {
         level: Option<ProtLevel>,
         ctx: &Context,
         client: &ClientControl,
-    ) -> Result<Outcome, Halt> {
+    ) -> Result<Answer, Halt> {
         // RFC 2228 puts PBSZ before PROT; like vsftpd, the gateway does not insist (Python's
         // ftplib sends `PROT C` alone), since TLS has no protection buffer to size anyway.
         if !client.is_tls() {

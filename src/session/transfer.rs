@@ -10,7 +10,7 @@ use tokio::time::{sleep_until, timeout_at, Instant};
 use tracing::{debug, info, warn};
 
 use super::client::ClientControl;
-use super::phase::Seat;
+use super::phase::Account;
 use super::{Context, Fatal};
 use crate::audit::{Event, Who};
 use crate::data::{BridgeError, DataBridge, Transferred};
@@ -56,13 +56,13 @@ impl InFlight {
         mut self,
         ctx: &Context,
         client: &mut ClientControl,
-        seat: Seat<'_>,
+        account: Account<'_>,
     ) -> Result<(), Fatal> {
         // Once the copy is over, the backend gets the usual reply timeout to say so.
         let mut reply_deadline: Option<Instant> = None;
         while self.last.is_none() || self.copied.is_none() {
             tokio::select! {
-                reply = seat.backend.read_reply(), if self.last.is_none() => {
+                reply = account.backend.read_reply(), if self.last.is_none() => {
                     let reply = match reply {
                         Ok(reply) => reply,
                         Err(e) => {
@@ -72,7 +72,7 @@ impl InFlight {
                             // backend's side.
                             let lost = std::io::Error::other(format!("backend control: {e}"));
                             let lost = BridgeError::Backend(lost);
-                            self.log(ctx, client, &seat, None, Err(&lost));
+                            self.log(ctx, client, &account, None, Err(&lost));
                             client.send(&lost.reply()).await?;
                             return Err(e.into());
                         }
@@ -98,7 +98,7 @@ impl InFlight {
                     };
                     let command = line.as_ref().ok().and_then(|l| Request::parse(l.clone()).ok());
                     match command.map(|r| r.command) {
-                        Some(Command::Abor) => return self.abort(ctx, client, seat).await,
+                        Some(Command::Abor) => return self.abort(ctx, client, account).await,
                         // STAT without argument asks about the transfer itself (RFC 959
                         // §4.1.3): answered here, since the backend's answer would interleave
                         // with the transfer's own replies.
@@ -124,11 +124,11 @@ impl InFlight {
         };
         let reply = match copied {
             Ok(t) => {
-                self.log(ctx, client, &seat, Some(last.code()), Ok(&t));
+                self.log(ctx, client, &account, Some(last.code()), Ok(&t));
                 last
             }
             Err(e) => {
-                self.log(ctx, client, &seat, Some(last.code()), Err(&e));
+                self.log(ctx, client, &account, Some(last.code()), Err(&e));
                 e.reply()
             }
         };
@@ -148,7 +148,7 @@ impl InFlight {
         self,
         ctx: &Context,
         client: &mut ClientControl,
-        seat: Seat<'_>,
+        account: Account<'_>,
     ) -> Result<(), Fatal> {
         // What the log line says is the transfer as it stood when the client aborted it.
         let (bytes, elapsed, tls) = (
@@ -167,7 +167,7 @@ impl InFlight {
             copied,
         } = self;
         let began = Instant::now();
-        let backend = &mut *seat.backend;
+        let backend = &mut *account.backend;
         backend.send(b"ABOR\r\n").await?;
         drop(bridge);
         let mut after = Vec::with_capacity(2);
@@ -211,7 +211,7 @@ impl InFlight {
         }
         let copied_whole = matches!(copied, Some(Ok(_)));
         let replies = abort::settle(last.as_ref(), &after, copied_whole);
-        let record = Record {
+        let record = Report {
             line: &line,
             direction,
             session,
@@ -221,8 +221,8 @@ impl InFlight {
             tls,
         };
         match &copied {
-            Some(Ok(t)) if replies.completed => record.log(ctx, client, &seat, Ok(t)),
-            _ => record.log(ctx, client, &seat, Err(&BridgeError::Cancelled)),
+            Some(Ok(t)) if replies.completed => record.log(ctx, client, &account, Ok(t)),
+            _ => record.log(ctx, client, &account, Err(&BridgeError::Cancelled)),
         }
         client.send(&replies.transfer).await?;
         client.send(&replies.abor).await?;
@@ -237,11 +237,11 @@ impl InFlight {
         &self,
         ctx: &Context,
         client: &ClientControl,
-        seat: &Seat<'_>,
+        account: &Account<'_>,
         backend_code: Option<u16>,
         result: Result<&Transferred, &BridgeError>,
     ) {
-        let record = Record {
+        let record = Report {
             line: &self.line,
             direction: self.direction,
             session: self.session,
@@ -250,7 +250,7 @@ impl InFlight {
             elapsed: self.began.elapsed(),
             tls: self.bridge.tls(),
         };
-        record.log(ctx, client, seat, result);
+        record.log(ctx, client, account, result);
     }
 }
 
@@ -261,7 +261,7 @@ const ABOR_SETTLE: Duration = Duration::from_secs(2);
 const ABOR_LIMIT: Duration = Duration::from_secs(5);
 
 /// What the transfer log line says about a transfer besides its outcome.
-struct Record<'a> {
+struct Report<'a> {
     line: &'a Line,
     direction: Direction,
     session: u64,
@@ -274,13 +274,13 @@ struct Record<'a> {
     tls: Option<(rustls::ProtocolVersion, bool)>,
 }
 
-impl Record<'_> {
+impl Report<'_> {
     /// One line per transfer, like an xferlog, and its count in the metrics.
     fn log(
         &self,
         ctx: &Context,
         client: &ClientControl,
-        seat: &Seat<'_>,
+        account: &Account<'_>,
         result: Result<&Transferred, &BridgeError>,
     ) {
         let direction = self.direction;
@@ -310,8 +310,8 @@ impl Record<'_> {
             who: Who {
                 session: self.session,
                 client: client.peer.ip(),
-                user: Some(seat.user),
-                route: Some(&seat.route.name),
+                user: Some(account.user),
+                route: Some(&account.route.name),
             },
             command: &command,
             path: &path,

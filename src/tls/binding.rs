@@ -59,7 +59,7 @@ pub struct Identity {
 
 /// Where a session stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Login {
+enum Standing {
     /// The control handshake has started; the backend has not said 230 yet.
     Pending,
     LoggedIn(Identity),
@@ -131,7 +131,7 @@ impl ProducesTickets for Tagged {
 pub struct Member {
     client: IpAddr,
     ticketer: Arc<Tagged>,
-    login: watch::Sender<Login>,
+    login: watch::Sender<Standing>,
     /// When the session ended; unset while it is open.
     closed: OnceLock<Instant>,
 }
@@ -148,8 +148,8 @@ impl Member {
     /// Waits up to `limit` for the session to log in; true when it is `who`.
     pub async fn is(&self, who: &Identity, limit: Duration) -> bool {
         let mut rx = self.login.subscribe();
-        let settled = tokio::time::timeout(limit, rx.wait_for(|l| *l != Login::Pending)).await;
-        matches!(settled, Ok(Ok(l)) if *l == Login::LoggedIn(who.clone()))
+        let settled = tokio::time::timeout(limit, rx.wait_for(|l| *l != Standing::Pending)).await;
+        matches!(settled, Ok(Ok(l)) if *l == Standing::LoggedIn(who.clone()))
     }
 }
 
@@ -202,7 +202,7 @@ impl Registry {
         let member = Arc::new(Member {
             client,
             ticketer,
-            login: watch::Sender::new(Login::Pending),
+            login: watch::Sender::new(Standing::Pending),
             closed: OnceLock::new(),
         });
         match self.members.entry(member.ticketer.tag) {
@@ -310,7 +310,7 @@ impl Registry {
 impl Membership {
     /// The backend accepted the login: the session is `who` from now on.
     pub fn logged_in(&self, who: Identity) {
-        self.member.login.send_replace(Login::LoggedIn(who));
+        self.member.login.send_replace(Standing::LoggedIn(who));
     }
 
     /// What a data connection of this session needs to try its siblings' tickets.
@@ -327,9 +327,9 @@ impl Membership {
 impl Drop for Membership {
     fn drop(&mut self) {
         self.member.login.send_if_modified(|l| {
-            let pending = *l == Login::Pending;
+            let pending = *l == Standing::Pending;
             if pending {
-                *l = Login::Gone;
+                *l = Standing::Gone;
             }
             pending
         });
