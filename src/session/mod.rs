@@ -29,6 +29,8 @@ mod login;
 mod phase;
 mod relay;
 mod secure;
+#[cfg(test)]
+mod tests;
 mod transfer;
 
 use std::net::SocketAddr;
