@@ -11,10 +11,10 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::access::Barred;
+use crate::backend::{BackendError, RouteError};
 use crate::data::{BridgeError, PoolError};
 use crate::ftp::{addr::AddrError, escaped, CommandError, LineError, Reply};
 use crate::metrics::Reason;
-use crate::upstream::{BackendError, RouteError};
 
 #[derive(Debug)]
 pub(crate) enum Refusal {

@@ -22,6 +22,7 @@ use crate::accept::{refuse, Acceptor};
 use crate::access::{Access, Barred, ClientKey};
 use crate::admin;
 use crate::audit::{Audit, Event, Who};
+use crate::backend::{Dialer, Router};
 use crate::config::Settings;
 use crate::cores::Cores;
 use crate::data::PassivePool;
@@ -32,7 +33,6 @@ use crate::refusal::Refusal;
 use crate::session::{self, Context, Mode};
 use crate::tls::store::CertStore;
 use crate::tls::{self, TlsError};
-use crate::upstream::{Dialer, Router};
 
 #[derive(Debug, Error)]
 pub enum StartError {

@@ -18,10 +18,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ftpsgate::backend::Dialer;
 use ftpsgate::config::Settings;
 use ftpsgate::server::Gateway;
 use ftpsgate::session::{self, Mode};
-use ftpsgate::upstream::Dialer;
 use tokio::io::{
     AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf,
 };

@@ -2,10 +2,10 @@
 //! greeting and TLS, and (with a login) its passive mode as the gateway will use it.
 
 use super::{check, with_fix, Check, Credentials, Level};
+use crate::backend::{self, Backend, BackendError};
 use crate::config::{BackendSettings, HostPort, Settings};
 use crate::ftp::addr;
 use crate::tls::backend::BackendTls;
-use crate::upstream::{self, Backend, BackendError};
 
 /// Every address of the default backend and of each route.
 pub(super) async fn backend_checks(settings: &Settings, login: Option<&Credentials>) -> Vec<Check> {
@@ -65,7 +65,7 @@ async fn address_checks(
     let address = to.label;
     let t = &settings.timeouts;
     let timeouts = (t.backend_connect(), t.backend_reply());
-    let connected = upstream::dial(to.settings, to.tls, to.address, None, timeouts, None).await;
+    let connected = backend::dial(to.settings, to.tls, to.address, None, timeouts, None).await;
     let (mut backend, greeting) = match connected {
         Ok(b) => b,
         Err(e) => {

@@ -11,9 +11,9 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::{TlsConnector, TlsStream};
 
+use crate::backend::{BackendError, ReplyReader};
 use crate::ftp::Reply;
 use crate::stream::Control;
-use crate::upstream::{BackendError, ReplyReader};
 
 pub struct Ctl {
     /// `None` only during the TLS upgrade.

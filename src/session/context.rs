@@ -9,13 +9,13 @@ use tokio::sync::watch;
 
 use crate::access::Access;
 use crate::audit::Audit;
+use crate::backend::{BackendError, RouteError, Router};
 use crate::config::Settings;
 use crate::data::PassivePool;
 use crate::ftp::Reply;
 use crate::metrics::Metrics;
 use crate::tls;
 use crate::tls::store::CertStore;
-use crate::upstream::{BackendError, RouteError, Router};
 
 /// What every session shares.
 pub struct Context {
@@ -44,9 +44,8 @@ impl Context {
     /// Connects to the default backend as a session would (TLS included) and checks its
     /// greeting, for `/readyz`.
     pub async fn probe_backend(&self) -> Result<Reply, RouteError> {
-        let upstream = self.router.default_route();
-        let (mut backend, greeting, _lease) =
-            upstream.connect(None, &self.settings.timeouts).await?;
+        let route = self.router.default_route();
+        let (mut backend, greeting, _slot) = route.connect(None, &self.settings.timeouts).await?;
         let last = greeting.last().cloned().ok_or(BackendError::Closed)?;
         let _ = backend.send(b"QUIT\r\n").await;
         if last.is_success() {

@@ -17,11 +17,11 @@ use super::Halt;
 use super::{Answer, Context, Fatal};
 use crate::access::{Attempt, Barred, NoAttempt};
 use crate::audit::{Event, Who};
+use crate::backend::Route;
 use crate::config::Networks;
 use crate::ftp::{escaped, Line, Reply};
 use crate::refusal::Refusal;
 use crate::tls::binding::Identity;
-use crate::upstream::Upstream;
 
 pub(super) struct Login {
     /// The session's number, which its audit records carry.
@@ -60,7 +60,7 @@ impl Login {
     /// The session as its audit records name it; `tried` stands in for a user not logged in
     /// (the name a failed login tried).
     pub fn who<'a>(&'a self, client: IpAddr, tried: Option<&'a str>) -> Who<'a> {
-        let route = self.phase.link().map(|l| l.lease.upstream().name.as_str());
+        let route = self.phase.link().map(|l| l.slot.route().name.as_str());
         let logged_in = self.phase.user();
         Who {
             session: self.session,
@@ -77,7 +77,7 @@ impl Login {
         };
         Some(Identity {
             user: s.user.clone(),
-            route: s.link.lease.upstream().name.clone(),
+            route: s.link.slot.route().name.clone(),
         })
     }
 
@@ -102,12 +102,12 @@ impl Login {
         let link = match waiting.link.take() {
             Some(link) => link,
             None => {
-                let upstream = match waiting.route.route() {
+                let route = match waiting.route.route() {
                     Some(route) => Arc::clone(route),
                     None => Arc::clone(ctx.router.by_sni(client.sni().as_deref())),
                 };
                 let host = waiting.host_pending.take();
-                connect(ctx, client, &upstream, host).await?
+                connect(ctx, client, &route, host).await?
             }
         };
         Ok(waiting.link.insert(link))
@@ -127,12 +127,12 @@ impl Login {
     /// Moves a session that has not logged in to `route`, chosen by HOST or a user suffix
     /// (`by`): a connection to another backend is closed, and the next command opens one to
     /// this. A route chosen already stays chosen by what chose it first.
-    async fn choose(&mut self, route: &Arc<Upstream>, by: fn(Arc<Upstream>) -> RouteChoice) {
+    async fn choose(&mut self, route: &Arc<Route>, by: fn(Arc<Route>) -> RouteChoice) {
         let Phase::LoggingIn(waiting) = &mut self.phase else {
             return;
         };
         if let Some(link) = &mut waiting.link {
-            if Arc::ptr_eq(link.lease.upstream(), route) {
+            if Arc::ptr_eq(link.slot.route(), route) {
                 return;
             }
             let _ = link.backend.send(b"QUIT\r\n").await;
@@ -326,9 +326,9 @@ impl Login {
     /// The route an earlier rule has fixed, which a later one may not change (rules apply in
     /// order: SNI, HOST, USER suffix): the one in use once logged in, else the one HOST chose,
     /// else the one the SNI name selects. `None` while only the default applies.
-    fn fixed_route(&self, ctx: &Context, client: &ClientControl) -> Option<Arc<Upstream>> {
+    fn fixed_route(&self, ctx: &Context, client: &ClientControl) -> Option<Arc<Route>> {
         let chosen = match &self.phase {
-            Phase::LoggedIn(s) => return Some(Arc::clone(s.link.lease.upstream())),
+            Phase::LoggedIn(s) => return Some(Arc::clone(s.link.slot.route())),
             Phase::LoggingIn(waiting) => waiting.route.route().cloned(),
         };
         let sni = client.sni();
@@ -384,7 +384,7 @@ impl Login {
 
 /// The route's own `allow`/`deny` for this client: checked before anything is sent to the
 /// route's backend (HOST, USER).
-fn route_admits(route: &Upstream, client: &ClientControl) -> Result<(), Refusal> {
+fn route_admits(route: &Route, client: &ClientControl) -> Result<(), Refusal> {
     let rules = &route.settings;
     if Networks::admits(&rules.allow, &rules.deny, client.peer.ip()) {
         return Ok(());

@@ -42,12 +42,12 @@ use tokio::time::{sleep_until, timeout_at, Instant};
 use tracing::{debug, info, warn, Span};
 
 use crate::audit::{Event, Who};
+use crate::backend::{BackendError, RouteError};
 use crate::ftp::{gateway_feat, Command, LineError, Reply, Request};
 use crate::metrics::Reason;
 use crate::refusal::Refusal;
 pub use crate::stream::Io;
 use crate::tls;
-use crate::upstream::{BackendError, RouteError};
 
 use channel::{DataChannel, Parts};
 use client::ClientControl;
@@ -193,9 +193,9 @@ pub async fn serve(
     // `relay_greeting` (one backend only): connect now and relay its greeting, as if the client
     // reached it directly. Otherwise the gateway greets, and connects when a command needs it.
     let (link, greeting) = if ctx.router.is_static() && ctx.settings.backend.relay_greeting {
-        let upstream = ctx.router.default_route();
-        match upstream.connect(Some((peer, local)), t).await {
-            Ok((backend, greeting, lease)) => (Some(Link { backend, lease }), greeting),
+        let route = ctx.router.default_route();
+        match route.connect(Some((peer, local)), t).await {
+            Ok((backend, greeting, slot)) => (Some(Link { backend, slot }), greeting),
             Err(e) => {
                 unreachable(&ctx, &mut client, e).await;
                 client.close().await;
@@ -481,8 +481,8 @@ impl Session {
 
 /// `backend.relay_stat` of the route the session is on (or would be).
 fn relay_stat(ctx: &Context, login: &Login) -> bool {
-    let upstream = login.phase().upstream();
-    upstream
+    let route = login.phase().route();
+    route
         .unwrap_or(ctx.router.default_route())
         .settings
         .relay_stat

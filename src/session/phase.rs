@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use crate::backend::{Backend, Route, Slot};
 use crate::ftp::Line;
-use crate::upstream::{Backend, Lease, Upstream};
 
 /// The session's control connection to its backend, and its place in that backend's count.
 pub(super) struct Link {
     pub backend: Backend,
-    pub lease: Lease,
+    pub slot: Slot,
 }
 
 /// Which route HOST or `USER name@route` chose, and which of the two: the route rules apply in
@@ -27,13 +27,13 @@ pub(super) enum RouteChoice {
     #[default]
     Open,
     /// HOST chose it, for good.
-    Host(Arc<Upstream>),
+    Host(Arc<Route>),
     /// `USER name@route` chose it; a refused login gives the choice back.
-    User(Arc<Upstream>),
+    User(Arc<Route>),
 }
 
 impl RouteChoice {
-    pub fn route(&self) -> Option<&Arc<Upstream>> {
+    pub fn route(&self) -> Option<&Arc<Route>> {
         match self {
             RouteChoice::Open => None,
             RouteChoice::Host(route) | RouteChoice::User(route) => Some(route),
@@ -70,7 +70,7 @@ pub(super) struct LoggedIn {
 /// A logged-in session's backend, with who the session is there: what the data channel needs.
 pub(super) struct Account<'a> {
     pub backend: &'a mut Backend,
-    pub route: &'a Arc<Upstream>,
+    pub route: &'a Arc<Route>,
     pub user: &'a str,
 }
 
@@ -110,14 +110,10 @@ impl Phase {
     }
 
     /// The backend the session is on, or has chosen; `None` while only the default applies.
-    pub fn upstream(&self) -> Option<&Arc<Upstream>> {
+    pub fn route(&self) -> Option<&Arc<Route>> {
         match self {
-            Phase::LoggingIn(l) => l
-                .link
-                .as_ref()
-                .map(|k| k.lease.upstream())
-                .or(l.route.route()),
-            Phase::LoggedIn(s) => Some(s.link.lease.upstream()),
+            Phase::LoggingIn(l) => l.link.as_ref().map(|k| k.slot.route()).or(l.route.route()),
+            Phase::LoggedIn(s) => Some(s.link.slot.route()),
         }
     }
 
@@ -127,7 +123,7 @@ impl Phase {
             Phase::LoggingIn(_) => None,
             Phase::LoggedIn(s) => Some(Account {
                 backend: &mut s.link.backend,
-                route: s.link.lease.upstream(),
+                route: s.link.slot.route(),
                 user: &s.user,
             }),
         }

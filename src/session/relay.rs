@@ -10,8 +10,8 @@ use tracing::{debug, info, Span};
 use super::client::ClientControl;
 use super::phase::Link;
 use super::{Context, Fatal};
+use crate::backend::{BackendError, Route};
 use crate::ftp::{rewrite_feat, Line, Reply};
-use crate::upstream::{BackendError, Upstream};
 
 /// The next reply from the backend, if connected; never resolves otherwise.
 pub(super) async fn backend_reply(link: Option<&mut Link>) -> Result<Reply, BackendError> {
@@ -21,24 +21,24 @@ pub(super) async fn backend_reply(link: Option<&mut Link>) -> Result<Reply, Back
     }
 }
 
-/// Connects a session to `upstream`, checks the backend's greeting (the client had the
+/// Connects a session to `route`, checks the backend's greeting (the client had the
 /// gateway's own), and sends it the HOST the gateway answered before, if there was one.
 pub(super) async fn connect(
     ctx: &Context,
     client: &ClientControl,
-    upstream: &Arc<Upstream>,
+    route: &Arc<Route>,
     host: Option<Line>,
 ) -> Result<Link, Fatal> {
-    let (mut backend, greeting, lease) = upstream
+    let (mut backend, greeting, slot) = route
         .connect(Some((client.peer, client.local)), &ctx.settings.timeouts)
         .await?;
     let span = Span::current();
     span.record("backend", tracing::field::display(backend.peer()));
-    span.record("route", upstream.name.as_str());
+    span.record("route", route.name.as_str());
     if let Some(last) = greeting.last().filter(|r| !r.is_success()) {
         return Err(Fatal::Greeting(last.clone()));
     }
-    info!(route = %upstream.name, "backend connected");
+    info!(route = %route.name, "backend connected");
     if let Some(host) = host {
         // Answered already; the backend's own answer only matters to itself.
         backend.send(&host.to_wire()).await?;
@@ -48,7 +48,7 @@ pub(super) async fn connect(
             "backend answered the HOST sent on connect"
         );
     }
-    Ok(Link { backend, lease })
+    Ok(Link { backend, slot })
 }
 
 /// Forwards the command, relays preliminary (1xx) replies, returns the final one unsent.

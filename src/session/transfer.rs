@@ -13,10 +13,10 @@ use super::client::ClientControl;
 use super::phase::Account;
 use super::{Context, Fatal};
 use crate::audit::{Event, Who};
+use crate::backend::BackendError;
 use crate::data::{BridgeError, DataBridge, Transferred};
 use crate::ftp::{abort, Command, Direction, Escaped, Line, Reply, Request};
 use crate::metrics::{Outcome, Reason};
-use crate::upstream::BackendError;
 
 /// A transfer between the 1xx the client has heard and the final reply it is owed.
 pub(super) struct InFlight {

@@ -6,21 +6,21 @@ use std::time::Duration;
 
 use crate::ftp::Reply;
 
-use super::router::{Member, Router, Upstream};
+use super::router::{Endpoint, Route, Router};
 
 impl Router {
     /// Starts a health check for each address of every backend that has several, every
     /// `interval`: the FTP greeting (over TLS for an implicit backend) within `limit`. The
     /// tasks end with the router.
     pub fn spawn_health_checks(&self, interval: Duration, limit: Duration) {
-        for upstream in std::iter::once(&self.default).chain(&self.routes) {
-            if upstream.members.len() < 2 {
+        for route in std::iter::once(&self.default).chain(&self.routes) {
+            if route.endpoints.len() < 2 {
                 continue;
             }
-            for member in &upstream.members {
+            for endpoint in &route.endpoints {
                 tokio::spawn(health_loop(
-                    Arc::downgrade(upstream),
-                    Arc::clone(member),
+                    Arc::downgrade(route),
+                    Arc::clone(endpoint),
                     interval,
                     limit,
                 ));
@@ -29,10 +29,10 @@ impl Router {
     }
 }
 
-impl Upstream {
+impl Route {
     /// One health check: a greeting of 2xx within `limit`.
-    async fn check(&self, member: &Member, limit: Duration) -> bool {
-        let dialled = tokio::time::timeout(limit, self.dial(member, None, limit, limit)).await;
+    async fn check(&self, endpoint: &Endpoint, limit: Duration) -> bool {
+        let dialled = tokio::time::timeout(limit, self.dial(endpoint, None, limit, limit)).await;
         match dialled {
             Ok(Ok((mut backend, greeting))) => {
                 let _ = backend.send(b"QUIT\r\n").await;
@@ -44,17 +44,17 @@ impl Upstream {
 }
 
 async fn health_loop(
-    upstream: Weak<Upstream>,
-    member: Arc<Member>,
+    route: Weak<Route>,
+    endpoint: Arc<Endpoint>,
     interval: Duration,
     limit: Duration,
 ) {
     loop {
-        let Some(u) = upstream.upgrade() else {
+        let Some(u) = route.upgrade() else {
             return;
         };
-        let healthy = u.check(&member, limit).await;
-        u.mark(&member, healthy);
+        let healthy = u.check(&endpoint, limit).await;
+        u.mark(&endpoint, healthy);
         drop(u);
         tokio::time::sleep(interval).await;
     }

@@ -41,17 +41,17 @@ pub type Dialer =
 
 /// All backends and the rules that choose among them. Built once at start.
 pub struct Router {
-    pub(super) default: Arc<Upstream>,
-    pub(super) routes: Vec<Arc<Upstream>>,
+    pub(super) default: Arc<Route>,
+    pub(super) routes: Vec<Arc<Route>>,
     user_suffix: bool,
 }
 
 /// One backend: its settings, its TLS, and the state of each of its addresses.
-pub struct Upstream {
+pub struct Route {
     pub name: String,
     pub settings: BackendSettings,
     tls: Option<BackendTls>,
-    pub(super) members: Vec<Arc<Member>>,
+    pub(super) endpoints: Vec<Arc<Endpoint>>,
     /// Round-robin position, and the tie-break for least connections.
     next: AtomicUsize,
     /// Health checks run: an address that fails is marked down until a check passes.
@@ -61,27 +61,27 @@ pub struct Upstream {
     dialer: Option<Dialer>,
 }
 
-pub(super) struct Member {
+pub(super) struct Endpoint {
     address: HostPort,
     up: AtomicBool,
     sessions: AtomicUsize,
 }
 
-/// A session's hold on one address of an upstream (counted for least connections).
-pub struct Lease {
-    upstream: Arc<Upstream>,
-    member: Arc<Member>,
+/// A session's hold on one address of an route (counted for least connections).
+pub struct Slot {
+    route: Arc<Route>,
+    endpoint: Arc<Endpoint>,
 }
 
-impl Drop for Lease {
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.member.sessions.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint.sessions.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-impl Lease {
-    pub fn upstream(&self) -> &Arc<Upstream> {
-        &self.upstream
+impl Slot {
+    pub fn route(&self) -> &Arc<Route> {
+        &self.route
     }
 }
 
@@ -93,12 +93,12 @@ impl Router {
         dialer: Option<Dialer>,
     ) -> Result<Router, TlsError> {
         let checked = settings.routing.health_interval().is_some();
-        let upstream = |name: &str, b| Upstream::new(name, b, checked, metrics, dialer.clone());
-        let default = upstream(DEFAULT_ROUTE, &settings.backend)?;
+        let route = |name: &str, b| Route::new(name, b, checked, metrics, dialer.clone());
+        let default = route(DEFAULT_ROUTE, &settings.backend)?;
         let routes = settings
             .routes
             .iter()
-            .map(|(name, b)| upstream(name, b))
+            .map(|(name, b)| route(name, b))
             .collect::<Result<_, _>>()?;
         Ok(Router {
             default,
@@ -112,35 +112,35 @@ impl Router {
         self.routes.is_empty()
     }
 
-    pub fn default_route(&self) -> &Arc<Upstream> {
+    pub fn default_route(&self) -> &Arc<Route> {
         &self.default
     }
 
     /// The route for a TLS server name, else the default.
-    pub fn by_sni(&self, name: Option<&str>) -> &Arc<Upstream> {
+    pub fn by_sni(&self, name: Option<&str>) -> &Arc<Route> {
         self.sni_route(name).unwrap_or(&self.default)
     }
 
     /// The route a TLS server name selects, if any.
-    pub fn sni_route(&self, name: Option<&str>) -> Option<&Arc<Upstream>> {
+    pub fn sni_route(&self, name: Option<&str>) -> Option<&Arc<Route>> {
         name.and_then(|n| find(&self.routes, |r| &r.settings.sni, n))
     }
 
     /// The route a `HOST` name selects, if any.
-    pub fn by_host(&self, host: &str) -> Option<&Arc<Upstream>> {
+    pub fn by_host(&self, host: &str) -> Option<&Arc<Route>> {
         find(&self.routes, |r| &r.settings.hosts, host)
     }
 
     /// With `routing.user_suffix` on, `name@route` names a route: returns it and `name`.
     /// The last `@` counts (user names may hold one); a suffix that names no route is left
     /// alone.
-    pub fn by_user<'u>(&self, user: &'u str) -> Option<(&Arc<Upstream>, &'u str)> {
+    pub fn by_user<'u>(&self, user: &'u str) -> Option<(&Arc<Route>, &'u str)> {
         if !self.user_suffix {
             return None;
         }
-        let (name, route) = user.rsplit_once('@')?;
-        let upstream = self.routes.iter().find(|r| r.name == route)?;
-        (!name.is_empty()).then_some((upstream, name))
+        let (name, suffix) = user.rsplit_once('@')?;
+        let route = self.routes.iter().find(|r| r.name == suffix)?;
+        (!name.is_empty()).then_some((route, name))
     }
 }
 
@@ -176,10 +176,10 @@ pub async fn dial(
 /// wildcard (`*.example.com`, one label, as in certificates), so `a.example.com` goes to the
 /// route that names it even when another claims `*.example.com`.
 fn find<'r>(
-    routes: &'r [Arc<Upstream>],
-    names: impl Fn(&Upstream) -> &Vec<String>,
+    routes: &'r [Arc<Route>],
+    names: impl Fn(&Route) -> &Vec<String>,
     wanted: &str,
-) -> Option<&'r Arc<Upstream>> {
+) -> Option<&'r Arc<Route>> {
     let claiming = |name: &str| {
         routes
             .iter()
@@ -188,38 +188,38 @@ fn find<'r>(
     claiming(wanted).or_else(|| claiming(&crate::tls::wildcard_of(wanted)?))
 }
 
-impl Upstream {
+impl Route {
     fn new(
         name: &str,
         settings: &BackendSettings,
         checked: bool,
         metrics: &Arc<Metrics>,
         dialer: Option<Dialer>,
-    ) -> Result<Arc<Upstream>, TlsError> {
+    ) -> Result<Arc<Route>, TlsError> {
         let tls = BackendTls::from_settings(settings)?;
         if settings.insecure_skip_verify && tls.is_some() {
             warn!(route = name, "insecure_skip_verify: the backend's certificate is NOT verified; anyone between the gateway and the backend can read and change the traffic");
         }
-        let members: Vec<Arc<Member>> = settings
+        let endpoints: Vec<Arc<Endpoint>> = settings
             .addresses
             .iter()
             .map(|address| {
-                Arc::new(Member {
+                Arc::new(Endpoint {
                     address: address.clone(),
                     up: AtomicBool::new(true),
                     sessions: AtomicUsize::new(0),
                 })
             })
             .collect();
-        for m in &members {
+        for m in &endpoints {
             metrics.backend_up(name, &m.address.to_string(), true);
         }
-        Ok(Arc::new(Upstream {
+        Ok(Arc::new(Route {
             name: name.to_string(),
             settings: settings.clone(),
             tls,
-            checked: checked && members.len() > 1,
-            members,
+            checked: checked && endpoints.len() > 1,
+            endpoints,
             next: AtomicUsize::new(0),
             metrics: Arc::clone(metrics),
             dialer,
@@ -227,11 +227,11 @@ impl Upstream {
     }
 
     /// The addresses that are up, in the order to try them.
-    fn candidates(&self) -> Vec<Arc<Member>> {
-        let n = self.members.len();
+    fn candidates(&self) -> Vec<Arc<Endpoint>> {
+        let n = self.endpoints.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n.max(1);
-        let mut order: Vec<Arc<Member>> = self
-            .members
+        let mut order: Vec<Arc<Endpoint>> = self
+            .endpoints
             .iter()
             .cycle()
             .skip(start)
@@ -253,24 +253,24 @@ impl Upstream {
         self: &Arc<Self>,
         client: Option<(SocketAddr, SocketAddr)>,
         t: &Timeouts,
-    ) -> Result<(Backend, Vec<Reply>, Lease), RouteError> {
+    ) -> Result<(Backend, Vec<Reply>, Slot), RouteError> {
         let mut last = None;
-        for member in self.candidates() {
-            member.sessions.fetch_add(1, Ordering::Relaxed);
-            let lease = Lease {
-                upstream: Arc::clone(self),
-                member: Arc::clone(&member),
+        for endpoint in self.candidates() {
+            endpoint.sessions.fetch_add(1, Ordering::Relaxed);
+            let slot = Slot {
+                route: Arc::clone(self),
+                endpoint: Arc::clone(&endpoint),
             };
             match self
-                .dial(&member, client, t.backend_connect(), t.backend_reply())
+                .dial(&endpoint, client, t.backend_connect(), t.backend_reply())
                 .await
             {
-                Ok((backend, greeting)) => return Ok((backend, greeting, lease)),
+                Ok((backend, greeting)) => return Ok((backend, greeting, slot)),
                 Err(e) => {
-                    let address = &member.address;
+                    let address = &endpoint.address;
                     warn!(route = %self.name, %address, error = %e, "backend address failed");
                     if self.checked {
-                        self.mark(&member, false);
+                        self.mark(&endpoint, false);
                     }
                     last = Some(e);
                 }
@@ -281,12 +281,12 @@ impl Upstream {
 
     pub(super) async fn dial(
         &self,
-        member: &Member,
+        endpoint: &Endpoint,
         client: Option<(SocketAddr, SocketAddr)>,
         connect: Duration,
         reply: Duration,
     ) -> Result<(Backend, Vec<Reply>), BackendError> {
-        let address = &member.address;
+        let address = &endpoint.address;
         let t = (connect, reply);
         let dialer = self.dialer.as_ref();
         dial(
@@ -301,7 +301,7 @@ impl Upstream {
     }
 
     /// Records an address's health, logging each change.
-    pub(super) fn mark(&self, m: &Member, up: bool) {
+    pub(super) fn mark(&self, m: &Endpoint, up: bool) {
         if m.up.swap(up, Ordering::Relaxed) != up {
             self.metrics
                 .backend_up(&self.name, &m.address.to_string(), up);
@@ -371,7 +371,7 @@ mod tests {
     fn balancing_rotates_and_prefers_the_least_loaded() {
         let r = router(ROUTES);
         let ops = r.by_host("ops.example.test").expect("ops");
-        let order = |u: &Upstream| -> Vec<String> {
+        let order = |u: &Route| -> Vec<String> {
             u.candidates()
                 .iter()
                 .map(|m| m.address.to_string())
@@ -380,18 +380,18 @@ mod tests {
         let (a, b) = ("127.0.0.1:2102", "127.0.0.1:2103");
         let firsts: Vec<String> = (0..4).map(|_| order(ops)[0].clone()).collect();
         assert_eq!(firsts, [a, b, a, b]);
-        ops.members[0].sessions.store(3, Ordering::Relaxed);
+        ops.endpoints[0].sessions.store(3, Ordering::Relaxed);
         let lc = router(&ROUTES.replace(
             "hosts = [\"OPS.example.test\"]",
             "hosts = [\"OPS.example.test\"]\nbalance = \"least-connections\"",
         ));
         let ops = lc.by_host("ops.example.test").expect("ops");
-        ops.members[0].sessions.store(3, Ordering::Relaxed);
+        ops.endpoints[0].sessions.store(3, Ordering::Relaxed);
         assert_eq!(order(ops), [b, a]);
         assert_eq!(order(ops), [b, a]);
-        ops.mark(&ops.members[1], false);
+        ops.mark(&ops.endpoints[1], false);
         assert_eq!(order(ops), [a]);
-        ops.mark(&ops.members[0], false);
+        ops.mark(&ops.endpoints[0], false);
         assert!(ops.candidates().is_empty());
     }
 }

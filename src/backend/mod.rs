@@ -8,4 +8,4 @@ mod health;
 mod router;
 
 pub use control::{Backend, BackendError, ReplyReader};
-pub use router::{dial, Dialer, Lease, RouteError, Router, Upstream, DEFAULT_ROUTE};
+pub use router::{dial, Dialer, Route, RouteError, Router, Slot, DEFAULT_ROUTE};
