@@ -2,10 +2,12 @@
 //!
 //! Clients speak FTPS (explicit `AUTH TLS` or implicit) to the gateway; the gateway speaks FTP to
 //! an unmodified internal server, answers passive mode itself from a pooled port range, and
-//! splices data connections through. See `README.md` and `docs/ARCHITECTURE.md` for the whole picture.
+//! splices data connections through. `README.md` says what it is for; `docs/ARCHITECTURE.md`
+//! has the whole picture.
 //!
-//! Layers, outermost first: [`server`] (listeners, limits) → [`session`] (the control relay) →
-//! [`data`] (passive pool, data bridges) → [`ftp`] (pure protocol, no I/O).
+//! What each module does is in the module table of `docs/ARCHITECTURE.md` ("The shape"), not
+//! here: a second list beside it went stale as modules were added, and each module's own doc
+//! comment says the rest.
 
 mod accept;
 pub(crate) mod access;

@@ -1,6 +1,7 @@
 //! The data plane: passive port leases (`pool`), the bridge that runs one transfer (`bridge`),
-//! the address and TLS checks a data connection must pass (`admit`), the copy itself (`pump`),
-//! and the reply each failure gets (`error`).
+//! what a session hands a bridge when it starts one (`params`), the address and TLS checks a
+//! data connection must pass (`admit`), the copy itself (`pump`), and the reply each failure
+//! gets (`error`).
 
 mod admit;
 mod bridge;
