@@ -15,6 +15,7 @@ use crate::backend::{BackendError, RouteError};
 use crate::data::{BridgeError, PoolError};
 use crate::ftp::{addr::AddrError, escaped, CommandError, LineError, Reply};
 use crate::metrics::Reason;
+use crate::proxy_protocol::ProxyError;
 
 #[derive(Debug)]
 pub(crate) enum Refusal {
@@ -168,6 +169,12 @@ pub(crate) enum Refusal {
     OutOfDescriptors {
         peer: SocketAddr,
     },
+    /// A trusted balancer's connection without a valid PROXY header: closed without a reply,
+    /// since a balancer reads none.
+    BadProxyHeader {
+        balancer: SocketAddr,
+        error: ProxyError,
+    },
 }
 
 impl Refusal {
@@ -273,6 +280,7 @@ impl Refusal {
             TooManySessions => (421, "Too many sessions; try again later."),
             TooManyFromAddress => (421, "Too many sessions from your address; try again later."),
             OutOfDescriptors { .. } => (421, "Out of resources; try again later."),
+            BadProxyHeader { .. } => (421, "Bad PROXY header."),
         };
         Reply::new(code, text)
     }
@@ -300,6 +308,7 @@ impl Refusal {
             AddressBanned => Reason::banned,
             TooManySessions => Reason::session_limit,
             TooManyFromAddress => Reason::per_ip_limit,
+            BadProxyHeader { .. } => Reason::bad_proxy_header,
             // Mistakes a client makes and corrects, the backend's own answers, and the out of
             // descriptors case (counted as `accept_failed` where the accept failed): not
             // counted as refusals.
@@ -353,6 +362,7 @@ impl Refusal {
                 | Refusal::TooManySessions
                 | Refusal::TooManyFromAddress
                 | Refusal::OutOfDescriptors { .. }
+                | Refusal::BadProxyHeader { .. }
         )
     }
 
@@ -430,6 +440,9 @@ impl Refusal {
             OutOfDescriptors { peer } => {
                 warn!(%peer, "connection refused: out of file descriptors")
             }
+            BadProxyHeader { balancer, error } => {
+                warn!(%balancer, %error, "connection refused: bad PROXY header")
+            }
             // Ordinary mistakes, answered and not logged.
             Ccc
             | OtherSecurity
@@ -481,5 +494,17 @@ mod tests {
         assert_eq!(down.reply().code(), 421);
         assert_eq!(down.reason(), Some(Reason::backend_down));
         assert!(down.ends_session());
+        // At the door: the same three facts, and the texts the listeners always sent.
+        let full = Refusal::TooManyFromAddress;
+        let text = "421 Too many sessions from your address; try again later.\r\n";
+        assert_eq!(full.reply().as_bytes(), text.as_bytes());
+        assert_eq!(full.reason(), Some(Reason::per_ip_limit));
+        assert!(full.ends_session());
+        let lost = Refusal::BackendLost(BackendError::Timeout);
+        let text = "421 Service not available: lost the FTP server.\r\n";
+        assert_eq!(lost.reply().as_bytes(), text.as_bytes());
+        assert_eq!(lost.reason(), None);
+        let refused = Refusal::BackendRefused(Reply::new(230, "odd"));
+        assert_eq!(refused.reply().code(), 421);
     }
 }

@@ -27,7 +27,7 @@ use crate::config::Settings;
 use crate::cores::Cores;
 use crate::data::PassivePool;
 use crate::fdlimit;
-use crate::metrics::{Metrics, Reason};
+use crate::metrics::Metrics;
 use crate::proxy_protocol;
 use crate::refusal::Refusal;
 use crate::session::{self, Context, Mode};
@@ -286,9 +286,16 @@ async fn accept_loop(
                     Some(peer),
                     mode,
                 ),
-                Err(e) => {
-                    ctx.metrics.refused(Reason::bad_proxy_header);
-                    warn!(balancer = %peer, error = %e, "connection refused: bad PROXY header");
+                Err(error) => {
+                    // Counted and logged, not audited: no client is known yet.
+                    let refusal = Refusal::BadProxyHeader {
+                        balancer: peer,
+                        error,
+                    };
+                    refusal.log();
+                    if let Some(reason) = refusal.reason() {
+                        ctx.metrics.refused(reason);
+                    }
                 }
             }
         });

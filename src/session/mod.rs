@@ -18,9 +18,9 @@
 //! returning an [`Answer`] for the loop to send: `secure` (AUTH TLS, PBSZ, PROT: the control
 //! channel's security), `login` (USER, PASS, HOST, the phase and the route: the login),
 //! `channel` (PASV, EPSV, PORT, EPRT, EPSV ALL and the transfer: the data channel), with
-//! `transfer` (the transfer in flight and ABOR), `relay` (forwarding to the backend), `refusal`
-//! (every refusal's reply, metric and log line) and `client` (the client's connection)
-//! (docs/ARCHITECTURE.md, "A session").
+//! `transfer` (the transfer in flight and ABOR), `relay` (forwarding to the backend) and
+//! `client` (the client's connection); every refusal's reply, metric and log line come from
+//! [`crate::refusal`] (docs/ARCHITECTURE.md, "A session").
 
 mod channel;
 mod client;
