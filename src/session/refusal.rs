@@ -14,7 +14,7 @@ use crate::access::Barred;
 use crate::data::{BridgeError, PoolError};
 use crate::ftp::{addr::AddrError, escaped, CommandError, LineError, Reply};
 use crate::metrics::Reason;
-use crate::upstream::{BackendError, RouteError};
+use crate::upstream::{BackendError, NoDataPort, RouteError};
 
 #[derive(Debug)]
 pub(super) enum Refusal {
@@ -112,6 +112,8 @@ pub(super) enum Refusal {
     },
     /// The backend's own refusal (of PASV, EPSV, PORT, EPRT), relayed as it is.
     Backend(Reply),
+    /// The backend's PASV/EPSV reply named no usable port.
+    BadPassive(AddrError),
     /// No address of the backend could be reached when the session needed one. The session
     /// ends.
     BackendDown(RouteError),
@@ -221,6 +223,10 @@ impl Refusal {
             DataLost { error, .. } => return error.reply(),
             BackendDataPort { .. } => (425, "Can't open data connection to the server."),
             Backend(reply) => return reply.clone(),
+            BadPassive(_) => (
+                425,
+                "Can't open data connection: the server sent a bad passive reply.",
+            ),
             Timeout { why } => {
                 let text = format!("Timeout ({why}); closing control connection.");
                 return Reply::new(421, &text);
@@ -318,6 +324,13 @@ impl Refusal {
             BackendDataPort { port, error } => {
                 warn!(%error, port, "cannot reach the backend's data port")
             }
+            // The backend's fault, logged under the module that reads its replies, as it was
+            // before the session chose the reply.
+            BadPassive(error) => warn!(
+                target: "ftpsgate::upstream::control",
+                error = %error,
+                "backend sent an unusable passive reply"
+            ),
             Timeout { why } => info!(timeout = why, "session timed out"),
             ShuttingDown => info!("gateway shutting down; closing idle session"),
             BackendDown(e) => warn!(error = %e, "backend unreachable"),
@@ -341,6 +354,15 @@ impl Refusal {
                 "login refused: not the user the client certificate names"
             ),
             _ => {}
+        }
+    }
+}
+
+impl From<NoDataPort> for Refusal {
+    fn from(no: NoDataPort) -> Self {
+        match no {
+            NoDataPort::Refused(reply) => Refusal::Backend(reply),
+            NoDataPort::Unusable(error) => Refusal::BadPassive(error),
         }
     }
 }
@@ -409,5 +431,15 @@ mod tests {
         assert_eq!(down.reply().code(), 421);
         assert_eq!(down.reason(), Some(Reason::backend_down));
         assert!(down.ends_session());
+    }
+
+    #[test]
+    fn a_backends_unusable_passive_reply_is_425_and_its_refusal_is_relayed() {
+        let bad = Refusal::from(NoDataPort::Unusable(AddrError::Epsv));
+        let text = "425 Can't open data connection: the server sent a bad passive reply.\r\n";
+        assert_eq!(bad.reply().as_bytes(), text.as_bytes());
+        assert_eq!((bad.reason(), bad.ends_session()), (None, false));
+        let refused = Refusal::from(NoDataPort::Refused(Reply::new(421, "Too many.")));
+        assert_eq!(refused.reply(), Reply::new(421, "Too many."));
     }
 }

@@ -13,7 +13,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::timeout;
 use tracing::debug;
 
-use crate::ftp::{addr, LineError, LineFramer, Peer, Reply, ReplyAssembler, ReplyError};
+use crate::ftp::addr::{self, AddrError};
+use crate::ftp::{LineError, LineFramer, Peer, Reply, ReplyAssembler, ReplyError};
 use crate::stream::{Control, Io};
 use crate::tls::backend::BackendSession;
 
@@ -48,6 +49,16 @@ pub enum BackendError {
 enum PassiveStyle {
     Epsv,
     Pasv,
+}
+
+/// Why the backend gave no data port for PASV/EPSV. Not an error of the connection, which
+/// goes on: the session chooses what the client hears (`session::refusal`).
+#[derive(Debug)]
+pub enum NoDataPort {
+    /// It refused, in its own reply (fit to relay).
+    Refused(Reply),
+    /// It said yes in a reply that names no usable port.
+    Unusable(AddrError),
 }
 
 /// Replies read off a server's control connection, however the bytes were split: the framing
@@ -260,16 +271,17 @@ impl Backend {
             .map_err(|_| BackendError::Timeout)?
     }
 
-    /// Asks the backend for a passive data port. `Ok(Err(reply))` is a refusal to relay.
-    pub async fn open_passive(&mut self) -> Result<Result<u16, Reply>, BackendError> {
+    /// Asks the backend for a passive data port. `Ok(Err(_))` is no port, the connection
+    /// still in step: the session words it for the client.
+    pub async fn open_passive(&mut self) -> Result<Result<u16, NoDataPort>, BackendError> {
         if self.style == PassiveStyle::Epsv {
             self.send(b"EPSV\r\n").await?;
             let reply = self.expect_reply().await?;
             if reply.code() == 229 {
-                return Ok(addr::parse_epsv(&reply.text()).map_err(|e| bad_passive(&e)));
+                return Ok(addr::parse_epsv(&reply.text()).map_err(NoDataPort::Unusable));
             }
             if !matches!(reply.code(), 500 | 501 | 502 | 504) {
-                return Ok(Err(reply));
+                return Ok(Err(NoDataPort::Refused(reply)));
             }
             debug!("backend has no EPSV; using PASV from now on");
             self.style = PassiveStyle::Pasv;
@@ -277,7 +289,7 @@ impl Backend {
         self.send(b"PASV\r\n").await?;
         let reply = self.expect_reply().await?;
         if reply.code() != 227 {
-            return Ok(Err(reply));
+            return Ok(Err(NoDataPort::Refused(reply)));
         }
         // Only the port is used: the address in the reply is the backend's idea of itself and
         // must never decide where the gateway connects (docs/ARCHITECTURE.md, "A transfer").
@@ -288,7 +300,7 @@ impl Backend {
                 }
                 Ok(Ok(a.port()))
             }
-            Err(e) => Ok(Err(bad_passive(&e))),
+            Err(e) => Ok(Err(NoDataPort::Unusable(e))),
         }
     }
 
@@ -330,10 +342,66 @@ fn lost() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "backend connection lost")
 }
 
-fn bad_passive(e: &addr::AddrError) -> Reply {
-    tracing::warn!(error = %e, "backend sent an unusable passive reply");
-    Reply::new(
-        425,
-        "Can't open data connection: the server sent a bad passive reply.",
-    )
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    use super::*;
+
+    /// A backend scripted on a duplex pipe: each command it reads is answered with the next
+    /// reply of `script` (the greeting goes first, unasked).
+    fn scripted(script: &'static [(&'static str, &'static str)]) -> Box<dyn Io> {
+        let (ours, theirs) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            let (read, mut write) = tokio::io::split(theirs);
+            let mut lines = BufReader::new(read).lines();
+            write.write_all(b"220 ready\r\n").await.unwrap();
+            for (expected, reply) in script {
+                let line = lines.next_line().await.unwrap().unwrap();
+                assert_eq!(line, *expected);
+                write.write_all(reply.as_bytes()).await.unwrap();
+            }
+        });
+        Box::new(ours)
+    }
+
+    /// EPSV's port; a 229 that names none is no port, the connection still in step; EPSV
+    /// refused as unknown falls back to PASV for good, whose address is ignored; a refusal is
+    /// the backend's own reply.
+    #[tokio::test]
+    async fn passive_ports_unusable_replies_and_refusals_are_told_apart() {
+        let io = scripted(&[
+            ("EPSV", "229 Entering Extended Passive Mode (|||2121|)\r\n"),
+            ("EPSV", "229 Entering Extended Passive Mode (no port)\r\n"),
+            ("EPSV", "502 EPSV not implemented\r\n"),
+            ("PASV", "227 Entering Passive Mode (10,0,0,9,8,1)\r\n"),
+            ("PASV", "227 Entering Passive Mode (10,0,0,9)\r\n"),
+            ("PASV", "421 Too many connections\r\n"),
+        ]);
+        let addrs = (
+            "127.0.0.1:21".parse().unwrap(),
+            "127.0.0.1:5000".parse().unwrap(),
+        );
+        let timeouts = (Duration::from_secs(5), Duration::from_secs(5));
+        let (mut backend, greeting) = Backend::over(io, addrs, None, None, timeouts)
+            .await
+            .unwrap();
+        assert_eq!(greeting.last().map(Reply::code), Some(220));
+        assert_eq!(backend.open_passive().await.unwrap().unwrap(), 2121);
+        let unusable = backend.open_passive().await.unwrap();
+        assert!(
+            matches!(unusable, Err(NoDataPort::Unusable(_))),
+            "{unusable:?}"
+        );
+        assert_eq!(backend.open_passive().await.unwrap().unwrap(), 2049);
+        let unusable = backend.open_passive().await.unwrap();
+        assert!(
+            matches!(unusable, Err(NoDataPort::Unusable(_))),
+            "{unusable:?}"
+        );
+        match backend.open_passive().await.unwrap() {
+            Err(NoDataPort::Refused(reply)) => assert_eq!(reply.code(), 421),
+            other => panic!("{other:?}"),
+        }
+    }
 }
