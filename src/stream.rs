@@ -2,30 +2,21 @@
 //! gateway is the TLS server toward clients and the TLS client toward FTPS backends.
 //!
 //! Data connections are [`Stream`], an enum over TCP, so the data path stays monomorphic and
-//! allocation-free. Control connections are [`Control`], over any [`Io`]: a TCP socket in
-//! production, one end of a `tokio::io::duplex` in tests, so the relay's behaviour (reply
-//! orderings, routing) can be pinned by peers scripted in Rust without sockets. A vtable call
-//! per control read or write costs nothing next to a round trip.
+//! allocation-free; their TLS is made in `tls::data`. Control connections are [`Control`], over
+//! any [`Io`]: a TCP socket in production, one end of a `tokio::io::duplex` in tests, so the
+//! relay's behaviour (reply orderings, routing) can be pinned by peers scripted in Rust without
+//! sockets. A vtable call per control read or write costs nothing next to a round trip.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use rustls::{HandshakeKind, ProtocolVersion};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsStream;
 
-use crate::read_ahead::ReadAhead;
-use crate::tls::ticket_hold::TicketGate;
-
-/// `(version, resumed)` of a TLS connection, for logs.
-fn summary(conn: &rustls::CommonState) -> Option<(ProtocolVersion, bool)> {
-    Some((
-        conn.protocol_version()?,
-        conn.handshake_kind() == Some(HandshakeKind::Resumed),
-    ))
-}
+use crate::tls::data::{BackendConn, ClientConn};
+use crate::tls::{summary, TlsFacts};
 
 /// What a control connection runs over.
 pub trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
@@ -45,7 +36,7 @@ impl Control {
     }
 
     /// `(version, resumed)` once TLS is up.
-    pub fn tls_info(&self) -> Option<(ProtocolVersion, bool)> {
+    pub fn tls_info(&self) -> Option<TlsFacts> {
         let Control::Tls(s) = self else {
             return None;
         };
@@ -82,19 +73,19 @@ impl Control {
 pub enum Stream {
     Plain(TcpStream),
     /// A client data connection, whose TLS 1.3 tickets wait for the gateway's first write.
-    DataTls(Box<tokio_rustls::server::TlsStream<TicketGate>>),
-    /// A backend data connection, read in large chunks (see `read_ahead` on why).
-    BackendDataTls(Box<tokio_rustls::client::TlsStream<ReadAhead<TcpStream>>>),
+    DataTls(Box<ClientConn>),
+    /// A backend data connection, read in large chunks (see `io_util`, `ReadAhead`, on why).
+    BackendDataTls(Box<BackendConn>),
 }
 
 impl Stream {
     /// `(version, resumed)` for TLS connections, for logs.
-    pub fn tls_info(&self) -> Option<(ProtocolVersion, bool)> {
-        summary(match self {
-            Stream::Plain(_) => return None,
-            Stream::DataTls(s) => s.get_ref().1,
-            Stream::BackendDataTls(s) => s.get_ref().1,
-        })
+    pub fn tls_info(&self) -> Option<TlsFacts> {
+        match self {
+            Stream::Plain(_) => None,
+            Stream::DataTls(s) => s.tls_info(),
+            Stream::BackendDataTls(s) => s.tls_info(),
+        }
     }
 }
 
