@@ -12,6 +12,7 @@ pub(crate) mod access;
 pub(crate) mod admin;
 pub(crate) mod audit;
 pub mod config;
+mod control;
 mod cores;
 pub(crate) mod data;
 #[cfg(feature = "demo")]

@@ -1,27 +1,22 @@
 //! The gateway's own control connection to the backend FTP server: plain, explicit TLS
 //! (`AUTH TLS`) or implicit TLS, over any [`Io`] (TCP, or in tests a scripted peer on a
-//! `tokio::io::duplex`). Data connections to the backend are always TCP, to its control
-//! address.
+//! `tokio::io::duplex`), on the shared [`ControlConn`] (`control`), worded as
+//! [`BackendError`]s. Data connections to the backend are always TCP, to its control address.
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::timeout;
 use tracing::debug;
 
+use crate::control::{BadReply, ControlConn, Handshake, Replies, SendError, UpgradeError};
 use crate::ftp::addr::{self, AddrError};
-use crate::ftp::{LineError, LineFramer, Peer, Reply, ReplyAssembler, ReplyError};
-use crate::stream::{Control, Io};
+use crate::ftp::{LineError, Reply, ReplyError};
+use crate::stream::Io;
 use crate::tls::backend::BackendSession;
-
-/// A backend line longer than this is hostile or broken, not FTP.
-const MAX_BACKEND_LINE: usize = 8 * 1024;
-/// A whole reply (STAT and HELP can be long) larger than this is refused.
-const MAX_BACKEND_REPLY: usize = 256 * 1024;
 
 #[derive(Debug, Error)]
 pub enum BackendError {
@@ -61,46 +56,9 @@ pub enum NoDataPort {
     Unusable(AddrError),
 }
 
-/// Replies read off a server's control connection, however the bytes were split: the framing
-/// and assembly the gateway's backend connections and `ftpsgate probe` share.
-pub struct ReplyReader {
-    framer: LineFramer,
-    assembler: ReplyAssembler,
-}
-
-impl Default for ReplyReader {
-    fn default() -> Self {
-        ReplyReader {
-            framer: LineFramer::new(MAX_BACKEND_LINE, Peer::Backend),
-            assembler: ReplyAssembler::new(MAX_BACKEND_REPLY),
-        }
-    }
-}
-
-impl ReplyReader {
-    /// The next complete reply on `io`. Cancel-safe: bytes already read stay in the reader.
-    pub async fn read<R: AsyncRead + Unpin>(&mut self, io: &mut R) -> Result<Reply, BackendError> {
-        let mut chunk = [0u8; 4096];
-        loop {
-            while let Some(line) = self.framer.next_line() {
-                if let Some(reply) = self.assembler.push(&line?)? {
-                    return Ok(reply);
-                }
-            }
-            let n = io.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(BackendError::Closed);
-            }
-            self.framer.extend(chunk.get(..n).unwrap_or_default());
-        }
-    }
-}
-
 pub struct Backend {
-    /// `None` only during a TLS upgrade.
-    stream: Option<Control>,
+    conn: ControlConn<Replies>,
     tls: Option<BackendSession>,
-    replies: ReplyReader,
     peer: SocketAddr,
     local: SocketAddr,
     style: PassiveStyle,
@@ -133,27 +91,32 @@ impl Backend {
     /// address is `addrs.0` (where its data connections go) from `addrs.1`; `timeouts` =
     /// (handshake, reply).
     pub async fn over(
-        mut io: Box<dyn Io>,
+        io: Box<dyn Io>,
         addrs: (SocketAddr, SocketAddr),
         tls: Option<BackendSession>,
         proxy_header: Option<&[u8]>,
         timeouts: (Duration, Duration),
     ) -> Result<(Backend, Vec<Reply>), BackendError> {
         let (connect_timeout, reply_timeout) = timeouts;
-        if let Some(header) = proxy_header {
-            timeout(reply_timeout, io.write_all(header))
-                .await
-                .map_err(|_| BackendError::Timeout)??;
-        }
+        let conn = ControlConn::new(
+            io,
+            Replies::default(),
+            reply_timeout,
+            "backend connection lost",
+        );
         let mut backend = Backend {
             peer: addrs.0,
             local: addrs.1,
-            stream: Some(Control::Plain(io)),
+            conn,
             tls,
-            replies: ReplyReader::default(),
             style: PassiveStyle::Epsv,
             reply_timeout,
         };
+        // The PROXY header goes first, before TLS or anything else, within the same limit
+        // as a command.
+        if let Some(header) = proxy_header {
+            backend.send(header).await?;
+        }
         let implicit = backend.tls.as_ref().map(|t| t.implicit);
         if implicit == Some(true) {
             backend.upgrade(connect_timeout).await?;
@@ -182,20 +145,17 @@ impl Backend {
                 "no TLS configured",
             )));
         };
-        let Some(Control::Plain(plain)) = self.stream.take() else {
-            return Err(BackendError::Handshake(io::Error::other(
-                "not a plain connection",
-            )));
-        };
-        let handshake = tls.connector.connect(tls.server_name.clone(), plain);
-        let stream = timeout(limit, handshake)
+        let handshake = Handshake::Connect(tls.connector, tls.server_name);
+        self.conn
+            .upgrade(handshake, limit)
             .await
-            .map_err(|_| BackendError::Handshake(io::ErrorKind::TimedOut.into()))?
-            .map_err(BackendError::Handshake)?;
-        self.stream = Some(Control::Tls(Box::new(tokio_rustls::TlsStream::Client(
-            stream,
-        ))));
-        Ok(())
+            .map_err(|e| match e {
+                UpgradeError::NotPlain => {
+                    BackendError::Handshake(io::Error::other("not a plain connection"))
+                }
+                UpgradeError::TimedOut => BackendError::Handshake(io::ErrorKind::TimedOut.into()),
+                UpgradeError::Handshake(e) => BackendError::Handshake(e),
+            })
     }
 
     /// After login on a TLS backend: `PBSZ 0` and `PROT P`, so the backend's data connections
@@ -227,41 +187,32 @@ impl Backend {
         })
     }
 
-    fn stream(&mut self) -> io::Result<&mut Control> {
-        self.stream.as_mut().ok_or_else(lost)
-    }
-
     pub fn peer(&self) -> SocketAddr {
         self.peer
     }
 
     /// The SHA-256 of the certificate a TLS backend presented, as `pin_sha256` wants it.
     pub fn certificate_pin(&self) -> Option<String> {
-        let tls = self.stream.as_ref()?.tls_client()?;
-        Some(crate::tls::backend::pin_of(
-            tls.peer_certificates()?.first()?,
-        ))
+        Some(crate::tls::backend::pin_of(self.conn.peer_certificate()?))
     }
 
     /// Writes a command, within the reply timeout: a backend that stops reading is as dead as
     /// one that stops answering.
     pub async fn send(&mut self, wire: &[u8]) -> Result<(), BackendError> {
-        let limit = self.reply_timeout;
-        let stream = self.stream()?;
-        let write = async {
-            stream.write_all(wire).await?;
-            stream.flush().await
-        };
-        timeout(limit, write)
-            .await
-            .map_err(|_| BackendError::Timeout)??;
-        Ok(())
+        self.conn.send(wire).await.map_err(|e| match e {
+            SendError::TimedOut => BackendError::Timeout,
+            SendError::Io(e) => BackendError::Io(e),
+        })
     }
 
     /// The next complete reply, however the bytes were split. Cancel-safe.
     pub async fn read_reply(&mut self) -> Result<Reply, BackendError> {
-        let stream = self.stream.as_mut().ok_or_else(lost)?;
-        self.replies.read(stream).await
+        match self.conn.read().await? {
+            Some(Ok(reply)) => Ok(reply),
+            Some(Err(BadReply::Line(e))) => Err(BackendError::Line(e)),
+            Some(Err(BadReply::Reply(e))) => Err(BackendError::Reply(e)),
+            None => Err(BackendError::Closed),
+        }
     }
 
     /// [`Self::read_reply`] bounded by the reply timeout.
@@ -336,10 +287,6 @@ impl Backend {
         tcp.set_zero_linger()?;
         Ok(tcp)
     }
-}
-
-fn lost() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "backend connection lost")
 }
 
 #[cfg(test)]

@@ -7,5 +7,5 @@ mod control;
 mod health;
 mod router;
 
-pub use control::{Backend, BackendError, NoDataPort, ReplyReader};
+pub use control::{Backend, BackendError, NoDataPort};
 pub use router::{dial, Dialer, Lease, RouteError, Router, Upstream, DEFAULT_ROUTE};
