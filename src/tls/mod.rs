@@ -1,6 +1,6 @@
 //! TLS toward clients: certificates, the base `ServerConfig`, and the per-FTP-session clone that
 //! binds data connections to their control connection. TLS toward backends is in [`backend`];
-//! data connections' TLS, both ways, in [`data`].
+//! data connections' TLS, both ways, in `data`.
 
 pub mod backend;
 pub mod binding;
@@ -220,7 +220,7 @@ pub fn server_config(
 ///
 /// Data handshakes send one TLS 1.3 ticket, not the default two: clients built on rustls use
 /// each ticket once, so every data connection must hand out a replacement; one is enough. The
-/// bridge holds it back until its first write (see `ticket_hold`, under [`data`]).
+/// bridge holds it back until its first write (see `ticket_hold`, under `data`).
 pub struct SessionTls {
     pub control: Arc<ServerConfig>,
     pub data: data::DataConfig,
