@@ -11,7 +11,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::access::Barred;
-use crate::backend::{BackendError, RouteError};
+use crate::backend::{BackendError, NoDataPort, RouteError};
 use crate::data::{BridgeError, PoolError};
 use crate::ftp::{addr::AddrError, escaped, CommandError, LineError, Reply};
 use crate::metrics::Reason;
@@ -113,6 +113,8 @@ pub(crate) enum Refusal {
     },
     /// The backend's own refusal (of PASV, EPSV, PORT, EPRT), relayed as it is.
     Backend(Reply),
+    /// The backend's PASV/EPSV reply named no usable port.
+    BadPassive(AddrError),
     /// No address of the backend could be reached when the session needed one. The session
     /// ends.
     BackendDown(RouteError),
@@ -248,6 +250,10 @@ impl Refusal {
             DataLost { error, .. } => return error.reply(),
             BackendDataPort { .. } => (425, "Can't open data connection to the server."),
             Backend(reply) => return reply.clone(),
+            BadPassive(_) => (
+                425,
+                "Can't open data connection: the server sent a bad passive reply.",
+            ),
             Timeout { why } => {
                 let text = format!("Timeout ({why}); closing control connection.");
                 return Reply::new(421, &text);
@@ -337,6 +343,7 @@ impl Refusal {
             | DataLost { .. }
             | BackendDataPort { .. }
             | Backend(_)
+            | BadPassive(_)
             | PassWithoutUser
             | BackendLost(_)
             | BackendRefused(_)
@@ -346,24 +353,63 @@ impl Refusal {
 
     /// True when the session ends after the reply.
     pub(crate) fn ends_session(&self) -> bool {
-        matches!(
-            self,
-            Refusal::PipelinedAfterAuth
-                | Refusal::Timeout { .. }
-                | Refusal::ShuttingDown
-                | Refusal::BackendDown(_)
-                | Refusal::Banned { .. }
-                | Refusal::LoginsInFlight
-                | Refusal::RouteDenied { .. }
-                | Refusal::BackendLost(_)
-                | Refusal::BackendRefused(_)
-                | Refusal::AddressDenied
-                | Refusal::AddressBanned
-                | Refusal::TooManySessions
-                | Refusal::TooManyFromAddress
-                | Refusal::OutOfDescriptors { .. }
-                | Refusal::BadProxyHeader { .. }
-        )
+        use Refusal::*;
+        match self {
+            PipelinedAfterAuth
+            | Timeout { .. }
+            | ShuttingDown
+            | BackendDown(_)
+            | Banned { .. }
+            | LoginsInFlight
+            | RouteDenied { .. }
+            | BackendLost(_)
+            | BackendRefused(_)
+            | AddressDenied
+            | AddressBanned
+            | TooManySessions
+            | TooManyFromAddress
+            | OutOfDescriptors { .. }
+            | BadProxyHeader { .. } => true,
+            BadLine(_)
+            | Unrecognized(_)
+            | TlsRequired { .. }
+            | Ccc
+            | OtherSecurity
+            | LongAddress
+            | Rein
+            | AlreadyTls
+            | AuthMechanism
+            | NeedsTls { .. }
+            | PbszNotANumber
+            | ClearProt
+            | ClearTransfer { .. }
+            | ProtUnsupported
+            | ProtUnknown
+            | HostAfterUser
+            | HostElsewhere { .. }
+            | UserElsewhere { .. }
+            | AfterEpsvAll { .. }
+            | PasvNotIpv4
+            | BadEpsvArgument
+            | WrongFamily { .. }
+            | ActiveDisabled { .. }
+            | BadActiveAddress { .. }
+            | Bounce { .. }
+            | LowPort { .. }
+            | PoolFull(_)
+            | PassivePerAddress(_)
+            | NotLoggedIn
+            | NoDataConnection
+            | ProtChanged
+            | DataLost { .. }
+            | BackendDataPort { .. }
+            | Backend(_)
+            | BadPassive(_)
+            | DeniedUser { .. }
+            | MalformedUser
+            | CertificateUser { .. }
+            | PassWithoutUser => false,
+        }
     }
 
     /// The log line: a warning for what looks like an attack or a fault in the deployment,
@@ -405,6 +451,13 @@ impl Refusal {
             BackendDataPort { port, error } => {
                 warn!(%error, port, "cannot reach the backend's data port")
             }
+            // The backend's fault, logged under the module that reads its replies, as it was
+            // before the session chose the reply.
+            BadPassive(error) => warn!(
+                target: "ftpsgate::backend::control",
+                error = %error,
+                "backend sent an unusable passive reply"
+            ),
             Timeout { why } => info!(timeout = why, "session timed out"),
             ShuttingDown => info!("gateway shutting down; closing idle session"),
             BackendDown(e) => warn!(error = %e, "backend unreachable"),
@@ -468,6 +521,15 @@ impl Refusal {
     }
 }
 
+impl From<NoDataPort> for Refusal {
+    fn from(no: NoDataPort) -> Self {
+        match no {
+            NoDataPort::Refused(reply) => Refusal::Backend(reply),
+            NoDataPort::Unusable(error) => Refusal::BadPassive(error),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -506,5 +568,15 @@ mod tests {
         assert_eq!(lost.reason(), None);
         let refused = Refusal::BackendRefused(Reply::new(230, "odd"));
         assert_eq!(refused.reply().code(), 421);
+    }
+
+    #[test]
+    fn a_backends_unusable_passive_reply_is_425_and_its_refusal_is_relayed() {
+        let bad = Refusal::from(NoDataPort::Unusable(AddrError::Epsv));
+        let text = "425 Can't open data connection: the server sent a bad passive reply.\r\n";
+        assert_eq!(bad.reply().as_bytes(), text.as_bytes());
+        assert_eq!((bad.reason(), bad.ends_session()), (None, false));
+        let refused = Refusal::from(NoDataPort::Refused(Reply::new(421, "Too many.")));
+        assert_eq!(refused.reply(), Reply::new(421, "Too many."));
     }
 }

@@ -1,26 +1,22 @@
 //! The gateway's own control connection to the backend FTP server: plain, explicit TLS
 //! (`AUTH TLS`) or implicit TLS, over any [`Io`] (TCP, or in tests a scripted peer on a
-//! `tokio::io::duplex`). Data connections to the backend are always TCP, to its control
-//! address.
+//! `tokio::io::duplex`), on the shared [`ControlConn`] (`control`), worded as
+//! [`BackendError`]s. Data connections to the backend are always TCP, to its control address.
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::timeout;
 use tracing::debug;
 
-use crate::ftp::{addr, LineError, LineFramer, Peer, Reply, ReplyAssembler, ReplyError};
-use crate::stream::{Control, Io};
+use crate::control::{BadReply, ControlConn, Handshake, Replies, SendError, UpgradeError};
+use crate::ftp::addr::{self, AddrError};
+use crate::ftp::{LineError, Reply, ReplyError};
+use crate::stream::Io;
 use crate::tls::backend::BackendSession;
-
-/// A backend line longer than this is hostile or broken, not FTP.
-const MAX_BACKEND_LINE: usize = 8 * 1024;
-/// A whole reply (STAT and HELP can be long) larger than this is refused.
-const MAX_BACKEND_REPLY: usize = 256 * 1024;
 
 #[derive(Debug, Error)]
 pub enum BackendError {
@@ -50,46 +46,19 @@ enum PassiveStyle {
     Pasv,
 }
 
-/// Replies read off a server's control connection, however the bytes were split: the framing
-/// and assembly the gateway's backend connections and `ftpsgate probe` share.
-pub struct ReplyReader {
-    framer: LineFramer,
-    assembler: ReplyAssembler,
-}
-
-impl Default for ReplyReader {
-    fn default() -> Self {
-        ReplyReader {
-            framer: LineFramer::new(MAX_BACKEND_LINE, Peer::Backend),
-            assembler: ReplyAssembler::new(MAX_BACKEND_REPLY),
-        }
-    }
-}
-
-impl ReplyReader {
-    /// The next complete reply on `io`. Cancel-safe: bytes already read stay in the reader.
-    pub async fn read<R: AsyncRead + Unpin>(&mut self, io: &mut R) -> Result<Reply, BackendError> {
-        let mut chunk = [0u8; 4096];
-        loop {
-            while let Some(line) = self.framer.next_line() {
-                if let Some(reply) = self.assembler.push(&line?)? {
-                    return Ok(reply);
-                }
-            }
-            let n = io.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(BackendError::Closed);
-            }
-            self.framer.extend(chunk.get(..n).unwrap_or_default());
-        }
-    }
+/// Why the backend gave no data port for PASV/EPSV. Not an error of the connection, which
+/// goes on: the session chooses what the client hears (`session::refusal`).
+#[derive(Debug)]
+pub enum NoDataPort {
+    /// It refused, in its own reply (fit to relay).
+    Refused(Reply),
+    /// It said yes in a reply that names no usable port.
+    Unusable(AddrError),
 }
 
 pub struct Backend {
-    /// `None` only during a TLS upgrade.
-    stream: Option<Control>,
+    conn: ControlConn<Replies>,
     tls: Option<BackendSession>,
-    replies: ReplyReader,
     peer: SocketAddr,
     local: SocketAddr,
     style: PassiveStyle,
@@ -122,27 +91,32 @@ impl Backend {
     /// address is `addrs.0` (where its data connections go) from `addrs.1`; `timeouts` =
     /// (handshake, reply).
     pub async fn over(
-        mut io: Box<dyn Io>,
+        io: Box<dyn Io>,
         addrs: (SocketAddr, SocketAddr),
         tls: Option<BackendSession>,
         proxy_header: Option<&[u8]>,
         timeouts: (Duration, Duration),
     ) -> Result<(Backend, Vec<Reply>), BackendError> {
         let (connect_timeout, reply_timeout) = timeouts;
-        if let Some(header) = proxy_header {
-            timeout(reply_timeout, io.write_all(header))
-                .await
-                .map_err(|_| BackendError::Timeout)??;
-        }
+        let conn = ControlConn::new(
+            io,
+            Replies::default(),
+            reply_timeout,
+            "backend connection lost",
+        );
         let mut backend = Backend {
             peer: addrs.0,
             local: addrs.1,
-            stream: Some(Control::Plain(io)),
+            conn,
             tls,
-            replies: ReplyReader::default(),
             style: PassiveStyle::Epsv,
             reply_timeout,
         };
+        // The PROXY header goes first, before TLS or anything else, within the same limit
+        // as a command.
+        if let Some(header) = proxy_header {
+            backend.send(header).await?;
+        }
         let implicit = backend.tls.as_ref().map(|t| t.implicit);
         if implicit == Some(true) {
             backend.upgrade(connect_timeout).await?;
@@ -171,20 +145,17 @@ impl Backend {
                 "no TLS configured",
             )));
         };
-        let Some(Control::Plain(plain)) = self.stream.take() else {
-            return Err(BackendError::Handshake(io::Error::other(
-                "not a plain connection",
-            )));
-        };
-        let handshake = tls.connector.connect(tls.server_name.clone(), plain);
-        let stream = timeout(limit, handshake)
+        let handshake = Handshake::Connect(tls.connector, tls.server_name);
+        self.conn
+            .upgrade(handshake, limit)
             .await
-            .map_err(|_| BackendError::Handshake(io::ErrorKind::TimedOut.into()))?
-            .map_err(BackendError::Handshake)?;
-        self.stream = Some(Control::Tls(Box::new(tokio_rustls::TlsStream::Client(
-            stream,
-        ))));
-        Ok(())
+            .map_err(|e| match e {
+                UpgradeError::NotPlain => {
+                    BackendError::Handshake(io::Error::other("not a plain connection"))
+                }
+                UpgradeError::TimedOut => BackendError::Handshake(io::ErrorKind::TimedOut.into()),
+                UpgradeError::Handshake(e) => BackendError::Handshake(e),
+            })
     }
 
     /// After login on a TLS backend: `PBSZ 0` and `PROT P`, so the backend's data connections
@@ -216,41 +187,32 @@ impl Backend {
         })
     }
 
-    fn stream(&mut self) -> io::Result<&mut Control> {
-        self.stream.as_mut().ok_or_else(lost)
-    }
-
     pub fn peer(&self) -> SocketAddr {
         self.peer
     }
 
     /// The SHA-256 of the certificate a TLS backend presented, as `pin_sha256` wants it.
     pub fn certificate_pin(&self) -> Option<String> {
-        let tls = self.stream.as_ref()?.tls_client()?;
-        Some(crate::tls::backend::pin_of(
-            tls.peer_certificates()?.first()?,
-        ))
+        Some(crate::tls::backend::pin_of(self.conn.peer_certificate()?))
     }
 
     /// Writes a command, within the reply timeout: a backend that stops reading is as dead as
     /// one that stops answering.
     pub async fn send(&mut self, wire: &[u8]) -> Result<(), BackendError> {
-        let limit = self.reply_timeout;
-        let stream = self.stream()?;
-        let write = async {
-            stream.write_all(wire).await?;
-            stream.flush().await
-        };
-        timeout(limit, write)
-            .await
-            .map_err(|_| BackendError::Timeout)??;
-        Ok(())
+        self.conn.send(wire).await.map_err(|e| match e {
+            SendError::TimedOut => BackendError::Timeout,
+            SendError::Io(e) => BackendError::Io(e),
+        })
     }
 
     /// The next complete reply, however the bytes were split. Cancel-safe.
     pub async fn read_reply(&mut self) -> Result<Reply, BackendError> {
-        let stream = self.stream.as_mut().ok_or_else(lost)?;
-        self.replies.read(stream).await
+        match self.conn.read().await? {
+            Some(Ok(reply)) => Ok(reply),
+            Some(Err(BadReply::Line(e))) => Err(BackendError::Line(e)),
+            Some(Err(BadReply::Reply(e))) => Err(BackendError::Reply(e)),
+            None => Err(BackendError::Closed),
+        }
     }
 
     /// [`Self::read_reply`] bounded by the reply timeout.
@@ -260,16 +222,17 @@ impl Backend {
             .map_err(|_| BackendError::Timeout)?
     }
 
-    /// Asks the backend for a passive data port. `Ok(Err(reply))` is a refusal to relay.
-    pub async fn open_passive(&mut self) -> Result<Result<u16, Reply>, BackendError> {
+    /// Asks the backend for a passive data port. `Ok(Err(_))` is no port, the connection
+    /// still in step: the session words it for the client.
+    pub async fn open_passive(&mut self) -> Result<Result<u16, NoDataPort>, BackendError> {
         if self.style == PassiveStyle::Epsv {
             self.send(b"EPSV\r\n").await?;
             let reply = self.expect_reply().await?;
             if reply.code() == 229 {
-                return Ok(addr::parse_epsv(&reply.text()).map_err(|e| bad_passive(&e)));
+                return Ok(addr::parse_epsv(&reply.text()).map_err(NoDataPort::Unusable));
             }
             if !matches!(reply.code(), 500 | 501 | 502 | 504) {
-                return Ok(Err(reply));
+                return Ok(Err(NoDataPort::Refused(reply)));
             }
             debug!("backend has no EPSV; using PASV from now on");
             self.style = PassiveStyle::Pasv;
@@ -277,7 +240,7 @@ impl Backend {
         self.send(b"PASV\r\n").await?;
         let reply = self.expect_reply().await?;
         if reply.code() != 227 {
-            return Ok(Err(reply));
+            return Ok(Err(NoDataPort::Refused(reply)));
         }
         // Only the port is used: the address in the reply is the backend's idea of itself and
         // must never decide where the gateway connects (docs/ARCHITECTURE.md, "A transfer").
@@ -288,7 +251,7 @@ impl Backend {
                 }
                 Ok(Ok(a.port()))
             }
-            Err(e) => Ok(Err(bad_passive(&e))),
+            Err(e) => Ok(Err(NoDataPort::Unusable(e))),
         }
     }
 
@@ -326,14 +289,66 @@ impl Backend {
     }
 }
 
-fn lost() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "backend connection lost")
-}
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-fn bad_passive(e: &addr::AddrError) -> Reply {
-    tracing::warn!(error = %e, "backend sent an unusable passive reply");
-    Reply::new(
-        425,
-        "Can't open data connection: the server sent a bad passive reply.",
-    )
+    use super::*;
+
+    /// A backend scripted on a duplex pipe: each command it reads is answered with the next
+    /// reply of `script` (the greeting goes first, unasked).
+    fn scripted(script: &'static [(&'static str, &'static str)]) -> Box<dyn Io> {
+        let (ours, theirs) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            let (read, mut write) = tokio::io::split(theirs);
+            let mut lines = BufReader::new(read).lines();
+            write.write_all(b"220 ready\r\n").await.unwrap();
+            for (expected, reply) in script {
+                let line = lines.next_line().await.unwrap().unwrap();
+                assert_eq!(line, *expected);
+                write.write_all(reply.as_bytes()).await.unwrap();
+            }
+        });
+        Box::new(ours)
+    }
+
+    /// EPSV's port; a 229 that names none is no port, the connection still in step; EPSV
+    /// refused as unknown falls back to PASV for good, whose address is ignored; a refusal is
+    /// the backend's own reply.
+    #[tokio::test]
+    async fn passive_ports_unusable_replies_and_refusals_are_told_apart() {
+        let io = scripted(&[
+            ("EPSV", "229 Entering Extended Passive Mode (|||2121|)\r\n"),
+            ("EPSV", "229 Entering Extended Passive Mode (no port)\r\n"),
+            ("EPSV", "502 EPSV not implemented\r\n"),
+            ("PASV", "227 Entering Passive Mode (10,0,0,9,8,1)\r\n"),
+            ("PASV", "227 Entering Passive Mode (10,0,0,9)\r\n"),
+            ("PASV", "421 Too many connections\r\n"),
+        ]);
+        let addrs = (
+            "127.0.0.1:21".parse().unwrap(),
+            "127.0.0.1:5000".parse().unwrap(),
+        );
+        let timeouts = (Duration::from_secs(5), Duration::from_secs(5));
+        let (mut backend, greeting) = Backend::over(io, addrs, None, None, timeouts)
+            .await
+            .unwrap();
+        assert_eq!(greeting.last().map(Reply::code), Some(220));
+        assert_eq!(backend.open_passive().await.unwrap().unwrap(), 2121);
+        let unusable = backend.open_passive().await.unwrap();
+        assert!(
+            matches!(unusable, Err(NoDataPort::Unusable(_))),
+            "{unusable:?}"
+        );
+        assert_eq!(backend.open_passive().await.unwrap().unwrap(), 2049);
+        let unusable = backend.open_passive().await.unwrap();
+        assert!(
+            matches!(unusable, Err(NoDataPort::Unusable(_))),
+            "{unusable:?}"
+        );
+        match backend.open_passive().await.unwrap() {
+            Err(NoDataPort::Refused(reply)) => assert_eq!(reply.code(), 421),
+            other => panic!("{other:?}"),
+        }
+    }
 }

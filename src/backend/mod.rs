@@ -7,5 +7,5 @@ mod control;
 mod health;
 mod router;
 
-pub use control::{Backend, BackendError, ReplyReader};
+pub use control::{Backend, BackendError, NoDataPort};
 pub use router::{dial, Dialer, Route, RouteError, Router, Slot, DEFAULT_ROUTE};

@@ -7,34 +7,21 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::{HandshakeKind, ServerConfig};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinSet;
-use tokio::time::{sleep_until, timeout, Instant};
-use tokio_rustls::TlsAcceptor;
+use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn, Instrument};
 
 use super::error::BridgeError;
 use super::params::BridgeParams;
-use crate::config::{Networks, ReuseMode};
-use crate::metrics::{Channel, Reason};
+use crate::config::Networks;
+use crate::metrics::{Channel, Metrics, Reason};
 use crate::proxy_protocol;
 use crate::stream::Stream;
-use crate::tls::ticket_hold::{SignalOnTicket, TicketGate};
-
-/// The TLS bytes rustls may hold on a client data connection before a write waits for the
-/// socket, and so what one `writev` hands it: about three full 16 KiB records. Measured on
-/// loopback (docs/ARCHITECTURE.md, "A transfer"): one record per `send` cost downloads about
-/// 10 % more CPU per GiB than batches of two or three, and rustls's default of 64 KiB (four
-/// records and a few bytes) per `writev` a quarter more: those end 141 bytes into a second
-/// 64 KiB loopback segment, and four records trimmed to fit one segment cost no more than
-/// three. Toward TLS backends the same limit changed nothing measurable, so they keep
-/// rustls's default.
-const TLS_SEND_BATCH: usize = 48 * 1024;
+use crate::tls::data::{self as data_tls, Policy, Refused};
 
 /// Data connections from the client's address whose TLS handshakes may run at once while the
 /// bridge waits for the one that passes.
@@ -116,7 +103,15 @@ pub(super) async fn secure(tcp: TcpStream, params: &BridgeParams) -> Result<Stre
         None => Ok(Stream::Plain(tcp)),
         // RFC 4217 §7: the FTP client is the TLS client whoever connects, so the gateway is
         // the TLS server on an active-mode connection too.
-        Some(config) => handshake(tcp, config, params).await,
+        Some(config) => {
+            let policy = Policy {
+                config,
+                reuse: params.reuse,
+                siblings: params.siblings.as_ref(),
+                handshake_timeout: params.handshake_timeout,
+            };
+            handshake(tcp, &policy, &params.metrics).await
+        }
     }
 }
 
@@ -189,58 +184,38 @@ pub(super) async fn connect_from(
     ))
 }
 
+/// The client's data connection under TLS, checked by `tls::data` against the session's
+/// binding; counted and logged here, where the wait for the client's connection is decided.
 async fn handshake(
     tcp: TcpStream,
-    config: &Arc<ServerConfig>,
-    params: &BridgeParams,
+    policy: &Policy<'_>,
+    metrics: &Metrics,
 ) -> Result<Stream, BridgeError> {
-    // This connection's own view of the session's config: the same ticketer and cache (so
-    // resumption works), but tickets made here arm this connection's gate (see `gate`).
-    let armed = Arc::new(AtomicBool::new(false));
-    let offered = Arc::new(AtomicBool::new(false));
-    let issuer = Arc::new(std::sync::Mutex::new(None));
-    let mut config = (**config).clone();
-    config.ticketer = Arc::new(SignalOnTicket {
-        inner: Arc::clone(&config.ticketer),
-        armed: Arc::clone(&armed),
-        offered: Arc::clone(&offered),
-        siblings: params.siblings.clone(),
-        issuer: Arc::clone(&issuer),
-    });
-    let accept = TlsAcceptor::from(Arc::new(config)).accept(TicketGate::new(tcp, armed));
-    let accepted = timeout(params.handshake_timeout, accept)
-        .await
-        .map_err(|_| BridgeError::Handshake(io::ErrorKind::TimedOut.into()))
-        .and_then(|r| r.map_err(BridgeError::Handshake));
-    let mut tls = match accepted {
-        Ok(tls) => tls,
-        Err(e) => {
-            params.metrics.handshake(Channel::data, None);
-            return Err(e);
+    match data_tls::accept(tcp, policy).await {
+        Ok((tls, passed)) => {
+            metrics.handshake(Channel::data, Some(passed.resumed));
+            if passed.sibling {
+                debug!("data connection resumed a sibling session's TLS session");
+            }
+            Ok(Stream::DataTls(Box::new(tls)))
         }
-    };
-    let (gate, conn) = tls.get_mut();
-    gate.release();
-    conn.set_buffer_limit(Some(TLS_SEND_BATCH));
-    let resumed = tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
-    params.metrics.handshake(Channel::data, Some(resumed));
-    if params.reuse == ReuseMode::Require && !resumed {
-        params.metrics.refused(Reason::data_not_resumed);
-        info!("data connection refused: TLS session not resumed (data_session_reuse = require)");
-        return Err(BridgeError::NotResumed {
-            offered: offered.load(Ordering::Acquire),
-        });
-    }
-    // A sibling's ticket opened the handshake: it passes only if the sibling is (or, still
-    // logging in, becomes) the same user on the same route (see `tls::binding`).
-    let issuer = issuer.lock().ok().and_then(|mut i| i.take());
-    if let (true, Some(issuer), Some(siblings)) = (resumed, issuer, &params.siblings) {
-        if !issuer.is(&siblings.who, params.handshake_timeout).await {
-            params.metrics.refused(Reason::data_not_resumed);
+        Err(Refused::Handshake(e)) => {
+            metrics.handshake(Channel::data, None);
+            Err(BridgeError::Handshake(e))
+        }
+        Err(Refused::NotResumed { offered }) => {
+            metrics.handshake(Channel::data, Some(false));
+            metrics.refused(Reason::data_not_resumed);
+            info!(
+                "data connection refused: TLS session not resumed (data_session_reuse = require)"
+            );
+            Err(BridgeError::NotResumed { offered })
+        }
+        Err(Refused::ForeignSibling) => {
+            metrics.handshake(Channel::data, Some(true));
+            metrics.refused(Reason::data_not_resumed);
             warn!("data connection refused: it resumed the TLS session of another user's or route's session from the same address");
-            return Err(BridgeError::NotResumed { offered: true });
+            Err(BridgeError::NotResumed { offered: true })
         }
-        debug!("data connection resumed a sibling session's TLS session");
     }
-    Ok(Stream::DataTls(Box::new(tls)))
 }

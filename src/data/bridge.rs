@@ -31,7 +31,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use rustls::ProtocolVersion;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -44,8 +43,8 @@ use super::params::BridgeParams;
 use super::pool::Lease;
 use super::pump::{drain, pump, Counted};
 use crate::ftp::Direction;
-use crate::read_ahead::ReadAhead;
 use crate::stream::Stream;
+use crate::tls::{data as data_tls, TlsFacts};
 
 /// How the client's end of the data connection comes about.
 pub enum ClientSide {
@@ -85,7 +84,7 @@ pub struct DataBridge {
     /// Bytes copied so far, for STAT during the transfer.
     progress: Arc<AtomicU64>,
     /// The client data connection's `(version, resumed)`, once its TLS handshake has passed.
-    tls: Arc<OnceLock<(ProtocolVersion, bool)>>,
+    tls: Arc<OnceLock<TlsFacts>>,
     start: Option<oneshot::Sender<Direction>>,
     done: oneshot::Receiver<Outcome>,
     /// Never sent on: dropping it is the cancel signal the task watches.
@@ -145,7 +144,7 @@ impl DataBridge {
     /// The client data connection's TLS `(version, resumed)`, once its handshake has passed:
     /// kept here rather than in the outcome, so a transfer that fails after the handshake (a
     /// client gone without close_notify, ABOR, a backend lost) is logged with them too.
-    pub fn tls(&self) -> Option<(ProtocolVersion, bool)> {
+    pub fn tls(&self) -> Option<TlsFacts> {
         self.tls.get().copied()
     }
 
@@ -190,7 +189,7 @@ async fn run(
     params: &Arc<BridgeParams>,
     start: oneshot::Receiver<Direction>,
     progress: &AtomicU64,
-    tls: &OnceLock<(ProtocolVersion, bool)>,
+    tls: &OnceLock<TlsFacts>,
 ) -> Outcome {
     // Recorded as soon as the client's connection has passed, whatever happens after.
     let passed = |client: Stream| {
@@ -230,11 +229,8 @@ async fn run(
         let Some(tls) = &params.backend_tls else {
             return Ok(Stream::Plain(backend));
         };
-        let buffered = ReadAhead::new(backend);
-        let handshake = tls.connector.connect(tls.server_name.clone(), buffered);
-        timeout(limit, handshake)
+        data_tls::connect(backend, tls, limit)
             .await
-            .map_err(|_| BridgeError::BackendHandshake(io::ErrorKind::TimedOut.into()))?
             .map(|s| Stream::BackendDataTls(Box::new(s)))
             .map_err(BridgeError::BackendHandshake)
     };

@@ -5,19 +5,18 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::ServerConfig;
-
 use crate::config::{Networks, ReuseMode};
 use crate::metrics::Metrics;
 use crate::tls::backend::BackendSession;
 use crate::tls::binding::Siblings;
+use crate::tls::data::DataConfig;
 
 /// What the session tells a bridge when it is created.
 pub struct BridgeParams {
     /// Only this address may connect (the control connection's peer).
     pub client_ip: IpAddr,
     /// `Some` for PROT P: this FTP session's own TLS config.
-    pub tls: Option<Arc<ServerConfig>>,
+    pub tls: Option<DataConfig>,
     pub reuse: ReuseMode,
     /// From the bridge's start until the client's data connection is up and the transfer
     /// command has come.

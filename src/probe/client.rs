@@ -1,4 +1,5 @@
-//! The probe's control connection: one command, one reply, every wait bounded by `--timeout`.
+//! The probe's control connection: one command, one reply, every wait bounded by `--timeout`,
+//! on the shared [`ControlConn`] (`control`), worded for the probe's report.
 
 use std::io;
 use std::net::SocketAddr;
@@ -6,19 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ClientConfig;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tokio_rustls::{TlsConnector, TlsStream};
+use tokio_rustls::TlsConnector;
 
-use crate::backend::{BackendError, ReplyReader};
+use crate::backend::BackendError;
+use crate::control::{BadReply, ControlConn, Handshake, Replies, SendError, UpgradeError};
 use crate::ftp::Reply;
-use crate::stream::Control;
 
 pub struct Ctl {
-    /// `None` only during the TLS upgrade.
-    stream: Option<Control>,
-    replies: ReplyReader,
+    conn: ControlConn<Replies>,
     /// The address this connection reached: what a 227 should name.
     pub peer: SocketAddr,
     /// This end's address: where the server connects back in active mode.
@@ -35,8 +33,7 @@ impl Ctl {
         Ok(Ctl {
             peer: tcp.peer_addr()?,
             local: tcp.local_addr()?,
-            stream: Some(Control::Plain(Box::new(tcp))),
-            replies: ReplyReader::default(),
+            conn: ControlConn::new(Box::new(tcp), Replies::default(), limit, "connection lost"),
             limit,
         })
     }
@@ -47,19 +44,20 @@ impl Ctl {
         config: Arc<ClientConfig>,
         name: rustls::pki_types::ServerName<'static>,
     ) -> io::Result<()> {
-        let Some(Control::Plain(plain)) = self.stream.take() else {
-            return Err(io::Error::other("not a plain connection"));
-        };
-        let tls = timeout(self.limit, TlsConnector::from(config).connect(name, plain))
+        let handshake = Handshake::Connect(TlsConnector::from(config), name);
+        self.conn
+            .upgrade(handshake, self.limit)
             .await
-            .map_err(|_| timed_out("TLS handshake"))??;
-        self.stream = Some(Control::Tls(Box::new(TlsStream::Client(tls))));
-        Ok(())
+            .map_err(|e| match e {
+                UpgradeError::NotPlain => io::Error::other("not a plain connection"),
+                UpgradeError::TimedOut => timed_out("TLS handshake"),
+                UpgradeError::Handshake(e) => e,
+            })
     }
 
     /// `(version, cipher suite)` once TLS is up.
     pub fn tls_summary(&self) -> Option<(String, String)> {
-        let conn = self.stream.as_ref()?.tls_client()?;
+        let conn = self.conn.tls()?;
         Some((
             format!("{:?}", conn.protocol_version()?),
             format!("{:?}", conn.negotiated_cipher_suite()?.suite()),
@@ -73,15 +71,11 @@ impl Ctl {
     }
 
     pub async fn send(&mut self, line: &str) -> io::Result<()> {
-        let limit = self.limit;
-        let stream = self.stream()?;
-        let write = async {
-            stream.write_all(format!("{line}\r\n").as_bytes()).await?;
-            stream.flush().await
-        };
-        timeout(limit, write)
-            .await
-            .map_err(|_| timed_out("sending a command"))?
+        let wire = format!("{line}\r\n");
+        self.conn.send(wire.as_bytes()).await.map_err(|e| match e {
+            SendError::TimedOut => timed_out("sending a command"),
+            SendError::Io(e) => e,
+        })
     }
 
     /// The next whole reply, within the limit.
@@ -93,22 +87,16 @@ impl Ctl {
     }
 
     async fn read_reply(&mut self) -> io::Result<Reply> {
-        let stream = self.stream.as_mut().ok_or_else(lost)?;
-        self.replies.read(stream).await.map_err(|e| match e {
-            BackendError::Closed => io::Error::new(
+        // A reply that is no reply is worded as the gateway words a backend's.
+        let bad = |e: BackendError| io::Error::other(e.to_string());
+        match self.conn.read().await? {
+            Some(Ok(reply)) => Ok(reply),
+            Some(Err(BadReply::Line(e))) => Err(bad(BackendError::Line(e))),
+            Some(Err(BadReply::Reply(e))) => Err(bad(BackendError::Reply(e))),
+            None => Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the server closed the control connection",
-            ),
-            BackendError::Io(e) => e,
-            other => io::Error::other(other.to_string()),
-        })
+            )),
+        }
     }
-
-    fn stream(&mut self) -> io::Result<&mut Control> {
-        self.stream.as_mut().ok_or_else(lost)
-    }
-}
-
-fn lost() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "connection lost")
 }

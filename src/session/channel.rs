@@ -231,7 +231,7 @@ async fn backend_data(ctx: &Context, account: Account<'_>) -> Result<BackendSide
         let listener = backend.listen_active().await?.map_err(Refusal::Backend)?;
         return Ok(BackendSide::Listening(listener, ip));
     }
-    let port = backend.open_passive().await?.map_err(Refusal::Backend)?;
+    let port = backend.open_passive().await?.map_err(Refusal::from)?;
     match backend.connect_data(port, limit).await {
         Ok(tcp) => Ok(BackendSide::Connected(tcp)),
         Err(error) => Err(Refusal::BackendDataPort { port, error }.into()),

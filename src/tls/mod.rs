@@ -1,10 +1,12 @@
 //! TLS toward clients: certificates, the base `ServerConfig`, and the per-FTP-session clone that
-//! binds data connections to their control connection. TLS toward backends is in [`backend`].
+//! binds data connections to their control connection. TLS toward backends is in [`backend`];
+//! data connections' TLS, both ways, in `data`.
 
 pub mod backend;
 pub mod binding;
+pub(crate) mod data;
 pub mod store;
-pub(crate) mod ticket_hold;
+mod ticket_hold;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache, WebPkiClientVerifier};
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{CommonState, HandshakeKind, ProtocolVersion, RootCertStore, ServerConfig};
 use thiserror::Error;
 
 use crate::config::{ClientAuth, ReuseMode, TlsSettings, TlsVersion};
@@ -30,6 +32,17 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("{0}")]
     Config(String),
+}
+
+/// `(version, resumed)` of a TLS connection, for logs and the audit log.
+pub type TlsFacts = (ProtocolVersion, bool);
+
+/// The [`TlsFacts`] of a connection whose handshake is over.
+pub(crate) fn summary(conn: &CommonState) -> Option<TlsFacts> {
+    Some((
+        conn.protocol_version()?,
+        conn.handshake_kind() == Some(HandshakeKind::Resumed),
+    ))
 }
 
 /// A certificate chain and its key, DER-encoded.
@@ -207,10 +220,10 @@ pub fn server_config(
 ///
 /// Data handshakes send one TLS 1.3 ticket, not the default two: clients built on rustls use
 /// each ticket once, so every data connection must hand out a replacement; one is enough. The
-/// bridge holds it back until its first write (see `ticket_hold`).
+/// bridge holds it back until its first write (see `ticket_hold`, under `data`).
 pub struct SessionTls {
     pub control: Arc<ServerConfig>,
-    pub data: Arc<ServerConfig>,
+    pub data: data::DataConfig,
     /// The session's own ticketer, which its siblings' data connections may use too (see
     /// [`binding`]); `None` with `data_session_reuse = "off"`.
     pub ticketer: Option<Arc<binding::Tagged>>,

@@ -15,7 +15,7 @@
 //! them, until [`TicketGate::release`] — called once the handshake is over — and the next write.
 //! TLS 1.2 tickets travel inside the handshake as type 22 records and are never held.
 //!
-//! The gate's socket is read ahead in large chunks (see `read_ahead`).
+//! The gate's socket is read ahead in large chunks (see `io_util`, `ReadAhead`).
 
 use std::io;
 use std::pin::Pin;
@@ -27,22 +27,52 @@ use rustls::server::ProducesTickets;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::read_ahead::ReadAhead;
+use crate::io_util::{poll_write_rest, ReadAhead};
 use crate::tls::binding::{Member, Siblings};
 
 /// A session's ticketer, reporting each ticket it makes to one data connection's gate, and
 /// whether the client offered one at all (see `data::admit::accept_client` on why that
-/// matters).
+/// matters). One per data connection: made with [`SignalOnTicket::new`], read back by
+/// `tls::data` once the handshake is over.
 #[derive(Debug)]
-pub struct SignalOnTicket {
-    pub inner: Arc<dyn ProducesTickets>,
-    pub armed: Arc<AtomicBool>,
+pub(super) struct SignalOnTicket {
+    inner: Arc<dyn ProducesTickets>,
+    /// Shared with this connection's [`TicketGate`]: set when a ticket is made.
+    armed: Arc<AtomicBool>,
     /// Set when the client offers a ticket, whoever issued it.
-    pub offered: Arc<AtomicBool>,
+    offered: AtomicBool,
     /// The session's siblings, whose tickets may open the handshake too (`tls::binding`).
-    pub siblings: Option<Siblings>,
-    /// The sibling whose ticket did, if one did: the bridge checks who it is.
-    pub issuer: Arc<Mutex<Option<Arc<Member>>>>,
+    siblings: Option<Siblings>,
+    /// The sibling whose ticket did, if one did: `tls::data` checks who it is.
+    issuer: Mutex<Option<Arc<Member>>>,
+}
+
+impl SignalOnTicket {
+    /// Wraps the session's ticketer `inner` for one data connection.
+    pub(super) fn new(inner: Arc<dyn ProducesTickets>, siblings: Option<Siblings>) -> Arc<Self> {
+        Arc::new(SignalOnTicket {
+            inner,
+            armed: Arc::new(AtomicBool::new(false)),
+            offered: AtomicBool::new(false),
+            siblings,
+            issuer: Mutex::new(None),
+        })
+    }
+
+    /// The gate to put under this connection's TLS: it holds what this ticketer arms it for.
+    pub(super) fn gate(&self, tcp: TcpStream) -> TicketGate {
+        TicketGate::new(tcp, Arc::clone(&self.armed))
+    }
+
+    /// Whether the client offered a ticket at all.
+    pub(super) fn offered(&self) -> bool {
+        self.offered.load(Ordering::Acquire)
+    }
+
+    /// The sibling whose ticket opened the handshake, if one did.
+    pub(super) fn take_issuer(&self) -> Option<Arc<Member>> {
+        self.issuer.lock().ok().and_then(|mut i| i.take())
+    }
 }
 
 impl ProducesTickets for SignalOnTicket {
@@ -75,25 +105,8 @@ impl ProducesTickets for SignalOnTicket {
 /// The TLS record type of application data (RFC 8446 §5.1), which TLS 1.3 tickets travel as.
 const APPLICATION_DATA: u8 = 23;
 
-/// Writes `buf[*sent..]` to `io`, counting what is written in `sent`, until all of it is.
-fn poll_write_rest(
-    io: &mut (impl AsyncWrite + Unpin),
-    cx: &mut Context<'_>,
-    buf: &[u8],
-    sent: &mut usize,
-) -> Poll<io::Result<()>> {
-    while let Some(unsent) = buf.get(*sent..).filter(|u| !u.is_empty()) {
-        let n = ready!(Pin::new(&mut *io).poll_write(cx, unsent))?;
-        if n == 0 {
-            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-        }
-        *sent += n;
-    }
-    Poll::Ready(Ok(()))
-}
-
 /// The TCP stream under a client data connection's TLS.
-pub struct TicketGate {
+pub(super) struct TicketGate {
     tcp: ReadAhead<TcpStream>,
     armed: Arc<AtomicBool>,
     /// True during the handshake: armed writes are held. False after [`Self::release`].
@@ -103,7 +116,7 @@ pub struct TicketGate {
 }
 
 impl TicketGate {
-    pub fn new(tcp: TcpStream, armed: Arc<AtomicBool>) -> Self {
+    fn new(tcp: TcpStream, armed: Arc<AtomicBool>) -> Self {
         Self {
             tcp: ReadAhead::new(tcp),
             armed,
@@ -114,7 +127,7 @@ impl TicketGate {
     }
 
     /// The handshake is over: held records go out ahead of the next write.
-    pub fn release(&mut self) {
+    pub(super) fn release(&mut self) {
         self.holding = false;
     }
 
@@ -160,7 +173,7 @@ impl AsyncWrite for TicketGate {
     }
 
     /// Several records per system call once the handshake is over (rustls hands over all it
-    /// holds, see `data::admit::TLS_SEND_BATCH`); during it, one buffer at a time, each judged
+    /// holds, see `tls::data::TLS_SEND_BATCH`); during it, one buffer at a time, each judged
     /// by [`Self::poll_write`].
     fn poll_write_vectored(
         self: Pin<&mut Self>,

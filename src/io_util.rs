@@ -1,5 +1,9 @@
-//! Reading a TLS data connection's socket in large chunks, with a buffer that costs nothing
-//! until it is used.
+//! Small I/O adapters the connections share, kept here below everything that uses them: this
+//! module imports nothing of the crate's own, so neither `stream` nor `tls` has to import the
+//! other for them.
+//!
+//! [`ReadAhead`] reads a TLS data connection's socket in large chunks, with a buffer that costs
+//! nothing until it is used.
 //!
 //! Why read ahead: rustls asks for at most 4 KiB at a time when its buffer is empty, one system
 //! call each, which capped TLS uploads near 550 MiB/s; reading the socket 256 KiB at a time and
@@ -10,6 +14,9 @@
 //! (docs/ARCHITECTURE.md, "A transfer"). Here the buffer is allocated on the first read and
 //! filled through its uninitialised capacity, so only the pages a connection really reads into
 //! are ever touched.
+//!
+//! [`poll_write_rest`] finishes a write that a writer held back (the ticket gate's held records,
+//! `tls::ticket_hold`).
 
 use std::io;
 use std::pin::Pin;
@@ -57,10 +64,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
             // Fills the spare capacity only: `buf` never grows past READ_AHEAD.
             ready!(poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.buf))?;
         }
-        let ready = this.buf.get(this.pos..).unwrap_or_default();
-        let n = ready.len().min(out.remaining());
-        out.put_slice(ready.get(..n).unwrap_or_default());
-        this.pos += n;
+        // `pos` never passes the end, so this always finds the bytes; were it ever wrong, the
+        // reader hears an error rather than an empty read it would take for the end of file.
+        let unread = this.buf.get(this.pos..);
+        let Some((now, _)) = unread.and_then(|u| u.split_at_checked(u.len().min(out.remaining())))
+        else {
+            return Poll::Ready(Err(io::Error::other("read ahead past its buffer")));
+        };
+        out.put_slice(now);
+        this.pos += now.len();
         Poll::Ready(Ok(()))
     }
 }
@@ -92,6 +104,30 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ReadAhead<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Writes `buf[*sent..]` to `io`, counting what is written in `sent`, until all of it is.
+pub fn poll_write_rest(
+    io: &mut (impl AsyncWrite + Unpin),
+    cx: &mut Context<'_>,
+    buf: &[u8],
+    sent: &mut usize,
+) -> Poll<io::Result<()>> {
+    loop {
+        // A writer that claimed more than it was given would leave `sent` past the end: an
+        // error, not a write taken for complete.
+        let Some(unsent) = buf.get(*sent..) else {
+            return Poll::Ready(Err(io::Error::other("wrote past the buffer")));
+        };
+        if unsent.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        let n = ready!(Pin::new(&mut *io).poll_write(cx, unsent))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        *sent += n;
     }
 }
 
