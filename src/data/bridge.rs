@@ -77,7 +77,7 @@ pub struct Transferred {
     pub sha256: Option<[u8; 32]>,
 }
 
-type Outcome = Result<Transferred, BridgeError>;
+type Ended = Result<Transferred, BridgeError>;
 
 /// The session's handle on a running bridge. Dropping it cancels the bridge.
 pub struct DataBridge {
@@ -86,7 +86,7 @@ pub struct DataBridge {
     /// The client data connection's `(version, resumed)`, once its TLS handshake has passed.
     tls: Arc<OnceLock<TlsFacts>>,
     start: Option<oneshot::Sender<Direction>>,
-    done: oneshot::Receiver<Outcome>,
+    done: oneshot::Receiver<Ended>,
     /// Never sent on: dropping it is the cancel signal the task watches.
     _cancel: oneshot::Sender<()>,
 }
@@ -165,12 +165,12 @@ impl DataBridge {
 
     /// The outcome, if the bridge has already ended (it failed before the transfer command: the
     /// client never connected in time, say), so the command need not reach the backend.
-    pub fn ended(&mut self) -> Option<Outcome> {
+    pub fn ended(&mut self) -> Option<Ended> {
         self.done.try_recv().ok()
     }
 
     /// Resolves once both data connections are closed. Cancel-safe.
-    pub async fn finished(&mut self) -> Outcome {
+    pub async fn finished(&mut self) -> Ended {
         (&mut self.done)
             .await
             .unwrap_or(Err(BridgeError::Cancelled))
@@ -190,7 +190,7 @@ async fn run(
     start: oneshot::Receiver<Direction>,
     progress: &AtomicU64,
     tls: &OnceLock<TlsFacts>,
-) -> Outcome {
+) -> Ended {
     // Recorded as soon as the client's connection has passed, whatever happens after.
     let passed = |client: Stream| {
         if let Some(facts) = client.tls_info() {

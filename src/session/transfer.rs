@@ -211,7 +211,7 @@ impl InFlight {
         }
         let copied_whole = matches!(copied, Some(Ok(_)));
         let replies = abort::settle(last.as_ref(), &after, copied_whole);
-        let record = Report {
+        let record = TransferLog {
             line: &line,
             direction,
             session,
@@ -241,7 +241,7 @@ impl InFlight {
         backend_code: Option<u16>,
         result: Result<&Transferred, &BridgeError>,
     ) {
-        let record = Report {
+        let record = TransferLog {
             line: &self.line,
             direction: self.direction,
             session: self.session,
@@ -261,7 +261,7 @@ const ABOR_SETTLE: Duration = Duration::from_secs(2);
 const ABOR_LIMIT: Duration = Duration::from_secs(5);
 
 /// What the transfer log line says about a transfer besides its outcome.
-struct Report<'a> {
+struct TransferLog<'a> {
     line: &'a Line,
     direction: Direction,
     session: u64,
@@ -274,7 +274,7 @@ struct Report<'a> {
     tls: Option<(rustls::ProtocolVersion, bool)>,
 }
 
-impl Report<'_> {
+impl TransferLog<'_> {
     /// One line per transfer, like an xferlog, and its count in the metrics.
     fn log(
         &self,

@@ -14,7 +14,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use sha2::{Digest, Sha256};
 use tokio_rustls::TlsConnector;
 
-use super::{load_identity, TlsError};
+use super::{load_cert_key, TlsError};
 use crate::config::{BackendSettings, BackendTlsMode, DataProtection, HostPort, TlsVersion};
 
 /// How the gateway reaches a TLS backend. Built once at start.
@@ -58,7 +58,7 @@ impl BackendTls {
             .with_custom_certificate_verifier(verifier);
         let config = match (&b.client_cert, &b.client_key) {
             (Some(cert), Some(key)) => {
-                let id = load_identity(cert, key)?;
+                let id = load_cert_key(cert, key)?;
                 builder.with_client_auth_cert(id.chain, id.key)?
             }
             _ => builder.with_no_client_auth(),

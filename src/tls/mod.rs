@@ -46,7 +46,7 @@ pub(crate) fn summary(conn: &CommonState) -> Option<TlsFacts> {
 }
 
 /// A certificate chain and its key, DER-encoded.
-pub struct Identity {
+pub struct CertKey {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
 }
@@ -77,7 +77,7 @@ impl SelfSigned {
         Ok((cert, key))
     }
 
-    pub fn identity(&self) -> Result<Identity, TlsError> {
+    pub fn cert_key(&self) -> Result<CertKey, TlsError> {
         let file = || PathBuf::from("<generated>");
         let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
@@ -90,7 +90,7 @@ impl SelfSigned {
                 file: file(),
                 why: e.to_string(),
             })?;
-        Ok(Identity { chain, key })
+        Ok(CertKey { chain, key })
     }
 }
 
@@ -123,18 +123,18 @@ fn pem_why(e: rustls::pki_types::pem::Error) -> String {
 }
 
 /// Loads a PEM chain and key from disk.
-pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
+pub fn load_cert_key(cert: &Path, key: &Path) -> Result<CertKey, TlsError> {
     let read = |file: &Path| {
         std::fs::read(file).map_err(|e| TlsError::File {
             file: file.into(),
             why: e.to_string(),
         })
     };
-    parse_identity((cert, &read(cert)?), (key, &read(key)?))
+    parse_cert_key((cert, &read(cert)?), (key, &read(key)?))
 }
 
 /// Parses a PEM chain and key already read from `(path, bytes)`; errors name the path.
-pub fn parse_identity(cert: (&Path, &[u8]), key: (&Path, &[u8])) -> Result<Identity, TlsError> {
+pub fn parse_cert_key(cert: (&Path, &[u8]), key: (&Path, &[u8])) -> Result<CertKey, TlsError> {
     let file_err = |file: &Path, why: String| TlsError::File {
         file: file.into(),
         why,
@@ -146,7 +146,7 @@ pub fn parse_identity(cert: (&Path, &[u8]), key: (&Path, &[u8])) -> Result<Ident
         return Err(file_err(cert.0, "no CERTIFICATE block found".into()));
     }
     let key_der = PrivateKeyDer::from_pem_slice(key.1).map_err(|e| file_err(key.0, pem_why(e)))?;
-    Ok(Identity {
+    Ok(CertKey {
         chain,
         key: key_der,
     })
@@ -277,7 +277,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let pair = self_signed(&["localhost".into(), "127.0.0.1".into()]).expect("rcgen");
         let (cert, key) = pair.write_to(dir.path()).expect("write");
-        let id = load_identity(&cert, &key).expect("load");
+        let id = load_cert_key(&cert, &key).expect("load");
         assert_eq!(id.chain.len(), 1);
         let settings = TlsSettings {
             cert: Some(cert),
@@ -293,11 +293,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "").expect("write");
-        let err = load_identity(&empty, &empty)
+        let err = load_cert_key(&empty, &empty)
             .err()
             .expect("empty is refused");
         assert!(err.to_string().contains("empty.pem"), "{err}");
-        let err = load_identity(&dir.path().join("nope.pem"), &empty)
+        let err = load_cert_key(&dir.path().join("nope.pem"), &empty)
             .err()
             .expect("missing is refused");
         assert!(err.to_string().contains("nope.pem"), "{err}");

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-use super::{parse_identity, Identity, TlsError};
+use super::{parse_cert_key, CertKey, TlsError};
 use crate::config::{CertPair, CertUser, TlsSettings};
 use crate::metrics::{Metrics, Reload};
 
@@ -238,8 +238,8 @@ fn build(source: &Source, provider: &CryptoProvider) -> Result<Certs, TlsError> 
     let (default, sni) = match source {
         Source::Generated => {
             let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-            let identity = super::self_signed(&names)?.identity()?;
-            (certified(identity, provider)?, Vec::new())
+            let pair = super::self_signed(&names)?.cert_key()?;
+            (certified(pair, provider)?, Vec::new())
         }
         Source::Files { default, sni } => {
             let mut load = |pair: &CertPair| -> Result<Arc<CertifiedKey>, TlsError> {
@@ -253,8 +253,8 @@ fn build(source: &Source, provider: &CryptoProvider) -> Result<Certs, TlsError> 
                 let (cert, key) = (read(&pair.cert)?, read(&pair.key)?);
                 digest.update(&cert);
                 digest.update(&key);
-                let identity = parse_identity((&pair.cert, &cert), (&pair.key, &key))?;
-                let key = certified(identity, provider).map_err(|e| TlsError::File {
+                let parsed = parse_cert_key((&pair.cert, &cert), (&pair.key, &key))?;
+                let key = certified(parsed, provider).map_err(|e| TlsError::File {
                     file: pair.key.clone(),
                     why: e.to_string(),
                 })?;
@@ -289,11 +289,9 @@ fn build(source: &Source, provider: &CryptoProvider) -> Result<Certs, TlsError> 
     })
 }
 
-fn certified(identity: Identity, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, TlsError> {
+fn certified(pair: CertKey, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, TlsError> {
     Ok(Arc::new(CertifiedKey::from_der(
-        identity.chain,
-        identity.key,
-        provider,
+        pair.chain, pair.key, provider,
     )?))
 }
 

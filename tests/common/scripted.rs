@@ -203,7 +203,7 @@ impl ScriptedFtps {
         let dir = tempfile::tempdir().expect("tempdir");
         let pair = ftpsgate::tls::self_signed(&["127.0.0.1".into()]).expect("certificate");
         let (ca, _) = pair.write_to(dir.path()).expect("write cert");
-        let id = pair.identity().expect("identity");
+        let id = pair.cert_key().expect("identity");
         let config = std::sync::Arc::new(
             rustls::ServerConfig::builder_with_provider(ftpsgate::tls::provider())
                 .with_safe_default_protocol_versions()
