@@ -20,7 +20,7 @@ use crate::session::Context;
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Serves admin requests until the task is aborted.
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
+pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Context>) {
     let mut acceptor = crate::accept::Acceptor::new(None);
     loop {
         let (tcp, peer) = acceptor.accept(&listener, &ctx.metrics).await;

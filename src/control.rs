@@ -70,7 +70,7 @@ impl Control {
 }
 
 /// Which end of the TLS handshake this side is.
-pub enum Handshake {
+pub(crate) enum Handshake {
     /// The TLS server: a client's control connection to the gateway.
     Accept(Arc<ServerConfig>),
     /// The TLS client: the gateway toward a backend, the probe toward a server.
@@ -79,7 +79,7 @@ pub enum Handshake {
 
 /// Why a write failed.
 #[derive(Debug)]
-pub enum SendError {
+pub(crate) enum SendError {
     /// The write limit passed: the peer is taken to have stopped reading.
     TimedOut,
     /// The connection failed, or is gone (`NotConnected`, in the words given to
@@ -95,7 +95,7 @@ impl From<io::Error> for SendError {
 
 /// Why an upgrade to TLS failed.
 #[derive(Debug)]
-pub enum UpgradeError {
+pub(crate) enum UpgradeError {
     /// The connection is not plain (TLS already, or lost): it is left as it was.
     NotPlain,
     /// The handshake did not finish within its limit. The connection is lost.
@@ -105,7 +105,7 @@ pub enum UpgradeError {
 }
 
 /// How a byte stream becomes frames: pure, no I/O (the framers are fuzzed in `ftp`).
-pub trait Framing {
+pub(crate) trait Framing {
     /// What one read yields: a line or a reply, or why the bytes are neither.
     type Frame;
     /// The most one read of the socket takes.
@@ -118,16 +118,16 @@ pub trait Framing {
 
 /// Command lines from a client, each at most `max_line` bytes. A refused line is a frame of its
 /// own (`Err`): the session answers it and reads on.
-pub struct CommandLines(LineFramer);
+pub(crate) struct CommandLines(LineFramer);
 
 impl CommandLines {
-    pub fn new(max_line: usize) -> Self {
+    pub(crate) fn new(max_line: usize) -> Self {
         CommandLines(LineFramer::new(max_line, Peer::Client))
     }
 
     /// True when bytes are buffered that do not yet form a line (see `LineFramer::has_pending`
     /// on why that matters before a TLS upgrade).
-    pub fn has_pending(&self) -> bool {
+    pub(crate) fn has_pending(&self) -> bool {
         self.0.has_pending()
     }
 }
@@ -146,7 +146,7 @@ impl Framing for CommandLines {
 }
 
 /// Replies from a server, however the bytes were split, multi-line ones assembled.
-pub struct Replies {
+pub(crate) struct Replies {
     framer: LineFramer,
     assembler: ReplyAssembler,
 }
@@ -162,7 +162,7 @@ impl Default for Replies {
 
 /// Bytes that are no reply: the connection cannot be read in step any more.
 #[derive(Debug)]
-pub enum BadReply {
+pub(crate) enum BadReply {
     Line(LineError),
     Reply(ReplyError),
 }
@@ -192,7 +192,7 @@ impl Framing for Replies {
 }
 
 /// One FTP control connection (see the module's doc).
-pub struct ControlConn<F> {
+pub(crate) struct ControlConn<F> {
     /// `None` only while an upgrade is under way, or after one failed.
     stream: Option<Control>,
     framing: F,
@@ -211,7 +211,12 @@ fn lost(words: &'static str) -> io::Error {
 
 impl<F: Framing> ControlConn<F> {
     /// A plain connection over `io`. `lost` words the error of a connection that is gone.
-    pub fn new(io: Box<dyn Io>, framing: F, write_limit: Duration, lost: &'static str) -> Self {
+    pub(crate) fn new(
+        io: Box<dyn Io>,
+        framing: F,
+        write_limit: Duration,
+        lost: &'static str,
+    ) -> Self {
         ControlConn {
             stream: Some(Control::Plain(io)),
             framing,
@@ -221,38 +226,38 @@ impl<F: Framing> ControlConn<F> {
         }
     }
 
-    pub fn framing(&self) -> &F {
+    pub(crate) fn framing(&self) -> &F {
         &self.framing
     }
 
-    pub fn is_tls(&self) -> bool {
+    pub(crate) fn is_tls(&self) -> bool {
         matches!(self.stream, Some(Control::Tls(_)))
     }
 
     /// The TLS session, once there is one: version, cipher suite, the peer's certificates.
-    pub fn tls(&self) -> Option<&CommonState> {
+    pub(crate) fn tls(&self) -> Option<&CommonState> {
         self.stream.as_ref()?.tls()
     }
 
     /// `(version, resumed)` once TLS is up.
-    pub fn tls_info(&self) -> Option<TlsFacts> {
+    pub(crate) fn tls_info(&self) -> Option<TlsFacts> {
         summary(self.tls()?)
     }
 
     /// The first certificate the peer presented: a client's (mutual TLS) or a server's.
-    pub fn peer_certificate(&self) -> Option<&CertificateDer<'static>> {
+    pub(crate) fn peer_certificate(&self) -> Option<&CertificateDer<'static>> {
         self.tls()?.peer_certificates()?.first()
     }
 
     /// The server name a client asked for in its TLS handshake (SNI), when the gateway is the
     /// TLS server and the client sent one.
-    pub fn sni(&self) -> Option<&str> {
+    pub(crate) fn sni(&self) -> Option<&str> {
         self.stream.as_ref()?.tls_server()?.server_name()
     }
 
     /// Writes `bytes` and flushes them, within the write limit: past it the peer is taken to
     /// have stopped reading.
-    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), SendError> {
+    pub(crate) async fn send(&mut self, bytes: &[u8]) -> Result<(), SendError> {
         let stream = self.stream.as_mut().ok_or_else(|| lost(self.lost))?;
         let write = async {
             stream.write_all(bytes).await?;
@@ -267,7 +272,7 @@ impl<F: Framing> ControlConn<F> {
     /// The next frame; `Ok(None)` when the peer closed the connection. Unbounded: each side
     /// puts its own deadline around it. Cancel-safe: bytes are moved into the framing in the
     /// same poll that reads them.
-    pub async fn read(&mut self) -> io::Result<Option<F::Frame>> {
+    pub(crate) async fn read(&mut self) -> io::Result<Option<F::Frame>> {
         loop {
             if let Some(frame) = self.framing.next_frame() {
                 return Ok(Some(frame));
@@ -283,7 +288,7 @@ impl<F: Framing> ControlConn<F> {
 
     /// Runs the TLS handshake on the plain connection, within `limit` (after `234`, or at
     /// once for implicit FTPS). A connection that is not plain is left as it is.
-    pub async fn upgrade(
+    pub(crate) async fn upgrade(
         &mut self,
         handshake: Handshake,
         limit: Duration,
@@ -317,7 +322,7 @@ impl<F: Framing> ControlConn<F> {
     }
 
     /// Says goodbye politely: TLS close_notify, then FIN, for at most a second.
-    pub async fn close(&mut self) {
+    pub(crate) async fn close(&mut self) {
         if let Some(stream) = self.stream.as_mut() {
             let _ = timeout(Duration::from_secs(1), stream.shutdown()).await;
         }

@@ -9,26 +9,26 @@ use crate::config::Settings;
 /// Descriptors one session may hold at once: the client's and the backend's control
 /// connections, and during a transfer a data connection on each side (before the client's is
 /// accepted, the pool listener stands in for it).
-pub const PER_SESSION: u64 = 4;
+pub(crate) const PER_SESSION: u64 = 4;
 /// Descriptors the process needs besides sessions: the runtime, logs, certificates and their
 /// watcher, health checks, the admin listener, slack for refusals.
-pub const RESERVED: u64 = 64;
+pub(crate) const RESERVED: u64 = 64;
 
 /// Descriptors `settings` may need at once.
-pub fn needed(settings: &Settings) -> u64 {
+pub(crate) fn needed(settings: &Settings) -> u64 {
     let listeners = settings.listen.all().count() as u64;
     RESERVED + listeners + PER_SESSION * settings.limits.max_sessions as u64
 }
 
 /// Raises the soft limit to the hard one and returns the soft limit now in force (`None` where
 /// it cannot be read).
-pub fn raise() -> Option<u64> {
+pub(crate) fn raise() -> Option<u64> {
     rlimit::increase_nofile_limit(u64::MAX).ok()
 }
 
 /// What [`fit`] had to do.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Fit {
+pub(crate) enum Fit {
     /// Everything fits in `limit`.
     Fits,
     /// `max_sessions` was lowered from `was` to `now` to fit in `limit`.
@@ -41,7 +41,7 @@ pub enum Fit {
 }
 
 /// Fits the session limits into `limit` descriptors. `Err` says why not even one session fits.
-pub fn fit(settings: &mut Settings, limit: u64) -> Result<Fit, String> {
+pub(crate) fn fit(settings: &mut Settings, limit: u64) -> Result<Fit, String> {
     let need = needed(settings);
     if need <= limit {
         return Ok(Fit::Fits);

@@ -29,7 +29,7 @@ use tokio_util::io::poll_read_buf;
 const READ_AHEAD: usize = 256 * 1024;
 
 /// `inner` with reads taken [`READ_AHEAD`] bytes at a time; writes go straight through.
-pub struct ReadAhead<T> {
+pub(crate) struct ReadAhead<T> {
     inner: T,
     /// What the last read of `inner` brought; `buf[pos..]` is not yet passed on.
     buf: Vec<u8>,
@@ -37,7 +37,7 @@ pub struct ReadAhead<T> {
 }
 
 impl<T> ReadAhead<T> {
-    pub fn new(inner: T) -> Self {
+    pub(crate) fn new(inner: T) -> Self {
         Self {
             inner,
             buf: Vec::new(),
@@ -108,7 +108,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ReadAhead<T> {
 }
 
 /// Writes `buf[*sent..]` to `io`, counting what is written in `sent`, until all of it is.
-pub fn poll_write_rest(
+pub(crate) fn poll_write_rest(
     io: &mut (impl AsyncWrite + Unpin),
     cx: &mut Context<'_>,
     buf: &[u8],

@@ -19,7 +19,7 @@ use crate::ftp::Direction;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)] // label values as Prometheus users expect them: lower case
-pub enum DirectionLabel {
+pub(crate) enum DirectionLabel {
     upload,
     download,
 }
@@ -50,7 +50,7 @@ pub enum Channel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum HandshakeKind {
+pub(crate) enum HandshakeKind {
     full,
     resumed,
     /// The handshake failed, so it was neither.

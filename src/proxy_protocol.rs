@@ -20,7 +20,7 @@ use crate::config::ProxyVersion;
 const MAX_HEADER: usize = 16 + 2048;
 
 #[derive(Debug, Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     #[error("reading the PROXY header: {0}")]
     Io(#[from] io::Error),
     #[error("no PROXY header in time")]
@@ -36,7 +36,10 @@ pub enum ProxyError {
 /// The header the gateway sends a backend that wants one (`backend.proxy_protocol`), so the
 /// backend logs and limits by the real client: `client` is `(client, the gateway address it
 /// connected to)`; `None` (a health probe of the gateway's own) sends LOCAL / UNKNOWN.
-pub fn header(version: ProxyVersion, client: Option<(SocketAddr, SocketAddr)>) -> Option<Vec<u8>> {
+pub(crate) fn header(
+    version: ProxyVersion,
+    client: Option<(SocketAddr, SocketAddr)>,
+) -> Option<Vec<u8>> {
     // One family for both ends: IPv4-mapped addresses are IPv4; a real mix is unknown.
     let pair = client.and_then(|(from, to)| {
         let from = SocketAddr::new(from.ip().to_canonical(), from.port());
@@ -80,7 +83,7 @@ pub fn header(version: ProxyVersion, client: Option<(SocketAddr, SocketAddr)>) -
 
 /// The client a header names: `Some(source)` for PROXY, `None` for LOCAL (the balancer's own
 /// health check) or an address family that carries no IP.
-pub fn source(header: &[u8]) -> Result<Option<SocketAddr>, ProxyError> {
+pub(crate) fn source(header: &[u8]) -> Result<Option<SocketAddr>, ProxyError> {
     let header = Header::try_from(header).map_err(|e| ProxyError::Malformed(e.to_string()))?;
     if header.command == Command::Local {
         return Ok(None);
@@ -93,7 +96,7 @@ pub fn source(header: &[u8]) -> Result<Option<SocketAddr>, ProxyError> {
 }
 
 /// Reads exactly one v2 header from the start of `stream` (nothing after it) within `limit`.
-pub async fn read_header<S: AsyncRead + Unpin>(
+pub(crate) async fn read_header<S: AsyncRead + Unpin>(
     stream: &mut S,
     limit: Duration,
 ) -> Result<Option<SocketAddr>, ProxyError> {

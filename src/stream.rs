@@ -18,7 +18,7 @@ pub trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> Io for T {}
 
 /// A data connection.
-pub enum Stream {
+pub(crate) enum Stream {
     Plain(TcpStream),
     /// A client data connection, whose TLS 1.3 tickets wait for the gateway's first write.
     DataTls(Box<ClientConn>),
@@ -28,7 +28,7 @@ pub enum Stream {
 
 impl Stream {
     /// `(version, resumed)` for TLS connections, for logs.
-    pub fn tls_info(&self) -> Option<TlsFacts> {
+    pub(crate) fn tls_info(&self) -> Option<TlsFacts> {
         match self {
             Stream::Plain(_) => None,
             Stream::DataTls(s) => s.tls_info(),

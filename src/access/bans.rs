@@ -19,7 +19,7 @@ use super::ClientKey;
 /// remember: an attacker spread over many addresses cannot grow the table without bound.
 const SWEEP_ABOVE: usize = 10_000;
 
-pub struct Bans {
+pub(super) struct Bans {
     max_failures: u32,
     window: Duration,
     ban: Duration,
@@ -38,7 +38,7 @@ struct Record {
 
 /// What [`Bans::reserve`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reserved {
+pub(super) enum Reserved {
     /// One attempt is held for this password; settle it with [`Bans::settle`].
     Held,
     /// Every remaining attempt is held by a password still at a backend: wait for one.
@@ -76,7 +76,7 @@ pub struct BanEntry {
 
 impl Bans {
     /// `max_failures` = 0: nothing is ever banned.
-    pub fn new(max_failures: u32, window: Duration, ban: Duration) -> Bans {
+    pub(super) fn new(max_failures: u32, window: Duration, ban: Duration) -> Bans {
         Bans {
             max_failures,
             window,
@@ -87,7 +87,7 @@ impl Bans {
     }
 
     /// How long `client` stays banned, if it is.
-    pub fn remaining(&self, client: ClientKey, now: Instant) -> Option<Duration> {
+    pub(super) fn remaining(&self, client: ClientKey, now: Instant) -> Option<Duration> {
         self.table.get(&client)?.banned_for(now)
     }
 
@@ -106,7 +106,7 @@ impl Bans {
     }
 
     /// Records a failed login from `client`; true when this one bans it.
-    pub fn failed(&self, client: ClientKey, now: Instant) -> bool {
+    pub(super) fn failed(&self, client: ClientKey, now: Instant) -> bool {
         if self.max_failures == 0 {
             return false;
         }
@@ -133,7 +133,7 @@ impl Bans {
     /// failures in the window and the passwords still in flight together stay below the
     /// limit, so however many sessions send one at once, no more reach a backend than the
     /// client has attempts left.
-    pub fn reserve(&self, client: ClientKey, now: Instant) -> Reserved {
+    pub(super) fn reserve(&self, client: ClientKey, now: Instant) -> Reserved {
         if self.max_failures == 0 {
             return Reserved::Held;
         }
@@ -152,7 +152,7 @@ impl Bans {
 
     /// Gives back an attempt [`Self::reserve`] held: as a failure when `failed` (true when it
     /// bans the client), or as nothing when the backend accepted the password.
-    pub fn settle(&self, client: ClientKey, failed: bool, now: Instant) -> bool {
+    pub(super) fn settle(&self, client: ClientKey, failed: bool, now: Instant) -> bool {
         if self.max_failures == 0 {
             return false;
         }
@@ -162,7 +162,7 @@ impl Bans {
     }
 
     /// The bans in force.
-    pub fn list(&self, now: Instant) -> Vec<BanEntry> {
+    pub(super) fn list(&self, now: Instant) -> Vec<BanEntry> {
         let mut out: Vec<BanEntry> = self
             .table
             .iter()
@@ -179,7 +179,7 @@ impl Bans {
     }
 
     /// Forgets failures older than the window and bans that ended.
-    pub fn sweep(&self, now: Instant) {
+    pub(super) fn sweep(&self, now: Instant) {
         let since = now.checked_sub(self.window);
         self.table.retain(|_, r| {
             r.forget_before(since);

@@ -11,9 +11,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use bans::BanEntry;
+pub(crate) use bans::BanEntry;
 use bans::{Bans, Reserved};
-pub use key::ClientKey;
+pub(crate) use key::ClientKey;
 use tokio::sync::Notify;
 
 use crate::config::{AccessSettings, Networks};

@@ -47,7 +47,7 @@ use crate::stream::Stream;
 use crate::tls::{data as data_tls, TlsFacts};
 
 /// How the client's end of the data connection comes about.
-pub enum ClientSide {
+pub(crate) enum ClientSide {
     /// PASV/EPSV: the client connects to a leased pool port.
     Passive { lease: Lease, listener: TcpListener },
     /// PORT/EPRT: the gateway connects to the client's (already validated) address once the
@@ -60,7 +60,7 @@ pub enum ClientSide {
 }
 
 /// The backend's end of the data connection.
-pub enum BackendSide {
+pub(crate) enum BackendSide {
     /// Passive toward the backend: already connected to its data port.
     Connected(TcpStream),
     /// Active toward the backend: it will connect here, from its control address, once it has
@@ -70,7 +70,7 @@ pub enum BackendSide {
 
 /// A finished transfer, for the transfer log line.
 #[derive(Debug)]
-pub struct Transferred {
+pub(crate) struct Transferred {
     pub bytes: u64,
     pub elapsed: Duration,
     /// The SHA-256 of the bytes relayed, when the audit log asks for it.
@@ -80,7 +80,7 @@ pub struct Transferred {
 type Ended = Result<Transferred, BridgeError>;
 
 /// The session's handle on a running bridge. Dropping it cancels the bridge.
-pub struct DataBridge {
+pub(crate) struct DataBridge {
     /// Bytes copied so far, for STAT during the transfer.
     progress: Arc<AtomicU64>,
     /// The client data connection's `(version, resumed)`, once its TLS handshake has passed.
@@ -94,7 +94,11 @@ pub struct DataBridge {
 impl DataBridge {
     /// Starts the bridge task on an already-leased listener and an already-connected backend
     /// data connection.
-    pub fn spawn(client: ClientSide, backend: BackendSide, params: BridgeParams) -> DataBridge {
+    pub(crate) fn spawn(
+        client: ClientSide,
+        backend: BackendSide,
+        params: BridgeParams,
+    ) -> DataBridge {
         let client = match client {
             ClientSide::Passive { lease, listener } => Side::Listen(listener, lease),
             ClientSide::Active {
@@ -137,19 +141,19 @@ impl DataBridge {
     }
 
     /// Bytes copied so far.
-    pub fn progress(&self) -> u64 {
+    pub(crate) fn progress(&self) -> u64 {
         self.progress.load(Ordering::Relaxed)
     }
 
     /// The client data connection's TLS `(version, resumed)`, once its handshake has passed:
     /// kept here rather than in the outcome, so a transfer that fails after the handshake (a
     /// client gone without close_notify, ABOR, a backend lost) is logged with them too.
-    pub fn tls(&self) -> Option<TlsFacts> {
+    pub(crate) fn tls(&self) -> Option<TlsFacts> {
         self.tls.get().copied()
     }
 
     /// The transfer command has been forwarded: bytes may flow in `direction`.
-    pub fn start(&mut self, direction: Direction) {
+    pub(crate) fn start(&mut self, direction: Direction) {
         if let Some(tx) = self.start.take() {
             let _ = tx.send(direction);
         }
@@ -157,7 +161,7 @@ impl DataBridge {
 
     /// Stops the bridge and waits until its port is back in the pool, so a PASV that replaces
     /// this one can lease it again at once (a one-port pool must not report itself full).
-    pub async fn cancel(self) {
+    pub(crate) async fn cancel(self) {
         let DataBridge { done, _cancel, .. } = self;
         drop(_cancel);
         let _ = done.await;
@@ -165,12 +169,12 @@ impl DataBridge {
 
     /// The outcome, if the bridge has already ended (it failed before the transfer command: the
     /// client never connected in time, say), so the command need not reach the backend.
-    pub fn ended(&mut self) -> Option<Ended> {
+    pub(crate) fn ended(&mut self) -> Option<Ended> {
         self.done.try_recv().ok()
     }
 
     /// Resolves once both data connections are closed. Cancel-safe.
-    pub async fn finished(&mut self) -> Ended {
+    pub(crate) async fn finished(&mut self) -> Ended {
         (&mut self.done)
             .await
             .unwrap_or(Err(BridgeError::Cancelled))

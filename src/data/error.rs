@@ -8,7 +8,7 @@ use crate::ftp::Reply;
 
 /// Why a data transfer failed. Each maps to the reply the client gets instead of the backend's.
 #[derive(Debug, Error)]
-pub enum BridgeError {
+pub(crate) enum BridgeError {
     #[error("the data connection with the client was not up in time")]
     AcceptTimeout,
     #[error("opening the data connection with the client: {0}")]
@@ -35,7 +35,7 @@ pub enum BridgeError {
 }
 
 impl BridgeError {
-    pub fn reply(&self) -> Reply {
+    pub(crate) fn reply(&self) -> Reply {
         match self {
             BridgeError::AcceptTimeout | BridgeError::Accept(_) | BridgeError::NoTransfer => {
                 Reply::new(425, "Can't open data connection.")

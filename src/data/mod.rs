@@ -10,7 +10,7 @@ mod params;
 mod pool;
 mod pump;
 
-pub use bridge::{BackendSide, ClientSide, DataBridge, Transferred};
-pub use error::BridgeError;
-pub use params::BridgeParams;
-pub use pool::{PassivePool, PoolError};
+pub(crate) use bridge::{BackendSide, ClientSide, DataBridge, Transferred};
+pub(crate) use error::BridgeError;
+pub(crate) use params::BridgeParams;
+pub(crate) use pool::{PassivePool, PoolError};

@@ -12,7 +12,7 @@ use crate::tls::binding::Siblings;
 use crate::tls::data::DataConfig;
 
 /// What the session tells a bridge when it is created.
-pub struct BridgeParams {
+pub(crate) struct BridgeParams {
     /// Only this address may connect (the control connection's peer).
     pub client_ip: IpAddr,
     /// `Some` for PROT P: this FTP session's own TLS config.

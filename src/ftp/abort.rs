@@ -12,7 +12,7 @@ use super::Reply;
 
 /// The client's two replies to an aborted transfer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Aborted {
+pub(crate) struct Aborted {
     /// The transfer's final reply: 426, or its 2xx when it had completed.
     pub transfer: Reply,
     /// ABOR's own 2xx.
@@ -23,7 +23,7 @@ pub struct Aborted {
 
 /// `before`: the transfer's final reply, if it came before ABOR was sent. `after`: every final
 /// reply the backend sent after ABOR. `copied_whole`: the data connections had closed cleanly.
-pub fn settle(before: Option<&Reply>, after: &[Reply], copied_whole: bool) -> Aborted {
+pub(crate) fn settle(before: Option<&Reply>, after: &[Reply], copied_whole: bool) -> Aborted {
     let all: Vec<&Reply> = before.into_iter().chain(after).collect();
     let failed = all.iter().any(|r| r.code() >= 400);
     let completed = copied_whole && !failed && all.iter().any(|r| r.is_success());
@@ -57,7 +57,7 @@ pub fn settle(before: Option<&Reply>, after: &[Reply], copied_whole: bool) -> Ab
 
 /// How many final replies the session waits for after ABOR before it falls back on a NOOP to
 /// get back in step: the transfer's (unless `transfer_replied` already) and ABOR's.
-pub fn expected(transfer_replied: bool) -> usize {
+pub(crate) fn expected(transfer_replied: bool) -> usize {
     if transfer_replied {
         1
     } else {

@@ -15,7 +15,7 @@ use crate::backend::BackendError;
 use crate::control::{BadReply, ControlConn, Handshake, Replies, SendError, UpgradeError};
 use crate::ftp::Reply;
 
-pub struct Ctl {
+pub(super) struct Ctl {
     conn: ControlConn<Replies>,
     /// The address this connection reached: what a 227 should name.
     pub peer: SocketAddr,
@@ -29,7 +29,7 @@ fn timed_out(what: &str) -> io::Error {
 }
 
 impl Ctl {
-    pub fn new(tcp: TcpStream, limit: Duration) -> io::Result<Ctl> {
+    pub(super) fn new(tcp: TcpStream, limit: Duration) -> io::Result<Ctl> {
         Ok(Ctl {
             peer: tcp.peer_addr()?,
             local: tcp.local_addr()?,
@@ -39,7 +39,7 @@ impl Ctl {
     }
 
     /// TLS on the control connection (after `AUTH TLS`, or at once for implicit FTPS).
-    pub async fn secure(
+    pub(super) async fn secure(
         &mut self,
         config: Arc<ClientConfig>,
         name: rustls::pki_types::ServerName<'static>,
@@ -56,7 +56,7 @@ impl Ctl {
     }
 
     /// `(version, cipher suite)` once TLS is up.
-    pub fn tls_summary(&self) -> Option<(String, String)> {
+    pub(super) fn tls_summary(&self) -> Option<(String, String)> {
         let conn = self.conn.tls()?;
         Some((
             format!("{:?}", conn.protocol_version()?),
@@ -65,12 +65,12 @@ impl Ctl {
     }
 
     /// Sends `line` and returns the next reply (a transfer command's is its 1xx mark).
-    pub async fn cmd(&mut self, line: &str) -> io::Result<Reply> {
+    pub(super) async fn cmd(&mut self, line: &str) -> io::Result<Reply> {
         self.send(line).await?;
         self.reply().await
     }
 
-    pub async fn send(&mut self, line: &str) -> io::Result<()> {
+    pub(super) async fn send(&mut self, line: &str) -> io::Result<()> {
         let wire = format!("{line}\r\n");
         self.conn.send(wire.as_bytes()).await.map_err(|e| match e {
             SendError::TimedOut => timed_out("sending a command"),
@@ -79,7 +79,7 @@ impl Ctl {
     }
 
     /// The next whole reply, within the limit.
-    pub async fn reply(&mut self) -> io::Result<Reply> {
+    pub(super) async fn reply(&mut self) -> io::Result<Reply> {
         let limit = self.limit;
         timeout(limit, self.read_reply())
             .await

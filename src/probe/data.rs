@@ -21,7 +21,7 @@ const MAX_DATA: u64 = 2 * 1024 * 1024;
 
 /// Why a connection failed, in the terms that say what to fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DialError {
+pub(super) enum DialError {
     /// Nothing listens there: the port is not forwarded, or the server is not on it.
     Refused,
     /// No answer at all: a firewall drops it.
@@ -47,7 +47,7 @@ impl DialError {
     }
 
     /// What to do about it, for a data connection to `to`.
-    pub fn fix(&self, to: SocketAddr) -> String {
+    pub(super) fn fix(&self, to: SocketAddr) -> String {
         match self {
             DialError::Refused => format!(
                 "nothing listens on {to}: forward the passive range to the server's host (the same ports; `ftpsgate doctor` prints the router's rules), or the server is not listening there"
@@ -80,7 +80,10 @@ impl fmt::Display for DialError {
 }
 
 /// A TCP connection to `to` within `limit`, and how long it took.
-pub async fn dial(to: SocketAddr, limit: Duration) -> Result<(TcpStream, Duration), DialError> {
+pub(super) async fn dial(
+    to: SocketAddr,
+    limit: Duration,
+) -> Result<(TcpStream, Duration), DialError> {
     let started = Instant::now();
     match timeout(limit, TcpStream::connect(to)).await {
         Err(_) => Err(DialError::TimedOut),
@@ -90,18 +93,18 @@ pub async fn dial(to: SocketAddr, limit: Duration) -> Result<(TcpStream, Duratio
 }
 
 /// What came over a data connection.
-pub struct Received {
+pub(super) struct Received {
     pub bytes: Vec<u8>,
     /// The TLS handshake resumed the control connection's session.
     pub resumed: bool,
 }
 
 /// TLS for a data connection: `Some((config, name))` when PROT P is in force.
-pub type DataTls<'a> = Option<(&'a Arc<ClientConfig>, &'a ServerName<'static>)>;
+pub(super) type DataTls<'a> = Option<(&'a Arc<ClientConfig>, &'a ServerName<'static>)>;
 
 /// Sends `command` (LIST, NLST, RETR) over `ctl` with the data connection `tcp` already open
 /// (passive), and reads it to its end.
-pub async fn passive_transfer(
+pub(super) async fn passive_transfer(
     ctl: &mut Ctl,
     tcp: TcpStream,
     command: &str,
@@ -116,7 +119,7 @@ pub async fn passive_transfer(
 }
 
 /// Sends `command` after PORT/EPRT and waits for the server to connect to `listener`.
-pub async fn active_transfer(
+pub(super) async fn active_transfer(
     ctl: &mut Ctl,
     listener: &TcpListener,
     command: &str,
@@ -187,7 +190,7 @@ async fn read_all<S: tokio::io::AsyncRead + Unpin>(
 }
 
 /// A reply on one line, code and text, for a report line.
-pub fn said(reply: &crate::ftp::Reply) -> String {
+pub(super) fn said(reply: &crate::ftp::Reply) -> String {
     let text = reply.text();
     format!(
         "{} {}",

@@ -18,7 +18,7 @@ use crate::tls::store::subject_alt_names;
 
 /// What the server's certificate turned out to be.
 #[derive(Debug, Default, Clone)]
-pub struct Seen {
+pub(super) struct Seen {
     pub chain_len: usize,
     pub names: Vec<String>,
     pub subject: String,
@@ -28,7 +28,7 @@ pub struct Seen {
     pub refused: Option<String>,
 }
 
-pub struct ProbeTls {
+pub(super) struct ProbeTls {
     /// Control and data connections that resume, as FTPS clients do.
     pub resuming: Arc<ClientConfig>,
     /// Data connections that never resume (Python's ftplib by default).
@@ -38,7 +38,7 @@ pub struct ProbeTls {
 }
 
 impl ProbeTls {
-    pub fn new(host: &str, ca: Option<&Path>, insecure: bool) -> Result<ProbeTls, String> {
+    pub(super) fn new(host: &str, ca: Option<&Path>, insecure: bool) -> Result<ProbeTls, String> {
         let provider = crate::tls::provider();
         let inner: Arc<dyn ServerCertVerifier> = if insecure {
             Arc::new(Accept::any(Arc::clone(&provider)))
@@ -82,7 +82,7 @@ impl ProbeTls {
     }
 
     /// The certificate of the last handshake.
-    pub fn seen(&self) -> Seen {
+    pub(super) fn seen(&self) -> Seen {
         self.seen.lock().map(|s| s.clone()).unwrap_or_default()
     }
 }

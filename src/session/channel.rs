@@ -48,11 +48,11 @@ pub(super) struct Parts<'a> {
 
 impl DataChannel {
     /// The connection set up and not used goes (QUIT).
-    pub fn close(&mut self) {
+    pub(super) fn close(&mut self) {
         self.pending = None;
     }
 
-    pub async fn pasv(&mut self, s: Parts<'_>) -> Result<Answer, Halt> {
+    pub(super) async fn pasv(&mut self, s: Parts<'_>) -> Result<Answer, Halt> {
         if self.epsv_all {
             let command = "PASV".into();
             return Err(Refusal::AfterEpsvAll { command }.into());
@@ -68,7 +68,11 @@ impl DataChannel {
         Ok(Reply::new(227, &text).into())
     }
 
-    pub async fn epsv(&mut self, arg: Option<EpsvArg>, s: Parts<'_>) -> Result<Answer, Halt> {
+    pub(super) async fn epsv(
+        &mut self,
+        arg: Option<EpsvArg>,
+        s: Parts<'_>,
+    ) -> Result<Answer, Halt> {
         let family = addr::family_number(s.client.local.ip().to_canonical());
         match arg {
             None => return Err(Refusal::BadEpsvArgument.into()),
@@ -88,7 +92,7 @@ impl DataChannel {
     /// PORT and EPRT (`command`, for replies and logs). The address must be the control
     /// connection's own peer and the port at least 1024: anything else would let a client aim
     /// the gateway at a third party (the FTP bounce attack, RFC 2577).
-    pub async fn active(
+    pub(super) async fn active(
         &mut self,
         command: String,
         target: Result<SocketAddr, AddrError>,
@@ -187,7 +191,7 @@ impl DataChannel {
 
     /// A transfer command: on the connection set up before it, at the protection it was set
     /// up with.
-    pub async fn transfer(
+    pub(super) async fn transfer(
         &mut self,
         line: Line,
         direction: Direction,

@@ -16,7 +16,7 @@ use crate::stream::Io;
 use crate::tls::store::subject;
 use crate::tls::TlsFacts;
 
-pub struct ClientControl {
+pub(super) struct ClientControl {
     conn: ControlConn<CommandLines>,
     /// A line read during a transfer and not yet served: the next `read_line` returns it.
     deferred: Option<Result<Vec<u8>, LineError>>,
@@ -27,7 +27,7 @@ pub struct ClientControl {
 impl ClientControl {
     /// `write_limit`: how long one reply may wait for the client to read. A client that stops
     /// reading must not hold its session (see docs/ARCHITECTURE.md, "Every wait is bounded").
-    pub fn new(
+    pub(super) fn new(
         io: Box<dyn Io>,
         peer: SocketAddr,
         local: SocketAddr,
@@ -43,18 +43,18 @@ impl ClientControl {
         }
     }
 
-    pub fn is_tls(&self) -> bool {
+    pub(super) fn is_tls(&self) -> bool {
         self.conn.is_tls()
     }
 
     /// Bytes the client sent that are not yet a full line.
-    pub fn has_pending_input(&self) -> bool {
+    pub(super) fn has_pending_input(&self) -> bool {
         self.conn.framing().has_pending()
     }
 
     /// The next line; `Ok(None)` when the client closed the connection. Cancel-safe: bytes are
     /// moved into the framer in the same poll that reads them.
-    pub async fn read_line(&mut self) -> io::Result<Option<Result<Vec<u8>, LineError>>> {
+    pub(super) async fn read_line(&mut self) -> io::Result<Option<Result<Vec<u8>, LineError>>> {
         if let Some(line) = self.deferred.take() {
             return Ok(Some(line));
         }
@@ -67,17 +67,17 @@ impl ClientControl {
 
     /// Keeps `line` for the next [`Self::read_line`]: a command sent during a transfer is
     /// served after it, as on a plain server.
-    pub fn defer(&mut self, line: Result<Vec<u8>, LineError>) {
+    pub(super) fn defer(&mut self, line: Result<Vec<u8>, LineError>) {
         self.deferred = Some(line);
     }
 
-    pub fn has_deferred(&self) -> bool {
+    pub(super) fn has_deferred(&self) -> bool {
         self.deferred.is_some()
     }
 
     /// Writes one reply, within the write limit: past it the client is taken to have stopped
     /// reading, and the error ends the session.
-    pub async fn send(&mut self, reply: &Reply) -> io::Result<()> {
+    pub(super) async fn send(&mut self, reply: &Reply) -> io::Result<()> {
         self.conn.send(reply.as_bytes()).await.map_err(|e| match e {
             SendError::TimedOut => io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -89,7 +89,11 @@ impl ClientControl {
 
     /// Runs the TLS handshake on the plain connection (after `234`, or at once for implicit
     /// FTPS).
-    pub async fn upgrade(&mut self, config: Arc<ServerConfig>, limit: Duration) -> io::Result<()> {
+    pub(super) async fn upgrade(
+        &mut self,
+        config: Arc<ServerConfig>,
+        limit: Duration,
+    ) -> io::Result<()> {
         self.conn
             .upgrade(Handshake::Accept(config), limit)
             .await
@@ -103,13 +107,13 @@ impl ClientControl {
     }
 
     /// The TLS version and whether the handshake resumed a session.
-    pub fn tls_info(&self) -> Option<TlsFacts> {
+    pub(super) fn tls_info(&self) -> Option<TlsFacts> {
         self.conn.tls_info()
     }
 
     /// The user the client's certificate names, as `tls.client_cert_user` reads it (an email
     /// counts only in one of `email_domains`, `tls.client_cert_email_domains`).
-    pub fn certificate_user(
+    pub(super) fn certificate_user(
         &self,
         field: crate::config::CertUser,
         email_domains: &[String],
@@ -119,18 +123,18 @@ impl ClientControl {
     }
 
     /// The subject of the client's certificate, when it presented one (mutual TLS).
-    pub fn peer_subject(&self) -> Option<String> {
+    pub(super) fn peer_subject(&self) -> Option<String> {
         subject(self.conn.peer_certificate()?)
     }
 
     /// The server name the client asked for in its TLS handshake (SNI), if any. rustls only
     /// accepts DNS names here, but the name still goes through [`crate::ftp::Escaped`] in logs.
-    pub fn sni(&self) -> Option<String> {
+    pub(super) fn sni(&self) -> Option<String> {
         self.conn.sni().map(String::from)
     }
 
     /// Says goodbye politely: TLS close_notify, then FIN.
-    pub async fn close(&mut self) {
+    pub(super) async fn close(&mut self) {
         self.conn.close().await;
     }
 }

@@ -32,7 +32,7 @@ pub(super) struct Login {
 }
 
 impl Login {
-    pub fn new(session: u64, deadline: Instant, link: Option<Link>) -> Login {
+    pub(super) fn new(session: u64, deadline: Instant, link: Option<Link>) -> Login {
         Login {
             session,
             phase: Phase::new(deadline, link),
@@ -40,26 +40,26 @@ impl Login {
         }
     }
 
-    pub fn session(&self) -> u64 {
+    pub(super) fn session(&self) -> u64 {
         self.session
     }
 
-    pub fn phase(&self) -> &Phase {
+    pub(super) fn phase(&self) -> &Phase {
         &self.phase
     }
 
-    pub fn link_mut(&mut self) -> Option<&mut Link> {
+    pub(super) fn link_mut(&mut self) -> Option<&mut Link> {
         self.phase.link_mut()
     }
 
     /// The logged-in session's backend and who it is there; `None` before login.
-    pub fn account(&mut self) -> Option<Account<'_>> {
+    pub(super) fn account(&mut self) -> Option<Account<'_>> {
         self.phase.account()
     }
 
     /// The session as its audit records name it; `tried` stands in for a user not logged in
     /// (the name a failed login tried).
-    pub fn who<'a>(&'a self, client: IpAddr, tried: Option<&'a str>) -> Who<'a> {
+    pub(super) fn who<'a>(&'a self, client: IpAddr, tried: Option<&'a str>) -> Who<'a> {
         let route = self.phase.link().map(|l| l.slot.route().name.as_str());
         let logged_in = self.phase.user();
         Who {
@@ -71,7 +71,7 @@ impl Login {
     }
 
     /// Who the session is for the TLS binding: the user the backend accepted, on its route.
-    pub fn identity(&self) -> Option<Identity> {
+    pub(super) fn identity(&self) -> Option<Identity> {
         let Phase::LoggedIn(s) = &self.phase else {
             return None;
         };
@@ -84,13 +84,13 @@ impl Login {
     /// True while the session has no backend and its control connection is not yet
     /// encrypted: the gateway answers the commands allowed before TLS itself, so a client that
     /// never finishes TLS never reaches the backend.
-    pub fn unconnected_before_tls(&self, client: &ClientControl) -> bool {
+    pub(super) fn unconnected_before_tls(&self, client: &ClientControl) -> bool {
         self.phase.link().is_none() && !client.is_tls()
     }
 
     /// The link to the backend, connected now if the session has none yet: to the route HOST
     /// or USER chose, else the one the SNI name selects, else the default.
-    pub async fn link(
+    pub(super) async fn link(
         &mut self,
         ctx: &Context,
         client: &ClientControl,
@@ -114,7 +114,7 @@ impl Login {
     }
 
     /// Forwards a command and relays its replies: the final one is the outcome.
-    pub async fn pass_through(
+    pub(super) async fn pass_through(
         &mut self,
         ctx: &Context,
         client: &mut ClientControl,
@@ -146,7 +146,7 @@ impl Login {
 
     /// USER, relayed once the gateway's own rules pass it (`front_door`). A suffix naming a
     /// route (`USER name@route`) is the gateway's business: the backend hears `USER name`.
-    pub async fn user(
+    pub(super) async fn user(
         &mut self,
         name: String,
         line: Line,
@@ -185,7 +185,7 @@ impl Login {
     /// PASS, relayed. A password holds one of the address's remaining attempts while the
     /// backend checks it, so parallel sessions cannot all guess before the first failure
     /// counts.
-    pub async fn pass(
+    pub(super) async fn pass(
         &mut self,
         line: Line,
         ctx: &Context,
@@ -339,7 +339,7 @@ impl Login {
     /// the SNI name chose another: 504), and the backend hears HOST too, for virtual hosts of
     /// its own. A backend that does not know the command (500, 502, or vsftpd's 530 for
     /// anything before login) has still been chosen, so the gateway answers for it.
-    pub async fn host(
+    pub(super) async fn host(
         &mut self,
         name: String,
         line: Line,

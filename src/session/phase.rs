@@ -33,7 +33,7 @@ pub(super) enum RouteChoice {
 }
 
 impl RouteChoice {
-    pub fn route(&self) -> Option<&Arc<Route>> {
+    pub(super) fn route(&self) -> Option<&Arc<Route>> {
         match self {
             RouteChoice::Open => None,
             RouteChoice::Host(route) | RouteChoice::User(route) => Some(route),
@@ -75,7 +75,7 @@ pub(super) struct Account<'a> {
 }
 
 impl Phase {
-    pub fn new(deadline: Instant, link: Option<Link>) -> Phase {
+    pub(super) fn new(deadline: Instant, link: Option<Link>) -> Phase {
         Phase::LoggingIn(LoggingIn {
             deadline,
             link,
@@ -84,25 +84,25 @@ impl Phase {
         })
     }
 
-    pub fn is_logged_in(&self) -> bool {
+    pub(super) fn is_logged_in(&self) -> bool {
         matches!(self, Phase::LoggedIn(_))
     }
 
-    pub fn link(&self) -> Option<&Link> {
+    pub(super) fn link(&self) -> Option<&Link> {
         match self {
             Phase::LoggingIn(l) => l.link.as_ref(),
             Phase::LoggedIn(s) => Some(&s.link),
         }
     }
 
-    pub fn link_mut(&mut self) -> Option<&mut Link> {
+    pub(super) fn link_mut(&mut self) -> Option<&mut Link> {
         match self {
             Phase::LoggingIn(l) => l.link.as_mut(),
             Phase::LoggedIn(s) => Some(&mut s.link),
         }
     }
 
-    pub fn user(&self) -> Option<&str> {
+    pub(super) fn user(&self) -> Option<&str> {
         match self {
             Phase::LoggingIn(_) => None,
             Phase::LoggedIn(s) => Some(&s.user),
@@ -110,7 +110,7 @@ impl Phase {
     }
 
     /// The backend the session is on, or has chosen; `None` while only the default applies.
-    pub fn route(&self) -> Option<&Arc<Route>> {
+    pub(super) fn route(&self) -> Option<&Arc<Route>> {
         match self {
             Phase::LoggingIn(l) => l.link.as_ref().map(|k| k.slot.route()).or(l.route.route()),
             Phase::LoggedIn(s) => Some(s.link.slot.route()),
@@ -118,7 +118,7 @@ impl Phase {
     }
 
     /// The logged-in session's backend; `None` before login.
-    pub fn account(&mut self) -> Option<Account<'_>> {
+    pub(super) fn account(&mut self) -> Option<Account<'_>> {
         match self {
             Phase::LoggingIn(_) => None,
             Phase::LoggedIn(s) => Some(Account {
@@ -132,7 +132,7 @@ impl Phase {
     /// The backend said 230 to `user`. Logged in only with a backend to be logged in at, which
     /// the 230 came from; logged in already (a backend that lets USER change the user), the
     /// user changes.
-    pub fn log_in(&mut self, user: String) {
+    pub(super) fn log_in(&mut self, user: String) {
         match self {
             Phase::LoggedIn(s) => s.user = user,
             Phase::LoggingIn(l) => {

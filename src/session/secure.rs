@@ -37,7 +37,7 @@ pub(super) struct Security {
 impl Security {
     /// Implicit FTPS protects the data channel from the start, as clients expect of it (none
     /// waits to send PROT P before its first transfer).
-    pub fn new(tls: tls::SessionTls, implicit: bool) -> Security {
+    pub(super) fn new(tls: tls::SessionTls, implicit: bool) -> Security {
         let prot = if implicit {
             Protection::Private
         } else {
@@ -50,18 +50,18 @@ impl Security {
         }
     }
 
-    pub fn protection(&self) -> Protection {
+    pub(super) fn protection(&self) -> Protection {
         self.prot
     }
 
     /// The TLS config for a data connection at the current protection level; `None` at
     /// PROT C.
-    pub fn data_config(&self) -> Option<Arc<ServerConfig>> {
+    pub(super) fn data_config(&self) -> Option<Arc<ServerConfig>> {
         (self.prot == Protection::Private).then(|| Arc::clone(&self.tls.data))
     }
 
     /// The session logged in as `who`: its siblings may now resume its TLS sessions.
-    pub fn logged_in(&self, who: Identity) {
+    pub(super) fn logged_in(&self, who: Identity) {
         if let Some(membership) = &self.membership {
             membership.logged_in(who);
         }
@@ -69,12 +69,12 @@ impl Security {
 
     /// What a data connection of the session logged in as `who` needs to accept its
     /// siblings' TLS sessions.
-    pub fn siblings(&self, who: Identity) -> Option<Siblings> {
+    pub(super) fn siblings(&self, who: Identity) -> Option<Siblings> {
         Some(self.membership.as_ref()?.siblings(who))
     }
 
     /// The handshake at the first byte, for implicit FTPS.
-    pub async fn implicit(
+    pub(super) async fn implicit(
         &mut self,
         ctx: &Context,
         client: &mut ClientControl,
@@ -85,7 +85,7 @@ impl Security {
     }
 
     /// AUTH: 234, then the handshake; a client whose handshake fails is gone.
-    pub async fn auth(
+    pub(super) async fn auth(
         &mut self,
         mechanism: Option<AuthMechanism>,
         ctx: &Context,
@@ -113,7 +113,7 @@ impl Security {
         Ok(Answer::Sent)
     }
 
-    pub fn pbsz(&self, size: Option<u32>, client: &ClientControl) -> Result<Answer, Halt> {
+    pub(super) fn pbsz(&self, size: Option<u32>, client: &ClientControl) -> Result<Answer, Halt> {
         if !client.is_tls() {
             return Err(Refusal::NeedsTls { command: "PBSZ" }.into());
         }
@@ -122,7 +122,7 @@ impl Security {
         Ok(Reply::new(200, "PBSZ=0").into())
     }
 
-    pub fn prot(
+    pub(super) fn prot(
         &mut self,
         level: Option<ProtLevel>,
         ctx: &Context,

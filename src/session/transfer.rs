@@ -36,7 +36,12 @@ pub(super) struct InFlight {
 }
 
 impl InFlight {
-    pub fn new(line: Line, direction: Direction, bridge: DataBridge, session: u64) -> InFlight {
+    pub(super) fn new(
+        line: Line,
+        direction: Direction,
+        bridge: DataBridge,
+        session: u64,
+    ) -> InFlight {
         InFlight {
             line,
             direction,
@@ -52,7 +57,7 @@ impl InFlight {
     /// Waits for both the backend's final reply and the end of the copy, watching the client
     /// for ABOR meanwhile; a line it sends that is not ABOR or STAT waits in `client` for the
     /// transfer to end, as on a plain server.
-    pub async fn run(
+    pub(super) async fn run(
         mut self,
         ctx: &Context,
         client: &mut ClientControl,

@@ -43,7 +43,7 @@ const TLS_SEND_BATCH: usize = 48 * 1024;
 /// An FTP session's TLS config for its client data connections (`SessionTls::data`): its
 /// ticketer and cache are the session's, which is what binds a data connection to it. The
 /// data plane passes it on to [`accept`] and looks no further into it.
-pub type DataConfig = Arc<ServerConfig>;
+pub(crate) type DataConfig = Arc<ServerConfig>;
 
 /// What a client data connection's TLS is held to.
 pub(crate) struct Policy<'a> {
@@ -132,21 +132,21 @@ pub(crate) async fn connect(
 
 /// A client's data connection under TLS, its tickets held until the gateway's first write
 /// (`ticket_hold`).
-pub struct ClientConn(tokio_rustls::server::TlsStream<TicketGate>);
+pub(crate) struct ClientConn(tokio_rustls::server::TlsStream<TicketGate>);
 
 /// A backend's data connection under TLS.
-pub struct BackendConn(tokio_rustls::client::TlsStream<ReadAhead<TcpStream>>);
+pub(crate) struct BackendConn(tokio_rustls::client::TlsStream<ReadAhead<TcpStream>>);
 
 impl ClientConn {
     /// `(version, resumed)`, for logs.
-    pub fn tls_info(&self) -> Option<TlsFacts> {
+    pub(crate) fn tls_info(&self) -> Option<TlsFacts> {
         summary(self.0.get_ref().1)
     }
 }
 
 impl BackendConn {
     /// `(version, resumed)`, for logs.
-    pub fn tls_info(&self) -> Option<TlsFacts> {
+    pub(crate) fn tls_info(&self) -> Option<TlsFacts> {
         summary(self.0.get_ref().1)
     }
 }
