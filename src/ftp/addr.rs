@@ -205,7 +205,7 @@ pub fn not_public(ip: IpAddr) -> Option<&'static str> {
             }
         }
         IpAddr::V6(v6) => {
-            let first = v6.segments().first().copied().unwrap_or_default();
+            let [first, ..] = v6.segments();
             if v6.is_loopback() {
                 Some("loopback")
             } else if first & 0xfe00 == 0xfc00 {
