@@ -22,6 +22,7 @@
 //! `client` (the client's connection); every refusal's reply, metric and log line come from
 //! [`crate::refusal`] (docs/ARCHITECTURE.md, "A session").
 
+mod answer;
 mod channel;
 mod client;
 mod context;
@@ -36,19 +37,19 @@ mod transfer;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use thiserror::Error;
 use tokio::sync::watch;
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tracing::{debug, info, warn, Span};
 
 use crate::audit::{Event, Who};
-use crate::backend::{BackendError, RouteError};
+use crate::backend::RouteError;
 use crate::ftp::{gateway_feat, Command, LineError, Reply, Request};
 use crate::metrics::Reason;
 use crate::refusal::Refusal;
 pub use crate::stream::Io;
 use crate::tls;
 
+use answer::{Answer, Fatal, Halt};
 use channel::{DataChannel, Parts};
 use client::ClientControl;
 pub use context::Context;
@@ -64,83 +65,6 @@ pub enum Mode {
     Explicit,
     /// TLS from the first byte.
     Implicit,
-}
-
-/// Why a session ended early. Logged once; the client gets the reply where one still fits.
-#[derive(Debug, Error)]
-enum Fatal {
-    #[error("client connection: {0}")]
-    Client(#[from] std::io::Error),
-    #[error("backend {0}")]
-    Backend(#[from] BackendError),
-    /// No backend could be reached when the session needed one.
-    #[error("{0}")]
-    Unreachable(RouteError),
-    /// The backend turned the session away in its greeting (421 too many users, ...): the
-    /// client hears that reply.
-    #[error("backend refused the session: {}", .0.code())]
-    Greeting(Reply),
-}
-
-impl From<RouteError> for Fatal {
-    fn from(e: RouteError) -> Self {
-        Fatal::Unreachable(e)
-    }
-}
-
-/// What stops a command short: a refusal, after which the session carries on (unless the
-/// refusal says otherwise), or a fatal error, after which it ends.
-#[derive(Debug)]
-enum Halt {
-    Refused(Refusal),
-    Fatal(Fatal),
-}
-
-impl From<Refusal> for Halt {
-    fn from(r: Refusal) -> Self {
-        Halt::Refused(r)
-    }
-}
-
-impl From<Fatal> for Halt {
-    fn from(f: Fatal) -> Self {
-        Halt::Fatal(f)
-    }
-}
-
-impl From<std::io::Error> for Halt {
-    fn from(e: std::io::Error) -> Self {
-        Halt::Fatal(e.into())
-    }
-}
-
-impl From<BackendError> for Halt {
-    fn from(e: BackendError) -> Self {
-        Halt::Fatal(e.into())
-    }
-}
-
-impl From<RouteError> for Halt {
-    fn from(e: RouteError) -> Self {
-        Halt::Fatal(e.into())
-    }
-}
-
-/// What a command leaves for the loop to do.
-enum Answer {
-    /// Send this reply; the session carries on.
-    Reply(Reply),
-    /// The handler has sent its replies itself (AUTH's 234 before the handshake, a transfer's
-    /// 1xx and final reply, ABOR's pair); the session carries on.
-    Sent,
-    /// The session ends, after this reply if there is one.
-    Close(Option<Reply>),
-}
-
-impl From<Reply> for Answer {
-    fn from(reply: Reply) -> Self {
-        Answer::Reply(reply)
-    }
 }
 
 struct Session {
