@@ -24,7 +24,6 @@
 #[allow(dead_code)] // the benchmark's parts (NOOP, LIST, pattern uploads) are not used here
 #[path = "../benches/gateway/client.rs"]
 mod client;
-mod common;
 
 use std::net::{SocketAddr, TcpStream};
 use std::process::Stdio;
@@ -36,7 +35,12 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use client::{Passive, Session, Target};
-use common::*;
+use support::files::{sha256, sha256_file};
+use support::gateway::gateway_command;
+use support::net::free_port;
+use support::process::{raise_fd_limit, KillOnDrop};
+use support::servers::{FtpServer, VsTls};
+use support::{MIB, PASSWORD, USER};
 
 struct Plan {
     sessions: usize,
@@ -156,19 +160,26 @@ fn soak_mixed_transfers_lose_nothing_and_leak_nothing() {
     let port = free_port();
     let lo = 44000 + (port % 10) * 100;
     let listen: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let child = gateway_command(listen, vs.addr, (lo, 100), &cert, &key)
-        .env(
-            "FTPSGATE_LOG",
-            std::env::var("FTPSGATE_SOAK_LOG_FILTER").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::null())
-        .stderr(match std::env::var_os("FTPSGATE_SOAK_LOG") {
-            // The gateway's log in a file, for a long soak that fails.
-            Some(path) => Stdio::from(std::fs::File::create(path).expect("soak log")),
-            None => Stdio::inherit(),
-        })
-        .spawn()
-        .expect("start ftpsgate");
+    let child = gateway_command(
+        env!("CARGO_BIN_EXE_ftpsgate"),
+        listen,
+        vs.addr,
+        (lo, 100),
+        &cert,
+        &key,
+    )
+    .env(
+        "FTPSGATE_LOG",
+        std::env::var("FTPSGATE_SOAK_LOG_FILTER").unwrap_or_else(|_| "warn".into()),
+    )
+    .stdout(Stdio::null())
+    .stderr(match std::env::var_os("FTPSGATE_SOAK_LOG") {
+        // The gateway's log in a file, for a long soak that fails.
+        Some(path) => Stdio::from(std::fs::File::create(path).expect("soak log")),
+        None => Stdio::inherit(),
+    })
+    .spawn()
+    .expect("start ftpsgate");
     let pid = child.id();
     let child = KillOnDrop(child);
     let end = Instant::now() + Duration::from_secs(20);

@@ -15,8 +15,10 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use support::net::free_port;
+use support::process::have;
+
 use super::{cpu_secs, BoxError, Gateway, Report};
-use crate::common::{free_port, have};
 
 /// How many handshakes, and how many at the start and the end are measured.
 pub struct Sizes {

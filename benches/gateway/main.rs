@@ -26,8 +26,6 @@
 )]
 
 mod client;
-#[path = "../../tests/common/mod.rs"]
-mod common;
 mod handshakes;
 
 use std::fmt::Write as _;
@@ -37,9 +35,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use client::{client_config, BoxError, Passive, Session, Target};
-use common::{free_port, gateway_command, raise_fd_limit, FtpServer, VsTls, PASSWORD, USER};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
+use support::gateway::gateway_command;
+use support::net::free_port;
+use support::process::raise_fd_limit;
+use support::servers::{FtpServer, VsTls};
+use support::{PASSWORD, USER};
 
 struct Plan {
     transfer_bytes: u64,
@@ -120,7 +122,8 @@ impl Gateway {
         )
         .expect("bench config");
         let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let mut cmd = gateway_command(listen, backend, (lo, 40), cert, key);
+        let program = env!("CARGO_BIN_EXE_ftpsgate");
+        let mut cmd = gateway_command(program, listen, backend, (lo, 40), cert, key);
         cmd.arg("--config")
             .arg(&config)
             .env("FTPSGATE_LOG", "warn")

@@ -1,6 +1,11 @@
 //! Backends scripted in Rust over TCP: hostile ones, and ones that answer in set ways.
 
-use super::*;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::thread;
+
+use tempfile::TempDir;
 
 /// A scripted FTP server for what real servers will not do on demand. It has no EPSV (500), and
 /// its 227 names a foreign address (10.9.9.9) while it listens on loopback, so a gateway that
