@@ -8,7 +8,7 @@
 //! FTPSGATE_SOAK=full cargo test --release --test soak -- --nocapture
 //! ```
 //!
-//! The client is the benchmark's own (benches/gateway/client.rs), which flushes every command.
+//! The client is the benchmark's own (`support::transfer`), which flushes every command.
 //! suppaftp, used here before, writes a command into its TLS stream without flushing it: in the
 //! full run about 0.3% of the sessions then waited forever for a reply to a PASV or QUIT that
 //! never left the client (the gateway's log showed no such command, its receive queue empty).
@@ -21,10 +21,6 @@
     clippy::indexing_slicing
 )]
 
-#[allow(dead_code)] // the benchmark's parts (NOOP, LIST, pattern uploads) are not used here
-#[path = "../benches/gateway/client.rs"]
-mod client;
-
 use std::net::{SocketAddr, TcpStream};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,12 +30,14 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
-use client::{Passive, Session, Target};
+use support::control::client_config;
 use support::files::{sha256, sha256_file};
 use support::gateway::gateway_command;
 use support::net::free_port;
-use support::process::{raise_fd_limit, KillOnDrop};
+use support::process::raise_fd_limit;
+use support::process::KillOnDrop;
 use support::servers::{FtpServer, VsTls};
+use support::transfer::{Passive, Session, Target};
 use support::{MIB, PASSWORD, USER};
 
 struct Plan {
@@ -194,7 +192,7 @@ fn soak_mixed_transfers_lose_nothing_and_leak_nothing() {
         addr: listen,
         user: USER.into(),
         password: PASSWORD.into(),
-        tls: Some(client::client_config(&ca).expect("client config")),
+        tls: Some(client_config(&ca).expect("client config")),
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let run = |sessions: usize, first_seed: u64| -> (usize, Vec<String>) {

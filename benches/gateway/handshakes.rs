@@ -15,10 +15,11 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use support::control::BoxError;
 use support::net::free_port;
 use support::process::have;
 
-use super::{cpu_secs, BoxError, Gateway, Report};
+use super::{cpu_secs, Gateway, Report};
 
 /// How many handshakes, and how many at the start and the end are measured.
 pub struct Sizes {

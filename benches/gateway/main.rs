@@ -25,7 +25,6 @@
     clippy::indexing_slicing
 )]
 
-mod client;
 mod handshakes;
 
 use std::fmt::Write as _;
@@ -34,13 +33,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use client::{client_config, BoxError, Passive, Session, Target};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
+use support::control::{client_config, BoxError};
 use support::gateway::gateway_command;
 use support::net::free_port;
 use support::process::raise_fd_limit;
 use support::servers::{FtpServer, VsTls};
+use support::transfer::{Passive, Session, Target};
 use support::{PASSWORD, USER};
 
 struct Plan {

@@ -2,7 +2,8 @@
 //! and the binary's command line (`gateway`), real backends (`servers`) and scripted ones
 //! (`scripted`), running peers (`process`), files by hash (`files`), loopback ports (`net`),
 //! certificates (`pki`), the admin listener (`admin`), curl (`curl`), and talking FTP by hand:
-//! one control connection (`control`) and an FTPS session on it (`ftps`).
+//! one control connection (`control`), an FTPS session on it (`ftps`) and the benchmark's fast
+//! transfer client (`transfer`).
 //!
 //! A peer that is missing makes a test skip with a loud message on a laptop, and fail when
 //! `CI=true`, since CI installs every peer.
@@ -21,6 +22,7 @@ pub mod pki;
 pub mod process;
 pub mod scripted;
 pub mod servers;
+pub mod transfer;
 
 /// The user every backend logs in (a local user for vsftpd and ProFTPD, a virtual one for
 /// pure-ftpd and libunftp).
