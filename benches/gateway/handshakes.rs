@@ -19,7 +19,9 @@ use support::control::BoxError;
 use support::net::free_port;
 use support::process::have;
 
-use super::{cpu_secs, Gateway, Report};
+use crate::figures::cpu_secs;
+use crate::rig::Gateway;
+use crate::Report;
 
 /// How many handshakes, and how many at the start and the end are measured.
 pub struct Sizes {
