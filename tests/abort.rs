@@ -11,9 +11,9 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
-use common::*;
+use support::gateway::{BackendKind, TestGateway};
+use support::process::py_scenario;
+use support::servers::{FtpServer, VsTls};
 
 /// ABORs per direction per backend.
 const ROUNDS: &str = "50";

@@ -11,12 +11,17 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::*;
+use support::admin::{http_get, refusals, scrape, value};
+use support::curl::{curl, curl_from, trace};
+use support::ftps::Ftps;
+use support::gateway::{admin_on_loopback, BackendKind, TestGateway};
+use support::pki::ClientCa;
+use support::process::{eventually, have, py_scenario, run_ok};
+use support::servers::{users_heard, vsftpd_logging_commands, FtpServer, VsTls};
+use support::{PASSWORD, USER};
 
 #[test]
 fn denied_networks_are_refused_at_accept_and_a_routes_own_rules_once_it_is_known() {
@@ -161,7 +166,7 @@ fn parallel_wrong_passwords_reach_the_backend_only_as_often_as_attempts_are_left
     let replies = rt.block_on(async {
         let mut waiting = Vec::new();
         for _ in 0..10 {
-            let mut ftp = HandFtps::secured(gw.explicit, &gw.ca).await;
+            let mut ftp = Ftps::secured(gw.explicit, &gw.ca).await;
             assert!(ftp.cmd(&format!("USER {USER}")).await.starts_with("331"));
             waiting.push(ftp);
         }
@@ -376,7 +381,7 @@ fn user_names_with_whitespace_around_or_control_characters_are_refused_by_the_ga
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let mut ftp = HandFtps::secured(gw.explicit, &gw.ca).await;
+        let mut ftp = Ftps::secured(gw.explicit, &gw.ca).await;
         // A denied user hidden by a space before the suffix (pure-ftpd took it as `ftpuser`);
         // its PASS is the gateway's to answer too.
         let said = ftp.cmd("USER ftpuser @inner").await;

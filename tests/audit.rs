@@ -10,13 +10,18 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use support::admin::{scrape, value};
+use support::curl::{curl, curl_from, trace};
+use support::files::{random_file, sha256_file};
+use support::gateway::{admin_on_loopback, suppaftp_session, BackendKind, TestGateway};
+use support::net::{free_low_port, free_low_range};
+use support::process::{eventually, have, run_ok, KillOnDrop};
+use support::servers::{FtpServer, VsTls};
+use support::{MIB, PASSWORD, USER};
 
 /// The audit log's lines, parsed.
 fn audit_lines(path: &std::path::Path) -> Vec<serde_json::Value> {

@@ -9,9 +9,14 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
-use common::*;
+use support::admin::{refusals, scrape, value};
+use support::curl::{curl, trace};
+use support::files::sha256_file;
+use support::gateway::{admin_on_loopback, BackendKind, TestGateway};
+use support::pki::{pem_certs, ClientCa, ClientCert};
+use support::process::have;
+use support::servers::{users_heard, vsftpd_logging_commands, FtpServer, VsTls};
+use support::{PASSWORD, USER};
 
 #[test]
 fn client_certificates_bind_logins_by_cn_or_email() {

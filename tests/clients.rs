@@ -9,13 +9,17 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
 use ftpsgate::config::TlsVersion;
+use support::curl::curl;
+use support::files::{random_file, sha256, sha256_file};
+use support::gateway::{suppaftp_retr, suppaftp_session, BackendKind, TestGateway};
+use support::process::{have, py_scenario, run_ok};
+use support::scripted::ScriptedBackend;
+use support::servers::{FtpServer, VsTls};
+use support::{MIB, PASSWORD, USER};
 
 fn url(gw: &TestGateway, implicit: bool, name: &str) -> String {
     match implicit {

@@ -9,9 +9,9 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
-use common::*;
+use support::gateway::{BackendKind, TestGateway};
+use support::process::py_scenario;
+use support::servers::{FtpServer, VsTls};
 
 #[test]
 fn rest_resumes_a_download_at_the_offset() {

@@ -8,12 +8,10 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use support::process::{have, run_ok};
 
 #[test]
 fn systemd_unit_verifies_and_keeps_its_hardening() {

@@ -16,27 +16,21 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ftpsgate::config::Settings;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_rustls::TlsConnector;
-
-use common::*;
+use support::control::{localhost, Control};
+use support::files::sha256;
+use support::process::{have, run_ok};
+use support::servers::{FtpServer, VsTls};
+use support::{MIB, PASSWORD, USER};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 #[path = "frontdoor/gate.rs"]
 mod gate;
 
-use gate::*;
+use gate::{connect_from, ends_stalled, eventually_async, flood, runtime, Gate};
 
 #[test]
 fn clients_that_never_read_their_replies_lose_their_slots_within_the_write_limit() {
@@ -68,24 +62,18 @@ fn clients_that_never_read_their_replies_lose_their_slots_within_the_write_limit
             let source = [127, 0, 0, 20 + i % 2];
             let tcp = connect_from(source, gate.explicit, Some(4096)).await;
             if i < 2 {
-                let mut ctl = Ctl::new(tcp);
+                let mut ctl = Control::new(tcp);
                 assert!(ctl.reply().await.starts_with("220"));
                 floods.push(flood(ctl.into_inner(), "USER x\r\n", 250_000));
             } else {
-                let mut ctl = Ctl::new(tcp);
+                let mut ctl = Control::new(tcp);
                 assert!(ctl.reply().await.starts_with("220"));
-                assert!(ctl.cmd("AUTH TLS").await.starts_with("234"));
-                let name = ServerName::try_from("localhost").expect("name");
-                let tls = gate
-                    .tls()
-                    .connect(name, ctl.into_inner())
-                    .await
-                    .expect("TLS");
-                floods.push(flood(tls, "STAT\r\n", 330_000));
+                let tls = ctl.auth_tls(&gate.tls(), localhost()).await.expect("TLS");
+                floods.push(flood(tls.into_inner(), "STAT\r\n", 330_000));
             }
         }
         // The gateway is full while they hold on ...
-        let mut refused = Ctl::new(TcpStream::connect(gate.explicit).await.expect("connect"));
+        let mut refused = Control::new(TcpStream::connect(gate.explicit).await.expect("connect"));
         let line = refused.reply().await;
         assert!(line.starts_with("421 Too many sessions"), "{line}");
         // ... and they lose their slots within the write limit (2 s), with room for a loaded
@@ -93,7 +81,7 @@ fn clients_that_never_read_their_replies_lose_their_slots_within_the_write_limit
         // is the one that logs in: dropping it and dialling again would race its own slot's
         // release.
         let (freed, plain) = loop {
-            let mut probe = Ctl::new(TcpStream::connect(gate.explicit).await.expect("connect"));
+            let mut probe = Control::new(TcpStream::connect(gate.explicit).await.expect("connect"));
             if probe.reply().await.starts_with("220") {
                 break (began.elapsed(), probe);
             }
@@ -104,7 +92,7 @@ fn clients_that_never_read_their_replies_lose_their_slots_within_the_write_limit
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
         println!("never-reading clients lost their slots after {freed:?}");
-        let mut newcomer = gate.log_in(gate.secure(plain).await).await;
+        let mut newcomer = gate.secure(plain).await.log_in().await;
         assert_eq!(sha256(&newcomer.retr("file.bin").await), want);
         for f in floods {
             let hung_up = f.await.expect("flood task");
@@ -119,7 +107,7 @@ fn clients_that_never_read_their_replies_lose_their_slots_within_the_write_limit
         // The bystander was served throughout.
         assert_eq!(sha256(&bystander.retr("file.bin").await), want);
         for mut s in [bystander, newcomer] {
-            assert!(s.ctl.cmd("QUIT").await.starts_with("221"));
+            assert!(s.cmd("QUIT").await.starts_with("221"));
         }
     });
 }
@@ -149,8 +137,8 @@ fn a_stalled_transfer_ends_with_426_and_its_port_goes_back_at_accept() {
         for _ in 0..2 {
             let mut s = gate.logged_in([127, 0, 0, 1]).await;
             let tcp = s.open("RETR big.bin").await.expect("PASV");
-            let mut data = s.secure(tcp).await;
-            assert!(s.ctl.reply().await.starts_with("150"));
+            let mut data = s.secure_data(tcp).await;
+            assert!(s.reply().await.starts_with("150"));
             let mut first = vec![0u8; 64 * 1024];
             tokio::io::AsyncReadExt::read_exact(&mut data, &mut first)
                 .await
@@ -164,13 +152,13 @@ fn a_stalled_transfer_ends_with_426_and_its_port_goes_back_at_accept() {
         // Each stalled transfer ends with 426 once nothing moved for 2 s (the bound leaves
         // room for the buffers to fill on a loaded machine), and its session carries on.
         for (s, data, since) in &mut stalled {
-            s.ends_stalled(*since, "download").await;
+            ends_stalled(s, *since, "download").await;
             let _ = data;
         }
         assert!(gate.metric("ftpsgate_refusals_total", &[("reason", "data_stalled")]) >= 2.0);
         assert_eq!(sha256(&bystander.retr("small.bin").await), small);
         drop(stalled);
-        assert!(bystander.ctl.cmd("QUIT").await.starts_with("221"));
+        assert!(bystander.cmd("QUIT").await.starts_with("221"));
     });
 }
 
@@ -188,14 +176,14 @@ fn a_finished_downloads_connection_held_open_by_its_client_closes_within_the_lin
         let mut s = gate.logged_in([127, 0, 0, 1]).await;
         let idle = gate.fds();
         let tcp = s.open("RETR small.bin").await.expect("PASV");
-        let mut data = s.secure(tcp).await;
-        assert!(s.ctl.reply().await.starts_with("150"));
+        let mut data = s.secure_data(tcp).await;
+        assert!(s.reply().await.starts_with("150"));
         let mut got = Vec::new();
         tokio::io::AsyncReadExt::read_to_end(&mut data, &mut got)
             .await
             .expect("download");
         assert_eq!(sha256(&got), small);
-        assert!(s.ctl.reply().await.starts_with("226"));
+        assert!(s.reply().await.starts_with("226"));
         // The client neither closes nor stops talking: application data after the end.
         let since = Instant::now();
         let _ = data.write_all(&[b'x'; 4096]).await;
@@ -208,7 +196,7 @@ fn a_finished_downloads_connection_held_open_by_its_client_closes_within_the_lin
         println!("a held-open download connection closed after {took:?}");
         assert_eq!(sha256(&s.retr("small.bin").await), small);
         drop(data);
-        assert!(s.ctl.cmd("QUIT").await.starts_with("221"));
+        assert!(s.cmd("QUIT").await.starts_with("221"));
     });
 }
 
@@ -233,11 +221,11 @@ fn a_stalled_upload_ends_with_426_and_the_session_carries_on() {
     gate.run(async {
         let mut s = gate.logged_in([127, 0, 0, 1]).await;
         let tcp = s.open("STOR cut.bin").await.expect("PASV");
-        let mut data = s.secure(tcp).await;
-        assert!(s.ctl.reply().await.starts_with("150"));
+        let mut data = s.secure_data(tcp).await;
+        assert!(s.reply().await.starts_with("150"));
         data.write_all(&[7u8; 300_000]).await.expect("first bytes");
         data.flush().await.expect("flush");
-        let took = s.ends_stalled(Instant::now(), "upload").await;
+        let took = ends_stalled(&mut s, Instant::now(), "upload").await;
         // Not before 2 s of silence, give or take the machine's timer.
         assert!(
             took >= Duration::from_millis(1500),
@@ -246,7 +234,7 @@ fn a_stalled_upload_ends_with_426_and_the_session_carries_on() {
         assert!(gate.metric("ftpsgate_refusals_total", &[("reason", "data_stalled")]) >= 1.0);
         assert_eq!(sha256(&s.retr("small.bin").await), small);
         drop(data);
-        assert!(s.ctl.cmd("QUIT").await.starts_with("221"));
+        assert!(s.cmd("QUIT").await.starts_with("221"));
     });
 }
 
@@ -270,13 +258,10 @@ fn unused_passive_leases_expire_and_one_address_holds_only_its_share() {
         let mut a = gate.logged_in([127, 0, 0, 1]).await;
         let mut b = gate.logged_in([127, 0, 0, 1]).await;
         let mut c = gate.logged_in([127, 0, 0, 2]).await;
-        a.ctl.pasv().await.expect("first lease of 127.0.0.1");
-        let refused = b.ctl.pasv().await.expect_err("second lease of 127.0.0.1");
+        a.pasv().await.expect("first lease of 127.0.0.1");
+        let refused = b.pasv().await.expect_err("second lease of 127.0.0.1");
         assert!(refused.starts_with("425"), "{refused}");
-        c.ctl
-            .pasv()
-            .await
-            .expect("another address has its own share");
+        c.pasv().await.expect("another address has its own share");
         assert_eq!(
             gate.metric("ftpsgate_refusals_total", &[("reason", "passive_per_ip")]),
             1.0
@@ -290,13 +275,13 @@ fn unused_passive_leases_expire_and_one_address_holds_only_its_share() {
             expired,
             "pending leases outlived timeouts.data_connection_secs"
         );
-        let late = a.ctl.cmd("LIST").await;
+        let late = a.cmd("LIST").await;
         assert!(late.starts_with("425"), "LIST on an expired lease: {late}");
         // The address has its share back.
         assert_eq!(sha256(&b.retr("small.bin").await), small);
         assert_eq!(sha256(&a.retr("small.bin").await), small);
         for mut s in [a, b, c] {
-            assert!(s.ctl.cmd("QUIT").await.starts_with("221"));
+            assert!(s.cmd("QUIT").await.starts_with("221"));
         }
     });
 }
@@ -316,15 +301,15 @@ fn a_user_name_the_backend_refused_never_becomes_the_sessions_user() {
     );
     gate.run(async {
         let mut s = gate.logged_in([127, 0, 0, 1]).await;
-        let refused = s.ctl.cmd("USER alice").await;
+        let refused = s.cmd("USER alice").await;
         assert!(
             refused.starts_with("530"),
             "vsftpd refuses a second USER: {refused}"
         );
         assert_eq!(sha256(&s.retr("file.bin").await), want);
-        let status = s.ctl.cmd("STAT").await;
+        let status = s.cmd("STAT").await;
         assert!(status.contains(&format!("Logged in as {USER}")), "{status}");
-        assert!(s.ctl.cmd("QUIT").await.starts_with("221"));
+        assert!(s.cmd("QUIT").await.starts_with("221"));
     });
     let log = gate.log();
     assert!(
@@ -351,18 +336,18 @@ fn connections_that_never_finish_tls_never_reach_the_backend() {
     gate.run(async {
         let mut idle = Vec::new();
         for _ in 0..3 {
-            let mut ctl = Ctl::new(TcpStream::connect(gate.explicit).await.expect("connect"));
+            let mut ctl = Control::new(TcpStream::connect(gate.explicit).await.expect("connect"));
             let greeting = ctl.reply().await;
             assert_eq!(greeting, "220 FTP gateway ready.\r\n");
             idle.push(ctl);
             // Implicit: TCP only, no handshake.
-            idle.push(Ctl::new(
+            idle.push(Control::new(
                 TcpStream::connect(gate.implicit).await.expect("connect"),
             ));
         }
         let mut s = gate.logged_in([127, 0, 0, 1]).await;
         assert_eq!(sha256(&s.retr("file.bin").await), want);
-        assert!(s.ctl.cmd("QUIT").await.starts_with("221"));
+        assert!(s.cmd("QUIT").await.starts_with("221"));
         drop(idle);
     });
 
@@ -372,7 +357,7 @@ fn connections_that_never_finish_tls_never_reach_the_backend() {
     runtime().block_on(async {
         let mut held = Vec::new();
         for _ in 0..2 {
-            let mut ctl = Ctl::new(
+            let mut ctl = Control::new(
                 TcpStream::connect(relaying.explicit)
                     .await
                     .expect("connect"),
@@ -380,7 +365,7 @@ fn connections_that_never_finish_tls_never_reach_the_backend() {
             assert!(ctl.reply().await.starts_with("220"));
             held.push(ctl);
         }
-        let mut third = Ctl::new(
+        let mut third = Control::new(
             TcpStream::connect(relaying.explicit)
                 .await
                 .expect("connect"),
@@ -410,19 +395,19 @@ fn greeting_and_status_are_the_gateways_own() {
         &vs.addr.port().to_string(),
     ];
     runtime().block_on(async {
-        let mut ctl = Ctl::new(TcpStream::connect(gate.explicit).await.expect("connect"));
+        let mut ctl = Control::new(TcpStream::connect(gate.explicit).await.expect("connect"));
         assert_eq!(ctl.reply().await, "220 Welcome to Example Corp.\r\n");
         drop(ctl);
         let mut s = gate.logged_in([127, 0, 0, 1]).await;
-        let status = s.ctl.cmd("STAT").await;
+        let status = s.cmd("STAT").await;
         assert!(status.starts_with("211-") && status.ends_with("211 End of status.\r\n"));
         assert!(status.contains(&format!("Logged in as {USER}")), "{status}");
         for leak in leaks {
             assert!(!status.contains(leak), "STAT shows `{leak}`:\n{status}");
         }
         // STAT with an argument still goes to the backend (a listing).
-        assert!(s.ctl.cmd("STAT .").await.starts_with("213"));
-        assert!(s.ctl.cmd("QUIT").await.starts_with("221"));
+        assert!(s.cmd("STAT .").await.starts_with("213"));
+        assert!(s.cmd("QUIT").await.starts_with("221"));
     });
     gate.settles_to(baseline);
 
@@ -439,7 +424,7 @@ fn greeting_and_status_are_the_gateways_own() {
     );
     runtime().block_on(async {
         let mut s = relaying.logged_in([127, 0, 0, 1]).await;
-        let status = s.ctl.cmd("STAT").await;
+        let status = s.cmd("STAT").await;
         assert!(status.contains("vsFTPd"), "{status}");
     });
 }
@@ -454,17 +439,17 @@ fn client_supplied_fields_reach_the_log_escaped() {
     let gate = Gate::start(vs.addr, 2, |_| {}, &[("FTPSGATE_LOG", "debug")], &[]);
     gate.run(async {
         let mut s = gate.logged_in([127, 0, 0, 1]).await;
-        let cwd = s.ctl.cmd("CWD \u{1b}]0;owned\u{7}").await;
+        let cwd = s.cmd("CWD \u{1b}]0;owned\u{7}").await;
         assert!(cwd.starts_with("550"), "{cwd}");
-        assert!(s.ctl.cmd("MKD \u{1b}[2Jgone").await.starts_with("257"));
+        assert!(s.cmd("MKD \u{1b}[2Jgone").await.starts_with("257"));
         assert_eq!(sha256(&s.retr(name).await), want);
-        assert!(s.ctl.cmd("QUIT").await.starts_with("221"));
+        assert!(s.cmd("QUIT").await.starts_with("221"));
         // A name with escapes of its own, refused by the gateway (control characters), so its
         // PASS is the gateway's to answer too.
         let mut t = gate.secured([127, 0, 0, 1]).await;
-        let refused = t.ctl.cmd("USER \u{1b}[5mmallory").await;
+        let refused = t.cmd("USER \u{1b}[5mmallory").await;
         assert!(refused.starts_with("530"), "{refused}");
-        assert!(t.ctl.cmd("PASS x").await.starts_with("503"));
+        assert!(t.cmd("PASS x").await.starts_with("503"));
     });
     let log = std::fs::read(&gate.log).expect("log");
     let text = String::from_utf8_lossy(&log);
@@ -514,11 +499,11 @@ fn a_low_open_file_limit_is_fitted_at_start_and_exhaustion_answers_421() {
     runtime().block_on(async {
         let mut held = Vec::new();
         for _ in 0..15 {
-            let mut ctl = Ctl::new(TcpStream::connect(gate.explicit).await.expect("connect"));
+            let mut ctl = Control::new(TcpStream::connect(gate.explicit).await.expect("connect"));
             assert!(ctl.reply().await.starts_with("220"));
             held.push(ctl);
         }
-        let mut over = Ctl::new(TcpStream::connect(gate.explicit).await.expect("connect"));
+        let mut over = Control::new(TcpStream::connect(gate.explicit).await.expect("connect"));
         let refused = over.reply().await;
         assert!(refused.starts_with("421 Too many sessions"), "{refused}");
         drop(held);
@@ -536,7 +521,7 @@ fn a_low_open_file_limit_is_fitted_at_start_and_exhaustion_answers_421() {
         let mut squeezed = Vec::new();
         let began = Instant::now();
         let refusal = loop {
-            let mut ctl = Ctl::new(TcpStream::connect(gate.explicit).await.expect("connect"));
+            let mut ctl = Control::new(TcpStream::connect(gate.explicit).await.expect("connect"));
             let line = ctl.reply().await;
             if !line.starts_with("220") {
                 break line;
@@ -550,7 +535,7 @@ fn a_low_open_file_limit_is_fitted_at_start_and_exhaustion_answers_421() {
         drop(squeezed);
         let mut s = gate.logged_in([127, 0, 0, 1]).await;
         assert_eq!(sha256(&s.retr("file.bin").await), want);
-        assert!(s.ctl.cmd("QUIT").await.starts_with("221"));
+        assert!(s.cmd("QUIT").await.starts_with("221"));
     });
     assert!(gate.metric("ftpsgate_refusals_total", &[("reason", "accept_failed")]) >= 1.0);
     gate.settles_to(baseline);

@@ -1,4 +1,4 @@
-//! A hostile backend (tests/common's scripted server, misbehaving by user name) behind one
+//! A hostile backend (the tests' scripted server, `support::scripted`, misbehaving by user name) behind one
 //! gateway: each misbehaviour gets the right reply within its timeout, and a well-behaved
 //! session held open meanwhile on the same gateway carries on.
 
@@ -10,13 +10,15 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 
-use common::*;
+use support::control::Control;
+use support::files::sha256;
+use support::gateway::{suppaftp_retr, BackendKind, TestGateway};
+use support::scripted::{Hostile, ScriptedBackend, STAT_WITH_227};
+use support::MIB;
 
 const REPLY_TIMEOUT_SECS: u64 = 2;
 
@@ -128,45 +130,29 @@ fn hostile_backend_behaviours_get_clear_replies_and_spare_other_sessions() {
 /// even when the backend writes it one byte at a time.
 #[test]
 fn a_227_inside_a_multi_line_reply_is_relayed_as_text() {
-    use std::io::{BufRead, BufReader, Write};
     let backend = ScriptedBackend::start(Vec::new());
     let gw = TestGateway::start(BackendKind::At(backend.addr, std::env::temp_dir()), |s| {
         s.tls.required = false;
         // The backend's own STAT, which the gateway answers itself by default.
         s.backend.relay_stat = true;
     });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     for user in ["normal", Hostile::BYTEWISE] {
-        let mut tcp = std::net::TcpStream::connect(gw.explicit).expect("connect");
-        tcp.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        let mut reader = BufReader::new(tcp.try_clone().expect("clone"));
-        let mut read_reply = || {
-            let mut all = String::new();
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).expect("line");
-                all.push_str(&line);
-                if line.len() < 4 || line.as_bytes()[3] == b' ' {
-                    return all;
-                }
+        let rest = rt.block_on(async {
+            let mut ctl = Control::connect(gw.explicit)
+                .await
+                .expect("connect")
+                .with_limit(Duration::from_secs(10));
+            assert!(ctl.reply().await.starts_with("220"));
+            for cmd in [format!("USER {user}"), "PASS pw".into()] {
+                ctl.cmd(&cmd).await;
             }
-        };
-        assert!(read_reply().starts_with("220"));
-        for cmd in [format!("USER {user}"), "PASS pw".into()] {
-            tcp.write_all(format!("{cmd}\r\n").as_bytes())
-                .expect("send");
-            read_reply();
-        }
-        tcp.write_all(b"STAT\r\n").expect("STAT");
-        let mut rest = String::new();
-        while !rest.ends_with("211 End\r\n") {
-            let mut line = String::new();
-            assert!(
-                reader.read_line(&mut line).expect("line") > 0,
-                "closed: {rest}"
-            );
-            rest.push_str(&line);
-        }
+            // The whole reply, to its `211 End` line, whatever lines inside it start with.
+            ctl.cmd("STAT").await
+        });
         assert_eq!(rest, STAT_WITH_227, "{user}");
     }
 }

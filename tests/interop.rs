@@ -10,14 +10,16 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
 use ftpsgate::config::ReuseMode;
 
-use common::*;
+use support::files::{random_file, sha256_file};
+use support::gateway::{BackendKind, TestGateway};
+use support::process::{have, run_ok};
+use support::servers::{FtpServer, VsTls};
+use support::{MIB, PASSWORD, USER};
 
 /// Sizes of the tree rclone copies: empty, tiny, odd, and a few MiB.
 const SIZES: [usize; 10] = [

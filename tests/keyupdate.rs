@@ -13,14 +13,15 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use rustls::pki_types::ServerName;
+use support::files::{random_file, sha256};
+use support::ftps::Ftps;
+use support::gateway::{BackendKind, TestGateway};
+use support::MIB;
 
 /// When the client asks the gateway for new keys.
 #[derive(Debug, Clone, Copy)]
@@ -96,7 +97,7 @@ fn downloads_whole_when_the_client_asks_for_new_keys_with_its_finished_or_mid_tr
     let want = random_file(&gw.root.join("keyupdate.bin"), size);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let mut ftp = HandFtps::login(gw.explicit, &gw.ca).await;
+        let mut ftp = Ftps::login(gw.explicit, &gw.ca).await;
         for update in [
             Update::WithFinished,
             Update::After(MIB),

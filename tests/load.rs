@@ -9,13 +9,18 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::*;
+use support::admin::{scrape, value};
+use support::files::{random_file, sha256};
+use support::ftps::Ftps;
+use support::gateway::{
+    admin_on_loopback, suppaftp_retr, suppaftp_session, BackendKind, TestGateway,
+};
+use support::process::{eventually, raise_fd_limit};
+use support::MIB;
 
 const HANDSHAKE_SECS: u64 = 2;
 
@@ -199,7 +204,7 @@ fn the_per_address_limit_counts_a_client_once_through_a_v4_and_a_dual_stack_list
         .expect("runtime");
     rt.block_on(async {
         use tokio::io::AsyncReadExt;
-        let mut ftp = HandFtps::login(dual, &gw.ca).await;
+        let mut ftp = Ftps::login(dual, &gw.ca).await;
         let port = ftp.epsv().await;
         let mut data = ftp.data(port).await;
         let first = ftp.cmd("RETR dual.bin").await;

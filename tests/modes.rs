@@ -9,12 +9,14 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
 use ftpsgate::config::Switch;
+use support::files::{random_file, sha256_file};
+use support::gateway::{BackendKind, TestGateway};
+use support::process::{have, py_scenario, run_ok};
+use support::servers::{FtpServer, VsTls};
+use support::{MIB, PASSWORD, USER};
 
 #[test]
 fn ftplib_active_port_and_eprt_against_vsftpd_and_libunftp() {

@@ -11,15 +11,17 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::*;
+use support::files::sha256_file;
+use support::net::wait_for_port_in;
+use support::process::{has_lines, have, run_ok, KillOnDrop};
+use support::servers::{FtpServer, VsTls};
+use support::{PASSWORD, USER};
 use tempfile::TempDir;
 
 const PUBLIC: &str = "203.0.113.1";

@@ -10,9 +10,6 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
-use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -21,8 +18,20 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::AsyncReadExt;
+use tokio_rustls::TlsConnector;
 
-use common::*;
+use support::admin::{http_get, scrape, value};
+use support::control::{client_config, Control};
+use support::files::{random_file, sha256};
+use support::ftps::Ftps;
+use support::gateway::{
+    admin_on_loopback, gateway_command, suppaftp_retr, suppaftp_session, BackendKind, TestGateway,
+};
+use support::net::{free_low_port, free_port};
+use support::pki::{pem_certs, ClientCa, ClientCert};
+use support::process::{eventually, has_lines, have, run_ok, KillOnDrop};
+use support::servers::{FtpServer, VsTls};
+use support::{MIB, PASSWORD, USER};
 
 /// Connects, sends AUTH TLS, completes the handshake asking for `name` (SNI) and returns the
 /// certificate the gateway presented. `trusted` are the acceptable (self-signed) certificates.
@@ -31,44 +40,35 @@ fn served_cert(
     name: &str,
     trusted: &[CertificateDer<'static>],
 ) -> Result<CertificateDer<'static>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in trusted {
-        roots.add(c.clone()).map_err(|e| e.to_string())?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let mut tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    let mut reader = BufReader::new(tcp.try_clone().map_err(|e| e.to_string())?);
-    let mut line = String::new();
-    reader.read_line(&mut line).map_err(|e| e.to_string())?;
-    if !line.starts_with("220") {
-        return Err(format!("greeting: {line}"));
-    }
-    tcp.write_all(b"AUTH TLS\r\n").map_err(|e| e.to_string())?;
-    line.clear();
-    reader.read_line(&mut line).map_err(|e| e.to_string())?;
-    if !line.starts_with("234") {
-        return Err(format!("AUTH TLS: {line}"));
-    }
+    let tls = TlsConnector::from(client_config(trusted).map_err(|e| e.to_string())?);
     let server_name = ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
-    let mut conn =
-        rustls::ClientConnection::new(Arc::new(config), server_name).map_err(|e| e.to_string())?;
-    while conn.is_handshaking() {
-        conn.complete_io(&mut tcp).map_err(|e| e.to_string())?;
-    }
-    let cert = conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .cloned()
-        .ok_or("no certificate")?;
-    Ok(cert.into_owned())
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut ctl = Control::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?
+            .with_limit(Duration::from_secs(10));
+        let greeting = ctl.reply().await;
+        if !greeting.starts_with("220") {
+            return Err(format!("greeting: {greeting}"));
+        }
+        let secured = ctl
+            .auth_tls(&tls, server_name)
+            .await
+            .map_err(|e| e.to_string())?;
+        let cert = secured
+            .get_ref()
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .cloned()
+            .ok_or("no certificate")?;
+        Ok(cert.into_owned())
+    })
 }
 
 /// Replaces a certificate pair the way rotation tools do: new files written beside, then
@@ -302,15 +302,22 @@ fn sighup_reloads_and_sigterm_drains_a_transfer_in_flight() {
     let listen: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let log = dir.path().join("ftpsgate.log");
     let mut child = KillOnDrop(
-        gateway_command(listen, vs.addr, (lo, 20), &cert, &key)
-            .args(["--log-format", "json"])
-            .arg("--config")
-            .arg(&config)
-            .env("FTPSGATE_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start ftpsgate"),
+        gateway_command(
+            env!("CARGO_BIN_EXE_ftpsgate"),
+            listen,
+            vs.addr,
+            (lo, 20),
+            &cert,
+            &key,
+        )
+        .args(["--log-format", "json"])
+        .arg("--config")
+        .arg(&config)
+        .env("FTPSGATE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start ftpsgate"),
     );
     let pid = child.0.id().to_string();
     assert!(
@@ -414,13 +421,20 @@ fn failed_transfers_are_logged_with_their_data_connections_tls() {
     let listen: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let log = dir.path().join("ftpsgate.log");
     let _child = KillOnDrop(
-        gateway_command(listen, vs.addr, (lo, 20), &cert, &key)
-            .args(["--log-format", "json"])
-            .env("FTPSGATE_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start ftpsgate"),
+        gateway_command(
+            env!("CARGO_BIN_EXE_ftpsgate"),
+            listen,
+            vs.addr,
+            (lo, 20),
+            &cert,
+            &key,
+        )
+        .args(["--log-format", "json"])
+        .env("FTPSGATE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start ftpsgate"),
     );
     assert!(
         eventually(Duration::from_secs(20), || TcpStream::connect(listen)
@@ -430,7 +444,7 @@ fn failed_transfers_are_logged_with_their_data_connections_tls() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         use tokio::io::AsyncWriteExt;
-        let mut ftp = HandFtps::login(listen, &cert).await;
+        let mut ftp = Ftps::login(listen, &cert).await;
 
         // Upload: a MiB, flushed, then FIN without close_notify.
         let port = ftp.epsv().await;

@@ -12,12 +12,15 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::Command;
 
-use common::*;
+use support::gateway::{gateway_command, TestGateway};
+use support::net::{free_low_port, free_low_range};
+use support::process::{eventually, has_lines, have, KillOnDrop};
+use support::scripted::{FtpsScript, ScriptedFtps};
+use support::servers::{FtpServer, VsTls};
+use support::{PASSWORD, USER};
 
 /// `ftpsgate probe` with `args`: whether it passed, and its report.
 fn probe(args: &[&str]) -> (bool, String) {
@@ -210,10 +213,17 @@ fn a_certificate_for_another_name_fails_with_the_names_it_has() {
     let listen = SocketAddr::from(([127, 0, 0, 1], free_low_port()));
     let pool = free_low_range(4);
     let _gw = KillOnDrop(
-        gateway_command(listen, vs.addr, (pool, 4), &cert, &key)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start ftpsgate"),
+        gateway_command(
+            env!("CARGO_BIN_EXE_ftpsgate"),
+            listen,
+            vs.addr,
+            (pool, 4),
+            &cert,
+            &key,
+        )
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start ftpsgate"),
     );
     assert!(
         eventually(std::time::Duration::from_secs(10), || {

@@ -8,8 +8,6 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpListener};
 use std::thread;
@@ -17,7 +15,15 @@ use std::time::Duration;
 
 use ftpsgate::config::ReuseMode;
 
-use common::*;
+use support::control::{rustls_client, tls_data};
+use support::files::{random_file, sha256};
+use support::ftps::Ftps;
+use support::gateway::{suppaftp_session, BackendKind, TestGateway};
+use support::net::{free_low_port, free_port};
+use support::process::py_scenario;
+use support::scripted::ScriptedBackend;
+use support::servers::{FtpServer, VsTls};
+use support::MIB;
 
 /// One refusal each, against the in-process backend; each scenario ends by checking the
 /// gateway still serves a whole transfer.
@@ -78,7 +84,7 @@ fn a_neighbours_fresh_handshake_does_not_end_the_clients_wait() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         use tokio::io::AsyncReadExt;
-        let mut ftp = HandFtps::login(gw.explicit, &gw.ca).await;
+        let mut ftp = Ftps::login(gw.explicit, &gw.ca).await;
         let port = ftp.epsv().await;
 
         let fresh = rustls_client(&gw.ca);

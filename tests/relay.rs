@@ -12,8 +12,6 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,12 +20,12 @@ use ftpsgate::backend::Dialer;
 use ftpsgate::config::Settings;
 use ftpsgate::server::Gateway;
 use ftpsgate::session::{self, Mode};
+use support::control::Control;
+use support::net::free_low_range;
 use tokio::io::{
     AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf,
 };
 use tokio::net::{TcpListener, TcpStream};
-
-use common::{free_low_range, read_reply};
 
 /// How a scripted backend answers ABOR during a download, chosen by the user name.
 #[derive(Clone, Copy, Debug)]
@@ -194,65 +192,36 @@ async fn gateway(tweak: impl FnOnce(&mut Settings)) -> (Gateway, Seen) {
 }
 
 /// A plain control connection to a session served over a duplex pipe.
-struct Client {
-    io: BufReader<DuplexStream>,
+fn open(gw: &Gateway) -> Control<DuplexStream> {
+    open_as(gw, Mode::Explicit)
 }
 
-impl Client {
-    fn open(gw: &Gateway) -> Client {
-        Client::open_as(gw, Mode::Explicit)
-    }
+fn open_as(gw: &Gateway, mode: Mode) -> Control<DuplexStream> {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let peer: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
+    let local: SocketAddr = "127.0.0.1:2121".parse().expect("addr");
+    tokio::spawn(session::serve(
+        gw.context(),
+        Box::new(theirs),
+        local,
+        mode,
+        peer,
+        0,
+    ));
+    Control::new(ours).with_limit(Duration::from_secs(15))
+}
 
-    fn open_as(gw: &Gateway, mode: Mode) -> Client {
-        let (ours, theirs) = tokio::io::duplex(1 << 16);
-        let peer: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
-        let local: SocketAddr = "127.0.0.1:2121".parse().expect("addr");
-        tokio::spawn(session::serve(
-            gw.context(),
-            Box::new(theirs),
-            local,
-            mode,
-            peer,
-            0,
-        ));
-        Client {
-            io: BufReader::new(ours),
-        }
-    }
+async fn login(c: &mut Control<DuplexStream>, user: &str) {
+    assert!(c.reply().await.starts_with("220"));
+    assert!(c.cmd(&format!("USER {user}")).await.starts_with("331"));
+    assert!(c.cmd("PASS pw").await.starts_with("230"));
+    assert!(c.cmd("TYPE I").await.starts_with("200"));
+}
 
-    async fn reply(&mut self) -> String {
-        read_reply(&mut self.io, Duration::from_secs(15)).await
-    }
-
-    async fn send(&mut self, line: &str) {
-        let io = self.io.get_mut();
-        io.write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .expect("send");
-    }
-
-    async fn cmd(&mut self, line: &str) -> String {
-        self.send(line).await;
-        self.reply().await
-    }
-
-    async fn login(&mut self, user: &str) {
-        assert!(self.reply().await.starts_with("220"));
-        assert!(self.cmd(&format!("USER {user}")).await.starts_with("331"));
-        assert!(self.cmd("PASS pw").await.starts_with("230"));
-        assert!(self.cmd("TYPE I").await.starts_with("200"));
-    }
-
-    /// EPSV and the data connection to the port it names.
-    async fn data(&mut self) -> TcpStream {
-        let r = self.cmd("EPSV").await;
-        let port: u16 = r
-            .split('|')
-            .nth(3)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("229: {r}"));
-        TcpStream::connect(("127.0.0.1", port)).await.expect("data")
-    }
+/// EPSV and the data connection to the port it names.
+async fn open_data(c: &mut Control<DuplexStream>) -> TcpStream {
+    let port = c.epsv().await.unwrap_or_else(|r| panic!("229: {r}"));
+    TcpStream::connect(("127.0.0.1", port)).await.expect("data")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,9 +234,9 @@ async fn abor_is_answered_426_then_2xx_whatever_order_the_server_uses() {
         ("reset-first", "226"),
         ("silent", "226"),
     ] {
-        let mut c = Client::open(&gw);
-        c.login(server).await;
-        let mut data = c.data().await;
+        let mut c = open(&gw);
+        login(&mut c, server).await;
+        let mut data = open_data(&mut c).await;
         c.send("RETR blob").await;
         assert!(c.reply().await.starts_with("150"), "{server}");
         let mut first = vec![0u8; 64 << 10];
@@ -308,9 +277,9 @@ async fn abor_is_answered_426_then_2xx_whatever_order_the_server_uses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_final_226_waits_until_the_data_connections_are_closed() {
     let (gw, _) = gateway(|_| {}).await;
-    let mut c = Client::open(&gw);
-    c.login("vsftpd").await;
-    let mut data = c.data().await;
+    let mut c = open(&gw);
+    login(&mut c, "vsftpd").await;
+    let mut data = open_data(&mut c).await;
     c.send("RETR held").await;
     assert!(c.reply().await.starts_with("150"));
     // The backend said 226 the moment it had written, and holds its data connection 300 ms
@@ -342,7 +311,7 @@ async fn route_rules_apply_in_order_host_before_the_user_suffix() {
         }
     })
     .await;
-    let mut c = Client::open(&gw);
+    let mut c = open(&gw);
     assert!(c.reply().await.starts_with("220"));
     // Before TLS the gateway answers HOST itself and chooses route b; the suffix naming a is
     // then refused; the plain name goes to b, which hears the HOST first.
@@ -375,7 +344,7 @@ async fn route_rules_apply_in_order_host_before_the_user_suffix() {
 async fn a_session_joins_the_binding_registry_before_its_control_handshake() {
     let (gw, _) = gateway(|_| {}).await;
     let bindings = &gw.context().bindings;
-    let mut explicit = Client::open(&gw);
+    let mut explicit = open(&gw);
     assert!(explicit.reply().await.starts_with("220"));
     assert!(bindings.is_empty(), "joined before AUTH TLS");
     assert!(explicit.cmd("AUTH TLS").await.starts_with("234"));
@@ -391,7 +360,7 @@ async fn a_session_joins_the_binding_registry_before_its_control_handshake() {
         1,
         "explicit: not joined before the handshake"
     );
-    let _implicit = Client::open_as(&gw, Mode::Implicit);
+    let _implicit = open_as(&gw, Mode::Implicit);
     assert_eq!(
         joined(2).await,
         2,

@@ -12,8 +12,6 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -22,7 +20,13 @@ use std::time::{Duration, Instant};
 
 use ftpsgate::config::{BackendSettings, BackendTlsMode, Balance, HostPort};
 
-use common::*;
+use support::admin::{scrape, value};
+use support::curl::curl;
+use support::files::{random_file, sha256, sha256_file};
+use support::gateway::{admin_on_loopback, TestGateway};
+use support::process::{have, py_scenario};
+use support::servers::{FtpServer, VsTls};
+use support::{PASSWORD, USER};
 
 /// curl as `user` for `name` through the gateway reached as `host` (an SNI name when not an
 /// address), uploading `upload` when given.

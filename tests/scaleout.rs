@@ -14,14 +14,16 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use support::admin::{scrape, value};
+use support::gateway::{BackendKind, TestGateway};
+use support::net::free_port;
+use support::process::{have, run_ok, KillOnDrop};
+use support::servers::{FtpServer, VsTls};
 
 /// The whole passive range; replica i owns the i-th HALF.
 const PASSIVE: (u16, u16) = (19000, 19099);

@@ -8,7 +8,7 @@
 //! FTPSGATE_SOAK=full cargo test --release --test soak -- --nocapture
 //! ```
 //!
-//! The client is the benchmark's own (benches/gateway/client.rs), which flushes every command.
+//! The client is the benchmark's own (`support::transfer`), which flushes every command.
 //! suppaftp, used here before, writes a command into its TLS stream without flushing it: in the
 //! full run about 0.3% of the sessions then waited forever for a reply to a PASV or QUIT that
 //! never left the client (the gateway's log showed no such command, its receive queue empty).
@@ -21,11 +21,6 @@
     clippy::indexing_slicing
 )]
 
-#[allow(dead_code)] // the benchmark's parts (NOOP, LIST, pattern uploads) are not used here
-#[path = "../benches/gateway/client.rs"]
-mod client;
-mod common;
-
 use std::net::{SocketAddr, TcpStream};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,8 +30,15 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
-use client::{Passive, Session, Target};
-use common::*;
+use support::control::client_config;
+use support::files::{sha256, sha256_file};
+use support::gateway::gateway_command;
+use support::net::free_port;
+use support::process::raise_fd_limit;
+use support::process::KillOnDrop;
+use support::servers::{FtpServer, VsTls};
+use support::transfer::{Passive, Session, Target};
+use support::{MIB, PASSWORD, USER};
 
 struct Plan {
     sessions: usize,
@@ -156,19 +158,26 @@ fn soak_mixed_transfers_lose_nothing_and_leak_nothing() {
     let port = free_port();
     let lo = 44000 + (port % 10) * 100;
     let listen: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let child = gateway_command(listen, vs.addr, (lo, 100), &cert, &key)
-        .env(
-            "FTPSGATE_LOG",
-            std::env::var("FTPSGATE_SOAK_LOG_FILTER").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::null())
-        .stderr(match std::env::var_os("FTPSGATE_SOAK_LOG") {
-            // The gateway's log in a file, for a long soak that fails.
-            Some(path) => Stdio::from(std::fs::File::create(path).expect("soak log")),
-            None => Stdio::inherit(),
-        })
-        .spawn()
-        .expect("start ftpsgate");
+    let child = gateway_command(
+        env!("CARGO_BIN_EXE_ftpsgate"),
+        listen,
+        vs.addr,
+        (lo, 100),
+        &cert,
+        &key,
+    )
+    .env(
+        "FTPSGATE_LOG",
+        std::env::var("FTPSGATE_SOAK_LOG_FILTER").unwrap_or_else(|_| "warn".into()),
+    )
+    .stdout(Stdio::null())
+    .stderr(match std::env::var_os("FTPSGATE_SOAK_LOG") {
+        // The gateway's log in a file, for a long soak that fails.
+        Some(path) => Stdio::from(std::fs::File::create(path).expect("soak log")),
+        None => Stdio::inherit(),
+    })
+    .spawn()
+    .expect("start ftpsgate");
     let pid = child.id();
     let child = KillOnDrop(child);
     let end = Instant::now() + Duration::from_secs(20);
@@ -183,7 +192,7 @@ fn soak_mixed_transfers_lose_nothing_and_leak_nothing() {
         addr: listen,
         user: USER.into(),
         password: PASSWORD.into(),
-        tls: Some(client::client_config(&ca).expect("client config")),
+        tls: Some(client_config(&ca).expect("client config")),
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let run = |sessions: usize, first_seed: u64| -> (usize, Vec<String>) {

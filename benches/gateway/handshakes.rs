@@ -15,11 +15,16 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::{cpu_secs, BoxError, Gateway, Report};
-use crate::common::{free_port, have};
+use support::control::BoxError;
+use support::net::free_port;
+use support::process::have;
+
+use crate::figures::cpu_secs;
+use crate::rig::Gateway;
+use crate::Report;
 
 /// How many handshakes, and how many at the start and the end are measured.
-pub struct Sizes {
+pub(crate) struct Sizes {
     pub total: usize,
     pub window: usize,
     /// Wait out the binding's grace (and a sweep) and read the gateway's memory again.
@@ -130,7 +135,7 @@ impl Drop for Haproxy {
 
 /// The handshake rows: the gateway's first and last windows, HAProxy's, and the gateway's
 /// memory before, after and (with `wait_grace`) once the binding's grace is over.
-pub async fn measure(
+pub(crate) async fn measure(
     sizes: &Sizes,
     backend: SocketAddr,
     (cert, key, ca): (&Path, &Path, &[CertificateDer<'static>]),

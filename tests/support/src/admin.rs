@@ -1,6 +1,10 @@
 //! The admin listener read as an operator would: HTTP GET and /metrics parsed by Prometheus' own parser.
 
-use super::*;
+use std::net::SocketAddr;
+use std::process::Command;
+
+use crate::gateway::TestGateway;
+use crate::process::run_ok;
 
 /// GET over HTTP with curl (a real client); returns the status code and the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {

@@ -1,6 +1,8 @@
 //! Files by hash: every byte that arrives is checked.
 
-use super::*;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
 
 pub fn sha256(data: &[u8]) -> String {
     let digest = Sha256::digest(data);

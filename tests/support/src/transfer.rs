@@ -1,23 +1,19 @@
 //! A minimal, fast FTP/FTPS client for the benchmarks and the soak: explicit TLS, EPSV or PASV,
 //! RETR/STOR with large buffers, TLS session reuse on data connections (one rustls config, one
-//! server name), and nothing else. curl and Python would be the bottleneck at the speeds
-//! measured here.
-//!
-//! Every command is flushed before its reply is awaited. A client that only writes (suppaftp
-//! does) leaves the command in rustls' buffer whenever the socket is momentarily full, and the
-//! session waits forever for a reply to a command nobody sent.
+//! server name), and nothing else, on the tests' own [`Control`] connection. curl and Python
+//! would be the bottleneck at the speeds measured here. Failures are returned, not panics: a
+//! peer's failure is one of the benchmark's results.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::control::{epsv_port, loopback, pasv_address, BoxError, Control};
 
 /// Connection parameters.
 #[derive(Clone)]
@@ -31,26 +27,12 @@ pub struct Target {
     pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
-pub fn client_config(
-    ca: &[CertificateDer<'static>],
-) -> Result<Arc<rustls::ClientConfig>, BoxError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in ca {
-        roots.add(c.clone())?;
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+/// A control or data connection, plain or TLS.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 pub struct Session {
-    control: BufReader<Box<dyn Io>>,
+    control: Control<Box<dyn Io>>,
     target: Target,
     tls: Option<TlsConnector>,
     passive: Passive,
@@ -70,24 +52,22 @@ const DATA_BUF: usize = 256 * 1024;
 impl Session {
     /// Connects, secures (if TLS) and logs in.
     pub async fn open(target: &Target) -> Result<Session, BoxError> {
-        let mut tcp = TcpStream::connect(target.addr).await?;
+        let tcp = TcpStream::connect(target.addr).await?;
         tcp.set_nodelay(true)?;
-        raw_reply(&mut tcp, 220).await?;
+        // No limit on a reply: a transfer takes what it takes, and the soak bounds its steps.
+        let mut plain = Control::new(tcp).with_limit(Duration::MAX);
+        plain.expect_reply(220).await?;
         let tls = target.tls.as_ref().map(|base| {
             let mut config = (**base).clone();
             config.resumption = rustls::client::Resumption::in_memory_sessions(8);
             TlsConnector::from(Arc::new(config))
         });
         let control: Box<dyn Io> = match &tls {
-            None => Box::new(tcp),
-            Some(tls) => {
-                tcp.write_all(b"AUTH TLS\r\n").await?;
-                raw_reply(&mut tcp, 234).await?;
-                Box::new(tls.connect(server_name(), tcp).await?)
-            }
+            None => Box::new(plain.into_inner()),
+            Some(tls) => Box::new(plain.auth_tls(tls, loopback()).await?.into_inner()),
         };
         let mut s = Session {
-            control: BufReader::new(control),
+            control: Control::new(control).with_limit(Duration::MAX),
             target: target.clone(),
             tls,
             passive: Passive::Extended,
@@ -102,42 +82,13 @@ impl Session {
         Ok(s)
     }
 
-    /// Sends a command and returns the reply's first line, checking its code.
+    /// Sends a command and returns its reply, checking its code.
     pub async fn command(&mut self, line: &str, want: u16) -> Result<String, BoxError> {
-        let inner = self.control.get_mut();
-        inner.write_all(line.as_bytes()).await?;
-        inner.write_all(b"\r\n").await?;
-        inner.flush().await?;
-        self.expect(want).await
+        self.control.expect(line, want).await
     }
 
     async fn expect(&mut self, want: u16) -> Result<String, BoxError> {
-        let reply = self.reply().await?;
-        if !reply.starts_with(&want.to_string()) {
-            return Err(format!("wanted {want}, got {reply}").into());
-        }
-        Ok(reply)
-    }
-
-    /// One whole reply (multi-line replies are read to their end); returns the last line.
-    async fn reply(&mut self) -> Result<String, BoxError> {
-        let mut line = String::new();
-        if self.control.read_line(&mut line).await? == 0 {
-            return Err("control connection closed".into());
-        }
-        if line.as_bytes().get(3) == Some(&b'-') {
-            let end = format!("{} ", &line[..3]);
-            loop {
-                let mut next = String::new();
-                if self.control.read_line(&mut next).await? == 0 {
-                    return Err("control connection closed".into());
-                }
-                if next.starts_with(&end) {
-                    return Ok(next);
-                }
-            }
-        }
-        Ok(line)
+        self.control.expect_reply(want).await
     }
 
     /// The passive command the next transfers use.
@@ -149,11 +100,7 @@ impl Session {
         let to = match self.passive {
             Passive::Extended => {
                 let reply = self.command("EPSV", 229).await?;
-                let port = reply
-                    .split('|')
-                    .nth(3)
-                    .and_then(|p| p.parse().ok())
-                    .ok_or_else(|| format!("bad 229: {reply}"))?;
+                let port = epsv_port(&reply).ok_or_else(|| format!("bad 229: {reply}"))?;
                 SocketAddr::new(self.target.addr.ip(), port)
             }
             Passive::Classic => {
@@ -175,7 +122,6 @@ impl Session {
     }
 
     /// Downloads `name` whole.
-    #[allow(dead_code)] // the soak's; the benchmark discards what it downloads
     pub async fn download_bytes(&mut self, name: &str) -> Result<Vec<u8>, BoxError> {
         let mut all = Vec::new();
         self.download_with(name, |b| all.extend_from_slice(b))
@@ -221,7 +167,6 @@ impl Session {
     }
 
     /// Uploads `data` as `name`.
-    #[allow(dead_code)] // the soak's; the benchmark uploads a pattern
     pub async fn upload_bytes(&mut self, name: &str, data: &[u8]) -> Result<(), BoxError> {
         self.upload_from(name, data.chunks(DATA_BUF)).await
     }
@@ -280,46 +225,6 @@ impl Session {
 async fn secure(tls: Option<TlsConnector>, tcp: Box<dyn Io>) -> Result<Box<dyn Io>, BoxError> {
     match tls {
         None => Ok(tcp),
-        Some(tls) => Ok(Box::new(tls.connect(server_name(), tcp).await?)),
-    }
-}
-
-/// The address in a 227 reply: `227 Entering Passive Mode (h1,h2,h3,h4,p1,p2)`.
-fn pasv_address(reply: &str) -> Option<SocketAddr> {
-    let inner = reply.get(reply.find('(')? + 1..reply.rfind(')')?)?;
-    let n: Vec<u8> = inner
-        .split(',')
-        .map(|v| v.trim().parse().ok())
-        .collect::<Option<_>>()?;
-    let [a, b, c, d, hi, lo] = n[..] else {
-        return None;
-    };
-    let ip = std::net::Ipv4Addr::new(a, b, c, d);
-    Some(SocketAddr::new(ip.into(), u16::from_be_bytes([hi, lo])))
-}
-
-fn server_name() -> ServerName<'static> {
-    ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into())
-}
-
-/// Reads one reply byte by byte, so nothing after it is consumed before the TLS upgrade.
-async fn raw_reply(tcp: &mut TcpStream, want: u16) -> Result<(), BoxError> {
-    loop {
-        let mut line = Vec::new();
-        while !line.ends_with(b"\n") {
-            let mut byte = [0u8; 1];
-            if tcp.read(&mut byte).await? == 0 {
-                return Err("control connection closed".into());
-            }
-            line.push(byte[0]);
-        }
-        if line.get(3) == Some(&b'-') {
-            continue;
-        }
-        let code = String::from_utf8_lossy(&line[..3.min(line.len())]).into_owned();
-        if code != want.to_string() {
-            return Err(format!("wanted {want}, got {}", String::from_utf8_lossy(&line)).into());
-        }
-        return Ok(());
+        Some(tls) => Ok(Box::new(tls.connect(loopback(), tcp).await?)),
     }
 }

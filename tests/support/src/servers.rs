@@ -1,6 +1,20 @@
 //! Real FTP servers from Debian (vsftpd, ProFTPD, pure-ftpd) on loopback, each with the test user and a root of its own.
 
-use super::*;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use ftpsgate::config::Settings;
+use tempfile::TempDir;
+
+use crate::files::random_file;
+use crate::gateway::BackendKind;
+use crate::net::{free_port, in_netns, wait_for_port, wait_for_port_in};
+use crate::process::{have, run_ok};
+use crate::{PASSWORD, USER};
 
 /// How the Debian FTP server speaks to the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,8 +126,6 @@ impl FtpServer {
         })
     }
 
-    /// ProFTPD 1.3.8 with mod_tls at its defaults, which include comparing each data
-    /// connection's TLS session with the control connection's.
     /// pure-ftpd 1.0.50 (unpacked from Debian's package, since it conflicts with vsftpd),
     /// logging in the test user as a virtual user of its own PureDB whose home is the root.
     /// With TLS: explicit only (`-Y 3`: TLS required on control and data).
@@ -169,6 +181,8 @@ impl FtpServer {
         )
     }
 
+    /// ProFTPD 1.3.8 with mod_tls at its defaults, which include comparing each data
+    /// connection's TLS session with the control connection's.
     pub fn proftpd(tls: VsTls) -> Option<FtpServer> {
         let base = std::env::var("FTPSGATE_PROFTPD_ROOT").unwrap_or_else(|_| PROFTPD_ROOT.into());
         let binary = Path::new(&base).join("usr/sbin/proftpd");
@@ -363,7 +377,6 @@ impl Drop for FtpServer {
     }
 }
 
-/// The local user vsftpd logs in: created once per machine, password reset once per test run.
 /// ProFTPD in the foreground, quiet, on `conf` written to `path`.
 fn proftpd_on(binary: &Path, path: &Path, conf: &str) -> Command {
     std::fs::write(path, conf).expect("write conf");
@@ -372,6 +385,7 @@ fn proftpd_on(binary: &Path, path: &Path, conf: &str) -> Command {
     cmd
 }
 
+/// The local user vsftpd logs in: created once per machine, password reset once per test run.
 fn ensure_test_user() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {

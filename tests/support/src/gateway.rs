@@ -1,10 +1,23 @@
 //! A gateway in-process on its own runtime, in front of the test's backend, and an FTPS client session through it.
 
-use super::*;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use ftpsgate::config::{Overrides, Settings};
+use ftpsgate::server::Gateway;
+use ftpsgate::session::Mode;
+use tempfile::TempDir;
+
+use crate::{PASSWORD, USER};
 
 /// Where the gateway sends its sessions.
 pub enum BackendKind {
     /// libunftp in the gateway's runtime, serving a fresh temporary directory.
+    #[cfg(feature = "demo")]
     Unftp,
     /// A server already listening (vsftpd), serving `root`.
     At(SocketAddr, PathBuf),
@@ -43,13 +56,14 @@ impl TestGateway {
         let (cert, key) = pair
             .write_to(&dir.path().join("certs"))
             .expect("write cert");
-        let (root, backend_addr) = match backend {
+        let root = match &backend {
+            #[cfg(feature = "demo")]
             BackendKind::Unftp => {
                 let root = dir.path().join("root");
                 std::fs::create_dir_all(&root).expect("root");
-                (root, None)
+                root
             }
-            BackendKind::At(addr, root) => (root, Some(addr)),
+            BackendKind::At(_, root) => root.clone(),
         };
         let local = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         let local6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0));
@@ -67,6 +81,7 @@ impl TestGateway {
         let ours = settings.backend.addresses == Settings::default().backend.addresses;
         let (addrs_tx, addrs_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        #[cfg(feature = "demo")]
         let unftp_root = root.clone();
         let thread = thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -75,11 +90,14 @@ impl TestGateway {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let addr = match backend_addr {
-                    Some(addr) => addr,
-                    None => ftpsgate::demo::start_backend(&unftp_root, USER, PASSWORD)
-                        .await
-                        .expect("libunftp backend"),
+                let addr = match backend {
+                    BackendKind::At(addr, _) => addr,
+                    #[cfg(feature = "demo")]
+                    BackendKind::Unftp => {
+                        ftpsgate::demo::start_backend(&unftp_root, USER, PASSWORD)
+                            .await
+                            .expect("libunftp backend")
+                    }
                 };
                 if ours {
                     settings.backend.addresses = vec![addr.into()];
@@ -147,6 +165,7 @@ impl Drop for TestGateway {
 
 /// A suppaftp (rustls) FTPS session to the gateway at `addr`, logged in as the test user, in
 /// binary mode.
+#[cfg(feature = "demo")]
 pub async fn suppaftp_session(
     addr: SocketAddr,
     ca: &Path,
@@ -160,6 +179,7 @@ pub async fn suppaftp_session(
 }
 
 /// RETR `name` whole over a suppaftp session: its bytes, once the transfer's 226 came.
+#[cfg(feature = "demo")]
 pub async fn suppaftp_retr(ftp: &mut suppaftp::tokio::AsyncRustlsFtpStream, name: &str) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
     let mut down = ftp.retr_as_stream(name).await.expect("RETR");
@@ -174,19 +194,20 @@ pub fn admin_on_loopback(s: &mut ftpsgate::config::Settings) {
     s.admin.listen = Some("127.0.0.1:0".parse().expect("addr"));
 }
 
-/// The ftpsgate binary, as an operator runs it: `run` on `listen` in front of `backend`, with
-/// a passive range starting at `pool` (`len` ports) and the given certificate. Callers add
-/// their own flags, environment and output. `FTPSGATE_BIN` names another build to run instead
-/// (the benchmark compares two builds that way; the tests never set it).
+/// The ftpsgate binary `program` (a test's `env!("CARGO_BIN_EXE_ftpsgate")`: only the
+/// package's own targets know it), as an operator runs it: `run` on `listen` in front of
+/// `backend`, with a passive range starting at `pool` (`len` ports) and the given certificate.
+/// Callers add their own flags, environment and output. `FTPSGATE_BIN` names another build to
+/// run instead (the benchmark compares two builds that way; the tests never set it).
 pub fn gateway_command(
+    program: &str,
     listen: SocketAddr,
     backend: SocketAddr,
     pool: (u16, u16),
     cert: &Path,
     key: &Path,
 ) -> Command {
-    let program =
-        std::env::var_os("FTPSGATE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_ftpsgate").into());
+    let program = std::env::var_os("FTPSGATE_BIN").unwrap_or_else(|| program.into());
     let mut cmd = Command::new(program);
     cmd.arg("run")
         .args(["--listen", &listen.to_string()])

@@ -22,6 +22,12 @@ pub struct ClientCert {
     pub key_pem: String,
 }
 
+impl Default for ClientCa {
+    fn default() -> ClientCa {
+        ClientCa::new()
+    }
+}
+
 impl ClientCa {
     pub fn new() -> ClientCa {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");

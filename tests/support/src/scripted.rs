@@ -1,6 +1,11 @@
 //! Backends scripted in Rust over TCP: hostile ones, and ones that answer in set ways.
 
-use super::*;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::thread;
+
+use tempfile::TempDir;
 
 /// A scripted FTP server for what real servers will not do on demand. It has no EPSV (500), and
 /// its 227 names a foreign address (10.9.9.9) while it listens on loopback, so a gateway that
@@ -203,7 +208,7 @@ impl ScriptedFtps {
         let dir = tempfile::tempdir().expect("tempdir");
         let pair = ftpsgate::tls::self_signed(&["127.0.0.1".into()]).expect("certificate");
         let (ca, _) = pair.write_to(dir.path()).expect("write cert");
-        let id = pair.cert_key().expect("identity");
+        let id = pair.cert_key().expect("certificate and key");
         let config = std::sync::Arc::new(
             rustls::ServerConfig::builder_with_provider(ftpsgate::tls::provider())
                 .with_safe_default_protocol_versions()

@@ -1,6 +1,11 @@
 //! Loopback ports for the tests' listeners and pools.
 
-use super::*;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::process::eventually;
 
 /// A free port below Linux's ephemeral range (32768 and up), for a port that must stay free
 /// until something binds it later: no outgoing connection can take it meanwhile.
@@ -26,7 +31,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-pub(super) fn wait_for_port(addr: SocketAddr, limit: Duration) -> bool {
+pub(crate) fn wait_for_port(addr: SocketAddr, limit: Duration) -> bool {
     let until = Instant::now() + limit;
     while Instant::now() < until {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {

@@ -1,6 +1,10 @@
 //! Running peers: processes killed on drop, a tool's presence (a skip on a laptop, a failure in CI), commands that must succeed, bounded waits, the Python scenarios.
 
-use super::*;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::gateway::TestGateway;
 
 /// A child process killed and reaped when the guard drops, even when a test panics first.
 pub struct KillOnDrop(pub Child);
@@ -85,7 +89,7 @@ pub fn py_scenario(gw: &TestGateway, scenario: &str, extra: &[&str]) -> Option<S
     if !have("python3") {
         return None;
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/scenarios.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../py/scenarios.py");
     let out = run_ok(
         Command::new("python3")
             .arg(script)
