@@ -154,10 +154,7 @@ impl Login {
         client: &mut ClientControl,
         security: &Security,
     ) -> Result<Answer, Halt> {
-        let ip = client.peer.ip();
-        if let Err(Barred::Banned(left)) = ctx.access.not_banned(ip) {
-            return Err(Refusal::Banned { left }.into());
-        }
+        not_banned(ctx, client)?;
         let (user, line) = match ctx.router.by_user(&name) {
             Some((route, user)) => {
                 let route = Arc::clone(route);
@@ -192,10 +189,8 @@ impl Login {
         client: &mut ClientControl,
         security: &Security,
     ) -> Result<Answer, Halt> {
+        not_banned(ctx, client)?;
         let ip = client.peer.ip();
-        if let Err(Barred::Banned(left)) = ctx.access.not_banned(ip) {
-            return Err(Refusal::Banned { left }.into());
-        }
         if !self.phase.is_logged_in() && self.attempt.is_none() {
             return Err(Refusal::PassWithoutUser.into());
         }
@@ -379,6 +374,15 @@ impl Login {
             return Ok(selected());
         }
         Ok(reply.into())
+    }
+}
+
+/// A USER or PASS from a banned address is refused before anything else: a session opened
+/// before the ban gets no more tries.
+fn not_banned(ctx: &Context, client: &ClientControl) -> Result<(), Refusal> {
+    match ctx.access.not_banned(client.peer.ip()) {
+        Err(Barred::Banned(left)) => Err(Refusal::Banned { left }),
+        Ok(()) | Err(Barred::Denied) => Ok(()),
     }
 }
 
