@@ -47,7 +47,7 @@ enum PassiveStyle {
 }
 
 /// Why the backend gave no data port for PASV/EPSV. Not an error of the connection, which
-/// goes on: the session chooses what the client hears (`session::refusal`).
+/// goes on: the session chooses what the client hears (`crate::refusal`).
 #[derive(Debug)]
 pub enum NoDataPort {
     /// It refused, in its own reply (fit to relay).

@@ -155,23 +155,19 @@ impl InFlight {
         client: &mut ClientControl,
         account: Account<'_>,
     ) -> Result<(), Fatal> {
-        // What the log line says is the transfer as it stood when the client aborted it.
-        let (bytes, elapsed, tls) = (
-            self.bridge.progress(),
-            self.began.elapsed(),
-            self.bridge.tls(),
-        );
         let InFlight {
             line,
             direction,
             bridge,
             session,
-            began: _,
+            began,
             last,
             mut stray,
             copied,
         } = self;
-        let began = Instant::now();
+        // What the log line says is the transfer as it stood when the client aborted it.
+        let record = TransferLog::now(&line, direction, session, began, &bridge, None);
+        let asked = Instant::now();
         let backend = &mut *account.backend;
         backend.send(b"ABOR\r\n").await?;
         drop(bridge);
@@ -181,7 +177,7 @@ impl InFlight {
         let transfer_replied = |stray: bool| last.is_some() || stray;
         let mut in_step = true;
         while after.len() < abort::expected(transfer_replied(stray)) {
-            match timeout_at(began + ABOR_SETTLE, backend.read_reply()).await {
+            match timeout_at(asked + ABOR_SETTLE, backend.read_reply()).await {
                 Ok(reply) => {
                     let reply = reply?;
                     if !reply.is_preliminary() {
@@ -203,7 +199,7 @@ impl InFlight {
                 "backend quiet after ABOR; resynchronising with NOOP"
             );
             backend.send(b"NOOP\r\n").await?;
-            while let Ok(reply) = timeout_at(began + ABOR_LIMIT, backend.read_reply()).await {
+            while let Ok(reply) = timeout_at(asked + ABOR_LIMIT, backend.read_reply()).await {
                 let reply = reply?;
                 if reply.code() == 200 {
                     in_step = true;
@@ -216,15 +212,6 @@ impl InFlight {
         }
         let copied_whole = matches!(copied, Some(Ok(_)));
         let replies = abort::settle(last.as_ref(), &after, copied_whole);
-        let record = TransferLog {
-            line: &line,
-            direction,
-            session,
-            backend_code: None,
-            bytes,
-            elapsed,
-            tls,
-        };
         match &copied {
             Some(Ok(t)) if replies.completed => record.log(ctx, client, &account, Ok(t)),
             _ => record.log(ctx, client, &account, Err(&BridgeError::Cancelled)),
@@ -246,16 +233,20 @@ impl InFlight {
         backend_code: Option<u16>,
         result: Result<&Transferred, &BridgeError>,
     ) {
-        let record = TransferLog {
-            line: &self.line,
-            direction: self.direction,
-            session: self.session,
+        self.record(backend_code).log(ctx, client, account, result);
+    }
+
+    /// What the log line will say of the transfer as it stands now, besides its outcome.
+    fn record(&self, backend_code: Option<u16>) -> TransferLog<'_> {
+        let (line, bridge) = (&self.line, &self.bridge);
+        TransferLog::now(
+            line,
+            self.direction,
+            self.session,
+            self.began,
+            bridge,
             backend_code,
-            bytes: self.bridge.progress(),
-            elapsed: self.began.elapsed(),
-            tls: self.bridge.tls(),
-        };
-        record.log(ctx, client, account, result);
+        )
     }
 }
 
@@ -279,7 +270,27 @@ struct TransferLog<'a> {
     tls: Option<(rustls::ProtocolVersion, bool)>,
 }
 
-impl TransferLog<'_> {
+impl<'a> TransferLog<'a> {
+    /// The transfer of `line` as it stands: its bytes so far and its time since `began`.
+    fn now(
+        line: &'a Line,
+        direction: Direction,
+        session: u64,
+        began: std::time::Instant,
+        bridge: &DataBridge,
+        backend_code: Option<u16>,
+    ) -> Self {
+        TransferLog {
+            line,
+            direction,
+            session,
+            backend_code,
+            bytes: bridge.progress(),
+            elapsed: began.elapsed(),
+            tls: bridge.tls(),
+        }
+    }
+
     /// One line per transfer, like an xferlog, and its count in the metrics.
     fn log(
         &self,
