@@ -21,7 +21,7 @@ use tracing::{field, info, info_span, warn, Instrument};
 use crate::accept::{refuse, Acceptor};
 use crate::access::{Access, Barred, ClientKey};
 use crate::admin;
-use crate::audit::{Audit, Event, Who};
+use crate::audit::{Audit, Who};
 use crate::backend::{Dialer, Router};
 use crate::config::Settings;
 use crate::cores::Cores;
@@ -292,10 +292,7 @@ async fn accept_loop(
                         balancer: peer,
                         error,
                     };
-                    refusal.log();
-                    if let Some(reason) = refusal.reason() {
-                        ctx.metrics.refused(reason);
-                    }
+                    ctx.note(&refusal, None);
                 }
             }
         });
@@ -365,18 +362,13 @@ fn admit(
         }
         Err(refusal) => {
             let _enter = span.enter();
-            refusal.log();
-            if let Some(reason) = refusal.reason() {
-                ctx.metrics.refused(reason.clone());
-                let who = Who {
-                    session: id,
-                    client: client.ip(),
-                    user: None,
-                    route: None,
-                };
-                let reply = refusal.reply().code();
-                ctx.audit.record(&Event::Refusal { who, reason, reply });
-            }
+            let who = Who {
+                session: id,
+                client: client.ip(),
+                user: None,
+                route: None,
+            };
+            ctx.note(&refusal, Some(who));
             tokio::spawn(refuse(tcp, mode, refusal));
         }
     }

@@ -8,12 +8,13 @@ use rustls::ServerConfig;
 use tokio::sync::watch;
 
 use crate::access::Access;
-use crate::audit::Audit;
+use crate::audit::{Audit, Event, Who};
 use crate::backend::{BackendError, RouteError, Router};
 use crate::config::Settings;
 use crate::data::PassivePool;
 use crate::ftp::Reply;
 use crate::metrics::Metrics;
+use crate::refusal::Refusal;
 use crate::tls;
 use crate::tls::store::CertStore;
 
@@ -41,6 +42,19 @@ pub struct Context {
 }
 
 impl Context {
+    /// A refusal counted and logged as it says, and audited when `who` names the client: every
+    /// refusal, at the door or in a session, goes through here, whoever then sends its reply.
+    pub(crate) fn note(&self, refusal: &Refusal, who: Option<Who<'_>>) {
+        if let Some(reason) = refusal.reason() {
+            self.metrics.refused(reason.clone());
+            if let Some(who) = who {
+                let reply = refusal.reply().code();
+                self.audit.record(&Event::Refusal { who, reason, reply });
+            }
+        }
+        refusal.log();
+    }
+
     /// Connects to the default backend as a session would (TLS included) and checks its
     /// greeting, for `/readyz`.
     pub async fn probe_backend(&self) -> Result<Reply, RouteError> {

@@ -41,7 +41,7 @@ use tokio::sync::watch;
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tracing::{debug, info, warn, Span};
 
-use crate::audit::{Event, Who};
+use crate::audit::Who;
 use crate::backend::RouteError;
 use crate::ftp::{gateway_feat, Command, LineError, Reply, Request};
 use crate::metrics::Reason;
@@ -108,7 +108,7 @@ pub async fn serve(
     let implicit = mode == Mode::Implicit;
     let mut security = Security::new(session_tls, implicit);
     if implicit {
-        if let Err(e) = security.implicit(&ctx, &mut client).await {
+        if let Err(e) = security.handshake(&ctx, &mut client).await {
             info!(error = %e, "implicit TLS handshake failed");
             return;
         }
@@ -171,10 +171,7 @@ async fn refuse(
     client: &mut ClientControl,
     refusal: Refusal,
 ) -> std::io::Result<()> {
-    if let Some(reason) = refusal.reason() {
-        ctx.metrics.refused(reason);
-    }
-    refusal.log();
+    ctx.note(&refusal, None);
     client.send(&refusal.reply()).await
 }
 
@@ -249,16 +246,10 @@ impl Session {
         }
     }
 
+    /// Turns something down: counted, audited, logged and answered, all as the refusal says.
     async fn refuse(&mut self, refusal: Refusal) -> std::io::Result<()> {
-        if let Some(reason) = refusal.reason() {
-            let reply = refusal.reply().code();
-            self.ctx.audit.record(&Event::Refusal {
-                who: self.who(),
-                reason,
-                reply,
-            });
-        }
-        refuse(&self.ctx, &mut self.client, refusal).await
+        self.ctx.note(&refusal, Some(self.who()));
+        self.client.send(&refusal.reply()).await
     }
 
     /// The session as its audit records name it.

@@ -73,17 +73,6 @@ impl Security {
         Some(self.membership.as_ref()?.siblings(who))
     }
 
-    /// The handshake at the first byte, for implicit FTPS.
-    pub(super) async fn implicit(
-        &mut self,
-        ctx: &Context,
-        client: &mut ClientControl,
-    ) -> std::io::Result<()> {
-        self.join_siblings(ctx, client.peer);
-        let config = Arc::clone(&self.tls.control);
-        secure_control(ctx, client, config).await
-    }
-
     /// AUTH: 234, then the handshake; a client whose handshake fails is gone.
     pub(super) async fn auth(
         &mut self,
@@ -101,9 +90,7 @@ impl Security {
         client
             .send(&Reply::new(234, "AUTH TLS successful."))
             .await?;
-        self.join_siblings(ctx, client.peer);
-        let config = Arc::clone(&self.tls.control);
-        if let Err(e) = secure_control(ctx, client, config).await {
+        if let Err(e) = self.handshake(ctx, client).await {
             info!(error = %e, "control TLS handshake failed");
             return Ok(Answer::Close(None));
         }
@@ -145,6 +132,18 @@ impl Security {
             ProtLevel::Clear => Err(Refusal::ClearProt.into()),
             ProtLevel::Safe | ProtLevel::Confidential => Err(Refusal::ProtUnsupported.into()),
         }
+    }
+
+    /// The control connection's handshake (at the first byte for implicit FTPS, after AUTH's
+    /// 234 for explicit), with the session entered among its siblings first (`join_siblings`).
+    pub(super) async fn handshake(
+        &mut self,
+        ctx: &Context,
+        client: &mut ClientControl,
+    ) -> std::io::Result<()> {
+        self.join_siblings(ctx, client.peer);
+        let config = Arc::clone(&self.tls.control);
+        secure_control(ctx, client, config).await
     }
 
     /// Enters the session in the registry its siblings' data connections look in (see
