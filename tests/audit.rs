@@ -179,6 +179,53 @@ fn audit_write_errors_are_counted_and_transfers_go_on() {
     );
 }
 
+/// A gateway run from a config file of its own in a test's directory: listening on a free
+/// loopback port in front of `backend`, with its own certificate, a passive range, the tables
+/// in `extra`, and the audit log wherever [`ConfigFile::write`] puts it.
+struct ConfigFile {
+    path: std::path::PathBuf,
+    /// Everything but `[audit]`.
+    base: String,
+    listen: SocketAddr,
+    cert: std::path::PathBuf,
+}
+
+impl ConfigFile {
+    fn new(dir: &std::path::Path, backend: &str, extra: &str) -> ConfigFile {
+        let pair = ftpsgate::tls::self_signed(&["127.0.0.1".into()]).expect("cert");
+        let (cert, key) = pair.write_to(dir).expect("write");
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_low_port()));
+        let pool = free_low_range(4);
+        let base = format!(
+            "[listen]\nexplicit = [\"{listen}\"]\n[backend]\naddress = \"{backend}\"\n\
+             [passive]\nports = \"{pool}-{}\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n{extra}",
+            pool + 3,
+            cert.display(),
+            key.display(),
+        );
+        let path = dir.join("ftpsgate.toml");
+        ConfigFile {
+            path,
+            base,
+            listen,
+            cert,
+        }
+    }
+
+    /// Writes the config with the audit log at `audit`.
+    fn write(&self, audit: &std::path::Path) {
+        let text = format!("{}[audit]\nlog = \"{}\"\n", self.base, audit.display());
+        std::fs::write(&self.path, text).expect("config");
+    }
+
+    /// `ftpsgate run` on the config.
+    fn run(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ftpsgate"));
+        cmd.args(["run", "--config"]).arg(&self.path);
+        cmd
+    }
+}
+
 #[test]
 fn the_audit_log_reopens_on_sighup_and_an_unwritable_one_refuses_the_start() {
     if !have("curl") {
@@ -189,29 +236,10 @@ fn the_audit_log_reopens_on_sighup_and_an_unwritable_one_refuses_the_start() {
     };
     vs.put("one.bin", 1000);
     let dir = tempfile::tempdir().expect("tempdir");
-    let pair = ftpsgate::tls::self_signed(&["127.0.0.1".into()]).expect("cert");
-    let (cert, key) = pair.write_to(dir.path()).expect("write");
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_low_port()));
-    let pool = free_low_range(4);
-    let config = dir.path().join("ftpsgate.toml");
-    let configure = |audit: &std::path::Path| {
-        let text = format!(
-            "[listen]\nexplicit = [\"{listen}\"]\n[backend]\naddress = \"{}\"\n\
-             [passive]\nports = \"{pool}-{}\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n\
-             [audit]\nlog = \"{}\"\n",
-            vs.addr,
-            pool + 3,
-            cert.display(),
-            key.display(),
-            audit.display(),
-        );
-        std::fs::write(&config, text).expect("config");
-    };
-    let run = || {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ftpsgate"));
-        cmd.args(["run", "--config"]).arg(&config);
-        cmd
-    };
+    let gw_file = ConfigFile::new(dir.path(), &vs.addr.to_string(), "");
+    let (listen, cert) = (gw_file.listen, gw_file.cert.clone());
+    let configure = |audit: &std::path::Path| gw_file.write(audit);
+    let run = || gw_file.run();
 
     // A log it cannot open: no start, and the message names the key.
     configure(&dir.path().join("missing-dir/audit.jsonl"));
@@ -458,29 +486,12 @@ fn refusal_records_beyond_the_rate_are_summed_up_not_written() {
 fn an_audit_log_that_is_a_symlink_or_open_to_others_is_refused_at_start_and_on_sighup() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tempdir");
-    let pair = ftpsgate::tls::self_signed(&["127.0.0.1".into()]).expect("cert");
-    let (cert, key) = pair.write_to(dir.path()).expect("write");
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_low_port()));
-    let pool = free_low_range(4);
-    let config = dir.path().join("ftpsgate.toml");
     // Every connection is refused at accept, with a refusal record: no backend needed.
-    let configure = |audit: &std::path::Path| {
-        let text = format!(
-            "[listen]\nexplicit = [\"{listen}\"]\n[backend]\naddress = \"127.0.0.1:9\"\n\
-             [passive]\nports = \"{pool}-{}\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n\
-             [access]\ndeny = [\"127.0.0.0/8\"]\n[audit]\nlog = \"{}\"\n",
-            pool + 3,
-            cert.display(),
-            key.display(),
-            audit.display(),
-        );
-        std::fs::write(&config, text).expect("config");
-    };
-    let run = || {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ftpsgate"));
-        cmd.args(["run", "--config"]).arg(&config);
-        cmd
-    };
+    let deny = "[access]\ndeny = [\"127.0.0.0/8\"]\n";
+    let gw_file = ConfigFile::new(dir.path(), "127.0.0.1:9", deny);
+    let listen = gw_file.listen;
+    let configure = |audit: &std::path::Path| gw_file.write(audit);
+    let run = || gw_file.run();
     // Exits at once, non-zero, naming the key and `why`.
     let refused = |why: &str| {
         let err_file = dir.path().join("refused.log");
