@@ -336,9 +336,11 @@ fn commons_net_through_one_port_with_reuse_off_and_522_under_require() {
         );
     }
     no_lease_left(&gw);
-    let Some((_vs, strict, _)) = one_port_gateway(ReuseMode::Require) else {
+    let Some((vs, strict, _)) = one_port_gateway(ReuseMode::Require) else {
         return;
     };
+    // vsftpd answers 550 for a missing file before any data connection: this one exists.
+    vs.put("anything.bin", 1000);
     all_succeed(vec![(
         "Commons Net under require".into(),
         java(&strict, false, "refused"),
