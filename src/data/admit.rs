@@ -1,8 +1,8 @@
 //! Who may open a data connection. The address check is the pool's: a lease is handed only
 //! connections from the control connection's address (or from the client a trusted balancer's
-//! PROXY header names), so a port thief elsewhere reaches no transfer. The TLS check: under PROT P the data
-//! connection must resume its session's TLS session, or a sibling's (`tls::binding`). And
-//! active mode's connection out to the client.
+//! PROXY header names), so a port thief elsewhere reaches no transfer. The TLS check, here:
+//! under PROT P the data connection must resume its session's TLS session, or a sibling's
+//! (`tls::binding`). And active mode's connection out to the client.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
