@@ -22,7 +22,7 @@ mod clients;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ftpsgate::config::ReuseMode;
@@ -31,7 +31,6 @@ use support::control::{localhost, rustls_client, Control};
 use support::files::sha256;
 use support::ftps::Ftps;
 use support::gateway::{admin_on_loopback, TestGateway};
-use support::net::free_low_port;
 use support::process::{eventually, raise_fd_limit};
 use support::servers::{FtpServer, VsTls};
 use tokio::io::AsyncReadExt;
@@ -39,18 +38,16 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
-/// vsftpd, and a gateway in front of it with the admin listener, `data_session_reuse` as
-/// given, and `passive.ports` one free port, which it returns too; `None` (skip) without
-/// vsftpd.
-fn one_port_gateway(reuse: ReuseMode) -> Option<(FtpServer, TestGateway, u16)> {
+/// vsftpd, and a gateway in front of it with the admin listener and `data_session_reuse` as
+/// given; `None` (skip) without vsftpd. Its `passive.ports` is one free port, the test
+/// gateway's own (`support::gateway`): the hundred sessions below find every lease on it.
+fn one_port_gateway(reuse: ReuseMode) -> Option<(FtpServer, TestGateway)> {
     let vs = FtpServer::vsftpd(VsTls::None)?;
-    let port = free_low_port();
     let gw = TestGateway::start(vs.backend(), move |s| {
         admin_on_loopback(s);
-        s.passive.ports = port.to_string().parse().expect("one port");
         s.tls.data_session_reuse = reuse;
     });
-    Some((vs, gw, port))
+    Some((vs, gw))
 }
 
 /// A metric of the gateway's /metrics (0 when absent).
@@ -126,7 +123,7 @@ const SESSIONS: u8 = 100;
 #[test]
 fn a_hundred_addresses_download_at_once_through_one_data_port() {
     raise_fd_limit();
-    let Some((vs, gw, port)) = one_port_gateway(ReuseMode::Require) else {
+    let Some((vs, gw)) = one_port_gateway(ReuseMode::Require) else {
         return;
     };
     // A file of its own for each session, so a transfer crossed with another's shows.
@@ -142,9 +139,11 @@ fn a_hundred_addresses_download_at_once_through_one_data_port() {
     rt.block_on(async {
         // The sessions and the test itself, three times: all logged in; all leased; counted.
         let barrier = Arc::new(Barrier::new(usize::from(SESSIONS) + 1));
+        // The port the first lease named: every other must name it too.
+        let port = Arc::new(OnceLock::new());
         let mut set = JoinSet::new();
         for (i, (name, want)) in files.into_iter().enumerate() {
-            let (gw, barrier) = (Arc::clone(&gw), Arc::clone(&barrier));
+            let (gw, barrier, port) = (Arc::clone(&gw), Arc::clone(&barrier), Arc::clone(&port));
             // 127.0.0.2 .. 127.0.0.101.
             let source = Ipv4Addr::new(127, 0, 0, 2 + i as u8);
             set.spawn(async move {
@@ -157,6 +156,7 @@ fn a_hundred_addresses_download_at_once_through_one_data_port() {
                         .await
                         .unwrap_or_else(|r| panic!("{source}: {r}"))
                 };
+                let port = *port.get_or_init(|| leased);
                 assert_eq!(leased, port, "{source} was sent to another port");
                 barrier.wait().await;
                 barrier.wait().await;
@@ -166,7 +166,7 @@ fn a_hundred_addresses_download_at_once_through_one_data_port() {
                 assert!(ftps.cmd("QUIT").await.starts_with("221"));
             });
         }
-        let (gw2, barrier2) = (Arc::clone(&gw), Arc::clone(&barrier));
+        let (gw2, barrier2, port2) = (Arc::clone(&gw), Arc::clone(&barrier), Arc::clone(&port));
         set.spawn(async move {
             barrier2.wait().await;
             barrier2.wait().await;
@@ -177,19 +177,21 @@ fn a_hundred_addresses_download_at_once_through_one_data_port() {
             assert_eq!(
                 pending,
                 f64::from(SESSIONS),
-                "every session's lease pending on port {port} at once"
+                "every session's lease pending on port {:?} at once",
+                port2.get()
             );
             barrier2.wait().await;
         });
         all_of(set, Duration::from_secs(240)).await;
+        let port = port.get().expect("a port");
+        println!("{SESSIONS} sessions from 127.0.0.2-101 leased port {port} at once, all whole");
     });
     no_lease_left(&gw);
-    println!("{SESSIONS} sessions from 127.0.0.2-101 leased port {port} at once, all whole");
 }
 
 #[test]
 fn a_stranger_on_the_data_port_gets_nothing_and_the_client_its_file_whole() {
-    let Some((vs, gw, port)) = one_port_gateway(ReuseMode::Require) else {
+    let Some((vs, gw)) = one_port_gateway(ReuseMode::Require) else {
         return;
     };
     let want = vs.put("mine.bin", 700_000);
@@ -198,7 +200,7 @@ fn a_stranger_on_the_data_port_gets_nothing_and_the_client_its_file_whole() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let mut ftps = session_from(client, &gw).await;
-        assert_eq!(ftps.epsv().await, port);
+        let port = ftps.epsv().await;
         // The client's lease is pending. Two strangers land on the port first: one says
         // nothing, one sends a real TLS ClientHello (a thief needs a handshake).
         let mut hello = Vec::new();
