@@ -32,15 +32,14 @@ pub fn bounded(limit: Duration, cmd: &Command) -> Command {
     wrapped
 }
 
-/// Fails the test in CI, and says loudly on a laptop, that `what` is missing (`how` installs
-/// it); false, for the caller to skip.
-fn missing(what: &str, how: &str) -> bool {
+/// Fails the test in CI, and says loudly on a laptop (where the caller then skips), that
+/// `what` is missing (`how` installs it).
+fn missing(what: &str, how: &str) {
     assert!(
         std::env::var("CI").map_or(true, |v| v != "true"),
         "{what} is required in CI ({how})"
     );
     eprintln!("\n!!!!! SKIPPED: {what} is missing ({how}) !!!!!\n");
-    false
 }
 
 /// The classpath of tests/java/CommonsNet.java compiled once per test process against
