@@ -266,31 +266,38 @@ fn ftplib(gw: &TestGateway, root: &Path, scenario: &str, extra: &[&str]) -> Stri
 }
 
 /// ftplib's `FTP_TLS` never resumes TLS on data connections; wrapped with `session=` it does.
-/// Under `require` the resuming sessions pass and the plain one gets 522 within seconds; under
+/// Under `require` the resuming sessions pass (eight at once over IPv4, then a round trip over
+/// IPv6, EPSV through the port's [::1] listener) and the plain one gets 522 within seconds; under
 /// `allow` both pass; under `off` the plain one. Eight sessions at once each time.
 #[test]
 fn ftplib_with_and_without_tls_reuse_8_at_once_through_one_port() {
     if !have("python3") {
         return;
     }
-    let parallel = ["--count", "8", "--size", "300000"];
-    for (reuse, runs) in [
+    let reusing: &[&str] = &["--count", "8", "--size", "300000"];
+    let plain: &[&str] = &["--count", "8", "--size", "300000", "--plain"];
+    let ipv6: &[&str] = &["--ipv6", "--sizes", "0,1,300000"];
+    let runs: [(ReuseMode, &[(&str, &[&str])]); 3] = [
         (
             ReuseMode::Require,
-            &[("parallel", false), ("no-reuse-refused", false)][..],
+            &[
+                ("parallel", reusing),
+                ("roundtrip", ipv6),
+                ("no-reuse-refused", &[]),
+            ],
         ),
-        (ReuseMode::Allow, &[("parallel", false), ("parallel", true)]),
-        (ReuseMode::Off, &[("parallel", true)]),
-    ] {
+        (
+            ReuseMode::Allow,
+            &[("parallel", reusing), ("parallel", plain)],
+        ),
+        (ReuseMode::Off, &[("parallel", plain)]),
+    ];
+    for (reuse, scenarios) in runs {
         let Some((vs, gw)) = one_port_gateway(reuse) else {
             return;
         };
-        for &(scenario, plain) in runs {
-            let mut extra = parallel.to_vec();
-            if plain {
-                extra.push("--plain");
-            }
-            let out = ftplib(&gw, &vs.root, scenario, &extra);
+        for (scenario, extra) in scenarios {
+            let out = ftplib(&gw, &vs.root, scenario, extra);
             println!("ftplib under {reuse:?}: {}", out.trim());
         }
         no_lease_left(&gw);
