@@ -82,18 +82,18 @@ fn pool_verdict(
                 what,
                 format!("none of the {size} ports of {range_text} can be bound on {ip}"),
             ),
-            "another program holds them (a running ftpsgate?) or the range needs privileges",
+            "another program holds them (a running ftpsgate holds all its passive ports from its start) or the range needs privileges",
         ),
         (n, _) => with_fix(
             check(
                 Level::Warn,
                 what,
                 format!(
-                    "{n} of {size} ports of {range_text} are in use (first: {}); fine if this gateway is running",
+                    "{n} of {size} ports of {range_text} are in use (first: {}): the gateway would serve on the others and retry these in the background",
                     busy.first().map_or(0, |p| *p)
                 ),
             ),
-            "otherwise find the holder with `ss -ltnp`",
+            "find the holder with `ss -ltnp`, or take these ports out of passive.ports",
         ),
     }
 }
