@@ -50,7 +50,7 @@ fn pool_verdict(
                     what,
                     format!("port {port} is free now; it is among the kernel's ephemeral ports {lo}-{hi}"),
                 ),
-                "an outgoing connection may take it: pick a port outside ip_local_port_range",
+                format!("the gateway holds it from its start, but an outgoing connection may take it before then: reserve it (sysctl net.ipv4.ip_local_reserved_ports={port}) or pick a port outside {lo}-{hi}"),
             ),
             (false, _) => with_fix(
                 check(Level::Fail, what, format!("port {port} cannot be bound on {ip}")),
@@ -195,6 +195,9 @@ mod tests {
             c.detail,
             "port 50000 is free now; it is among the kernel's ephemeral ports 32768-60999"
         );
+        assert!(c
+            .fix
+            .is_some_and(|f| f.contains("net.ipv4.ip_local_reserved_ports=50000")));
         let c = pool_verdict(LOOPBACK, &one, &[], Some((32768, 49999)));
         assert_eq!(
             (c.level, c.detail.as_str()),
