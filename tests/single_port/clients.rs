@@ -265,6 +265,9 @@ fn ftplib(gw: &TestGateway, root: &Path, scenario: &str, extra: &[&str]) -> Stri
     )
 }
 
+/// A scenario of tests/py/scenarios.py and its arguments.
+type Run<'a> = (&'a str, &'a [&'a str]);
+
 /// ftplib's `FTP_TLS` never resumes TLS on data connections; wrapped with `session=` it does.
 /// Under `require` the resuming sessions pass (eight at once over IPv4, then a round trip over
 /// IPv6, EPSV through the port's [::1] listener) and the plain one gets 522 within seconds; under
@@ -277,7 +280,7 @@ fn ftplib_with_and_without_tls_reuse_8_at_once_through_one_port() {
     let reusing: &[&str] = &["--count", "8", "--size", "300000"];
     let plain: &[&str] = &["--count", "8", "--size", "300000", "--plain"];
     let ipv6: &[&str] = &["--ipv6", "--sizes", "0,1,300000"];
-    let runs: [(ReuseMode, &[(&str, &[&str])]); 3] = [
+    let runs: [(ReuseMode, &[Run]); 3] = [
         (
             ReuseMode::Require,
             &[
