@@ -551,6 +551,8 @@ fn the_fix_ftpsgate_behind_the_nat_serves_curl_lftp_ftplib_and_rclone() {
             "[ ok ] PASV: 227 names 203.0.113.1:",
             "[ ok ] download: RETR ",
             "[ ok ] active: the server connected back from 203.0.113.1:",
+            // Seen from outside the NAT: one data port for every transfer.
+            &format!("[ ok ] passive ports: every passive reply named port {PASSIVE} ("),
             "summary: 0 failed, 0 warned",
         ],
     );
