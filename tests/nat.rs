@@ -506,8 +506,8 @@ fn the_fix_ftpsgate_behind_the_nat_serves_curl_lftp_ftplib_and_rclone() {
             PEER_LIMIT,
             lab.cmd("client", "lftp").arg("-c").arg(format!(
                 "set ssl:ca-file {ca}; set ftp:ssl-force true; set ftp:ssl-protect-data true; \
-             set net:max-retries 1; set net:timeout 20; set cmd:fail-exit true; \
-             open -u {USER},{PASSWORD} {url}; get file.bin -o {got}; put {got} -o {up}",
+                 set net:max-retries 1; set net:timeout 20; set cmd:fail-exit true; \
+                 open -u {USER},{PASSWORD} {url}; get file.bin -o {got}; put {got} -o {up}",
                 ca = gw.ca.display(),
                 got = got.display()
             )),
