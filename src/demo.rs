@@ -114,8 +114,8 @@ pub struct DemoOptions {
     /// Implicit FTPS listener of the demo.
     #[arg(long, default_value = "127.0.0.1:2990")]
     pub implicit_listen: SocketAddr,
-    /// Passive port range of the demo, LO-HI.
-    #[arg(long, default_value = "50000-50099")]
+    /// Passive data port of the demo (or a range, LO-HI).
+    #[arg(long, default_value = "50000")]
     pub passive_ports: String,
 }
 

@@ -7,8 +7,8 @@
 use crate::config::Settings;
 
 /// Descriptors one session may hold at once: the client's and the backend's control
-/// connections, and during a transfer a data connection on each side (before the client's is
-/// accepted, the pool listener stands in for it).
+/// connections, and during a transfer a data connection on each side. A pending passive lease
+/// holds none: the pool's listeners are counted once, apart.
 pub(crate) const PER_SESSION: u64 = 4;
 /// Descriptors the process needs besides sessions: the runtime, logs, certificates and their
 /// watcher, health checks, the admin listener, slack for refusals.
@@ -17,7 +17,10 @@ pub(crate) const RESERVED: u64 = 64;
 /// Descriptors `settings` may need at once.
 pub(crate) fn needed(settings: &Settings) -> u64 {
     let listeners = settings.listen.all().count() as u64;
-    RESERVED + listeners + PER_SESSION * settings.limits.max_sessions as u64
+    // One listener per passive port on each address the control listeners use.
+    let ips = crate::data::bind_addresses(settings.listen.all().map(|a| a.ip())).len();
+    let passive = settings.passive.range().len() * ips;
+    RESERVED + listeners + passive as u64 + PER_SESSION * settings.limits.max_sessions as u64
 }
 
 /// Raises the soft limit to the hard one and returns the soft limit now in force (`None` where

@@ -15,6 +15,7 @@ use dashmap::DashMap;
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
 use tracing::{field, info, info_span, warn, Instrument};
 
@@ -25,7 +26,7 @@ use crate::audit::{Audit, Who};
 use crate::backend::{Dialer, Router};
 use crate::config::Settings;
 use crate::cores::Cores;
-use crate::data::PassivePool;
+use crate::data::{self, NoPassivePort, PassivePool};
 use crate::fdlimit;
 use crate::metrics::Metrics;
 use crate::proxy_protocol;
@@ -42,6 +43,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("passive.external_address: {0}")]
     External(String),
+    #[error(transparent)]
+    Passive(#[from] NoPassivePort),
     #[error("{0}")]
     Descriptors(String),
     #[error("cannot start the session threads: {0}")]
@@ -58,6 +61,8 @@ pub struct Gateway {
     ctx: Arc<Context>,
     listeners: Vec<(TcpListener, Mode)>,
     admin: Option<TcpListener>,
+    /// The passive ports' listeners, bound once at start; dropping the set closes them.
+    passive: JoinSet<()>,
     limits: Arc<SessionLimits>,
     /// Apart from `limits`, which each session's permit holds: the threads stop when the
     /// gateway is dropped after its drain, cutting whatever outlived the grace period.
@@ -139,7 +144,26 @@ impl Gateway {
             settings.limits.max_sessions,
             settings.limits.max_sessions_per_ip,
         ));
-        let pool = PassivePool::new(settings.passive.range(), settings.limits.max_passive_per_ip);
+        let pool = PassivePool::new(
+            settings.passive.range(),
+            settings.limits.max_passive_per_ip,
+            Arc::clone(&metrics),
+        );
+        let listen = settings
+            .listen
+            .explicit
+            .iter()
+            .chain(&settings.listen.implicit);
+        let mut passive = JoinSet::new();
+        data::start_ports(
+            &pool,
+            &data::bind_addresses(listen.map(SocketAddr::ip)),
+            data::PortSettings {
+                trusted: settings.proxy_protocol.trusted.clone(),
+                header_timeout: settings.timeouts.tls_handshake(),
+            },
+            &mut passive,
+        )?;
         let (draining, draining_rx) = watch::channel(false);
         let cores = Cores::start().map_err(StartError::Threads)?;
         Ok(Gateway {
@@ -158,6 +182,7 @@ impl Gateway {
             }),
             listeners,
             admin,
+            passive,
             limits,
             cores: Arc::new(cores),
             draining,
@@ -199,7 +224,7 @@ impl Gateway {
     /// `421` to idle ones, transfers in flight get `timeouts.shutdown_grace_secs` to finish.
     /// Returns when every session has ended or the grace period is over.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        let mut tasks = tokio::task::JoinSet::new();
+        let mut tasks = JoinSet::new();
         for (listener, mode) in self.listeners {
             if let Ok(addr) = listener.local_addr() {
                 info!(%addr, ?mode, "listening");
@@ -251,6 +276,8 @@ impl Gateway {
         if let Some(admin) = admin {
             admin.abort();
         }
+        // Only now: transfers of the drain still connect to them.
+        drop(self.passive);
     }
 }
 

@@ -1,5 +1,5 @@
 //! `ftpsgate probe` on loopback, against servers whose faults are known: a healthy gateway
-//! (explicit and implicit, active too), one that advertises an address where nothing listens,
+//! (explicit and implicit, active too; its one data port named by every passive reply), one that advertises an address where nothing listens,
 //! a server without TLS, a server that requires TLS session reuse, and a certificate for
 //! another name; and a hostile server, whose greeting and replies carry terminal escape
 //! sequences, or whose 227 names another host. The NAT cases (dropped, rejected range, wrong external address) are in
@@ -73,6 +73,19 @@ fn a_healthy_gateway_passes_every_step_explicit_implicit_and_active() {
             "summary: 0 failed, 0 warned",
         ],
     );
+    // The test gateway has one data port, as recommended: every PASV and EPSV (PASV, EPSV, the
+    // download's two, the reuse check's) named it, and the probe says so.
+    let port = report
+        .split_once("[ ok ] EPSV data: 229 port ")
+        .and_then(|(_, rest)| rest.split_once(':'))
+        .map(|(port, _)| port)
+        .expect("EPSV's port");
+    has_lines(
+        &report,
+        &[&format!(
+            "[ ok ] passive ports: every passive reply named port {port} (5 replies): one port for every transfer, as recommended"
+        )],
+    );
     let (ok, report) = probe(&["--ca", &ca, &url("ftps", gw.implicit)]);
     assert!(ok, "{report}");
     has_lines(
@@ -116,6 +129,9 @@ fn a_227_naming_another_address_is_reported_but_never_dialled() {
             "[ ok ] PASV data TLS:",
             // The later data connections (TLS reuse) go to the address reached too.
             "[ ok ] TLS reuse:",
+            // A fresh listener, so a port of its own, for each of the three PASV.
+            "[ ok ] passive ports: the 3 passive replies named ",
+            "): a range, every port of which must be open and forwarded",
         ],
     );
     assert_eq!(

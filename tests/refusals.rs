@@ -19,7 +19,7 @@ use support::control::{rustls_client, tls_data};
 use support::files::{random_file, sha256};
 use support::ftps::Ftps;
 use support::gateway::{suppaftp_session, BackendKind, TestGateway};
-use support::net::{free_low_port, free_port};
+use support::net::free_port;
 use support::process::py_scenario;
 use support::scripted::ScriptedBackend;
 use support::servers::{FtpServer, VsTls};
@@ -131,11 +131,8 @@ fn data_connection_from_another_address_is_refused() {
 }
 
 #[test]
-fn exhausted_pool_answers_425_at_once_and_recovers() {
-    let port = free_low_port();
-    let gw = TestGateway::start(BackendKind::Unftp, move |s| {
-        s.passive.ports = format!("{port}-{port}").parse().expect("range")
-    });
+fn exhausted_pool_answers_425_after_the_wait_and_recovers() {
+    let gw = TestGateway::start(BackendKind::Unftp, |s| s.timeouts.passive_wait_secs = 2);
     py_scenario(&gw, "pool-exhausted", &[]);
 }
 

@@ -52,7 +52,8 @@ pub struct PassiveSettings {
     /// The address clients reach the gateway on, put in 227 replies. Unset: the local address
     /// of the client's control connection, which is right when there is no NAT in front.
     pub external_address: Option<String>,
-    /// Ports leased to passive data connections, `LO-HI`. Open these in the firewall.
+    /// The passive data port (`PORT`) or ports (`LO-HI`); open them in the firewall. Each
+    /// lease is a (port, client address) pair, so one port serves every client.
     pub ports: PortRange,
     /// Scale-out: how many replicas share `ports` (each owns an equal, disjoint slice, so a
     /// balancer can forward each slice to its owner) ...
@@ -66,7 +67,7 @@ impl Default for PassiveSettings {
     fn default() -> Self {
         Self {
             external_address: None,
-            ports: PortRange(50000..=50099),
+            ports: PortRange(50000..=50000),
             replicas: 1,
             replica_index: 0,
         }
@@ -179,6 +180,9 @@ pub struct Timeouts {
     /// From PASV/EPSV/PORT/EPRT until the client's data connection is up and its transfer
     /// command has come; a passive port leased and not used is released after this.
     pub data_connection_secs: u64,
+    /// How long a PASV/EPSV waits for a passive port when every one is pending for the
+    /// client's address (its other sessions' PASVs not yet connected); 425 after it.
+    pub passive_wait_secs: u64,
     /// A transfer that moves no byte for this long ends with 426, releasing its backend
     /// connection (as vsftpd's data_connection_timeout): one read, or one write of at most
     /// 256 KiB, that does not complete in this time.
@@ -200,6 +204,7 @@ impl Default for Timeouts {
             login_secs: 60,
             idle_secs: 300,
             data_connection_secs: 30,
+            passive_wait_secs: 5,
             data_stall_secs: 300,
             client_write_secs: 30,
             backend_connect_secs: 10,
@@ -221,6 +226,9 @@ impl Timeouts {
     }
     pub fn data_connection(&self) -> Duration {
         Duration::from_secs(self.data_connection_secs)
+    }
+    pub fn passive_wait(&self) -> Duration {
+        Duration::from_secs(self.passive_wait_secs)
     }
     pub fn data_stall(&self) -> Duration {
         Duration::from_secs(self.data_stall_secs)
@@ -244,6 +252,7 @@ impl Timeouts {
             ("login_secs", self.login_secs),
             ("idle_secs", self.idle_secs),
             ("data_connection_secs", self.data_connection_secs),
+            ("passive_wait_secs", self.passive_wait_secs),
             ("data_stall_secs", self.data_stall_secs),
             ("client_write_secs", self.client_write_secs),
             ("backend_connect_secs", self.backend_connect_secs),

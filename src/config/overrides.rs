@@ -20,7 +20,7 @@ pub struct Overrides {
     /// The internal FTP server, HOST:PORT.
     #[arg(long, env = "FTPSGATE_BACKEND")]
     pub backend: Option<HostPort>,
-    /// Passive data port range, LO-HI. Open it in the firewall.
+    /// Passive data port (PORT) or range (LO-HI). Open it in the firewall.
     #[arg(long, env = "FTPSGATE_PASSIVE_PORTS")]
     pub passive_ports: Option<PortRange>,
     /// Address put in PASV replies: the one clients reach the gateway on (IP or DNS name).

@@ -7,7 +7,7 @@ use std::ops::RangeInclusive;
 
 use serde::{Deserialize, Serialize};
 
-/// An inclusive port range written `LO-HI`.
+/// An inclusive port range written `LO-HI`, or one port written `PORT`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct PortRange(pub RangeInclusive<u16>);
@@ -15,9 +15,8 @@ pub struct PortRange(pub RangeInclusive<u16>);
 impl std::str::FromStr for PortRange {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (lo, hi) = s
-            .split_once('-')
-            .ok_or_else(|| format!("`{s}` is not LO-HI"))?;
+        // One port (`50000`) is a range of one: the recommended set-up.
+        let (lo, hi) = s.split_once('-').unwrap_or((s, s));
         let port = |p: &str| {
             p.trim()
                 .parse::<u16>()
@@ -25,7 +24,7 @@ impl std::str::FromStr for PortRange {
         };
         let (lo, hi) = (port(lo)?, port(hi)?);
         if lo == 0 || lo > hi {
-            return Err(format!("`{s}`: need 1 <= LO <= HI"));
+            return Err(format!("`{s}`: need PORT or LO-HI with 1 <= LO <= HI"));
         }
         Ok(PortRange(lo..=hi))
     }
@@ -33,7 +32,10 @@ impl std::str::FromStr for PortRange {
 
 impl fmt::Display for PortRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.0.start(), self.0.end())
+        match (self.0.start(), self.0.end()) {
+            (lo, hi) if lo == hi => write!(f, "{lo}"),
+            (lo, hi) => write!(f, "{lo}-{hi}"),
+        }
     }
 }
 

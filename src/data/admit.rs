@@ -1,8 +1,8 @@
-//! Who may open a data connection. The address check: only the control connection's address
-//! (or the client a trusted balancer's PROXY header names), so a port thief is refused and the
-//! wait for the client's own connection goes on. The TLS check: under PROT P the data
-//! connection must resume its session's TLS session, or a sibling's (`tls::binding`). And
-//! active mode's connection out to the client.
+//! Who may open a data connection. The address check is the pool's: a lease is handed only
+//! connections from the control connection's address (or from the client a trusted balancer's
+//! PROXY header names), so a port thief elsewhere reaches no transfer. The TLS check, here:
+//! under PROT P the data connection must resume its session's TLS session, or a sibling's
+//! (`tls::binding`). And active mode's connection out to the client.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -17,15 +17,14 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::error::BridgeError;
 use super::params::BridgeParams;
-use crate::config::Networks;
+use super::pool::Lease;
 use crate::metrics::{Channel, Metrics, Reason};
-use crate::proxy_protocol;
 use crate::stream::Stream;
 use crate::tls::data::{self as data_tls, Policy, Refused};
 
 /// Data connections from the client's address whose TLS handshakes may run at once while the
 /// bridge waits for the one that passes.
-const MAX_CANDIDATES: usize = 4;
+pub(super) const MAX_CANDIDATES: usize = 4;
 
 /// How long a completed handshake that offered no session at all leaves the client's own
 /// connection to arrive, before the wait ends with 522. Long enough for a client's connection
@@ -48,7 +47,7 @@ const FRESH_HANDSHAKE_GRACE: Duration = Duration::from_secs(3);
 /// grace is over still get their handshake, and the client's own, resuming, wins. Only the
 /// first such handshake starts the grace; later ones neither end nor lengthen it.
 pub(super) async fn accept_client(
-    listener: &TcpListener,
+    lease: &mut Lease,
     params: &Arc<BridgeParams>,
     deadline: Instant,
 ) -> Result<Stream, BridgeError> {
@@ -62,9 +61,7 @@ pub(super) async fn accept_client(
             return Err(BridgeError::NotResumed { offered: false });
         }
         tokio::select! {
-            accepted = accept_from(listener, params.client_ip, Some(&params.trusted), params),
-                if candidates.len() < MAX_CANDIDATES && !closing =>
-            {
+            accepted = lease.accept(), if candidates.len() < MAX_CANDIDATES && !closing => {
                 let tcp = accepted.map_err(BridgeError::Accept)?;
                 let params = Arc::clone(params);
                 let check = async move { secure(tcp, &params).await };
@@ -115,34 +112,20 @@ pub(super) async fn secure(tcp: TcpStream, params: &BridgeParams) -> Result<Stre
     }
 }
 
-/// Accepts the first connection from `allowed`; others are logged and closed, and the wait goes
-/// on, so a port thief cannot take a transfer away from its client. A connection from a
-/// `trusted` balancer counts as coming from the client its PROXY header names.
+/// Accepts the first connection from `allowed` (the backend, in active mode toward it); others
+/// are logged and closed, and the wait goes on, so a port thief cannot take a transfer away.
 pub(super) async fn accept_from(
     listener: &TcpListener,
     allowed: IpAddr,
-    trusted: Option<&Networks>,
-    params: &BridgeParams,
+    metrics: &Metrics,
 ) -> io::Result<TcpStream> {
     loop {
-        let (mut tcp, peer) = listener.accept().await?;
-        let mut source = peer.ip();
-        if trusted.is_some_and(|t| t.contains(peer.ip())) {
-            match proxy_protocol::read_header(&mut tcp, params.handshake_timeout).await {
-                Ok(Some(client)) => source = client.ip(),
-                Ok(None) => {}
-                Err(e) => {
-                    params.metrics.refused(Reason::bad_proxy_header);
-                    warn!(balancer = %peer, error = %e, "refused data connection: bad PROXY header");
-                    continue;
-                }
-            }
-        }
-        if source.to_canonical() == allowed.to_canonical() {
+        let (tcp, peer) = listener.accept().await?;
+        if peer.ip().to_canonical() == allowed.to_canonical() {
             return Ok(tcp);
         }
-        params.metrics.refused(Reason::data_from_other_address);
-        warn!(peer = %source, expected = %allowed, "refused data connection: not from the control connection's address");
+        metrics.refused(Reason::data_from_other_address);
+        warn!(peer = %peer.ip(), expected = %allowed, "refused data connection: not from the backend's address");
     }
 }
 

@@ -15,8 +15,8 @@
 //! Every wait is bounded (docs/ARCHITECTURE.md, "Every wait is bounded"): the client's data
 //! connection and its transfer command must both come within `timeouts.data_connection_secs`
 //! of PASV/EPSV/PORT/EPRT, and once bytes flow, a read or a write that does not complete within
-//! `timeouts.data_stall_secs` ends the transfer with 426. The pool port goes back as soon as
-//! the client's connection has passed the address and TLS checks; until then, connections
+//! `timeouts.data_stall_secs` ends the transfer with 426. The passive lease is released as soon
+//! as the client's connection has passed the address and TLS checks; until then, connections
 //! from the right address that fail the TLS check (a neighbour behind the same NAT) are
 //! logged, counted and closed, and the wait for the client's own goes on.
 //!
@@ -48,8 +48,8 @@ use crate::tls::{data as data_tls, TlsFacts};
 
 /// How the client's end of the data connection comes about.
 pub(crate) enum ClientSide {
-    /// PASV/EPSV: the client connects to a leased pool port.
-    Passive { lease: Lease, listener: TcpListener },
+    /// PASV/EPSV: the client connects to the port of its pending lease.
+    Passive(Lease),
     /// PORT/EPRT: the gateway connects to the client's (already validated) address once the
     /// transfer command is known, from `source` and, if configured, a port in `ports`.
     Active {
@@ -100,7 +100,7 @@ impl DataBridge {
         params: BridgeParams,
     ) -> DataBridge {
         let client = match client {
-            ClientSide::Passive { lease, listener } => Side::Listen(listener, lease),
+            ClientSide::Passive(lease) => Side::Listen(lease),
             ClientSide::Active {
                 target,
                 source,
@@ -121,7 +121,7 @@ impl DataBridge {
                 // cancelled; the backend's resets (see `Backend::connect_data`).
                 // The lease, inside `client`, is dropped once the client's connection is in (or
                 // with `run`): always before the session can relay 226, so a client may PASV
-                // again at once.
+                // again at once, and the port is free for its address's next PASV.
                 let outcome = tokio::select! {
                     r = run(client, backend, &params, start_rx, &counter, &facts) => r,
                     _ = cancel_rx => Err(BridgeError::Cancelled),
@@ -159,8 +159,8 @@ impl DataBridge {
         }
     }
 
-    /// Stops the bridge and waits until its port is back in the pool, so a PASV that replaces
-    /// this one can lease it again at once (a one-port pool must not report itself full).
+    /// Stops the bridge and waits until its lease is released, so a PASV that replaces this one
+    /// can lease the same port again at once (on a one-port pool it must).
     pub(crate) async fn cancel(self) {
         let DataBridge { done, _cancel, .. } = self;
         drop(_cancel);
@@ -183,7 +183,7 @@ impl DataBridge {
 
 /// [`ClientSide`] as the task holds it.
 enum Side {
-    Listen(TcpListener, Lease),
+    Listen(Lease),
     Connect(SocketAddr, IpAddr, Option<RangeInclusive<u16>>),
 }
 
@@ -217,7 +217,7 @@ async fn run(
         let backend = match backend {
             BackendSide::Connected(tcp) => tcp,
             BackendSide::Listening(listener, backend_ip) => {
-                let tcp = timeout(limit, accept_from(&listener, backend_ip, None, params))
+                let tcp = timeout(limit, accept_from(&listener, backend_ip, &params.metrics))
                     .await
                     .map_err(|_| BridgeError::Backend(io::ErrorKind::TimedOut.into()))?
                     .map_err(BridgeError::Backend)?;
@@ -239,12 +239,11 @@ async fn run(
             .map_err(BridgeError::BackendHandshake)
     };
     let (mut client, mut backend, direction) = match client {
-        Side::Listen(listener, lease) => {
+        Side::Listen(mut lease) => {
             let client_side = async {
-                let client = passed(accept_client(&listener, params, deadline).await?);
-                // The port goes back now: this connection keeps it as its own local port, and
-                // the next lease binds beside it.
-                drop(listener);
+                let client = passed(accept_client(&mut lease, params, deadline).await?);
+                // Released now: the next connection from this address to this port is for
+                // its next PASV.
                 drop(lease);
                 Ok(client)
             };

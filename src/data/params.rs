@@ -1,11 +1,10 @@
 //! What the session tells a bridge when it starts it: who may connect, with what TLS, and the
 //! limits every wait and every copy is held to.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Networks, ReuseMode};
+use crate::config::ReuseMode;
 use crate::metrics::Metrics;
 use crate::tls::backend::BackendSession;
 use crate::tls::binding::Siblings;
@@ -13,8 +12,6 @@ use crate::tls::data::DataConfig;
 
 /// What the session tells a bridge when it is created.
 pub(crate) struct BridgeParams {
-    /// Only this address may connect (the control connection's peer).
-    pub client_ip: IpAddr,
     /// `Some` for PROT P: this FTP session's own TLS config.
     pub tls: Option<DataConfig>,
     pub reuse: ReuseMode,
@@ -29,8 +26,6 @@ pub(crate) struct BridgeParams {
     /// `Some` when the backend's data connections are TLS (backend PROT P).
     pub backend_tls: Option<BackendSession>,
     pub metrics: Arc<Metrics>,
-    /// Balancers whose PROXY headers name the client on a data connection.
-    pub trusted: Networks,
     /// Hash the bytes relayed (SHA-256, for the audit log).
     pub hash: bool,
 }

@@ -1,11 +1,13 @@
 //! `ftpsgate probe`: the client's side of `doctor`, for any FTPS server, ftpsgate or not. It
 //! walks what a client does (connect, TLS, login, PROT P, PASV, EPSV, a listing, a small
 //! download, active mode on request) and says at each step what worked, what did not, and what
-//! to change: above all the classic NAT fault, a 227 naming an address the client cannot reach.
+//! to change: above all the classic NAT fault, a 227 naming an address the client cannot reach;
+//! and at the end, whether every passive reply named one port or several (`ports`).
 //! docs/ARCHITECTURE.md ("probe") has the order of the steps and why.
 
 mod client;
 mod data;
+mod ports;
 mod session;
 mod target;
 mod tls;
@@ -35,6 +37,7 @@ pub async fn run(opts: &Options) -> Vec<Check> {
     let mut probe = Probe {
         opts,
         out: Vec::new(),
+        ports: Vec::new(),
     };
     let _ = probe.walk().await;
     probe.out
@@ -92,6 +95,8 @@ struct Stop;
 struct Probe<'a> {
     opts: &'a Options,
     out: Vec<Check>,
+    /// The port of every PASV and EPSV reply, in order (see `ports`).
+    ports: Vec<u16>,
 }
 
 impl Probe<'_> {
@@ -136,6 +141,7 @@ impl Probe<'_> {
         if let Some(way) = way {
             self.reuse(&mut ctl, &tls, way).await;
         }
+        self.passive_ports();
         let _ = ctl.cmd("QUIT").await;
         Ok(())
     }

@@ -39,6 +39,7 @@ impl Probe<'_> {
             )
             .await
             .map(SocketAddr::V4)?;
+        self.named(advertised.port());
         let to = SocketAddr::new(reached, advertised.port());
         let follows = format!("clients that use the 227's address connect to {}, which the probe does not (it connects to {to}, as curl does by default)", advertised.ip());
         let named = advertised.ip();
@@ -99,6 +100,7 @@ impl Probe<'_> {
                 "IPv6 clients need EPSV; IPv4 clients fall back to PASV",
             )
             .await?;
+        self.named(port);
         let to = SocketAddr::new(ctl.peer.ip(), port);
         match dial(to, self.opts.timeout).await {
             Ok((tcp, took)) => {
@@ -214,6 +216,7 @@ impl Probe<'_> {
                 SocketAddr::new(reached, a.port())
             }
         };
+        self.named(to.port());
         dial(to, self.opts.timeout)
             .await
             .map(|(tcp, _)| tcp)

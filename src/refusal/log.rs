@@ -39,7 +39,7 @@ impl Refusal {
             LowPort { command, target } => {
                 warn!(%command, %target, "refused active-mode port below 1024 (FTP bounce)")
             }
-            PoolFull(e) => warn!(error = %e, "passive pool exhausted"),
+            PoolFull(e) => warn!(error = %e, "passive pool full for this address"),
             PassivePerAddress(e) => warn!(error = %e, "passive port refused: per-address limit"),
             DataLost { command, error } => {
                 info!(%command, %error, "data connection gone before the transfer")

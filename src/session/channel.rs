@@ -134,18 +134,20 @@ impl DataChannel {
         Ok(Reply::new(200, &format!("{command} command successful.")).into())
     }
 
-    /// PASV and EPSV: lease a pool port and start the bridge.
+    /// PASV and EPSV: lease a pool port for the client's address (waiting, bounded, while
+    /// every port is pending for it) and start the bridge.
     async fn open_passive(&mut self, s: Parts<'_>) -> Result<u16, Halt> {
         self.prepare(&s).await?;
-        let client = s.ctx.access.client_key(s.client.peer.ip());
-        let (lease, listener) = match s.ctx.pool.lease(s.client.local.ip(), client) {
+        let peer = s.client.peer.ip();
+        let client = s.ctx.access.client_key(peer);
+        let wait = s.ctx.settings.timeouts.passive_wait();
+        let lease = match s.ctx.pool.lease(peer, client, wait).await {
             Ok(l) => l,
-            Err(e @ PoolError::Exhausted(..)) => return Err(Refusal::PoolFull(e).into()),
+            Err(e @ PoolError::Exhausted { .. }) => return Err(Refusal::PoolFull(e).into()),
             Err(e @ PoolError::PerAddress(..)) => return Err(Refusal::PassivePerAddress(e).into()),
         };
         let port = lease.port();
-        self.start_bridge(ClientSide::Passive { lease, listener }, s)
-            .await?;
+        self.start_bridge(ClientSide::Passive(lease), s).await?;
         Ok(port)
     }
 
@@ -170,7 +172,6 @@ impl DataChannel {
         let backend_tls = account.backend.data_tls();
         let backend = backend_data(s.ctx, account).await?;
         let params = BridgeParams {
-            client_ip: s.client.peer.ip(),
             tls: s.security.data_config(),
             reuse: s.ctx.settings.tls.data_session_reuse,
             accept_timeout: t.data_connection(),
@@ -179,7 +180,6 @@ impl DataChannel {
             siblings,
             backend_tls,
             metrics: Arc::clone(&s.ctx.metrics),
-            trusted: s.ctx.settings.proxy_protocol.trusted.clone(),
             hash: s.ctx.audit.hashes(),
         };
         self.pending = Some(Pending {

@@ -70,7 +70,13 @@ impl TestGateway {
         let overrides = Overrides {
             listen: vec![local, local6],
             implicit_listen: vec![local],
-            passive_ports: Some("41000-41999".parse().expect("range")),
+            // One data port of its own, as the README recommends (a tweak may set a range).
+            passive_ports: Some(
+                crate::net::free_low_port()
+                    .to_string()
+                    .parse()
+                    .expect("port"),
+            ),
             cert: Some(cert.clone()),
             key: Some(key),
             ..Default::default()
@@ -102,7 +108,7 @@ impl TestGateway {
                 if ours {
                     settings.backend.addresses = vec![addr.into()];
                 }
-                let gateway = Gateway::bind(settings).await.expect("gateway binds");
+                let gateway = bind(settings).await;
                 let explicit = gateway.local_addrs(Mode::Explicit);
                 let implicit = gateway.local_addrs(Mode::Implicit)[0];
                 addrs_tx
@@ -161,6 +167,24 @@ impl Drop for TestGateway {
             let _ = t.join();
         }
     }
+}
+
+/// Binds the gateway. Its passive port was free when picked, but another test may bind it
+/// first: then the gateway gets another (a tweak's own range is kept as it is).
+async fn bind(mut settings: Settings) -> Gateway {
+    let ours = settings.passive.ports.0.start() == settings.passive.ports.0.end();
+    for _ in 0..20 {
+        match Gateway::bind(settings.clone()).await {
+            Ok(gateway) => return gateway,
+            Err(ftpsgate::server::StartError::Passive(e)) if ours => {
+                eprintln!("passive port taken meanwhile ({e}); picking another");
+                let port = crate::net::free_low_port();
+                settings.passive.ports.0 = port..=port;
+            }
+            Err(e) => panic!("gateway binds: {e}"),
+        }
+    }
+    panic!("no free passive port for the gateway after 20 tries");
 }
 
 /// A suppaftp (rustls) FTPS session to the gateway at `addr`, logged in as the test user, in
