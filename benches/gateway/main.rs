@@ -101,7 +101,7 @@ impl Plan {
                     small_files: 200,
                     at_once_bytes: 4 << 20,
                     sources: 100,
-                    rounds: 5,
+                    rounds: 9,
                 },
                 only,
                 rows,
