@@ -2,6 +2,8 @@
 //! its own lab with deploy/natlab/natlab.sh (network namespaces: a client on "the internet" with
 //! no route but to the public /25, one or two NAT routers, the gateway's host, the internal FTP
 //! server; documentation-range addresses only) and tears it down when it ends, failed or not.
+//! The gateway's `passive.ports` is one port, the only data port the routers forward: every
+//! passive transfer of every client crosses the NAT through it, eight at once in places.
 //! Needs root, iproute2 and nftables: a skip on a laptop without them, a failure in CI.
 
 #![allow(
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 use support::files::sha256_file;
 use support::net::wait_for_port_in;
+use support::peers::bounded;
 use support::process::{has_lines, have, run_ok, KillOnDrop};
 use support::servers::{FtpServer, VsTls};
 use support::{PASSWORD, USER};
@@ -29,8 +32,13 @@ const GATEWAY_HOST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 const SERVER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 /// The inner router's outside address in a double NAT: the outer one forwards there.
 const INNER_ROUTER: &str = "203.0.113.130";
-const PASSIVE: &str = "20000-20019";
+/// The gateway's one data port (`passive.ports`): the routers forward it and nothing more, and
+/// every passive transfer of every client goes through it.
+const PASSIVE: &str = "20000";
 const SIZE: usize = 300_000;
+/// How long one run of a client without a whole-run limit of its own (ftplib, lftp, rclone)
+/// may take.
+const PEER_LIMIT: Duration = Duration::from_secs(180);
 
 fn natlab() -> Command {
     let mut cmd = Command::new("bash");
@@ -298,7 +306,8 @@ fn probe_in(lab: &Lab, args: &[&str]) -> (bool, String) {
 
 /// Downloads and uploads `file.bin` in each way a client reaches the gateway, and checks both
 /// by hash: curl with explicit FTPS over PASV and over EPSV, and with implicit FTPS; ftplib in
-/// active mode (PORT, the gateway connecting out through the NAT). Not curl for that one: the
+/// active mode (PORT, the gateway connecting out through the NAT), and eight ftplib sessions
+/// uploading and downloading at once through the one data port. Not curl for that one: the
 /// curl of Debian 12 (7.88.1) fails every active FTPS transfer, straight to vsftpd too, with
 /// "sa_addr inet_ntop() failed" (curl issue 10622, fixed in 8.0).
 fn every_mode(lab: &Lab, gw: &NsGateway, vs: &FtpServer, want: &str) {
@@ -324,6 +333,14 @@ fn every_mode(lab: &Lab, gw: &NsGateway, vs: &FtpServer, want: &str) {
         assert_eq!(sha256_file(&vs.root.join(&name)), want, "curl {tag} upload");
     }
     ftplib_in(lab, gw, vs, "roundtrip", &["--active"]);
+    // Eight sessions at once from the one client address, through the one forwarded port.
+    ftplib_in(
+        lab,
+        gw,
+        vs,
+        "parallel",
+        &["--count", "8", "--size", "300000"],
+    );
 }
 
 /// One scenario of tests/py/scenarios.py (Python's ftplib, hash-checked both ways) from the
@@ -333,7 +350,8 @@ fn ftplib_in(lab: &Lab, gw: &NsGateway, vs: &FtpServer, scenario: &str, extra: &
         return;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/scenarios.py");
-    run_ok(
+    run_ok(&mut bounded(
+        PEER_LIMIT,
         lab.cmd("client", "python3")
             .arg(&script)
             .arg(scenario)
@@ -344,7 +362,7 @@ fn ftplib_in(lab: &Lab, gw: &NsGateway, vs: &FtpServer, scenario: &str, extra: &
             .arg(&vs.root)
             .args(["--sizes", &format!("0,1,{SIZE}")])
             .args(extra),
-    );
+    ));
 }
 
 /// The backend's address as the gateway host reaches it.
@@ -484,13 +502,16 @@ fn the_fix_ftpsgate_behind_the_nat_serves_curl_lftp_ftplib_and_rclone() {
         }
         let got = work.path().join(format!("lftp-{tag}.bin"));
         let up = format!("lftp-up-{tag}.bin");
-        run_ok(lab.cmd("client", "lftp").arg("-c").arg(format!(
-            "set ssl:ca-file {ca}; set ftp:ssl-force true; set ftp:ssl-protect-data true; \
-             set net:max-retries 1; set net:timeout 20; set cmd:fail-exit true; \
-             open -u {USER},{PASSWORD} {url}; get file.bin -o {got}; put {got} -o {up}",
-            ca = gw.ca.display(),
-            got = got.display()
-        )));
+        run_ok(&mut bounded(
+            PEER_LIMIT,
+            lab.cmd("client", "lftp").arg("-c").arg(format!(
+                "set ssl:ca-file {ca}; set ftp:ssl-force true; set ftp:ssl-protect-data true; \
+                 set net:max-retries 1; set net:timeout 20; set cmd:fail-exit true; \
+                 open -u {USER},{PASSWORD} {url}; get file.bin -o {got}; put {got} -o {up}",
+                ca = gw.ca.display(),
+                got = got.display()
+            )),
+        ));
         assert_eq!(sha256_file(&got), want, "lftp {tag} download");
         assert_eq!(sha256_file(&vs.root.join(&up)), want, "lftp {tag} upload");
     }
@@ -511,11 +532,12 @@ fn the_fix_ftpsgate_behind_the_nat_serves_curl_lftp_ftplib_and_rclone() {
             (format!("{remote}file.bin"), got.display().to_string()),
             (got.display().to_string(), format!("{remote}{up}")),
         ] {
-            run_ok(
+            run_ok(&mut bounded(
+                PEER_LIMIT,
                 lab.cmd("client", "rclone")
                     .args(["--config", "/dev/null", "--retries", "1"])
                     .args(["--low-level-retries", "1", "copyto", &from, &to]),
-            );
+            ));
         }
         assert_eq!(sha256_file(&got), want, "rclone {tag} download");
         assert_eq!(sha256_file(&vs.root.join(&up)), want, "rclone {tag} upload");
@@ -529,6 +551,8 @@ fn the_fix_ftpsgate_behind_the_nat_serves_curl_lftp_ftplib_and_rclone() {
             "[ ok ] PASV: 227 names 203.0.113.1:",
             "[ ok ] download: RETR ",
             "[ ok ] active: the server connected back from 203.0.113.1:",
+            // Seen from outside the NAT: one data port for every transfer.
+            &format!("[ ok ] passive ports: every passive reply named port {PASSIVE} ("),
             "summary: 0 failed, 0 warned",
         ],
     );
@@ -587,10 +611,12 @@ fn curl_download(lab: &Lab, gw: &NsGateway, flags: &[&str]) -> CurlRun {
 }
 
 #[test]
-fn broken_on_purpose_a_dropped_passive_range_times_out() {
+fn broken_on_purpose_a_dropped_data_port_times_out() {
     let Some((lab, _vs, gw)) = broken_lab(
         PUBLIC,
-        Some("insert rule inet lab forward tcp dport 20000-20019 drop"),
+        Some(&format!(
+            "insert rule inet lab forward tcp dport {PASSIVE} drop"
+        )),
     ) else {
         return;
     };
@@ -614,10 +640,12 @@ fn broken_on_purpose_a_dropped_passive_range_times_out() {
 }
 
 #[test]
-fn broken_on_purpose_a_rejected_passive_range_is_refused() {
+fn broken_on_purpose_a_rejected_data_port_is_refused() {
     let Some((lab, _vs, gw)) = broken_lab(
         PUBLIC,
-        Some("insert rule inet lab forward tcp dport 20000-20019 reject with tcp reset"),
+        Some(&format!(
+            "insert rule inet lab forward tcp dport {PASSIVE} reject with tcp reset"
+        )),
     ) else {
         return;
     };

@@ -1,8 +1,8 @@
 //! PROXY protocol with a real peer, Debian's HAProxy in TCP mode, both ways:
 //! - scale-out: two replicas behind HAProxy, which sends PROXY v2 on the control port and on
-//!   each replica's slice of the passive range; 100 sessions from a client address the
-//!   replicas only learn from the headers, every byte hash-checked, and a port thief at another
-//!   address refused through the same balancer;
+//!   each replica's one data port (its slice of `passive.ports`); 100 sessions from a client
+//!   address the replicas only learn from the headers, every byte hash-checked, and a port
+//!   thief at another address, also through the balancer, closed unclaimed;
 //! - toward a backend that wants it: the gateway sends v1 or v2 to HAProxy (`accept-proxy`) in
 //!   front of vsftpd, and HAProxy's own log names the real client.
 
@@ -22,12 +22,13 @@ use std::time::{Duration, Instant};
 use support::admin::{scrape, value};
 use support::gateway::{BackendKind, TestGateway};
 use support::net::free_port;
+use support::peers::bounded;
 use support::process::{have, run_ok, KillOnDrop};
 use support::servers::{FtpServer, VsTls};
 
-/// The whole passive range; replica i owns the i-th HALF.
-const PASSIVE: (u16, u16) = (19000, 19099);
-const HALF: u16 = 50;
+/// The whole passive range, one port per replica: replica i owns port `PASSIVE.0 + i`, and
+/// every transfer it carries goes through it.
+const PASSIVE: (u16, u16) = (19000, 19001);
 
 /// One replica; all of them serve the same certificate, as replicas behind one name do.
 fn replica(backend: &FtpServer, index: u16, cert: &(PathBuf, PathBuf)) -> TestGateway {
@@ -86,12 +87,11 @@ fn two_replicas_behind_haproxy_serve_100_sessions_whole() {
         cfg += &format!("  server r{i} {} send-proxy-v2\n", r.explicit);
     }
     for (i, r) in replicas.iter().enumerate() {
-        let lo = PASSIVE.0 + i as u16 * HALF;
         // No port on the server: each connection goes to the port it arrived on.
         cfg += &format!(
-            "frontend data{i}\n  bind 127.0.0.1:{lo}-{}\n  default_backend data{i}\n\
+            "frontend data{i}\n  bind 127.0.0.1:{}\n  default_backend data{i}\n\
              backend data{i}\n  server r{i} {} send-proxy-v2\n",
-            lo + HALF - 1,
+            PASSIVE.0 + i as u16,
             r.explicit.ip()
         );
     }
@@ -105,7 +105,8 @@ fn two_replicas_behind_haproxy_serve_100_sessions_whole() {
     let ca = args.iter().position(|a| a == "--ca").expect("--ca") + 1;
     args[ca] = pair.0.display().to_string();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/scenarios.py");
-    let out = run_ok(
+    let out = run_ok(&mut bounded(
+        Duration::from_secs(300),
         Command::new("python3")
             .arg(script)
             .arg("balanced")
@@ -118,33 +119,31 @@ fn two_replicas_behind_haproxy_serve_100_sessions_whole() {
                 "--thief",
                 "127.0.0.7",
             ]),
-    );
+    ));
     let said = String::from_utf8_lossy(&out.stdout);
     println!("{}", said.trim());
     assert!(said.contains("balanced: 100 sessions ok"), "{said}");
     // Each replica served its share, and every transfer it carried ended well.
-    let (mut sessions, mut thieves_refused) = (0, 0);
+    let (mut sessions, mut thieves) = (0, 0);
     for (i, r) in replicas.iter().enumerate() {
         let m = scrape(r.admin.expect("admin listener"));
         let count = |name, labels: &[(&str, &str)]| value(&m, name, labels) as u64;
         let served = count("ftpsgate_sessions_total", &[]);
         let ok = count("ftpsgate_transfers_total", &[("outcome", "ok")]);
         let bad = count("ftpsgate_transfers_total", &[]) - ok;
-        let thieves = count(
-            "ftpsgate_refusals_total",
-            &[("reason", "data_from_other_address")],
-        );
+        let unclaimed = count("ftpsgate_passive_unclaimed_connections_total", &[]);
+        let pending = count("ftpsgate_passive_leases_in_use", &[]);
         println!(
-            "replica {i} ({}, ports {}-{}): {served} sessions, {ok} transfers ok, {bad} not, \
-             {thieves} data connections from another address refused",
+            "replica {i} ({}, data port {}): {served} sessions, {ok} transfers ok, {bad} not, \
+             {unclaimed} data connections from an address without a lease closed",
             r.explicit,
-            PASSIVE.0 + i as u16 * HALF,
-            PASSIVE.0 + (i as u16 + 1) * HALF - 1
+            PASSIVE.0 + i as u16,
         );
         assert!(served >= 40, "replica {i} served {served} sessions");
         assert_eq!(bad, 0, "replica {i}");
+        assert_eq!(pending, 0, "replica {i}: leases left pending");
         sessions += served;
-        thieves_refused += thieves;
+        thieves += unclaimed;
     }
     // The 100, and perhaps the connection that waited for HAProxy to listen (HAProxy may or
     // may not have passed it on before it closed).
@@ -152,7 +151,7 @@ fn two_replicas_behind_haproxy_serve_100_sessions_whole() {
         (100..=101).contains(&sessions),
         "{sessions} sessions across the replicas"
     );
-    assert_eq!(thieves_refused, 1, "the port thief");
+    assert_eq!(thieves, 1, "the port thief");
 }
 
 /// Starts HAProxy on `cfg`, with its log on a pipe; waits for `port`.
@@ -205,13 +204,14 @@ fn backends_that_want_proxy_protocol_learn_the_real_client() {
         let root = args.iter().position(|a| a == "--root").expect("--root") + 1;
         args[root] = vs.root.display().to_string();
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/scenarios.py");
-        run_ok(
+        run_ok(&mut bounded(
+            Duration::from_secs(120),
             Command::new("python3")
                 .arg(script)
                 .arg("balanced")
                 .args(&args)
                 .args(["--count", "2", "--source", source]),
-        );
+        ));
         // HAProxy logs a TCP session when it ends: the client address is the header's.
         let wanted = format!("{source}:");
         let seen = (0..100).any(|_| {

@@ -7,6 +7,7 @@ as FileZilla, lftp and curl do, so both behaviours are covered.
 """
 
 import argparse
+import concurrent.futures
 import ftplib
 import hashlib
 import io
@@ -155,6 +156,38 @@ def s_roundtrip(args):
                 check(sha(f.read()) == sha(data), f"{name}: stored file differs")
         ftp.quit()
     print("roundtrip ok", args.sizes)
+
+
+def s_parallel(args):
+    """--count sessions at once from one address, each on a thread of its own: STOR --size
+    bytes (plus its index) of its own, RETR them back, both hash-checked, the stored file too;
+    PASV and EPSV alternating. --plain: ftplib's own FTP_TLS, whose data connections never
+    resume TLS (the gateway must allow that)."""
+    cls = ftplib.FTP_TLS if args.plain else ReusingFTP_TLS
+    kind = "plain" if args.plain else "reuse"
+
+    def one(i):
+        try:
+            ftp = login(args, cls=cls)
+            if i % 2:
+                ftp.makepasv = lambda f=ftp: ftplib.parse229(f.sendcmd("EPSV"), f.sock.getpeername())
+            data = pattern(args.size + i)
+            name = f"py-parallel-{kind}-{i}.bin"
+            ftp.storbinary(f"STOR {name}", io.BytesIO(data))
+            if sha(download(ftp, name)) != sha(data):
+                return f"{name}: downloaded bytes differ"
+            with open(os.path.join(args.root, name), "rb") as f:
+                if sha(f.read()) != sha(data):
+                    return f"{name}: stored bytes differ"
+            ftp.quit()
+            return None
+        except Exception as e:  # a failed session is reported with the others, not lost
+            return f"session {i}: {type(e).__name__}: {e}"
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.count) as pool:
+        failed = [r for r in pool.map(one, range(args.count)) if r]
+    check(not failed, "; ".join(failed))
+    print(f"parallel ok: {args.count} {kind} sessions at once")
 
 
 def s_implicit(args):
@@ -886,6 +919,7 @@ def main():
     p.add_argument("--root", required=True)
     p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 1 << 20])
     p.add_argument("--mlsd", action="store_true")
+    p.add_argument("--plain", action="store_true", help="parallel: ftplib's FTP_TLS, no TLS reuse")
     p.add_argument("--count", type=int, default=20)
     p.add_argument("--size", type=int, default=10 << 20)
     p.add_argument("--expect-feat", action="append", default=[])

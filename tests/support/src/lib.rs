@@ -1,7 +1,8 @@
 //! The tests' and the benchmark's shared harness, one module per concern: a gateway in-process
 //! and the binary's command line (`gateway`), real backends (`servers`) and scripted ones
 //! (`scripted`), running peers (`process`), files by hash (`files`), loopback ports (`net`),
-//! certificates (`pki`), the admin listener (`admin`), curl (`curl`), and talking FTP by hand:
+//! certificates (`pki`), the admin listener (`admin`), curl (`curl`), client programs bounded in
+//! time and the tests' own Java and Node clients (`peers`), and talking FTP by hand:
 //! one control connection (`control`), an FTPS session on it (`ftps`) and the benchmark's fast
 //! transfer client (`transfer`).
 //!
@@ -18,6 +19,7 @@ pub mod files;
 pub mod ftps;
 pub mod gateway;
 pub mod net;
+pub mod peers;
 pub mod pki;
 pub mod process;
 pub mod scripted;
