@@ -2,12 +2,13 @@
 //! gateway against going straight to the backend, and the CPU per GiB it costs against
 //! ProFTPD mod_proxy and the machine's floor (a socat relay plus one core's AES-256-GCM), full
 //! sessions per second, memory per idle TLS session, the latency the gateway adds to a control
-//! command, and this machine's floor (loopback TCP, one core's AES-GCM).
+//! command, a single passive port against 100 (small files, parallel downloads, many client
+//! addresses), and this machine's floor (loopback TCP, one core's AES-GCM).
 //!
 //! `cargo bench --bench gateway` runs it in full (1 GiB transfers, 1,000 and 10,000 sessions);
 //! `-- --smoke` runs a small version to prove the harness works; `-- --only sessions,noop` runs
-//! only the named parts (floor, throughput, sessions, idle, noop, handshakes), for profiling one
-//! of them;
+//! only the named parts (floor, throughput, sessions, idle, noop, ports, handshakes), for
+//! profiling one of them;
 //! `-- --only throughput --rows ftpsgate_tls_to_plain` only the named throughput rows
 //! (`ftpsgate_tls_to_plain_8_at_once` names the eight at once and the LIST cost). With
 //! `FTPSGATE_BIN=path` the gateways are that build instead of this one: run the same rows with
@@ -33,6 +34,7 @@ mod floor;
 mod handshakes;
 mod idle;
 mod noop;
+mod ports;
 mod rig;
 mod sessions;
 mod throughput;
@@ -52,6 +54,7 @@ struct Plan {
     idle_counts: Vec<usize>,
     noops: usize,
     handshakes: handshakes::Sizes,
+    ports: ports::Sizes,
     /// The parts to run (`--only a,b`); empty runs them all.
     only: Vec<String>,
     /// The throughput rows to run (`--rows ftpsgate_tls_to_plain,...`, names as printed);
@@ -73,6 +76,12 @@ impl Plan {
                     window: 100,
                     wait_grace: false,
                 },
+                ports: ports::Sizes {
+                    small_files: 20,
+                    at_once_bytes: 1 << 20,
+                    sources: 10,
+                    rounds: 1,
+                },
                 only,
                 rows,
             }
@@ -87,6 +96,12 @@ impl Plan {
                     total: 100_000,
                     window: 10_000,
                     wait_grace: true,
+                },
+                ports: ports::Sizes {
+                    small_files: 200,
+                    at_once_bytes: 4 << 20,
+                    sources: 100,
+                    rounds: 9,
                 },
                 only,
                 rows,
@@ -204,6 +219,9 @@ async fn measure(
     }
     if plan.runs("noop") {
         noop::measure(plan, &rig, report).await?;
+    }
+    if plan.runs("ports") {
+        ports::measure(plan, &rig, report).await?;
     }
     // mod_proxy's processes are gone before the handshakes' CPU is counted.
     drop(rig.mod_proxy.take());

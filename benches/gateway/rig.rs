@@ -27,10 +27,21 @@ pub(crate) struct Gateway {
 }
 
 impl Gateway {
-    /// `extra`: more flags (backend TLS, the audit log).
+    /// `extra`: more flags (backend TLS, the audit log). Passive ports: 40 of 42000-43999.
     pub(crate) fn start(backend: SocketAddr, cert: &Path, key: &Path, extra: &[String]) -> Gateway {
+        let lo = 42000 + (free_port() % 50) * 40;
+        Gateway::with_pool(backend, cert, key, (lo, 40), extra)
+    }
+
+    /// [`Gateway::start`] with the passive ports `pool` (first, how many).
+    pub(crate) fn with_pool(
+        backend: SocketAddr,
+        cert: &Path,
+        key: &Path,
+        pool: (u16, u16),
+        extra: &[String],
+    ) -> Gateway {
         let port = free_port();
-        let lo = 42000 + (port % 50) * 40;
         // The idle-session measure opens thousands of sessions from one address, and the
         // session-rate one holds up to 32 passive leases from it at once.
         let config = cert.with_file_name(format!("bench-{port}.toml"));
@@ -42,7 +53,7 @@ impl Gateway {
         .expect("bench config");
         let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let program = env!("CARGO_BIN_EXE_ftpsgate");
-        let mut cmd = gateway_command(program, listen, backend, (lo, 40), cert, key);
+        let mut cmd = gateway_command(program, listen, backend, pool, cert, key);
         cmd.arg("--config")
             .arg(&config)
             .env("FTPSGATE_LOG", "warn")
@@ -106,8 +117,8 @@ pub(crate) struct Rig {
     pub gw_ca: Vec<CertificateDer<'static>>,
     /// The certificate, the audit log, the idle part's libunftp root.
     pub work: TempDir,
-    /// vsftpd with FTPS, kept running for `direct_ftps` and `gw_tls`.
-    _ftps: FtpServer,
+    /// vsftpd with FTPS, behind `direct_ftps` and `gw_tls`.
+    pub ftps: FtpServer,
     pub plain: FtpServer,
 }
 
@@ -185,7 +196,7 @@ impl Rig {
             key,
             gw_ca,
             work,
-            _ftps: ftps,
+            ftps,
             plain,
         })
     }
