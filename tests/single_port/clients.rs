@@ -13,6 +13,7 @@ use support::files::{random_file, sha256_file};
 use support::gateway::TestGateway;
 use support::peers::{basic_ftp, bounded, commons_net};
 use support::process::{have, run_ok};
+use support::servers::FtpServer;
 use support::{PASSWORD, USER};
 
 use super::{metric, no_lease_left, one_port_gateway};
@@ -73,14 +74,25 @@ fn all_succeed(children: Vec<(String, Child)>) {
     }
 }
 
-/// The histogram of PASV/EPSV waits for the port (every lease is observed, most at once), as
-/// a line for the test's output.
-fn waits(gw: &TestGateway) -> String {
-    format!(
-        "{} PASV/EPSV, {:.2} s waiting for the port in all",
+/// What a client's test runs on: the client `tool` installed (or a loud skip), vsftpd behind a
+/// one-port gateway requiring TLS session reuse, and a scratch directory.
+fn with_client(tool: &str) -> Option<(FtpServer, TestGateway, tempfile::TempDir)> {
+    if !have(tool) {
+        return None;
+    }
+    let (vs, gw) = one_port_gateway(ReuseMode::Require)?;
+    Some((vs, gw, tempfile::tempdir().expect("tempdir")))
+}
+
+/// The end of a parallel client's test: no lease left pending, and `what` it did printed with
+/// the histogram of PASV/EPSV waits for the port (every lease is observed, most at once).
+fn done(gw: &TestGateway, what: &str) {
+    no_lease_left(gw);
+    println!(
+        "{what}; {} PASV/EPSV, {:.2} s waiting for the port in all",
         metric(gw, "ftpsgate_passive_wait_seconds_count"),
         metric(gw, "ftpsgate_passive_wait_seconds_sum")
-    )
+    );
 }
 
 /// rclone's on-the-fly remote for the gateway, explicit or implicit TLS.
@@ -116,13 +128,9 @@ fn rclone(args: &[&str]) -> String {
 
 #[test]
 fn rclone_copies_a_tree_up_and_back_with_8_transfers_through_one_port() {
-    if !have("rclone") {
-        return;
-    }
-    let Some((vs, gw)) = one_port_gateway(ReuseMode::Require) else {
+    let Some((vs, gw, work)) = with_client("rclone") else {
         return;
     };
-    let work = tempfile::tempdir().expect("tempdir");
     let src = work.path().join("src");
     let files = tree(&src);
     let at_once = ["--transfers", "8", "--checkers", "8"];
@@ -139,22 +147,14 @@ fn rclone_copies_a_tree_up_and_back_with_8_transfers_through_one_port() {
         rclone(&[&["copy", &remote, &dest][..], &at_once].concat());
         same_tree(&back, &files, tag);
     }
-    no_lease_left(&gw);
-    println!(
-        "rclone: 24 files up, checked and back, 8 at once; {}",
-        waits(&gw)
-    );
+    done(&gw, "rclone: 24 files up, checked and back, 8 at once");
 }
 
 #[test]
 fn lftp_mirrors_a_tree_up_and_back_with_8_at_once_through_one_port() {
-    if !have("lftp") {
-        return;
-    }
-    let Some((vs, gw)) = one_port_gateway(ReuseMode::Require) else {
+    let Some((vs, gw, work)) = with_client("lftp") else {
         return;
     };
-    let work = tempfile::tempdir().expect("tempdir");
     let src = work.path().join("src");
     let files = tree(&src);
     for (tag, epsv, open) in [
@@ -183,22 +183,17 @@ fn lftp_mirrors_a_tree_up_and_back_with_8_at_once_through_one_port() {
         same_tree(&vs.root.join(format!("lftp-{tag}")), &files, tag);
         same_tree(&back, &files, tag);
     }
-    no_lease_left(&gw);
-    println!(
-        "lftp: mirror -R and mirror, 8 at once, PASV, EPSV, implicit; {}",
-        waits(&gw)
+    done(
+        &gw,
+        "lftp: mirror -R and mirror, 8 at once, PASV, EPSV, implicit",
     );
 }
 
 #[test]
 fn curl_downloads_and_uploads_8_at_once_through_one_port() {
-    if !have("curl") {
-        return;
-    }
-    let Some((vs, gw)) = one_port_gateway(ReuseMode::Require) else {
+    let Some((vs, gw, work)) = with_client("curl") else {
         return;
     };
-    let work = tempfile::tempdir().expect("tempdir");
     let explicit = format!("ftp://{USER}:{PASSWORD}@127.0.0.1:{}/", gw.explicit.port());
     let implicit = format!("ftps://{USER}:{PASSWORD}@127.0.0.1:{}/", gw.implicit.port());
     for (tag, base, flags) in [
@@ -235,10 +230,9 @@ fn curl_downloads_and_uploads_8_at_once_through_one_port() {
             assert_eq!(sha256_file(&path), hash, "{}", path.display());
         }
     }
-    no_lease_left(&gw);
-    println!(
-        "curl: 4 downloads and 4 uploads at once, EPSV, PASV, implicit; {}",
-        waits(&gw)
+    done(
+        &gw,
+        "curl: 4 downloads and 4 uploads at once, EPSV, PASV, implicit",
     );
 }
 
@@ -388,13 +382,9 @@ fn basic_ftp_8_clients_at_once_through_one_port() {
 /// GNU wget downloads only: four at once, explicit and implicit, hash-checked.
 #[test]
 fn wget_4_downloads_at_once_through_one_port() {
-    if !have("wget") {
-        return;
-    }
-    let Some((vs, gw)) = one_port_gateway(ReuseMode::Require) else {
+    let Some((vs, gw, work)) = with_client("wget") else {
         return;
     };
-    let work = tempfile::tempdir().expect("tempdir");
     for (implicit, port) in [(false, gw.explicit.port()), (true, gw.implicit.port())] {
         let mut children = Vec::new();
         let mut want = Vec::new();
