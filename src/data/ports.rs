@@ -234,9 +234,10 @@ fn is_connection_error(e: &io::Error) -> bool {
 mod tests {
     use super::*;
     use crate::access::ClientKey;
+    use crate::config::ProxyVersion;
     use crate::metrics::Metrics;
     use std::ops::RangeInclusive;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -292,6 +293,42 @@ mod tests {
         let accepted = tokio::time::timeout(Duration::from_secs(5), lease.accept()).await;
         let accepted = accepted.expect("in time").expect("handed over");
         assert_eq!(accepted.local_addr().expect("local").port(), port);
+    }
+
+    #[tokio::test]
+    async fn a_balancers_header_names_whose_lease_a_connection_is_and_a_stalled_one_is_dropped() {
+        let pool = PassivePool::new(free_ports(1), 10, Metrics::new());
+        let mut tasks = JoinSet::new();
+        let trusted = PortSettings {
+            trusted: Networks::new(vec!["127.0.0.0/8".parse().expect("net")]),
+            header_timeout: Duration::from_millis(500),
+        };
+        start(&pool, &[LOCAL], trusted, &mut tasks).expect("bound");
+        let port = *pool.range().start();
+        let gateway = SocketAddr::new(LOCAL, port);
+        let client: SocketAddr = "192.0.2.7:40000".parse().expect("addr");
+        let key = ClientKey::of(client.ip(), 64);
+        let wait = Duration::from_secs(1);
+        let mut lease = pool.lease(client.ip(), key, wait).await.expect("lease");
+        // A balancer that sends no header is dropped once the header's time is up, counted as
+        // a bad header, and holds up nobody: the client's connection behind it still arrives.
+        let mut stalled = TcpStream::connect(gateway).await.expect("stalled");
+        let header = proxy_protocol::header(ProxyVersion::V2, Some((client, gateway)));
+        let mut balanced = TcpStream::connect(gateway).await.expect("balancer");
+        balanced
+            .write_all(&header.expect("a v2 header"))
+            .await
+            .expect("header");
+        let accepted = tokio::time::timeout(Duration::from_secs(5), lease.accept()).await;
+        accepted
+            .expect("in time")
+            .expect("the header's client's lease");
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "dropped: {read:?}");
+        let bad = pool.metrics().render();
+        assert!(bad.contains("reason=\"bad_proxy_header\"} 1"), "{bad}");
+        assert_eq!(pool.metrics().passive_unclaimed.get(), 0);
     }
 
     #[tokio::test]
