@@ -17,14 +17,10 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::error::BridgeError;
 use super::params::BridgeParams;
-use super::pool::Lease;
+use super::pool::{Lease, MAX_CANDIDATES};
 use crate::metrics::{Channel, Metrics, Reason};
 use crate::stream::Stream;
 use crate::tls::data::{self as data_tls, Policy, Refused};
-
-/// Data connections from the client's address whose TLS handshakes may run at once while the
-/// bridge waits for the one that passes.
-pub(super) const MAX_CANDIDATES: usize = 4;
 
 /// How long a completed handshake that offered no session at all leaves the client's own
 /// connection to arrive, before the wait ends with 522. Long enough for a client's connection

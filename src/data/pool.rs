@@ -28,9 +28,10 @@ use tokio::time::{timeout_at, Instant};
 use crate::access::ClientKey;
 use crate::metrics::Metrics;
 
-/// Connections from a lease's address queued for its bridge: as many as the bridge checks at
-/// once; more are closed, so a flood cannot grow a buffer.
-const QUEUE: usize = super::admit::MAX_CANDIDATES;
+/// Connections from a lease's address queued for its bridge, and as many as the bridge checks
+/// at once (`admit`); more are closed, so a flood cannot grow a buffer, and a neighbour that
+/// stalls its handshake holds up nobody.
+pub(super) const MAX_CANDIDATES: usize = 4;
 
 #[derive(Debug, Error)]
 pub enum PoolError {
@@ -243,7 +244,7 @@ impl PassivePool {
                 continue;
             }
             if let Entry::Vacant(slot) = self.pending.entry((port, source)) {
-                let (tx, arrivals) = mpsc::channel(QUEUE);
+                let (tx, arrivals) = mpsc::channel(MAX_CANDIDATES);
                 slot.insert(tx);
                 let pool = Arc::clone(self);
                 return Ok(Some(Lease {
@@ -364,7 +365,7 @@ mod tests {
         let stranger = pool.deliver(1000, ip("127.0.0.9"), stream().await);
         assert_eq!(stranger, Delivery::Unclaimed);
         assert_eq!(pool.metrics.passive_unclaimed.get(), 1);
-        for _ in 0..QUEUE {
+        for _ in 0..MAX_CANDIDATES {
             let queued = pool.deliver(1000, ip("127.0.0.1"), stream().await);
             assert_eq!(queued, Delivery::Queued);
         }
