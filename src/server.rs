@@ -255,9 +255,11 @@ impl Gateway {
             tokio::spawn(admin::serve(listener, Arc::clone(&self.ctx)))
         });
         shutdown.await;
+        // Sessions learn of the drain before the listeners close: a client that finds the port
+        // refused then finds its idle session ending too, never served one more command.
+        let _ = self.draining.send(true);
         // Listeners close here, so new connections are refused by the kernel, not left queued.
         tasks.abort_all();
-        let _ = self.draining.send(true);
         let sessions = &self.limits.sessions;
         sessions.close();
         let grace = self.ctx.settings.timeouts.shutdown_grace();

@@ -269,13 +269,15 @@ impl Session {
         let mut draining = self.ctx.draining.clone();
         loop {
             tokio::select! {
-                // Lines already received are served first; a session between commands is idle.
+                // A session between commands is idle: once the drain has begun it gets 421,
+                // even with a line waiting (a line polled first would be served, and a client
+                // could keep its session through the drain by sending one).
                 biased;
-                line = self.client.read_line() => return Ok(line?),
                 () = until_draining(&mut draining) => {
                     self.refuse(Refusal::ShuttingDown).await?;
                     return Ok(None);
                 }
+                line = self.client.read_line() => return Ok(line?),
                 reply = backend_reply(self.login.link_mut()) => {
                     let reply = reply?;
                     info!(code = reply.code(), "unsolicited backend reply relayed");
