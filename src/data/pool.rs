@@ -147,8 +147,7 @@ impl PassivePool {
     /// Marks `port`'s listeners bound (or not): only bound ports are leased. A port that comes
     /// up wakes the PASVs waiting for one.
     pub(super) fn set_up(&self, port: u16, up: bool) {
-        let slot = port.checked_sub(*self.range.start());
-        if let Some(flag) = slot.and_then(|i| self.up.get(usize::from(i))) {
+        if let Some(flag) = self.up_flag(port) {
             flag.store(up, Ordering::Release);
         }
         if up {
@@ -157,27 +156,40 @@ impl PassivePool {
     }
 
     pub(super) fn is_up(&self, port: u16) -> bool {
-        let slot = port.checked_sub(*self.range.start());
-        slot.and_then(|i| self.up.get(usize::from(i)))
+        self.up_flag(port)
             .is_some_and(|flag| flag.load(Ordering::Acquire))
+    }
+
+    /// `port`'s flag in `up`; `None` outside the range.
+    fn up_flag(&self, port: u16) -> Option<&AtomicBool> {
+        let slot = port.checked_sub(*self.range.start())?;
+        self.up.get(usize::from(slot))
     }
 
     /// Hands a connection the listener on `port` accepted from `source` to its lease.
     pub(super) fn deliver(&self, port: u16, source: IpAddr, tcp: TcpStream) -> Delivery {
-        let lease = self.pending.get(&(port, source.to_canonical()));
-        let Some(lease) = lease.as_deref().cloned() else {
+        // The sender is cloned so that no lock on the map is held past the lookup.
+        let lease = self
+            .pending
+            .get(&(port, source.to_canonical()))
+            .map(|l| l.clone());
+        let delivery = match lease {
+            None => Delivery::Unclaimed,
+            Some(lease) => match tcp.into_std() {
+                Err(_) => Delivery::Lost,
+                Ok(tcp) => match lease.try_send(tcp) {
+                    Ok(()) => Delivery::Queued,
+                    Err(mpsc::error::TrySendError::Full(_)) => Delivery::Overflow,
+                    // Released since the lookup.
+                    Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Unclaimed,
+                },
+            },
+        };
+        // Counted here, once, whichever way it turned out unclaimed.
+        if delivery == Delivery::Unclaimed {
             self.metrics.passive_unclaimed.inc();
-            return Delivery::Unclaimed;
-        };
-        let Ok(tcp) = tcp.into_std() else {
-            return Delivery::Lost;
-        };
-        match lease.try_send(tcp) {
-            Ok(()) => Delivery::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => Delivery::Overflow,
-            // Released since the lookup.
-            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Unclaimed,
         }
+        delivery
     }
 
     /// Leases a port for connections from `source` (the control connection's peer), counted
