@@ -33,7 +33,6 @@ use support::ftps::Ftps;
 use support::gateway::{admin_on_loopback, TestGateway};
 use support::process::{eventually, raise_fd_limit};
 use support::servers::{FtpServer, VsTls};
-use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
@@ -94,14 +93,7 @@ async fn session_from(source: Ipv4Addr, gw: &TestGateway) -> Ftps {
 async fn retr_from(ftps: &mut Ftps, source: Ipv4Addr, port: u16, name: &str) -> Vec<u8> {
     let tcp = connect_from(source, SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await;
     ftps.send(&format!("RETR {name}")).await;
-    let mut tls = ftps.secure_data(tcp).await;
-    let first = ftps.reply().await;
-    assert!(first.starts_with("150"), "{source} RETR {name}: {first}");
-    let mut data = Vec::new();
-    tls.read_to_end(&mut data).await.expect("download");
-    let done = ftps.reply().await;
-    assert!(done.starts_with("226"), "{source} RETR {name}: {done}");
-    data
+    ftps.download(tcp, &format!("{source} RETR {name}")).await
 }
 
 /// Runs every task of `set` to its end within `limit`, a task's panic failing the test with

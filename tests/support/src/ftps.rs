@@ -130,13 +130,19 @@ impl Ftps {
     /// A whole RETR over PASV: its bytes, once 226 came.
     pub async fn retr(&mut self, name: &str) -> Vec<u8> {
         let tcp = self.open(&format!("RETR {name}")).await.expect("PASV");
+        self.download(tcp, name).await
+    }
+
+    /// The rest of a RETR already sent, on its data connection `tcp`: TLS, 150, every byte,
+    /// 226. `what` names the transfer in a failure.
+    pub async fn download(&mut self, tcp: TcpStream, what: &str) -> Vec<u8> {
         let mut tls = self.secure_data(tcp).await;
         let first = self.reply().await;
-        assert!(first.starts_with("150"), "{first}");
+        assert!(first.starts_with("150"), "{what}: {first}");
         let mut data = Vec::new();
         tls.read_to_end(&mut data).await.expect("read");
         let done = self.reply().await;
-        assert!(done.starts_with("226"), "{done}");
+        assert!(done.starts_with("226"), "{what}: {done}");
         data
     }
 
