@@ -18,7 +18,7 @@ use support::admin::{scrape, value};
 use support::curl::{curl, curl_from, trace};
 use support::files::{random_file, sha256_file};
 use support::gateway::{admin_on_loopback, suppaftp_session, BackendKind, TestGateway};
-use support::net::{free_low_port, free_low_range};
+use support::net::{free_low_range, free_port};
 use support::process::{eventually, have, run_ok, KillOnDrop};
 use support::servers::{FtpServer, VsTls};
 use support::{MIB, PASSWORD, USER};
@@ -194,7 +194,7 @@ impl ConfigFile {
     fn new(dir: &std::path::Path, backend: &str, extra: &str) -> ConfigFile {
         let pair = ftpsgate::tls::self_signed(&["127.0.0.1".into()]).expect("cert");
         let (cert, key) = pair.write_to(dir).expect("write");
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_low_port()));
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let pool = free_low_range(4);
         let base = format!(
             "[listen]\nexplicit = [\"{listen}\"]\n[backend]\naddress = \"{backend}\"\n\

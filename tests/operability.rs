@@ -27,7 +27,7 @@ use support::ftps::Ftps;
 use support::gateway::{
     admin_on_loopback, gateway_command, suppaftp_retr, suppaftp_session, BackendKind, TestGateway,
 };
-use support::net::{free_low_port, free_port};
+use support::net::free_port;
 use support::pki::{pem_certs, ClientCa, ClientCert};
 use support::process::{eventually, has_lines, have, run_ok, KillOnDrop};
 use support::servers::{FtpServer, VsTls};
@@ -299,7 +299,7 @@ fn sighup_reloads_and_sigterm_drains_a_transfer_in_flight() {
     .expect("config");
     let port = free_port();
     // One data port, as the README's set-up (and the flag's one-port form).
-    let data_port = free_low_port();
+    let data_port = free_port();
     let listen: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let log = dir.path().join("ftpsgate.log");
     let mut child = KillOnDrop(
@@ -419,7 +419,7 @@ fn failed_transfers_are_logged_with_their_data_connections_tls() {
         .expect("write");
     let port = free_port();
     // One data port, as the README's set-up (and the flag's one-port form).
-    let data_port = free_low_port();
+    let data_port = free_port();
     let listen: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let log = dir.path().join("ftpsgate.log");
     let _child = KillOnDrop(
@@ -515,7 +515,7 @@ fn doctor_passes_a_good_setup_and_names_what_is_broken_in_a_bad_one() {
         .expect("rcgen")
         .write_to(dir.path())
         .expect("write");
-    let listen = format!("127.0.0.1:{}", free_low_port());
+    let listen = format!("127.0.0.1:{}", free_port());
     let backend = vs.addr.to_string();
     let (cert_arg, key_arg) = (cert.display().to_string(), key.display().to_string());
     let common = [
@@ -661,7 +661,7 @@ fn doctor_prints_a_tls_backends_pin_ready_to_paste_and_cert_prints_its_own() {
     };
     let served = vs.cert.as_deref().expect("vsftpd's certificate");
     let pin = ftpsgate::tls::backend::fingerprint(served).expect("pin");
-    let listen = format!("127.0.0.1:{}", free_low_port());
+    let listen = format!("127.0.0.1:{}", free_port());
     let backend = vs.addr.to_string();
     let base = [
         "--listen",

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 
 use support::gateway::{gateway_command, TestGateway};
-use support::net::{free_low_port, free_low_range};
+use support::net::{free_low_range, free_port};
 use support::process::{eventually, has_lines, have, KillOnDrop};
 use support::scripted::{FtpsScript, ScriptedFtps};
 use support::servers::{FtpServer, VsTls};
@@ -226,7 +226,7 @@ fn a_certificate_for_another_name_fails_with_the_names_it_has() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pair = ftpsgate::tls::self_signed(&["other.example".into()]).expect("cert");
     let (cert, key) = pair.write_to(dir.path()).expect("write");
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_low_port()));
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let pool = free_low_range(4);
     let _gw = KillOnDrop(
         gateway_command(

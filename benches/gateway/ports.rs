@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use support::admin::http_get;
 use support::control::{epsv_port, loopback, BoxError, Control};
 use support::files::sha256;
-use support::net::{free_low_port, free_low_range, free_port};
+use support::net::{free_low_range, free_port};
 use support::transfer::{Io, Target};
 use support::USER;
 use tokio::io::{AsyncReadExt, BufReader};
@@ -67,7 +67,7 @@ pub(crate) async fn measure(plan: &Plan, rig: &Rig, report: &mut Report) -> Resu
     // single port outside the 100.
     let hundred = free_low_range(100);
     let single = loop {
-        let p = free_low_port();
+        let p = free_port();
         if !(hundred..hundred + 100).contains(&p) {
             break p;
         }

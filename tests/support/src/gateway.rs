@@ -72,7 +72,7 @@ impl TestGateway {
             implicit_listen: vec![local],
             // One data port of its own, as the README recommends (a tweak may set a range).
             passive_ports: Some(
-                crate::net::free_low_port()
+                crate::net::free_port()
                     .to_string()
                     .parse()
                     .expect("port"),
@@ -178,7 +178,7 @@ async fn bind(mut settings: Settings) -> Gateway {
             Ok(gateway) => return gateway,
             Err(ftpsgate::server::StartError::Passive(e)) if ours => {
                 eprintln!("passive port taken meanwhile ({e}); picking another");
-                let port = crate::net::free_low_port();
+                let port = crate::net::free_port();
                 settings.passive.ports.0 = port..=port;
             }
             Err(e) => panic!("gateway binds: {e}"),

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 use crate::process::eventually;
 
 /// A free port below Linux's ephemeral range (32768 and up), for a port that must stay free
-/// until something binds it later: no outgoing connection can take it meanwhile.
-pub fn free_low_port() -> u16 {
+/// until something binds it later: an outgoing connection of a test running alongside cannot
+/// take it meanwhile, as it can an ephemeral one (a listener then fails with EADDRINUSE).
+pub fn free_port() -> u16 {
     free_low_range(1)
 }
 
-/// The first of `n` consecutive free ports below the ephemeral range (see [`free_low_port`]).
+/// The first of `n` consecutive free ports below the ephemeral range (see [`free_port`]).
 pub fn free_low_range(n: u16) -> u16 {
     for _ in 0..1000 {
         let lo = 11000 + fastrand::u16(0..8000);
@@ -22,13 +23,6 @@ pub fn free_low_range(n: u16) -> u16 {
         }
     }
     panic!("no {n} free ports in 11000-18999");
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 pub(crate) fn wait_for_port(addr: SocketAddr, limit: Duration) -> bool {
