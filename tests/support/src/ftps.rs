@@ -6,12 +6,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::ServerName;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::control::{localhost, rustls_client, tls_data, Control};
+use crate::control::{localhost, rustls_client, Control};
 use crate::{PASSWORD, USER};
 
 /// An explicit FTPS session: its [`Control`] connection, secured, and the rustls config whose
@@ -21,6 +22,8 @@ pub struct Ftps {
     ctl: Control<TlsStream<TcpStream>>,
     /// The control connection's config: data connections made with it resume its session.
     pub config: Arc<rustls::ClientConfig>,
+    /// The name the gateway's certificate is checked against, on control and data connections.
+    name: ServerName<'static>,
 }
 
 impl Ftps {
@@ -37,22 +40,33 @@ impl Ftps {
         let mut plain = Control::connect(addr).await.expect("connect");
         let hello = plain.reply().await;
         assert!(hello.starts_with("220"), "{hello}");
-        let Ftps { ctl, config } = Ftps::secure(plain, rustls_client(ca)).await;
+        let Ftps { ctl, config, name } = Ftps::secure(plain, rustls_client(ca)).await;
         Ftps {
             ctl: ctl.with_limit(Duration::from_secs(90)),
             config,
+            name,
         }
     }
 
     /// Secures `plain`, whose greeting has been read, with a TLS session made with `config`
     /// (its replies waited for as long as `plain`'s).
     pub async fn secure(plain: Control<TcpStream>, config: Arc<rustls::ClientConfig>) -> Ftps {
+        Ftps::secure_as(plain, config, localhost()).await
+    }
+
+    /// [`Ftps::secure`] checking the gateway's certificate against `name` rather than
+    /// `localhost` (a certificate an ACME server issued for a name of the test's).
+    pub async fn secure_as(
+        plain: Control<TcpStream>,
+        config: Arc<rustls::ClientConfig>,
+        name: ServerName<'static>,
+    ) -> Ftps {
         let tls = TlsConnector::from(Arc::clone(&config));
         let ctl = plain
-            .auth_tls(&tls, localhost())
+            .auth_tls(&tls, name.clone())
             .await
             .expect("control TLS");
-        Ftps { ctl, config }
+        Ftps { ctl, config, name }
     }
 
     /// Logs the session in as the test user, with PROT P and TYPE I.
@@ -100,7 +114,10 @@ impl Ftps {
 
     /// A data connection to `port` that resumes this session's TLS session.
     pub async fn data(&self, port: u16) -> TlsStream<TcpStream> {
-        let data = tls_data(&self.config, port).await.expect("data connection");
+        let tcp = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .await
+            .expect("data connection");
+        let data = self.secure_data(tcp).await;
         assert_eq!(
             data.get_ref().1.handshake_kind(),
             Some(rustls::HandshakeKind::Resumed),
@@ -122,7 +139,7 @@ impl Ftps {
     /// TLS on a data connection, with this session's config.
     pub async fn secure_data(&self, tcp: TcpStream) -> TlsStream<TcpStream> {
         TlsConnector::from(Arc::clone(&self.config))
-            .connect(localhost(), tcp)
+            .connect(self.name.clone(), tcp)
             .await
             .expect("data TLS")
     }

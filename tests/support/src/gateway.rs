@@ -71,12 +71,7 @@ impl TestGateway {
             listen: vec![local, local6],
             implicit_listen: vec![local],
             // One data port of its own, as the README recommends (a tweak may set a range).
-            passive_ports: Some(
-                crate::net::free_port()
-                    .to_string()
-                    .parse()
-                    .expect("port"),
-            ),
+            passive_ports: Some(crate::net::free_port().to_string().parse().expect("port")),
             cert: Some(cert.clone()),
             key: Some(key),
             ..Default::default()
