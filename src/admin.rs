@@ -1,6 +1,6 @@
 //! The admin listener: `/metrics` (Prometheus/OpenMetrics text), `/healthz` (the process
-//! answers), `/readyz` (the backend answers with its greeting, and the gateway is not
-//! draining) and `/bans` (the client addresses banned now, JSON). Plain HTTP/1.1 through hyper; it serves operators and probes, never FTP clients.
+//! answers), `/readyz` (the backend answers with its greeting, every ACME certificate is
+//! issued, and the gateway is not draining) and `/bans` (the client addresses banned now, JSON). Plain HTTP/1.1 through hyper; it serves operators and probes, never FTP clients.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -63,6 +63,13 @@ async fn route(ctx: &Context, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/readyz" => {
             if *ctx.draining.borrow() {
                 return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+            }
+            let temporary = ctx.certs.temporary();
+            if temporary > 0 {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("waiting for ACME: {temporary} certificate(s) still temporary\n"),
+                );
             }
             match ctx.probe_backend().await {
                 Ok(_) => text(StatusCode::OK, "ready\n"),

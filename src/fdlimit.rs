@@ -29,6 +29,30 @@ pub(crate) fn raise() -> Option<u64> {
     rlimit::increase_nofile_limit(u64::MAX).ok()
 }
 
+/// [`raise`], then [`fit`], with a warning naming the numbers when the sessions were lowered.
+pub(crate) fn raise_and_fit(settings: &mut Settings) -> Result<(), String> {
+    let Some(limit) = raise() else {
+        return Ok(());
+    };
+    if let Fit::Lowered {
+        limit,
+        need,
+        was,
+        now,
+    } = fit(settings, limit)?
+    {
+        tracing::warn!(
+            open_file_limit = limit,
+            needed = need,
+            max_sessions = now,
+            configured = was,
+            "the open-file limit cannot hold limits.max_sessions; lowered it to fit \
+             (raise LimitNOFILE / ulimit -n to serve more)"
+        );
+    }
+    Ok(())
+}
+
 /// What [`fit`] had to do.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Fit {

@@ -11,6 +11,7 @@
 
 mod accept;
 pub(crate) mod access;
+pub mod acme;
 pub(crate) mod admin;
 pub(crate) mod audit;
 pub mod backend;

@@ -67,6 +67,14 @@ pub enum Reload {
     failed,
 }
 
+/// How an ACME order ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum AcmeOrder {
+    issued,
+    failed,
+}
+
 /// Why the gateway refused something. A closed set: log lines carry the detail.
 /// Its name is the same in a metric label and an audit record (serde writes a unit variant as
 /// its name).
@@ -166,6 +174,11 @@ struct ReloadLabels {
     outcome: Reload,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AcmeLabels {
+    outcome: AcmeOrder,
+}
+
 /// Everything the gateway counts. Cheap to update from any task: atomics underneath.
 pub struct Metrics {
     registry: Registry,
@@ -188,6 +201,7 @@ pub struct Metrics {
     pub audit_write_errors: Counter,
     audit_dropped: Family<AuditDropLabels, Counter>,
     certificate_expiry: Family<NameLabels, Gauge>,
+    acme_orders: Family<AcmeLabels, Counter>,
 }
 
 impl Metrics {
@@ -210,6 +224,7 @@ impl Metrics {
         let audit_write_errors = Counter::default();
         let audit_dropped = Family::default();
         let certificate_expiry = Family::default();
+        let acme_orders = Family::default();
         registry.register(
             "sessions_active",
             "Client sessions open now",
@@ -286,6 +301,11 @@ impl Metrics {
             "Certificate reloads (SIGHUP or a file change) by outcome",
             reloads.clone(),
         );
+        registry.register(
+            "acme_orders",
+            "ACME orders (tls.acme) by outcome: issued, or failed and retried later",
+            acme_orders.clone(),
+        );
         Arc::new(Metrics {
             registry,
             sessions_active,
@@ -304,6 +324,7 @@ impl Metrics {
             audit_write_errors,
             audit_dropped,
             certificate_expiry,
+            acme_orders,
         })
     }
 
@@ -353,6 +374,12 @@ impl Metrics {
 
     pub fn reloaded(&self, outcome: Reload) {
         self.reloads.get_or_create(&ReloadLabels { outcome }).inc();
+    }
+
+    pub fn acme_ordered(&self, outcome: AcmeOrder) {
+        self.acme_orders
+            .get_or_create(&AcmeLabels { outcome })
+            .inc();
     }
 
     /// The certificates in use and their expiry times, replacing those of an earlier scrape.

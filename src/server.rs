@@ -47,6 +47,8 @@ pub enum StartError {
     Passive(#[from] NoPassivePort),
     #[error("{0}")]
     Descriptors(String),
+    #[error("tls.acme: {0}")]
+    Acme(#[from] crate::acme::AcmeError),
     #[error("cannot start the session threads: {0}")]
     Threads(io::Error),
     #[error("audit.log {}: {source}", file.display())]
@@ -61,8 +63,9 @@ pub struct Gateway {
     ctx: Arc<Context>,
     listeners: Vec<(TcpListener, Mode)>,
     admin: Option<TcpListener>,
-    /// The passive ports' listeners, bound once at start; dropping the set closes them.
-    passive: JoinSet<()>,
+    /// The passive ports' listeners, bound once at start, and the ACME client; dropping the
+    /// set stops them.
+    background: JoinSet<()>,
     limits: Arc<SessionLimits>,
     /// Apart from `limits`, which each session's permit holds: the threads stop when the
     /// gateway is dropped after its drain, cutting whatever outlived the grace period.
@@ -82,24 +85,7 @@ impl Gateway {
         mut settings: Settings,
         dialer: Option<Dialer>,
     ) -> Result<Gateway, StartError> {
-        if let Some(limit) = fdlimit::raise() {
-            match fdlimit::fit(&mut settings, limit).map_err(StartError::Descriptors)? {
-                fdlimit::Fit::Fits => {}
-                fdlimit::Fit::Lowered {
-                    limit,
-                    need,
-                    was,
-                    now,
-                } => warn!(
-                    open_file_limit = limit,
-                    needed = need,
-                    max_sessions = now,
-                    configured = was,
-                    "the open-file limit cannot hold limits.max_sessions; lowered it to fit \
-                     (raise LimitNOFILE / ulimit -n to serve more)"
-                ),
-            }
-        }
+        fdlimit::raise_and_fit(&mut settings).map_err(StartError::Descriptors)?;
         let metrics = Metrics::new();
         let audit = Audit::open(&settings.audit, &metrics).map_err(|source| StartError::Audit {
             file: settings.audit.log.clone().unwrap_or_default(),
@@ -154,7 +140,7 @@ impl Gateway {
             .explicit
             .iter()
             .chain(&settings.listen.implicit);
-        let mut passive = JoinSet::new();
+        let mut background = JoinSet::new();
         data::start_ports(
             &pool,
             &data::bind_addresses(listen.map(SocketAddr::ip)),
@@ -162,8 +148,17 @@ impl Gateway {
                 trusted: settings.proxy_protocol.trusted.clone(),
                 header_timeout: settings.timeouts.tls_handshake(),
             },
-            &mut passive,
+            &mut background,
         )?;
+        if let Some(acme) = &settings.tls.acme {
+            crate::acme::start(
+                acme,
+                Arc::clone(&certs),
+                Arc::clone(&metrics),
+                &mut background,
+            )
+            .await?;
+        }
         let (draining, draining_rx) = watch::channel(false);
         let cores = Cores::start().map_err(StartError::Threads)?;
         Ok(Gateway {
@@ -182,7 +177,7 @@ impl Gateway {
             }),
             listeners,
             admin,
-            passive,
+            background,
             limits,
             cores: Arc::new(cores),
             draining,
@@ -206,7 +201,7 @@ impl Gateway {
     pub fn reloader(&self) -> impl Fn() + Send + 'static {
         let ctx = Arc::clone(&self.ctx);
         move || {
-            ctx.certs.reload_and_log("SIGHUP", &ctx.metrics);
+            ctx.certs.sighup(&ctx.metrics);
             ctx.audit.reopen();
         }
     }
@@ -279,7 +274,7 @@ impl Gateway {
             admin.abort();
         }
         // Only now: transfers of the drain still connect to them.
-        drop(self.passive);
+        drop(self.background);
     }
 }
 

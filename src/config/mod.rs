@@ -5,10 +5,11 @@
 //! One file per group of tables, each type beside its own checks: [`backend`] (`[backend]`,
 //! `[routes.NAME]`, `[routing]`), [`tls`], [`network`] (listeners, passive and active mode,
 //! PROXY protocol, admin, timeouts, limits), [`access`] (address rules, bans, denied users),
-//! shared [`values`], and the [`overrides`] that
+//! [`acme`] (`[tls.acme]`), shared [`values`], and the [`overrides`] that
 //! flags and variables apply.
 
 mod access;
+mod acme;
 mod backend;
 mod network;
 mod overrides;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use access::{AccessSettings, AuditSettings};
+pub use acme::{AcmeCert, AcmeSettings, Challenge, LETS_ENCRYPT};
 pub use backend::{
     BackendDataMode, BackendSettings, BackendTlsMode, Balance, DataProtection, ProxyVersion,
     RoutingSettings,

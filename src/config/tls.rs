@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Bad, ConfigError};
+use super::{AcmeSettings, Bad, ConfigError};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -43,6 +43,8 @@ pub struct TlsSettings {
     /// log in as `ftpuser`. Exact names, any case; required with email binding, since an
     /// empty list meaning "any domain" would be that hole by default.
     pub client_cert_email_domains: Vec<String>,
+    /// Certificates ordered from an ACME CA and renewed by the gateway, instead of files.
+    pub acme: Option<AcmeSettings>,
 }
 
 /// Which name in a client certificate is the user it may log in as.
@@ -85,6 +87,7 @@ impl Default for TlsSettings {
             client_ca: None,
             client_cert_user: None,
             client_cert_email_domains: Vec::new(),
+            acme: None,
         }
     }
 }
@@ -154,6 +157,17 @@ impl TlsSettings {
                     d.escape_default()
                 ),
             ));
+        }
+        if let Some(acme) = &self.acme {
+            if self.cert.is_some() || !self.sni.is_empty() {
+                return Err(bad(
+                    "tls.acme".into(),
+                    "certificates come from ACME: leave tls.cert, tls.key and tls.sni unset \
+                     (tls.acme.sni orders SNI certificates)"
+                        .into(),
+                ));
+            }
+            acme.validate(bad)?;
         }
         if !self.sni.is_empty() && self.cert.is_none() {
             return Err(bad(

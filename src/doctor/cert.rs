@@ -7,7 +7,8 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::{check, with_fix, Check, Level};
 use crate::config::Settings;
-use crate::tls::store::{subject_alt_names, CertStore};
+use crate::tls::store::CertStore;
+use crate::tls::x509::subject_alt_names;
 use crate::tls::{self, TlsError};
 
 /// A certificate this close to expiry is a warning.

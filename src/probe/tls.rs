@@ -14,7 +14,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::tls::backend::{add_bundle, Accept};
-use crate::tls::store::subject_alt_names;
+use crate::tls::x509::subject_alt_names;
 
 /// What the server's certificate turned out to be.
 #[derive(Debug, Default, Clone)]

@@ -13,7 +13,7 @@ use rustls::ServerConfig;
 use crate::control::{CommandLines, ControlConn, Handshake, SendError, UpgradeError};
 use crate::ftp::{LineError, Reply};
 use crate::stream::Io;
-use crate::tls::store::subject;
+use crate::tls::x509::subject;
 use crate::tls::TlsFacts;
 
 pub(super) struct ClientControl {
@@ -119,7 +119,7 @@ impl ClientControl {
         email_domains: &[String],
     ) -> Option<String> {
         let cert = self.conn.peer_certificate()?;
-        crate::tls::store::certificate_user(cert, field, email_domains)
+        crate::tls::x509::certificate_user(cert, field, email_domains)
     }
 
     /// The subject of the client's certificate, when it presented one (mutual TLS).

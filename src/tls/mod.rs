@@ -7,6 +7,7 @@ pub mod binding;
 pub(crate) mod data;
 pub mod store;
 mod ticket_hold;
+pub mod x509;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

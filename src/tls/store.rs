@@ -22,10 +22,12 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::x509::dns_names;
 
 use super::{parse_cert_key, CertKey, TlsError};
-use crate::config::{CertPair, CertUser, TlsSettings};
+use crate::config::{AcmeCert, CertPair, TlsSettings};
 use crate::metrics::{Metrics, Reload};
 
 /// Where the certificates come from.
@@ -37,6 +39,10 @@ enum Source {
         default: CertPair,
         sni: Vec<CertPair>,
     },
+    /// Written by the ACME client (`tls.acme`): the default certificate first, then the SNI
+    /// ones. One not there yet (or unreadable) is served by a temporary self-signed
+    /// certificate for its names until its order completes.
+    Acme(Vec<AcmeCert>),
 }
 
 #[derive(Debug)]
@@ -46,6 +52,8 @@ struct Certs {
     by_name: HashMap<String, Arc<CertifiedKey>>,
     /// SHA-256 over every file's bytes: a change event that changed nothing reloads nothing.
     digest: [u8; 32],
+    /// How many are temporary stand-ins for ACME certificates not issued yet.
+    temporary: usize,
 }
 
 #[derive(Debug)]
@@ -53,6 +61,8 @@ pub struct CertStore {
     source: Source,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<Certs>>,
+    /// SIGHUP's word to the ACME renewal loops: look at your certificate now.
+    nudge: tokio::sync::Notify,
 }
 
 impl CertStore {
@@ -63,6 +73,16 @@ impl CertStore {
         provider: Arc<CryptoProvider>,
     ) -> Result<(Arc<CertStore>, bool), TlsError> {
         let (source, generated) = match (&settings.cert, &settings.key) {
+            _ if settings.acme.is_some() => (
+                Source::Acme(
+                    settings
+                        .acme
+                        .iter()
+                        .flat_map(|a| a.certificates())
+                        .collect(),
+                ),
+                false,
+            ),
             (Some(cert), Some(key)) => (
                 Source::Files {
                     default: CertPair {
@@ -80,6 +100,7 @@ impl CertStore {
             source,
             provider,
             current: RwLock::new(Arc::new(certs)),
+            nudge: tokio::sync::Notify::new(),
         };
         Ok((Arc::new(store), generated))
     }
@@ -114,6 +135,17 @@ impl CertStore {
         }
     }
 
+    /// SIGHUP: reloads the files, and has every ACME certificate checked for renewal now.
+    pub fn sighup(&self, metrics: &Metrics) {
+        self.reload_and_log("SIGHUP", metrics);
+        self.nudge.notify_waiters();
+    }
+
+    /// Resolves at the next SIGHUP.
+    pub(crate) async fn acme_nudged(&self) {
+        self.nudge.notified().await
+    }
+
     /// When each certificate now in use expires (Unix seconds), by name: `default` for the
     /// default one, and each SNI certificate by the first of its names (sorted). For
     /// `ftpsgate_certificate_expiry_timestamp_seconds`, read at scrape time so reloads show.
@@ -146,6 +178,12 @@ impl CertStore {
     /// The default certificate chain now in use.
     pub fn default_chain(&self) -> Vec<CertificateDer<'static>> {
         self.certs().default.cert.clone()
+    }
+
+    /// How many ACME certificates are still served by a temporary stand-in (`/readyz` is not
+    /// ready while any is).
+    pub fn temporary(&self) -> usize {
+        self.certs().temporary
     }
 
     fn certs(&self) -> Arc<Certs> {
@@ -235,31 +273,55 @@ impl ResolvesServerCert for CertStore {
 
 fn build(source: &Source, provider: &CryptoProvider) -> Result<Certs, TlsError> {
     let mut digest = Sha256::new();
+    let mut temporary = 0;
+    let mut load = |pair: &CertPair| -> Result<Arc<CertifiedKey>, TlsError> {
+        // Read once: the digest and the parse see the same bytes, even mid-rotation.
+        let read = |file: &PathBuf| {
+            std::fs::read(file).map_err(|e| TlsError::File {
+                file: file.clone(),
+                why: e.to_string(),
+            })
+        };
+        let read = (read(&pair.cert), read(&pair.key));
+        for file in [&read.0, &read.1] {
+            // A file not there yet counts too: its arrival is a change.
+            digest.update(file.as_deref().unwrap_or(b"\0missing"));
+        }
+        let (cert, key) = (read.0?, read.1?);
+        let parsed = parse_cert_key((&pair.cert, &cert), (&pair.key, &key))?;
+        certified(parsed, provider).map_err(|e| TlsError::File {
+            file: pair.key.clone(),
+            why: e.to_string(),
+        })
+    };
     let (default, sni) = match source {
         Source::Generated => {
             let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
             let pair = super::self_signed(&names)?.cert_key()?;
             (certified(pair, provider)?, Vec::new())
         }
-        Source::Files { default, sni } => {
-            let mut load = |pair: &CertPair| -> Result<Arc<CertifiedKey>, TlsError> {
-                // Read once: the digest and the parse see the same bytes, even mid-rotation.
-                let read = |file: &PathBuf| {
-                    std::fs::read(file).map_err(|e| TlsError::File {
-                        file: file.clone(),
-                        why: e.to_string(),
-                    })
+        Source::Acme(certs) => {
+            let mut keys = Vec::new();
+            for c in certs {
+                let key = match load(&c.files) {
+                    Ok(key) => key,
+                    Err(e) => {
+                        if c.files.cert.exists() {
+                            warn!(error = %e, "an ACME certificate on disk cannot be used; a new one is ordered");
+                        }
+                        temporary += 1;
+                        certified(super::self_signed(&c.names)?.cert_key()?, provider)?
+                    }
                 };
-                let (cert, key) = (read(&pair.cert)?, read(&pair.key)?);
-                digest.update(&cert);
-                digest.update(&key);
-                let parsed = parse_cert_key((&pair.cert, &cert), (&pair.key, &key))?;
-                let key = certified(parsed, provider).map_err(|e| TlsError::File {
-                    file: pair.key.clone(),
-                    why: e.to_string(),
-                })?;
-                Ok(key)
+                keys.push((c.names.clone(), key));
+            }
+            let mut keys = keys.into_iter();
+            let Some((_, default)) = keys.next() else {
+                return Err(TlsError::Config("tls.acme names no certificate".into()));
             };
+            (default, keys.collect())
+        }
+        Source::Files { default, sni } => {
             let default = load(default)?;
             let mut extra = Vec::new();
             for pair in sni {
@@ -286,6 +348,7 @@ fn build(source: &Source, provider: &CryptoProvider) -> Result<Certs, TlsError> 
         default,
         by_name,
         digest: digest.finalize().into(),
+        temporary,
     })
 }
 
@@ -293,85 +356,6 @@ fn certified(pair: CertKey, provider: &CryptoProvider) -> Result<Arc<CertifiedKe
     Ok(Arc::new(CertifiedKey::from_der(
         pair.chain, pair.key, provider,
     )?))
-}
-
-/// The DNS names in a certificate's subjectAltName, as written (SNI selects by them).
-pub fn dns_names(der: &CertificateDer<'_>) -> Vec<String> {
-    match X509Certificate::from_der(der) {
-        Ok((_, cert)) => san_names(&cert, false),
-        Err(_) => Vec::new(),
-    }
-}
-
-/// The names a certificate answers to, lower-cased: the DNS names and IP addresses of its
-/// subjectAltName (what `doctor` and `probe` compare with the name clients use).
-pub fn subject_alt_names(cert: &X509Certificate<'_>) -> Vec<String> {
-    san_names(cert, true)
-        .into_iter()
-        .map(|n| n.to_ascii_lowercase())
-        .collect()
-}
-
-fn san_names(cert: &X509Certificate<'_>, with_ips: bool) -> Vec<String> {
-    let Ok(Some(san)) = cert.subject_alternative_name() else {
-        return Vec::new();
-    };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::DNSName(d) => Some(d.to_string()),
-            GeneralName::IPAddress(b) if with_ips => ip_from_bytes(b).map(|ip| ip.to_string()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn ip_from_bytes(b: &[u8]) -> Option<std::net::IpAddr> {
-    match b.len() {
-        4 => <[u8; 4]>::try_from(b).ok().map(std::net::IpAddr::from),
-        16 => <[u8; 16]>::try_from(b).ok().map(std::net::IpAddr::from),
-        _ => None,
-    }
-}
-
-/// The user a client certificate names: its subject's common name, or the local part of its
-/// first rfc822Name (email) in the subjectAltName whose domain is one of `email_domains`.
-/// The domain matters: a CA may certify addresses in domains whose users are not ours, and
-/// `alice@elsewhere.example` is not `alice`.
-pub fn certificate_user(
-    der: &CertificateDer<'_>,
-    field: CertUser,
-    email_domains: &[String],
-) -> Option<String> {
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    match field {
-        CertUser::Cn => cert
-            .subject()
-            .iter_common_name()
-            .next()
-            .and_then(|cn| cn.as_str().ok())
-            .map(str::to_string),
-        CertUser::Email => {
-            let san = cert.subject_alternative_name().ok()??;
-            san.value.general_names.iter().find_map(|n| match n {
-                GeneralName::RFC822Name(mail) => mail
-                    .rsplit_once('@')
-                    .filter(|(_, domain)| {
-                        email_domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
-                    })
-                    .map(|(local, _)| local.to_string()),
-                _ => None,
-            })
-        }
-    }
-}
-
-/// A certificate's subject, e.g. `CN=alice, O=Example`, for the logs.
-pub fn subject(der: &CertificateDer<'_>) -> Option<String> {
-    X509Certificate::from_der(der)
-        .ok()
-        .map(|(_, c)| c.subject().to_string())
 }
 
 #[cfg(test)]
@@ -431,29 +415,5 @@ mod tests {
         let err = CertStore::load(&settings, Arc::new(aws_lc_rs::default_provider()))
             .expect_err("mismatch refused");
         assert!(err.to_string().contains("key.pem"), "{err}");
-    }
-
-    #[test]
-    fn an_email_names_a_user_only_in_a_listed_domain() {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        for mail in ["alice@evil.example", "bob@Example.ORG"] {
-            params
-                .subject_alt_names
-                .push(rcgen::SanType::Rfc822Name(mail.try_into().expect("email")));
-        }
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = params.self_signed(&key).expect("cert");
-        let der = cert.der();
-        let user = |domains: &[&str]| {
-            let domains: Vec<String> = domains.iter().map(|d| d.to_string()).collect();
-            certificate_user(der, CertUser::Email, &domains)
-        };
-        assert_eq!(user(&["example.org"]).as_deref(), Some("bob"));
-        assert_eq!(
-            user(&["EVIL.example", "example.org"]).as_deref(),
-            Some("alice")
-        );
-        assert_eq!(user(&["sub.example.org", "example"]), None);
-        assert_eq!(user(&[]), None);
     }
 }

@@ -1,0 +1,176 @@
+//! The challenge responders: what the CA connects to while it validates an order.
+//!
+//! - http-01 (RFC 8555 §8.3): `GET /.well-known/acme-challenge/TOKEN` answers the key
+//!   authorization; anything else is 404.
+//! - tls-alpn-01 (RFC 8737): a TLS handshake with ALPN `acme-tls/1` and the name being checked
+//!   as SNI gets a self-signed certificate for that name carrying the `acmeIdentifier`
+//!   extension (the SHA-256 of the key authorization); nothing else is served.
+//!
+//! Both are bounded as every listener of the gateway is: a connection lives at most
+//! [`CONNECTION_LIMIT`], and at most [`MAX_CONNECTIONS`] are open at once.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tracing::debug;
+
+use super::AcmeError;
+use crate::metrics::Metrics;
+
+/// How long one challenge connection may take, headers, handshake and all.
+const CONNECTION_LIMIT: Duration = Duration::from_secs(10);
+/// Challenge connections open at once; more are closed at accept. A CA validates from a few
+/// vantage points per name, so this is room to spare, not a limit a CA meets.
+const MAX_CONNECTIONS: usize = 64;
+const HTTP_PREFIX: &str = "/.well-known/acme-challenge/";
+const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// The answers pending orders have put up, shared by the orders and the responders.
+#[derive(Debug, Default)]
+pub(crate) struct Responses {
+    /// http-01: token to key authorization.
+    http: DashMap<String, String>,
+    /// tls-alpn-01: lower-case name to its challenge certificate.
+    alpn: DashMap<String, Arc<CertifiedKey>>,
+}
+
+impl Responses {
+    pub(crate) fn put_http(&self, token: &str, key_authorization: &str) {
+        self.http
+            .insert(token.to_string(), key_authorization.to_string());
+    }
+
+    /// Builds and puts up the tls-alpn-01 certificate for `name`.
+    pub(crate) fn put_alpn(&self, name: &str, digest: &[u8]) -> Result<(), AcmeError> {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()])?;
+        params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+        let key = rcgen::KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        // `CertifiedKey::new`, not `from_der`: that one checks the key against the certificate
+        // through webpki, which refuses the critical acmeIdentifier extension this
+        // certificate exists to carry.
+        let signer = crate::tls::provider().key_provider.load_private_key(der)?;
+        let certified = CertifiedKey::new(vec![cert.der().clone()], signer);
+        self.alpn
+            .insert(name.to_ascii_lowercase(), Arc::new(certified));
+        Ok(())
+    }
+
+    /// Takes down what an order put up, whatever its outcome.
+    pub(crate) fn clear(&self, tokens: &[String], names: &[String]) {
+        for t in tokens {
+            self.http.remove(t);
+        }
+        for n in names {
+            self.alpn.remove(&n.to_ascii_lowercase());
+        }
+    }
+
+    fn http_answer(&self, path: &str) -> Option<String> {
+        let token = path.strip_prefix(HTTP_PREFIX)?;
+        self.http.get(token).map(|k| k.value().clone())
+    }
+}
+
+impl ResolvesServerCert for Responses {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // Only the validation handshake gets a challenge certificate (RFC 8737 §3).
+        let acme = hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN));
+        let name = hello.server_name()?.to_ascii_lowercase();
+        acme.then(|| self.alpn.get(&name).map(|c| Arc::clone(c.value())))
+            .flatten()
+    }
+}
+
+/// Serves http-01 answers on `listener` until the task is aborted.
+pub(crate) async fn serve_http(
+    listener: TcpListener,
+    responses: Arc<Responses>,
+    metrics: Arc<Metrics>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut acceptor = crate::accept::Acceptor::new(None);
+    loop {
+        let (tcp, peer) = acceptor.accept(&listener, &metrics).await;
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            continue;
+        };
+        let responses = Arc::clone(&responses);
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = service_fn(move |req: Request<Incoming>| {
+                let answer = responses.http_answer(req.uri().path());
+                async move {
+                    Ok::<_, Infallible>(match answer {
+                        Some(key_authorization) => {
+                            debug!(%peer, path = %req.uri().path(), "http-01 challenge answered");
+                            reply(StatusCode::OK, key_authorization)
+                        }
+                        None => reply(StatusCode::NOT_FOUND, "no such challenge\n".into()),
+                    })
+                }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(CONNECTION_LIMIT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(tcp), service);
+            let _ = tokio::time::timeout(CONNECTION_LIMIT, conn).await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// The tls-alpn-01 responder's TLS: challenge certificates only, ALPN `acme-tls/1` only.
+pub(crate) fn alpn_acceptor(responses: Arc<Responses>) -> Result<TlsAcceptor, AcmeError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(responses);
+    config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves tls-alpn-01 handshakes on `listener` until the task is aborted.
+pub(crate) async fn serve_alpn(listener: TcpListener, tls: TlsAcceptor, metrics: Arc<Metrics>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut acceptor = crate::accept::Acceptor::new(None);
+    loop {
+        let (tcp, peer) = acceptor.accept(&listener, &metrics).await;
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            continue;
+        };
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            // The handshake is the whole answer: once it is over the CA closes.
+            match tokio::time::timeout(CONNECTION_LIMIT, tls.accept(tcp)).await {
+                Ok(Ok(_)) => debug!(%peer, "tls-alpn-01 challenge answered"),
+                Ok(Err(e)) => debug!(%peer, error = %e, "tls-alpn-01 handshake failed"),
+                Err(_) => debug!(%peer, "tls-alpn-01 handshake timed out"),
+            }
+        });
+    }
+}
