@@ -383,6 +383,14 @@ fn issues_by(challenge: &str, options: PebbleOptions) {
             "an order failed otherwise: {line}"
         );
     }
+    if options.nonce_reject > 0 {
+        let rejecting = format!("reject {}% of good nonces", options.nonce_reject);
+        assert!(
+            bed.pebble.log().contains(&rejecting),
+            "{}",
+            bed.pebble.log()
+        );
+    }
     println!(
         "orders failed on badNonce before issuance: {}",
         failed.len()

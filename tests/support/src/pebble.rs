@@ -101,6 +101,7 @@ impl Pebble {
             "pebble-challtestsrv did not start:\n{}",
             std::fs::read_to_string(dir.path().join("dns.log")).unwrap_or_default()
         );
+        let log_file = std::fs::File::create(&log).expect("pebble log");
         let pebble = Command::new("pebble")
             .arg("-config")
             .arg(&config_path)
@@ -108,8 +109,9 @@ impl Pebble {
             // No random 0-15 s sleep before each validation: the tests stay quick.
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", options.nonce_reject.to_string())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("pebble log"))
+            // Pebble's own lines go to stdout, Go's HTTP server's to stderr: one file for both.
+            .stdout(log_file.try_clone().expect("pebble log"))
+            .stderr(log_file)
             .spawn()
             .expect("start pebble");
         let pebble = KillOnDrop(pebble);
