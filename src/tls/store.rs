@@ -326,7 +326,8 @@ fn build(source: &Source, provider: &CryptoProvider) -> Result<Certs, TlsError> 
                             warn!(error = %e, "an ACME certificate on disk cannot be used; a new one is ordered");
                         }
                         temporary += 1;
-                        certified(super::self_signed(&c.names)?.cert_key()?, provider)?
+                        let stand_in = super::self_signed_for(&c.names, super::GENERATED_DAYS)?;
+                        certified(stand_in.cert_key()?, provider)?
                     }
                 };
                 keys.push((c.names.clone(), key));
