@@ -27,6 +27,7 @@ use crate::config::{AcmeCert, AcmeSettings, Challenge};
 use crate::metrics::{AcmeOrder, Metrics};
 use crate::tls::store::CertStore;
 use responder::Responses;
+pub(crate) use state::{check_state, on_disk};
 
 #[derive(Debug, Error)]
 pub enum AcmeError {

@@ -174,3 +174,53 @@ pub(crate) async fn serve_alpn(listener: TcpListener, tls: TlsAcceptor, metrics:
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: ftp.example.com\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).await.expect("read");
+        reply
+    }
+
+    #[tokio::test]
+    async fn http01_answers_its_tokens_only_and_a_silent_peer_is_dropped_at_the_limit() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let responses = Arc::new(Responses::default());
+        responses.put_http("tok", "tok.thumb");
+        let server = tokio::spawn(serve_http(listener, Arc::clone(&responses), Metrics::new()));
+        let ok = get(addr, "/.well-known/acme-challenge/tok").await;
+        assert!(
+            ok.starts_with("HTTP/1.1 200") && ok.ends_with("tok.thumb"),
+            "{ok}"
+        );
+        let other = get(addr, "/.well-known/acme-challenge/other").await;
+        assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+        responses.clear(&["tok".into()], &[]);
+        let gone = get(addr, "/.well-known/acme-challenge/tok").await;
+        assert!(
+            gone.starts_with("HTTP/1.1 404"),
+            "taken down after the order: {gone}"
+        );
+
+        // A peer that connects and says nothing holds its slot no longer than the limit.
+        let mut silent = TcpStream::connect(addr).await.expect("connect");
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(CONNECTION_LIMIT * 2, silent.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "closed, not left open: {read:?}"
+        );
+        assert!(started.elapsed() >= CONNECTION_LIMIT / 2);
+        server.abort();
+    }
+}

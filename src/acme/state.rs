@@ -21,6 +21,11 @@ pub(crate) fn prepare(settings: &AcmeSettings) -> Result<(), AcmeError> {
     check(&settings.state_dir, 3)
 }
 
+/// [`prepare`]'s check alone, creating nothing (for `doctor`).
+pub(crate) fn check_state(settings: &AcmeSettings) -> Result<(), AcmeError> {
+    check(&settings.state_dir, 3)
+}
+
 fn check(path: &Path, depth: u8) -> Result<(), AcmeError> {
     let meta = std::fs::symlink_metadata(path).map_err(|e| AcmeError::state(path, e))?;
     let loose = |want: &str| AcmeError::State {
