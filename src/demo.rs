@@ -129,7 +129,11 @@ pub async fn run(opts: DemoOptions) -> Result<(), BoxError> {
     std::fs::write(root.join("hello.txt"), "Hello through ftpsgate!\n")?;
     let backend = start_backend(&root, DEMO_USER, DEMO_PASSWORD).await?;
 
-    let pair = tls::self_signed(&["localhost".into(), "127.0.0.1".into()])?;
+    // It lives as long as the demo at most, as the in-memory one of `run` does.
+    let pair = tls::self_signed_for(
+        &["localhost".into(), "127.0.0.1".into()],
+        tls::GENERATED_DAYS,
+    )?;
     let (cert, key) = pair.write_to(&work.path().join("certs"))?;
     let overrides = Overrides {
         listen: vec![opts.listen],

@@ -65,6 +65,9 @@ enum Cmd {
         /// DNS name or IP address for the certificate (repeatable).
         #[arg(long = "name", default_values = ["localhost", "127.0.0.1"])]
         names: Vec<String>,
+        /// Days it stays valid (at most 3650; public CAs issue 397 at most).
+        #[arg(long, default_value_t = tls::CERT_DAYS, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
     },
     /// Start an in-process FTP server behind the gateway on loopback, check a transfer, and
     /// print how to connect with curl and lftp. Needs nothing installed.
@@ -148,7 +151,7 @@ fn main() -> ExitCode {
             Some(Cmd::Check(args)) => check(args),
             Some(Cmd::Doctor { run, user }) => doctor(run, user).await,
             Some(Cmd::Probe(args)) => probe(args).await,
-            Some(Cmd::Cert { out, names }) => cert(&out, &names),
+            Some(Cmd::Cert { out, names, days }) => cert(&out, &names, days),
             #[cfg(feature = "demo")]
             Some(Cmd::Demo(opts)) => demo::run(opts).await.map_err(|e| e.to_string()),
         }
@@ -264,13 +267,13 @@ async fn probe(args: ProbeArgs) -> Result<(), String> {
     }
 }
 
-fn cert(out: &std::path::Path, names: &[String]) -> Result<(), String> {
-    let pair = tls::self_signed(names).map_err(|e| e.to_string())?;
+fn cert(out: &std::path::Path, names: &[String], days: u32) -> Result<(), String> {
+    let pair = tls::self_signed_for(names, days).map_err(|e| e.to_string())?;
     let (cert, key) = pair
         .write_to(out)
         .map_err(|e| format!("{}: {e}", out.display()))?;
     println!(
-        "wrote {} and {} for {}",
+        "wrote {} and {} for {}, valid for {days} days",
         cert.display(),
         key.display(),
         names.join(", ")

@@ -93,8 +93,9 @@ impl Gateway {
         })?;
         let (certs, generated) = CertStore::load(&settings.tls, tls::provider())?;
         if generated {
-            warn!("no tls.cert/tls.key configured: using a generated self-signed certificate; clients will not trust it");
-        } else if settings.tls.watch {
+            warn!("no tls.cert/tls.key configured: using a generated self-signed certificate (renewed in memory); clients will not trust it: set tls.cert/tls.key or [tls.acme]");
+        }
+        if generated || settings.tls.watch {
             certs.watch(Arc::clone(&metrics))?;
         }
         let tls = tls::server_config(Arc::clone(&certs), &settings.tls)?;

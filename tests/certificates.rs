@@ -1,6 +1,6 @@
 //! Certificates at the front door, with curl in front of vsftpd: logins bound to client
-//! certificates (by CN, by email within the listed domains), and the expiry of the gateway's
-//! own certificates on /metrics.
+//! certificates (by CN, by email within the listed domains), the expiry of the gateway's
+//! own certificates on /metrics, and the certificates `ftpsgate cert` makes.
 
 #![allow(
     clippy::unwrap_used,
@@ -11,7 +11,7 @@
 
 use support::admin::{refusals, scrape, value};
 use support::curl::{curl, trace};
-use support::files::sha256_file;
+use support::files::{random_file, sha256_file};
 use support::gateway::{admin_on_loopback, BackendKind, TestGateway};
 use support::pki::{pem_certs, ClientCa, ClientCert};
 use support::process::have;
@@ -210,4 +210,105 @@ fn certificate_expiry_is_on_metrics_for_the_default_and_each_sni_certificate() {
         expiry(&sni_der)
     );
     assert_eq!(m.samples.iter().filter(|s| s.metric == name).count(), 2);
+}
+
+/// `ftpsgate cert` writes what a careful operator would: the name in the subject, a bounded
+/// lifetime starting a little before now, a random serial, a server certificate's usages. And
+/// a client that trusts it verifies it for the name.
+#[test]
+fn cert_writes_a_server_certificate_with_its_name_and_a_bounded_life() {
+    use x509_parser::extensions::ParsedExtension;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |sub: &str, days: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ftpsgate"));
+        cmd.args(["cert", "--out"]).arg(dir.path().join(sub));
+        cmd.args(["--name", "ftp.example.test", "--name", "127.0.0.1"]);
+        if let Some(days) = days {
+            cmd.args(["--days", days]);
+        }
+        support::process::run_ok(&mut cmd);
+        let pem = dir.path().join(sub).join("cert.pem");
+        (
+            pem_certs(&pem).remove(0),
+            pem,
+            dir.path().join(sub).join("key.pem"),
+        )
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let (ten, ten_pem, ten_key) = write("ten", Some("10"));
+    let (default, _, _) = write("default", None);
+    let mut serials = Vec::new();
+    for (der, days) in [(&ten, 10), (&default, 397)] {
+        let (_, c) = x509_parser::parse_x509_certificate(der).expect("x509");
+        let cn: Vec<&str> = c
+            .subject()
+            .iter_common_name()
+            .map(|n| n.as_str().expect("utf-8"))
+            .collect();
+        assert_eq!(cn, ["ftp.example.test"], "the first name is the subject");
+        let names = ftpsgate::tls::x509::subject_alt_names(&c);
+        assert_eq!(names, ["ftp.example.test", "127.0.0.1"]);
+        let (from, to) = (
+            c.validity().not_before.timestamp(),
+            c.validity().not_after.timestamp(),
+        );
+        assert!(
+            (now - 7200..=now - 60).contains(&from),
+            "valid from a little before now: {}",
+            c.validity().not_before
+        );
+        let want = now + days * 86_400;
+        assert!(
+            (want - 600..=want + 600).contains(&to),
+            "{days} days: {}",
+            c.validity().not_after
+        );
+        let mut seen = (false, false, false);
+        for ext in c.extensions() {
+            match ext.parsed_extension() {
+                ParsedExtension::KeyUsage(ku) => {
+                    seen.0 = ku.digital_signature() && !ku.key_cert_sign();
+                }
+                ParsedExtension::ExtendedKeyUsage(eku) => seen.1 = eku.server_auth,
+                ParsedExtension::BasicConstraints(bc) => seen.2 = !bc.ca,
+                _ => {}
+            }
+        }
+        assert_eq!(
+            seen,
+            (true, true, true),
+            "digitalSignature, serverAuth, CA:FALSE"
+        );
+        assert_eq!(c.raw_serial().len(), 16, "a 128-bit serial");
+        serials.push(c.raw_serial().to_vec());
+    }
+    assert_ne!(serials[0], serials[1], "serials are drawn, not derived");
+
+    // curl trusts exactly this certificate and checks it for the name it connects by.
+    let gw = TestGateway::start(BackendKind::Unftp, move |s| {
+        s.tls.cert = Some(ten_pem);
+        s.tls.key = Some(ten_key);
+    });
+    let want = random_file(&gw.root.join("named.bin"), 300_000);
+    let got = dir.path().join("got.bin");
+    let port = gw.explicit.port();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "30", "--cacert"])
+        .arg(dir.path().join("ten/cert.pem"))
+        .args(["--ssl-reqd", "--resolve"])
+        .arg(format!("ftp.example.test:{port}:127.0.0.1"))
+        .args(["--user", &format!("{USER}:{PASSWORD}"), "-o"])
+        .arg(&got)
+        .arg(format!("ftp://ftp.example.test:{port}/named.bin"))
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sha256_file(&got), want);
 }

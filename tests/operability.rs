@@ -541,12 +541,23 @@ fn doctor_passes_a_good_setup_and_names_what_is_broken_in_a_bad_one() {
         "[ ok ] backend passive mode: EPSV gave port",
         "[ ok ] backend passive mode: PASV gave port",
         "[ ok ] passive pool: all 10 ports of 18990-18999 can be bound",
-        "[ ok ] certificate: CN=",
+        "[ ok ] certificate: CN=localhost, valid until",
+        // ftpsgate's own certificates say who they are and that no CA vouches for them.
+        "[warn] certificate: CN=localhost is self-signed: clients will not trust it",
+        "fix: order one from a CA with [tls.acme]",
         "[ ok ] certificate: names 127.0.0.1",
         // A loopback external address is fine for this test, but never for the internet.
         "[warn] external address: 127.0.0.1, a loopback address: clients on the internet cannot reach it",
         "iptables -A INPUT -p tcp --dport 18990:18999 -j ACCEPT",
     ]);
+
+    // A certificate with ten days left is a warning that names the renewal.
+    let short = ftpsgate::tls::self_signed_for(&["localhost".into(), "127.0.0.1".into()], 10)
+        .expect("rcgen");
+    short.write_to(dir.path()).expect("write");
+    let (ok, report) = doctor(&good, PASSWORD);
+    assert!(ok, "expiring soon is a warning, not a failure:\n{report}");
+    has_lines(&report, &["[warn] certificate: CN=localhost expires on"]);
 
     // A wrong password is a failure of its own, named as such.
     let (ok, report) = doctor(&good, "wrong");

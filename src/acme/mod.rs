@@ -24,9 +24,10 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::config::{AcmeCert, AcmeSettings, Challenge};
-use crate::metrics::{AcmeOrder, Metrics};
+use crate::metrics::{AcmeOrder, Metrics, Reload};
 use crate::tls::store::CertStore;
 use responder::Responses;
+pub(crate) use state::{check_state, on_disk};
 
 #[derive(Debug, Error)]
 pub enum AcmeError {
@@ -224,11 +225,18 @@ impl Client {
         })
         .await
         .map_err(|_| AcmeError::Timeout(secs))??;
-        // The key first: until the certificate is replaced too, the old pair on disk still
-        // matches, and only this reload reads them.
+        // Two writes, each whole. Between them the pair on disk does not match: a reload then
+        // (a SIGHUP) serves a temporary certificate until this one's, a moment later, and a
+        // crash then leaves a pair `on_disk` refuses, so the next start orders again.
         state::write_private(&cert.files.key, issued.key.as_bytes())?;
         state::write_private(&cert.files.cert, issued.chain.as_bytes())?;
-        self.store.reload()?;
+        match self.store.reload() {
+            Ok(_) => self.metrics.reloaded(Reload::changed),
+            Err(e) => {
+                self.metrics.reloaded(Reload::failed);
+                return Err(e.into());
+            }
+        }
         Ok(state::on_disk(cert).map(|d| d.serial).unwrap_or_default())
     }
 

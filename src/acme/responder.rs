@@ -10,6 +10,8 @@
 //! [`CONNECTION_LIMIT`], and at most [`MAX_CONNECTIONS`] are open at once.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +25,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
@@ -99,12 +101,13 @@ impl ResolvesServerCert for Responses {
     }
 }
 
-/// Serves http-01 answers on `listener` until the task is aborted.
-pub(crate) async fn serve_http(
-    listener: TcpListener,
-    responses: Arc<Responses>,
-    metrics: Arc<Metrics>,
-) {
+/// Accepts on `listener` until the task is aborted, each connection served by `handle` in a
+/// task of its own, at most [`MAX_CONNECTIONS`] at once (more are closed at accept).
+async fn serve<F, Fut>(listener: TcpListener, metrics: Arc<Metrics>, handle: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut acceptor = crate::accept::Acceptor::new(None);
     loop {
@@ -112,9 +115,23 @@ pub(crate) async fn serve_http(
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             continue;
         };
-        let responses = Arc::clone(&responses);
+        let work = handle(tcp, peer);
         tokio::spawn(async move {
             let _slot = slot;
+            work.await
+        });
+    }
+}
+
+/// Serves http-01 answers on `listener` until the task is aborted.
+pub(crate) async fn serve_http(
+    listener: TcpListener,
+    responses: Arc<Responses>,
+    metrics: Arc<Metrics>,
+) {
+    serve(listener, metrics, move |tcp, peer| {
+        let responses = Arc::clone(&responses);
+        async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 let answer = responses.http_answer(req.uri().path());
                 async move {
@@ -133,8 +150,9 @@ pub(crate) async fn serve_http(
                 .keep_alive(false)
                 .serve_connection(TokioIo::new(tcp), service);
             let _ = tokio::time::timeout(CONNECTION_LIMIT, conn).await;
-        });
-    }
+        }
+    })
+    .await
 }
 
 fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -155,22 +173,66 @@ pub(crate) fn alpn_acceptor(responses: Arc<Responses>) -> Result<TlsAcceptor, Ac
 
 /// Serves tls-alpn-01 handshakes on `listener` until the task is aborted.
 pub(crate) async fn serve_alpn(listener: TcpListener, tls: TlsAcceptor, metrics: Arc<Metrics>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut acceptor = crate::accept::Acceptor::new(None);
-    loop {
-        let (tcp, peer) = acceptor.accept(&listener, &metrics).await;
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            continue;
-        };
+    serve(listener, metrics, move |tcp, peer| {
         let tls = tls.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
+        async move {
             // The handshake is the whole answer: once it is over the CA closes.
             match tokio::time::timeout(CONNECTION_LIMIT, tls.accept(tcp)).await {
                 Ok(Ok(_)) => debug!(%peer, "tls-alpn-01 challenge answered"),
                 Ok(Err(e)) => debug!(%peer, error = %e, "tls-alpn-01 handshake failed"),
                 Err(_) => debug!(%peer, "tls-alpn-01 handshake timed out"),
             }
-        });
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: ftp.example.com\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).await.expect("read");
+        reply
+    }
+
+    #[tokio::test]
+    async fn http01_answers_its_tokens_only_and_a_silent_peer_is_dropped_at_the_limit() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let responses = Arc::new(Responses::default());
+        responses.put_http("tok", "tok.thumb");
+        let server = tokio::spawn(serve_http(listener, Arc::clone(&responses), Metrics::new()));
+        let ok = get(addr, "/.well-known/acme-challenge/tok").await;
+        assert!(
+            ok.starts_with("HTTP/1.1 200") && ok.ends_with("tok.thumb"),
+            "{ok}"
+        );
+        let other = get(addr, "/.well-known/acme-challenge/other").await;
+        assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+        responses.clear(&["tok".into()], &[]);
+        let gone = get(addr, "/.well-known/acme-challenge/tok").await;
+        assert!(
+            gone.starts_with("HTTP/1.1 404"),
+            "taken down after the order: {gone}"
+        );
+
+        // A peer that connects and says nothing holds its slot no longer than the limit.
+        let mut silent = TcpStream::connect(addr).await.expect("connect");
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(CONNECTION_LIMIT * 2, silent.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "closed, not left open: {read:?}"
+        );
+        assert!(started.elapsed() >= CONNECTION_LIMIT / 2);
+        server.abort();
     }
 }

@@ -21,6 +21,11 @@ pub(crate) fn prepare(settings: &AcmeSettings) -> Result<(), AcmeError> {
     check(&settings.state_dir, 3)
 }
 
+/// [`prepare`]'s check alone, creating nothing (for `doctor`).
+pub(crate) fn check_state(settings: &AcmeSettings) -> Result<(), AcmeError> {
+    check(&settings.state_dir, 3)
+}
+
 fn check(path: &Path, depth: u8) -> Result<(), AcmeError> {
     let meta = std::fs::symlink_metadata(path).map_err(|e| AcmeError::state(path, e))?;
     let loose = |want: &str| AcmeError::State {
@@ -85,20 +90,20 @@ pub(crate) struct OnDisk {
     pub serial: String,
 }
 
-/// The certificate on disk for `cert`, if there is one that covers exactly its names; `None`
-/// means an order is needed now (missing, unreadable, or the names changed in the config).
+/// The certificate on disk for `cert`, if there is one that covers exactly its names and
+/// whose key is beside it; `None` means an order is needed now (missing, unreadable, the names
+/// changed in the config, or a key that is not the certificate's: a crash between the two
+/// writes of an order leaves the new key beside the old certificate).
 pub(crate) fn on_disk(cert: &AcmeCert) -> Option<OnDisk> {
-    let pem = std::fs::read(&cert.files.cert).ok()?;
-    let der = rustls::pki_types::pem::PemObject::pem_slice_iter(&pem)
-        .next()?
-        .ok()
-        .map(|d: rustls::pki_types::CertificateDer<'static>| d)?;
-    let (_, parsed) = X509Certificate::from_der(&der).ok()?;
+    let pair = crate::tls::load_cert_key(&cert.files.cert, &cert.files.key).ok()?;
+    let leaf = pair.chain.first()?.clone();
+    rustls::sign::CertifiedKey::from_der(pair.chain, pair.key, &crate::tls::provider()).ok()?;
+    let (_, parsed) = X509Certificate::from_der(&leaf).ok()?;
     let mut has = subject_alt_names(&parsed);
     let mut want: Vec<String> = cert.names.iter().map(|n| n.to_ascii_lowercase()).collect();
     has.sort();
     want.sort();
-    (has == want && cert.files.key.exists()).then(|| OnDisk {
+    (has == want).then(|| OnDisk {
         not_after: parsed.validity().not_after.timestamp(),
         serial: parsed.raw_serial_as_string(),
     })
@@ -154,6 +159,12 @@ mod tests {
         assert_eq!(on_disk(cert), None, "names differ: order anew");
         let right = crate::tls::self_signed(&["FTP.example.com".into()]).expect("rcgen");
         write_private(&cert.files.cert, right.cert_pem.as_bytes()).expect("write");
+        assert_eq!(
+            on_disk(cert),
+            None,
+            "the key beside it is another's: order anew"
+        );
+        write_private(&cert.files.key, right.key_pem.as_bytes()).expect("write");
         assert!(on_disk(cert).is_some_and(|d| d.not_after > 0 && !d.serial.is_empty()));
     }
 }

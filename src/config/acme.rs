@@ -166,11 +166,14 @@ impl AcmeSettings {
                 return Err(bad(key("contact"), "not an email address".into()));
             }
         }
-        if self.timeout_secs == 0 || self.retry_secs == 0 || self.renew_before_days == 0 {
-            return Err(bad(
-                key("timeout_secs"),
-                "timeout_secs, retry_secs and renew_before_days must be above 0".into(),
-            ));
+        for (field, value) in [
+            ("timeout_secs", self.timeout_secs),
+            ("retry_secs", self.retry_secs),
+            ("renew_before_days", u64::from(self.renew_before_days)),
+        ] {
+            if value == 0 {
+                return Err(bad(key(field), "must be above 0".into()));
+            }
         }
         Ok(())
     }

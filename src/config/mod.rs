@@ -167,6 +167,40 @@ mod tests {
     }
 
     #[test]
+    fn acme_is_a_table_or_a_flag_and_never_beside_certificate_files() {
+        let ok = parse(
+            "[tls.acme]\ndomains = [\"ftp.example.com\"]\nchallenge = \"tls-alpn-01\"\n\
+             sni = [[\"other.example.org\"]]\n",
+        )
+        .expect("valid");
+        let acme = ok.tls.acme.expect("on");
+        assert_eq!(acme.challenge, Challenge::TlsAlpn01);
+        assert_eq!(acme.directory, LETS_ENCRYPT);
+        assert_eq!(acme.certificates().len(), 2);
+        let err = parse(
+            "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n[tls.acme]\ndomains = [\"a.example\"]\n",
+        )
+        .expect_err("files and ACME");
+        assert!(
+            err.to_string().contains("certificates come from ACME"),
+            "{err}"
+        );
+        let err = parse("[tls.acme]\n").expect_err("no domain");
+        assert!(err.to_string().contains("tls.acme.domains"), "{err}");
+        let flags = Overrides {
+            acme_domains: vec!["ftp.example.com".into()],
+            acme_contact: Some("ops@example.com".into()),
+            ..Overrides::default()
+        };
+        let s = Settings::load(None, &flags).expect("flags alone");
+        let acme = s.tls.acme.expect("--acme-domains turns it on");
+        assert_eq!(
+            acme.contact_url().as_deref(),
+            Some("mailto:ops@example.com")
+        );
+    }
+
+    #[test]
     fn routes_are_checked_like_the_backend_and_names_select_one_route_only() {
         let ok = parse(
             "[routes.sales]\naddresses = [\"10.0.0.1:21\", \"10.0.0.2:21\"]\n\

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{BackendTlsMode, HostPort, Networks, PortRange, Settings};
+use super::{AcmeSettings, BackendTlsMode, Challenge, HostPort, Networks, PortRange, Settings};
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct Overrides {
@@ -73,6 +73,30 @@ pub struct Overrides {
     /// Put each transfer's SHA-256 in its audit record.
     #[arg(long, env = "FTPSGATE_AUDIT_SHA256")]
     pub audit_sha256: bool,
+    /// Certificates from ACME for these names, the first the subject (repeatable;
+    /// comma-separated in the variable). Turns `[tls.acme]` on, its defaults for the rest.
+    #[arg(long, env = "FTPSGATE_ACME_DOMAINS", value_delimiter = ',')]
+    pub acme_domains: Vec<String>,
+    /// The ACME directory URL (default: Let's Encrypt production).
+    #[arg(long, env = "FTPSGATE_ACME_DIRECTORY")]
+    pub acme_directory: Option<String>,
+    /// An email address the ACME CA may write to.
+    #[arg(long, env = "FTPSGATE_ACME_CONTACT")]
+    pub acme_contact: Option<String>,
+    /// The ACME challenge: http-01 (port 80) or tls-alpn-01 (port 443).
+    #[arg(long, env = "FTPSGATE_ACME_CHALLENGE", value_parser = parse_challenge)]
+    pub acme_challenge: Option<Challenge>,
+    /// Where the ACME account and certificates are kept (a 0700 directory).
+    #[arg(long, env = "FTPSGATE_ACME_STATE_DIR")]
+    pub acme_state_dir: Option<PathBuf>,
+}
+
+fn parse_challenge(s: &str) -> Result<Challenge, String> {
+    match s {
+        "http-01" => Ok(Challenge::Http01),
+        "tls-alpn-01" => Ok(Challenge::TlsAlpn01),
+        _ => Err("http-01 or tls-alpn-01".into()),
+    }
 }
 
 impl Settings {
@@ -133,6 +157,33 @@ impl Settings {
         }
         if o.audit_sha256 {
             self.audit.sha256 = true;
+        }
+        self.apply_acme(o);
+    }
+
+    /// The `--acme-*` flags: `--acme-domains` turns ACME on; the others change a table that
+    /// the file or that flag made.
+    fn apply_acme(&mut self, o: &Overrides) {
+        if !o.acme_domains.is_empty() {
+            self.tls
+                .acme
+                .get_or_insert_with(AcmeSettings::default)
+                .domains = o.acme_domains.clone();
+        }
+        let Some(acme) = self.tls.acme.as_mut() else {
+            return;
+        };
+        if let Some(d) = &o.acme_directory {
+            acme.directory = d.clone();
+        }
+        if let Some(c) = &o.acme_contact {
+            acme.contact = Some(c.clone());
+        }
+        if let Some(c) = o.acme_challenge {
+            acme.challenge = c;
+        }
+        if let Some(d) = &o.acme_state_dir {
+            acme.state_dir = d.clone();
         }
     }
 }

@@ -11,6 +11,10 @@ use crate::tls::store::CertStore;
 use crate::tls::x509::subject_alt_names;
 use crate::tls::{self, TlsError};
 
+/// What to do about a certificate clients will not trust.
+const FIX_SELF_SIGNED: &str = "order one from a CA with [tls.acme] (or --acme-domains), or set \
+     tls.cert and tls.key (or --cert/--key) to a certificate from a CA clients trust";
+
 /// A certificate this close to expiry is a warning.
 const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -22,9 +26,9 @@ pub(super) fn certificate(settings: &Settings) -> Vec<Check> {
                 check(
                     Level::Warn,
                     what,
-                    "none configured: a self-signed one is generated at each start",
+                    "none configured: a self-signed one is generated in memory (30 days, renewed)",
                 ),
-                "set tls.cert and tls.key (or --cert/--key) to a certificate clients trust",
+                FIX_SELF_SIGNED,
             )]
         }
         Ok((store, false)) => store,
@@ -75,13 +79,25 @@ pub(super) fn certificate(settings: &Settings) -> Vec<Check> {
                 what,
                 format!("{subject} expires on {}", cert.validity().not_after),
             ),
-            "renew it soon",
+            "renew it soon, or let [tls.acme] renew it",
         ));
     } else {
         out.push(check(
             Level::Ok,
             what,
             format!("{subject}, valid until {}", cert.validity().not_after),
+        ));
+    }
+    if cert.issuer() == cert.subject() {
+        out.push(with_fix(
+            check(
+                Level::Warn,
+                what,
+                format!(
+                    "{subject} is self-signed: clients will not trust it unless each imports it"
+                ),
+            ),
+            FIX_SELF_SIGNED,
         ));
     }
     if let Some(host) = settings.passive.external_host() {

@@ -2,6 +2,7 @@
 //! a configuration from the machine the gateway runs on. Each check prints ok, warn or fail
 //! with a fix; any fail makes the command exit non-zero.
 
+mod acme;
 mod backend;
 mod cert;
 mod firewall;
@@ -92,7 +93,10 @@ pub async fn run(settings: &Settings, login: Option<&Credentials>) -> Vec<Check>
     out.extend(backend_checks(settings, login).await);
     out.push(pool_ports(settings));
     out.extend(external_address(settings));
-    out.extend(certificate(settings));
+    match &settings.tls.acme {
+        Some(a) => out.extend(acme::checks(a)),
+        None => out.extend(certificate(settings)),
+    }
     out.push(fd_limit(settings));
     out
 }

@@ -58,12 +58,55 @@ pub struct SelfSigned {
     pub key_pem: String,
 }
 
-/// Generates a self-signed ECDSA P-256 certificate for `names` (DNS names or IP addresses).
+/// How long a certificate `ftpsgate cert` writes lasts unless `--days` says otherwise: the
+/// longest a public CA may issue (397 days, CA/Browser Forum), so a test key is not kept for
+/// ever by default.
+pub const CERT_DAYS: u32 = 397;
+
+/// How long the certificate `run` generates in memory (no certificate configured) lasts. It is
+/// made anew at every reload and every [`GENERATED_DAYS`] / 2 days, so it never expires while
+/// the process lives, and a key that lived in memory is never valid for long after.
+pub const GENERATED_DAYS: u32 = 30;
+
+/// Generates a self-signed ECDSA P-256 certificate for `names` (DNS names or IP addresses),
+/// valid for [`CERT_DAYS`]. See [`self_signed_for`].
 pub fn self_signed(names: &[String]) -> Result<SelfSigned, TlsError> {
-    let pair = rcgen::generate_simple_self_signed(names.to_vec())?;
+    self_signed_for(names, CERT_DAYS)
+}
+
+/// Generates a self-signed ECDSA P-256 certificate for `names`, valid for `days`, made as a
+/// careful operator would: the first name as the subject's CN (what a client's trust dialog
+/// shows) and every name in the subjectAltName; valid from an hour ago (a client whose clock
+/// is a little behind still accepts it); a random 128-bit serial from the crypto provider;
+/// the usages of a TLS server certificate (digitalSignature, serverAuth) and `CA:FALSE`.
+pub fn self_signed_for(names: &[String], days: u32) -> Result<SelfSigned, TlsError> {
+    use rcgen::{DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SerialNumber};
+    let mut params = rcgen::CertificateParams::new(names.to_vec())?;
+    if let Some(first) = names.first() {
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, first.as_str());
+    }
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(i64::from(days));
+    let mut serial = [0u8; 16];
+    provider()
+        .secure_random
+        .fill(&mut serial)
+        .map_err(|_| TlsError::Config("no random bytes for a serial number".into()))?;
+    // Positive, and 16 bytes long whatever the draw (DER drops leading zero bytes).
+    serial[0] = (serial[0] & 0x7f) | 0x40;
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.is_ca = IsCa::ExplicitNoCa;
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
     Ok(SelfSigned {
-        cert_pem: pair.cert.pem(),
-        key_pem: pair.signing_key.serialize_pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
     })
 }
 

@@ -33,7 +33,7 @@ use crate::metrics::{Metrics, Reload};
 /// Where the certificates come from.
 #[derive(Debug, Clone)]
 enum Source {
-    /// Generated at start (no files configured): nothing to reload.
+    /// Generated (no files configured), made anew at each reload and at half its lifetime.
     Generated,
     Files {
         default: CertPair,
@@ -193,9 +193,23 @@ impl CertStore {
     /// Watches the directories holding the certificate files and reloads on any change there.
     /// Directories, not files: Kubernetes updates a Secret volume by swapping a `..data`
     /// symlink, which replaces every file at once without writing to any of them.
+    /// A generated certificate has no files: it is renewed at half its lifetime instead.
     pub fn watch(self: &Arc<Self>, metrics: Arc<Metrics>) -> Result<(), TlsError> {
-        let Source::Files { default, sni } = &self.source else {
-            return Ok(());
+        let (default, sni) = match &self.source {
+            Source::Files { default, sni } => (default, sni),
+            Source::Generated => {
+                let store = Arc::clone(self);
+                let half = Duration::from_secs(u64::from(super::GENERATED_DAYS) * 86_400 / 2);
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(half).await;
+                        store
+                            .reload_and_log("generated certificate at half its lifetime", &metrics);
+                    }
+                });
+                return Ok(());
+            }
+            Source::Acme(_) => return Ok(()),
         };
         let files: Vec<&PathBuf> = std::iter::once(default)
             .chain(sni)
@@ -297,8 +311,10 @@ fn build(source: &Source, provider: &CryptoProvider) -> Result<Certs, TlsError> 
     let (default, sni) = match source {
         Source::Generated => {
             let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-            let pair = super::self_signed(&names)?.cert_key()?;
-            (certified(pair, provider)?, Vec::new())
+            let pair = super::self_signed_for(&names, super::GENERATED_DAYS)?;
+            // A new one each time: every reload renews it.
+            digest.update(&pair.cert_pem);
+            (certified(pair.cert_key()?, provider)?, Vec::new())
         }
         Source::Acme(certs) => {
             let mut keys = Vec::new();
@@ -310,7 +326,8 @@ fn build(source: &Source, provider: &CryptoProvider) -> Result<Certs, TlsError> 
                             warn!(error = %e, "an ACME certificate on disk cannot be used; a new one is ordered");
                         }
                         temporary += 1;
-                        certified(super::self_signed(&c.names)?.cert_key()?, provider)?
+                        let stand_in = super::self_signed_for(&c.names, super::GENERATED_DAYS)?;
+                        certified(stand_in.cert_key()?, provider)?
                     }
                 };
                 keys.push((c.names.clone(), key));
@@ -400,6 +417,25 @@ mod tests {
         assert!(store.reload().expect("good files reload"));
         assert_ne!(store.default_chain(), before);
         assert_eq!(dns_names(&store.default_chain()[0]), vec!["two.test"]);
+    }
+
+    #[tokio::test]
+    async fn a_generated_certificate_lives_thirty_days_and_each_reload_renews_it() {
+        let store = CertStore::load(
+            &TlsSettings::default(),
+            Arc::new(aws_lc_rs::default_provider()),
+        )
+        .expect("generated")
+        .0;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let expiry = store.expiries()[0].1;
+        assert!(
+            expiry <= now + 30 * 86_400 && expiry > now + 29 * 86_400,
+            "{expiry}"
+        );
+        let before = store.default_chain();
+        assert!(store.reload().expect("renewed"), "a reload makes a new one");
+        assert_ne!(store.default_chain(), before);
     }
 
     #[test]
