@@ -531,6 +531,19 @@ fn seconds(v: &serde_json::Value) -> f64 {
     }
 }
 
+/// The time of day of a log line's RFC 3339 timestamp, in seconds.
+fn clock(v: &serde_json::Value) -> f64 {
+    let t = v.as_str().expect("timestamp");
+    let time = t
+        .split_once('T')
+        .expect("date and time")
+        .1
+        .trim_end_matches('Z');
+    time.split(':')
+        .map(|p| p.parse::<f64>().expect("number"))
+        .fold(0.0, |acc, p| acc * 60.0 + p)
+}
+
 /// Nothing answers where Pebble validates http-01: each order fails with a log line naming
 /// Pebble's problem, retries back off (2 s, then about 4, then about 8), and meanwhile the
 /// temporary certificate serves clients while /readyz says 503. Once the test opens the path,
@@ -565,6 +578,16 @@ fn an_unreachable_challenge_fails_clearly_backs_off_then_succeeds() {
         (1.5..=2.5).contains(&waits[0]) && waits.windows(2).all(|w| w[1] > w[0] * 1.2),
         "backoff: {waits:?}"
     );
+    // And the gateway waits that long: the next failure comes no sooner (a lower bound only,
+    // never a speed figure).
+    let at: Vec<f64> = failed.iter().map(|l| clock(&l["timestamp"])).collect();
+    for (i, wait) in waits.iter().enumerate().take(failed.len() - 1) {
+        let gap = (at[i + 1] - at[i]).rem_euclid(86_400.0);
+        assert!(
+            gap >= wait - 0.05,
+            "retry {i} came after {gap} s, not {wait} s"
+        );
+    }
     assert_eq!(gw.readyz(), 503, "not ready on the temporary certificate");
     assert!(gw.orders("failed") >= 3.0);
     assert_eq!(gw.orders("issued"), 0.0);
