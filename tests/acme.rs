@@ -660,6 +660,54 @@ fn a_restart_reuses_the_account_and_certificate_in_state_dir() {
     bed.curl_download(&second);
 }
 
+/// `tls.acme.sni`: a second certificate, its own order, chosen by the name a client asks for;
+/// clients without that name keep the default one. Ready once both are issued.
+#[test]
+fn an_sni_certificate_is_ordered_apart_and_served_for_its_name() {
+    let Some(bed) = Bed::new(PebbleOptions::default()) else {
+        return;
+    };
+    let other = "other.acme.test";
+    let gw = bed.gateway(
+        "sni",
+        &bed.acme("http-01", &format!("sni = [[{other:?}]]\n")),
+    );
+    gw.wait_issued(2.0);
+    let ready = eventually(Duration::from_secs(30), || gw.readyz() == 200);
+    assert!(ready, "/readyz not 200 with both issued:\n{}", gw.log());
+    let names = |der: &CertificateDer<'_>| {
+        let (_, c) = x509_parser::parse_x509_certificate(der).expect("certificate");
+        ftpsgate::tls::x509::subject_alt_names(&c)
+    };
+    let by_sni = gw.served(other, &bed.pebble.root).remove(0);
+    assert_eq!(names(&by_sni), [other]);
+    let stored = bed.state_dir().join(bed.pebble.state_key()).join(other);
+    assert_eq!(by_sni, pem_certs(&stored.join("cert.pem")).remove(0));
+    assert_eq!(
+        names(&gw_cert(&gw, &bed)),
+        [DOMAIN],
+        "the default for its own name"
+    );
+    let issued: Vec<String> = gw
+        .lines("ACME certificate issued")
+        .iter()
+        .map(|l| {
+            l["fields"]["domain"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert!(issued.contains(&other.to_string()) && issued.contains(&DOMAIN.to_string()));
+    let expiry = value(
+        &scrape(gw.admin),
+        "ftpsgate_certificate_expiry_timestamp_seconds",
+        &[("name", other)],
+    );
+    assert_eq!(expiry, not_after(&stored.join("cert.pem")) as f64);
+    bed.curl_download(&gw);
+}
+
 fn gw_cert(gw: &Gw, bed: &Bed) -> CertificateDer<'static> {
     gw.served(DOMAIN, &bed.pebble.root).remove(0)
 }

@@ -31,7 +31,8 @@ fn check(path: &Path, depth: u8) -> Result<(), AcmeError> {
     let loose = |want: &str| AcmeError::State {
         path: path.to_path_buf(),
         why: format!(
-            "mode {:o}, owner {}: must be {want} and owned by the gateway's user (uid {})",
+            "mode {:o}, owner {}: tls.acme.state_dir and all it holds must be {want} and owned by \
+             the gateway's user (uid {})",
             meta.mode() & 0o7777,
             meta.uid(),
             rustix::process::geteuid().as_raw()
