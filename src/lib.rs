@@ -26,6 +26,7 @@ pub(crate) mod fdlimit;
 pub mod ftp;
 mod io_util;
 pub(crate) mod metrics;
+mod policy;
 pub mod probe;
 pub(crate) mod proxy_protocol;
 mod refusal;

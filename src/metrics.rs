@@ -116,6 +116,12 @@ pub enum Reason {
     malformed_user,
     /// A user other than the one the client certificate names (`tls.client_cert_user`).
     certificate_user,
+    /// A verb in the route's `policy.deny_commands`.
+    policy_command,
+    /// A verb that changes files, under the route's `policy.read_only`.
+    policy_read_only,
+    /// An upload's name refused by the route's `policy.allow_names`/`deny_names`.
+    policy_name,
 }
 
 /// Why an audit record was not written. Its name is the same in the metric label and in the

@@ -83,6 +83,9 @@ pub enum Event<'a> {
         who: Who<'a>,
         reason: Reason,
         reply: u16,
+        /// The command refused, where its words are the point (a policy's: `STOR tool.exe`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        command: Option<String>,
     },
     /// Records not written since the last `dropped` record of this reason: the log says
     /// where it has a gap, and how large.
@@ -179,6 +182,7 @@ mod tests {
             },
             reason: Reason::denied_user,
             reply: 530,
+            command: None,
         };
         let json = serde_json::to_string(&event).expect("json");
         assert_eq!(

@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::values::one_or_more;
-use super::{Bad, ConfigError, Fingerprint, HostPort, Networks, Settings, TlsVersion};
+use super::{
+    Bad, ConfigError, Fingerprint, HostPort, Networks, PolicySettings, Settings, TlsVersion,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -64,6 +66,8 @@ pub struct BackendSettings {
     /// Relay `STAT` without an argument to the backend. Off by default: the gateway answers
     /// it, since the backend's status names its server, version and internal addresses.
     pub relay_stat: bool,
+    /// This backend's own command and name rules, in place of the global `[policy]`.
+    pub policy: Option<PolicySettings>,
 }
 
 impl Default for BackendSettings {
@@ -88,6 +92,7 @@ impl Default for BackendSettings {
             proxy_protocol: ProxyVersion::Off,
             relay_greeting: false,
             relay_stat: false,
+            policy: None,
         }
     }
 }
@@ -106,6 +111,9 @@ impl BackendSettings {
                 format!("{key}.client_cert"),
                 "set both client_cert and client_key, or neither".into(),
             ));
+        }
+        if let Some(policy) = &self.policy {
+            policy.validate(&format!("{key}.policy"), bad)?;
         }
         Ok(())
     }

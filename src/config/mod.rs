@@ -4,7 +4,7 @@
 //!
 //! One file per group of tables, each type beside its own checks: [`backend`] (`[backend]`,
 //! `[routes.NAME]`, `[routing]`), [`tls`], [`network`] (listeners, passive and active mode,
-//! PROXY protocol, admin, timeouts, limits), [`access`] (address rules, bans, denied users),
+//! PROXY protocol, admin, timeouts, limits), [`access`] (address rules, bans, denied users), [`policy`] (command and name rules),
 //! [`acme`] (`[tls.acme]`), shared [`values`], and the [`overrides`] that
 //! flags and variables apply.
 
@@ -13,6 +13,7 @@ mod acme;
 mod backend;
 mod network;
 mod overrides;
+mod policy;
 mod tls;
 mod values;
 
@@ -32,6 +33,7 @@ pub use network::{
     Timeouts,
 };
 pub use overrides::Overrides;
+pub use policy::PolicySettings;
 pub use tls::{CertPair, CertUser, ClientAuth, ReuseMode, TlsSettings, TlsVersion};
 pub use values::{Fingerprint, HostPort, Networks, PortRange, Switch};
 
@@ -79,6 +81,8 @@ pub struct Settings {
     pub proxy_protocol: ProxyProtocolSettings,
     pub access: AccessSettings,
     pub audit: AuditSettings,
+    /// Command and name rules for every session; a backend's own `policy` replaces them.
+    pub policy: PolicySettings,
 }
 
 impl Default for Settings {
@@ -98,6 +102,7 @@ impl Default for Settings {
             proxy_protocol: ProxyProtocolSettings::default(),
             access: AccessSettings::default(),
             audit: AuditSettings::default(),
+            policy: PolicySettings::default(),
         }
     }
 }
@@ -151,6 +156,7 @@ impl Settings {
         self.timeouts.validate(&bad)?;
         self.access.validate(&bad)?;
         self.audit.validate(&bad)?;
+        self.policy.validate("policy", &bad)?;
         self.limits.validate(&bad)
     }
 }

@@ -1,11 +1,13 @@
-//! Each refusal's log line, decided per variant like its reply and its count (see the parent
-//! module): a warning for what looks like an attack or a fault in the deployment, information
-//! for the rest, nothing for an ordinary mistake a client corrects.
+//! Each refusal's log line (and what its audit record quotes), decided per variant like its
+//! reply and its count (see the parent module): a warning for what looks like an attack or a
+//! fault in the deployment, information for the rest, nothing for an ordinary mistake a client
+//! corrects.
 
 use tracing::{info, warn};
 
 use super::Refusal;
 use crate::ftp::escaped;
+use crate::policy::Denied;
 
 impl Refusal {
     /// The log line: a warning for what looks like an attack or a fault in the deployment,
@@ -76,6 +78,12 @@ impl Refusal {
                 certified = %escaped(certified.as_deref().unwrap_or("(none)")),
                 "login refused: not the user the client certificate names"
             ),
+            Policy(Denied::Command { verb }) | Policy(Denied::ReadOnly { verb }) => {
+                info!(%verb, "refused by policy")
+            }
+            Policy(Denied::Name { verb, name }) => {
+                info!(%verb, name = %escaped(name), "refused by policy: file name")
+            }
             BackendLost(e) => warn!(error = %e, "backend failed; closing session"),
             BackendRefused(reply) => info!(
                 code = reply.code(),
@@ -113,6 +121,19 @@ impl Refusal {
             | ProtChanged
             | Backend(_)
             | PassWithoutUser => {}
+        }
+    }
+}
+
+impl Refusal {
+    /// The command line a policy refused, for its audit record.
+    pub(crate) fn command(&self) -> Option<String> {
+        match self {
+            Refusal::Policy(Denied::Command { verb } | Denied::ReadOnly { verb }) => {
+                Some(verb.clone())
+            }
+            Refusal::Policy(Denied::Name { verb, name }) => Some(format!("{verb} {name}")),
+            _ => None,
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::backend::{BackendError, NoDataPort, RouteError};
 use crate::data::{BridgeError, PoolError};
 use crate::ftp::{addr::AddrError, CommandError, LineError, Reply};
 use crate::metrics::Reason;
+use crate::policy::Denied;
 use crate::proxy_protocol::ProxyError;
 
 mod log;
@@ -149,6 +150,8 @@ pub(crate) enum Refusal {
         user: String,
         certified: Option<String>,
     },
+    /// The route's command and name rules (`[policy]`): never sent to the backend.
+    Policy(Denied),
     /// PASS without a USER the gateway passed on (one it refused, say).
     PassWithoutUser,
     /// The backend failed (closed, timed out, spoke nonsense) during the session. The session
@@ -266,6 +269,14 @@ impl Refusal {
             ),
             RouteDenied { .. } => (421, Barred::DENIED_TEXT),
             DeniedUser { .. } | MalformedUser | CertificateUser { .. } => (530, "Login incorrect."),
+            Policy(Denied::Command { verb }) => {
+                return Reply::new(
+                    550,
+                    &format!("Permission denied: {verb} is not allowed here."),
+                )
+            }
+            Policy(Denied::ReadOnly { .. }) => (550, "Permission denied: read-only."),
+            Policy(Denied::Name { .. }) => (553, "File name not allowed."),
             PassWithoutUser => (503, "Login with USER first."),
             BackendDown(_) => (
                 421,
@@ -310,6 +321,9 @@ impl Refusal {
             DeniedUser { .. } => Reason::denied_user,
             MalformedUser => Reason::malformed_user,
             CertificateUser { .. } => Reason::certificate_user,
+            Policy(Denied::Command { .. }) => Reason::policy_command,
+            Policy(Denied::ReadOnly { .. }) => Reason::policy_read_only,
+            Policy(Denied::Name { .. }) => Reason::policy_name,
             AddressDenied => Reason::access_denied,
             AddressBanned => Reason::banned,
             TooManySessions => Reason::session_limit,
@@ -408,6 +422,7 @@ impl Refusal {
             | DeniedUser { .. }
             | MalformedUser
             | CertificateUser { .. }
+            | Policy(_)
             | PassWithoutUser => false,
         }
     }

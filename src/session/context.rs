@@ -49,7 +49,13 @@ impl Context {
             self.metrics.refused(reason.clone());
             if let Some(who) = who {
                 let reply = refusal.reply().code();
-                self.audit.record(&Event::Refusal { who, reason, reply });
+                let command = refusal.command();
+                self.audit.record(&Event::Refusal {
+                    who,
+                    reason,
+                    reply,
+                    command,
+                });
             }
         }
         refusal.log();
