@@ -11,10 +11,10 @@ use super::{Bad, ConfigError};
 #[serde(deny_unknown_fields, default)]
 pub struct PolicySettings {
     /// Verbs refused with 550 and never sent to the backend (e.g. `["SITE", "DELE", "RNFR"]`).
-    /// Any case.
+    /// Any case; an X- form counts as its verb (`XMKD` is `MKD`).
     pub deny_commands: Vec<String>,
-    /// Refuse every verb that changes the backend's files (STOR, STOU, APPE, DELE, RMD, MKD,
-    /// RNFR, RNTO, SITE, MFMT, MFCT, MFF and their X- forms) with 550.
+    /// Let only verbs that read or run the session through; every other verb gets 550, so a
+    /// write verb nobody listed (a server's own) is refused too.
     pub read_only: bool,
     /// Glob patterns (`*`, `?`, any case) an upload's file name must match, if any are given:
     /// STOR, STOU, APPE and RNTO (a rename is an upload under another name). Refused with 553.

@@ -331,7 +331,7 @@ impl Session {
         let verdict = crate::policy::check(
             policy.unwrap_or(&ctx.settings.policy),
             &line.name(),
-            &line.arg_text(),
+            line.arg(),
         );
         if let Some(denied) = verdict {
             return Err(Refusal::Policy(denied).into());
