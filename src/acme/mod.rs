@@ -127,7 +127,7 @@ pub(crate) async fn start(
         if state::on_disk(&cert).is_none() {
             info!(domain = %cert.names.join(","), "no ACME certificate yet: serving a temporary self-signed one until the order completes");
         }
-        tasks.spawn(Arc::clone(&client).renew_loop(cert));
+        tasks.spawn(Arc::clone(&client).supervise(cert));
     }
     Ok(())
 }
@@ -146,6 +146,23 @@ struct Client {
 }
 
 impl Client {
+    /// Runs `cert`'s renewal loop, and runs it again if it panics (a CA's header no crate
+    /// expected, say): a loop that died would leave the certificate to expire in silence.
+    async fn supervise(self: Arc<Self>, cert: AcmeCert) {
+        loop {
+            let run = tokio::spawn(Arc::clone(&self).renew_loop(cert.clone()));
+            // Dropping the supervisor (the gateway stopping) stops the loop too.
+            match tokio_util::task::AbortOnDropHandle::new(run).await {
+                Err(e) if e.is_panic() => {
+                    self.metrics.acme_ordered(AcmeOrder::failed);
+                    tracing::error!(domain = %cert.names.join(","), "ACME renewal loop panicked; it starts again after tls.acme.retry_secs");
+                    tokio::time::sleep(Duration::from_secs(self.settings.retry_secs)).await;
+                }
+                _ => return,
+            }
+        }
+    }
+
     /// Waits until `cert` is due, orders it (retrying with back-off until an order succeeds),
     /// and again, for as long as the gateway runs.
     async fn renew_loop(self: Arc<Self>, cert: AcmeCert) {
@@ -225,6 +242,13 @@ impl Client {
         })
         .await
         .map_err(|_| AcmeError::Timeout(secs))??;
+        let checked =
+            state::usable(cert, issued.chain.as_bytes(), issued.key.as_bytes()).map_err(|why| {
+                AcmeError::Refused {
+                    name: cert.names.join(","),
+                    why: format!("the CA's certificate cannot serve: {why}"),
+                }
+            })?;
         // Two writes, each whole. Between them the pair on disk does not match: a reload then
         // (a SIGHUP) serves a temporary certificate until this one's, a moment later, and a
         // crash then leaves a pair `on_disk` refuses, so the next start orders again.
@@ -237,7 +261,7 @@ impl Client {
                 return Err(e.into());
             }
         }
-        Ok(state::on_disk(cert).map(|d| d.serial).unwrap_or_default())
+        Ok(checked.serial)
     }
 
     async fn account(&self) -> Result<Account, AcmeError> {
@@ -253,5 +277,44 @@ impl Client {
         let a = order::account(&self.settings, http).await?;
         *account = Some(a.clone());
         Ok(a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TlsSettings;
+
+    /// What serves while an order is under way, and after: a stand-in until the files come, the
+    /// issued certificate once they do, and that one still when a reload cannot read them.
+    #[test]
+    fn the_store_serves_a_stand_in_then_the_issued_certificate_and_keeps_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let acme = AcmeSettings {
+            state_dir: dir.path().join("acme"),
+            domains: vec!["ftp.example.com".into()],
+            ..AcmeSettings::default()
+        };
+        let settings = TlsSettings {
+            acme: Some(acme.clone()),
+            ..TlsSettings::default()
+        };
+        let (store, _) = CertStore::load(&settings, crate::tls::provider()).expect("load");
+        assert_eq!(store.temporary(), 1, "nothing issued yet");
+        let cert = &acme.certificates()[0];
+        let issued = crate::tls::self_signed(&cert.names).expect("rcgen");
+        state::write_private(&cert.files.key, issued.key_pem.as_bytes()).expect("key");
+        state::write_private(&cert.files.cert, issued.cert_pem.as_bytes()).expect("cert");
+        assert!(store.reload().expect("reload"));
+        assert_eq!(store.temporary(), 0);
+        let serving = store.default_chain();
+        std::fs::remove_file(&cert.files.cert).expect("gone");
+        let _ = store.reload().expect("reload");
+        assert_eq!(
+            store.temporary(),
+            0,
+            "no stand-in for an issued certificate"
+        );
+        assert_eq!(store.default_chain(), serving);
     }
 }

@@ -7,7 +7,9 @@
 //!   extension (the SHA-256 of the key authorization); nothing else is served.
 //!
 //! Both are bounded as every listener of the gateway is: a connection lives at most
-//! [`CONNECTION_LIMIT`], and at most [`MAX_CONNECTIONS`] are open at once.
+//! [`CONNECTION_LIMIT`], at most [`MAX_CONNECTIONS`] are open at once, and at most
+//! [`PER_ADDRESS`] from one address, so one host holding connections open cannot keep the
+//! CA's validation out.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -38,6 +40,8 @@ const CONNECTION_LIMIT: Duration = Duration::from_secs(10);
 /// Challenge connections open at once; more are closed at accept. A CA validates from a few
 /// vantage points per name, so this is room to spare, not a limit a CA meets.
 const MAX_CONNECTIONS: usize = 64;
+/// Challenge connections open at once from one address: a CA's vantage point opens one or two.
+const PER_ADDRESS: usize = 8;
 const HTTP_PREFIX: &str = "/.well-known/acme-challenge/";
 const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
@@ -109,16 +113,49 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_address: Arc<DashMap<std::net::IpAddr, usize>> = Arc::default();
     let mut acceptor = crate::accept::Acceptor::new(None);
     loop {
         let (tcp, peer) = acceptor.accept(&listener, &metrics).await;
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             continue;
         };
+        let Some(share) = Share::take(&per_address, peer.ip()) else {
+            continue;
+        };
         let work = handle(tcp, peer);
         tokio::spawn(async move {
-            let _slot = slot;
+            let (_slot, _share) = (slot, share);
             work.await
+        });
+    }
+}
+
+/// One connection's place in its address's count, given back when dropped.
+struct Share {
+    counts: Arc<DashMap<std::net::IpAddr, usize>>,
+    ip: std::net::IpAddr,
+}
+
+impl Share {
+    fn take(counts: &Arc<DashMap<std::net::IpAddr, usize>>, ip: std::net::IpAddr) -> Option<Share> {
+        let mut n = counts.entry(ip).or_insert(0);
+        if *n >= PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(Share {
+            counts: Arc::clone(counts),
+            ip,
+        })
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        self.counts.remove_if_mut(&self.ip, |_, n| {
+            *n = n.saturating_sub(1);
+            *n == 0
         });
     }
 }
@@ -223,15 +260,41 @@ mod tests {
             "taken down after the order: {gone}"
         );
 
-        // A peer that connects and says nothing holds its slot no longer than the limit.
-        let mut silent = TcpStream::connect(addr).await.expect("connect");
+        // Peers that connect and say nothing hold their slots no longer than the limit, and
+        // one address holds no more than its share: the CA, elsewhere, still gets in.
         let started = std::time::Instant::now();
+        let mut silent = Vec::new();
+        for _ in 0..PER_ADDRESS {
+            silent.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        let mut over = TcpStream::connect(addr).await.expect("connect");
         let mut buf = [0u8; 64];
-        let read = tokio::time::timeout(CONNECTION_LIMIT * 2, silent.read(&mut buf)).await;
+        let shut = tokio::time::timeout(CONNECTION_LIMIT / 2, over.read(&mut buf)).await;
         assert!(
-            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
-            "closed, not left open: {read:?}"
+            matches!(shut, Ok(Ok(0)) | Ok(Err(_))),
+            "beyond the share: {shut:?}"
         );
+        let other = tokio::net::TcpSocket::new_v4().expect("socket");
+        other
+            .bind("127.0.0.2:0".parse().expect("addr"))
+            .expect("bind");
+        let mut ca = other.connect(addr).await.expect("connect");
+        ca.write_all(b"GET /.well-known/acme-challenge/x HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("write");
+        let mut reply = String::new();
+        ca.read_to_string(&mut reply).await.expect("read");
+        assert!(
+            reply.starts_with("HTTP/1.1 404"),
+            "another address is served: {reply}"
+        );
+        for mut s in silent {
+            let read = tokio::time::timeout(CONNECTION_LIMIT * 2, s.read(&mut buf)).await;
+            assert!(
+                matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+                "closed, not left open: {read:?}"
+            );
+        }
         assert!(started.elapsed() >= CONNECTION_LIMIT / 2);
         server.abort();
     }

@@ -96,15 +96,32 @@ pub(crate) struct OnDisk {
 /// changed in the config, or a key that is not the certificate's: a crash between the two
 /// writes of an order leaves the new key beside the old certificate).
 pub(crate) fn on_disk(cert: &AcmeCert) -> Option<OnDisk> {
-    let pair = crate::tls::load_cert_key(&cert.files.cert, &cert.files.key).ok()?;
-    let leaf = pair.chain.first()?.clone();
-    rustls::sign::CertifiedKey::from_der(pair.chain, pair.key, &crate::tls::provider()).ok()?;
-    let (_, parsed) = X509Certificate::from_der(&leaf).ok()?;
+    let chain = std::fs::read(&cert.files.cert).ok()?;
+    let key = std::fs::read(&cert.files.key).ok()?;
+    usable(cert, &chain, &key).ok()
+}
+
+/// Checks a chain and key (PEM) as the store will load them, and that the certificate names
+/// exactly `cert`'s names: what an order got is checked before it replaces what serves.
+pub(crate) fn usable(cert: &AcmeCert, chain: &[u8], key: &[u8]) -> Result<OnDisk, String> {
+    let pair = crate::tls::parse_cert_key((&cert.files.cert, chain), (&cert.files.key, key))
+        .map_err(|e| e.to_string())?;
+    let leaf = pair.chain.first().cloned().ok_or("no certificate")?;
+    rustls::sign::CertifiedKey::from_der(pair.chain, pair.key, &crate::tls::provider())
+        .map_err(|e| format!("the key is not the certificate's: {e}"))?;
+    let (_, parsed) = X509Certificate::from_der(&leaf).map_err(|e| e.to_string())?;
     let mut has = subject_alt_names(&parsed);
     let mut want: Vec<String> = cert.names.iter().map(|n| n.to_ascii_lowercase()).collect();
     has.sort();
     want.sort();
-    (has == want).then(|| OnDisk {
+    if has != want {
+        return Err(format!(
+            "it names {}, not {}",
+            has.join(", "),
+            want.join(", ")
+        ));
+    }
+    Ok(OnDisk {
         not_after: parsed.validity().not_after.timestamp(),
         serial: parsed.raw_serial_as_string(),
     })

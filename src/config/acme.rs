@@ -161,6 +161,18 @@ impl AcmeSettings {
                 ));
             }
         }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(twice) = self
+            .domains
+            .iter()
+            .chain(self.sni.iter().flatten())
+            .find(|n| !seen.insert(n.to_ascii_lowercase()))
+        {
+            return Err(bad(
+                key("sni"),
+                format!("`{twice}` is named twice: each name is on one certificate, once"),
+            ));
+        }
         if let Some(c) = &self.contact {
             if c.is_empty() || c.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
                 return Err(bad(key("contact"), "not an email address".into()));

@@ -121,7 +121,16 @@ fn listener(acme: &AcmeSettings) -> Check {
             "listen on the address the internet reaches (0.0.0.0), or forward to it",
         );
     }
-    let held = TcpListener::bind(addr).is_err();
+    let bound = TcpListener::bind(addr);
+    if let Err(e) = &bound {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            return with_fix(
+                check(Level::Warn, WHAT, format!("{addr} cannot be bound by this user: {e}")),
+                "run the gateway with CAP_NET_BIND_SERVICE (the systemd unit grants it), or listen on a high port and forward the CA's port to it",
+            );
+        }
+    }
+    let held = bound.is_err();
     let state = if !held {
         "free for the gateway to bind at start".to_string()
     } else if challenge == "http-01" && answers_http01(addr) {

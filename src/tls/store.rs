@@ -54,6 +54,9 @@ struct Certs {
     digest: [u8; 32],
     /// How many are temporary stand-ins for ACME certificates not issued yet.
     temporary: usize,
+    /// Each ACME certificate's issued key, in `Source::Acme`'s order (`None`: a stand-in
+    /// serves), kept through a reload that cannot read its files.
+    issued: Vec<Option<Arc<CertifiedKey>>>,
 }
 
 #[derive(Debug)]
@@ -63,6 +66,7 @@ pub struct CertStore {
     current: RwLock<Arc<Certs>>,
     /// SIGHUP's word to the ACME renewal loops: look at your certificate now.
     nudge: tokio::sync::Notify,
+    reloading: std::sync::Mutex<()>,
 }
 
 impl CertStore {
@@ -95,12 +99,13 @@ impl CertStore {
             ),
             _ => (Source::Generated, true),
         };
-        let certs = build(&source, &provider)?;
+        let certs = build(&source, &provider, None)?;
         let store = CertStore {
             source,
             provider,
             current: RwLock::new(Arc::new(certs)),
             nudge: tokio::sync::Notify::new(),
+            reloading: std::sync::Mutex::new(()),
         };
         Ok((Arc::new(store), generated))
     }
@@ -108,7 +113,10 @@ impl CertStore {
     /// Reads the files again. On success the new certificates serve every handshake from now
     /// on and `Ok(true)` says something changed; on error the old ones stay.
     pub fn reload(&self) -> Result<bool, TlsError> {
-        let certs = build(&self.source, &self.provider)?;
+        // One reload at a time, read to swap: a SIGHUP's read of the old files must not land
+        // after an ACME order's reload of the new ones.
+        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let certs = build(&self.source, &self.provider, Some(&self.certs()))?;
         let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
         if current.digest == certs.digest {
             return Ok(false);
@@ -285,9 +293,17 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-fn build(source: &Source, provider: &CryptoProvider) -> Result<Certs, TlsError> {
+/// Reads `source` into certificates. `previous` is what serves now: an issued ACME certificate
+/// whose files cannot be read (a moment's EMFILE, a read between an order's two writes) stays
+/// rather than giving way to a stand-in that nothing would replace until the next order.
+fn build(
+    source: &Source,
+    provider: &CryptoProvider,
+    previous: Option<&Certs>,
+) -> Result<Certs, TlsError> {
     let mut digest = Sha256::new();
     let mut temporary = 0;
+    let mut issued = Vec::new();
     let mut load = |pair: &CertPair| -> Result<Arc<CertifiedKey>, TlsError> {
         // Read once: the digest and the parse see the same bytes, even mid-rotation.
         let read = |file: &PathBuf| {
@@ -318,14 +334,24 @@ fn build(source: &Source, provider: &CryptoProvider) -> Result<Certs, TlsError> 
         }
         Source::Acme(certs) => {
             let mut keys = Vec::new();
-            for c in certs {
-                let key = match load(&c.files) {
-                    Ok(key) => key,
-                    Err(e) => {
+            for (i, c) in certs.iter().enumerate() {
+                let kept = previous.and_then(|p| p.issued.get(i).cloned().flatten());
+                let key = match (load(&c.files), kept) {
+                    (Ok(key), _) => {
+                        issued.push(Some(Arc::clone(&key)));
+                        key
+                    }
+                    (Err(e), Some(kept)) => {
+                        warn!(error = %e, "an ACME certificate on disk cannot be read now; the one in use stays");
+                        issued.push(Some(Arc::clone(&kept)));
+                        kept
+                    }
+                    (Err(e), None) => {
                         if c.files.cert.exists() {
                             warn!(error = %e, "an ACME certificate on disk cannot be used; a new one is ordered");
                         }
                         temporary += 1;
+                        issued.push(None);
                         let stand_in = super::self_signed_for(&c.names, super::GENERATED_DAYS)?;
                         certified(stand_in.cert_key()?, provider)?
                     }
@@ -366,6 +392,7 @@ fn build(source: &Source, provider: &CryptoProvider) -> Result<Certs, TlsError> 
         by_name,
         digest: digest.finalize().into(),
         temporary,
+        issued,
     })
 }
 
