@@ -178,7 +178,7 @@ impl Client {
                     floor = None;
                 }
             }
-            let mut failures = 0;
+            let mut failures: u32 = 0;
             loop {
                 match self.order_once(&cert).await {
                     Ok(serial) => {
@@ -191,7 +191,7 @@ impl Client {
                         break;
                     }
                     Err(e) => {
-                        failures += 1;
+                        failures = failures.saturating_add(1);
                         self.metrics.acme_ordered(AcmeOrder::failed);
                         let first = Duration::from_secs(self.settings.retry_secs);
                         let wait = schedule::backoff(first, failures, fastrand::f64());
