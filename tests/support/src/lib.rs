@@ -1,10 +1,11 @@
 //! The tests' and the benchmark's shared harness, one module per concern: a gateway in-process
 //! and the binary's command line (`gateway`), real backends (`servers`) and scripted ones
 //! (`scripted`), running peers (`process`), files by hash (`files`), loopback ports (`net`),
-//! certificates (`pki`), Pebble as the ACME server (`pebble`), the admin listener (`admin`),
-//! curl (`curl`), client programs bounded in time and the tests' own Java and Node clients
-//! (`peers`), and talking FTP by hand: one control connection (`control`), an FTPS session on
-//! it (`ftps`) and the benchmark's fast transfer client (`transfer`).
+//! certificates (`pki`), Pebble as the ACME server (`pebble`), clamd behind c-icap as the ICAP
+//! server that scans uploads (`icap`), the admin listener (`admin`), curl (`curl`), client
+//! programs bounded in time and the tests' own Java and Node clients (`peers`), and talking FTP
+//! by hand: one control connection (`control`), an FTPS session on it (`ftps`) and the
+//! benchmark's fast transfer client (`transfer`).
 //!
 //! A peer that is missing makes a test skip with a loud message on a laptop, and fail when
 //! `CI=true`, since CI installs every peer.
@@ -18,6 +19,7 @@ pub mod curl;
 pub mod files;
 pub mod ftps;
 pub mod gateway;
+pub mod icap;
 pub mod net;
 pub mod pebble;
 pub mod peers;
