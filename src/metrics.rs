@@ -75,6 +75,26 @@ pub enum AcmeOrder {
     failed,
 }
 
+/// What scanning an upload found (`[scan]`). Whether the upload was then stored or refused
+/// follows from the verdict and the settings (`fail`, `oversize`); the log line says which.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue, serde::Serialize)]
+#[allow(non_camel_case_types)]
+pub enum ScanVerdict {
+    /// The scanner found nothing.
+    clean,
+    /// The scanner named a threat.
+    infected,
+    /// No verdict: the scanner unreachable, failing, too slow or speaking nonsense.
+    error,
+    /// Larger than `scan.max_size`: not sent to the scanner.
+    oversize,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScanLabels {
+    verdict: ScanVerdict,
+}
+
 /// Why the gateway refused something. A closed set: log lines carry the detail.
 /// Its name is the same in a metric label and an audit record (serde writes a unit variant as
 /// its name).
@@ -122,6 +142,16 @@ pub enum Reason {
     policy_read_only,
     /// An upload's name refused by the route's `policy.allow_names`/`deny_names`.
     policy_name,
+    /// An upload the scanner flagged.
+    scan_infected,
+    /// An upload refused for want of a verdict (`scan.fail = "closed"`).
+    scan_failed,
+    /// An upload larger than `scan.max_size`, refused.
+    scan_oversize,
+    /// APPE or REST+STOR while uploads are scanned.
+    scan_partial,
+    /// An upload larger than `policy.max_upload_bytes`.
+    upload_too_large,
 }
 
 /// Why an audit record was not written. Its name is the same in the metric label and in the
@@ -208,6 +238,11 @@ pub struct Metrics {
     audit_dropped: Family<AuditDropLabels, Counter>,
     certificate_expiry: Family<NameLabels, Gauge>,
     acme_orders: Family<AcmeLabels, Counter>,
+    scans: Family<ScanLabels, Counter>,
+    /// How long the scanner took over each upload, in seconds.
+    pub scan_seconds: Histogram,
+    /// Bytes of uploads spooled now, in memory and on disk, waiting for their verdict.
+    pub spool_bytes: Gauge,
 }
 
 impl Metrics {
@@ -231,6 +266,10 @@ impl Metrics {
         let audit_dropped = Family::default();
         let certificate_expiry = Family::default();
         let acme_orders = Family::default();
+        let scans = Family::default();
+        // 1 ms to about 4.5 min: a small file, a large one, one that reaches the timeout.
+        let scan_seconds = Histogram::new(exponential_buckets(0.001, 4.0, 10));
+        let spool_bytes = Gauge::default();
         registry.register(
             "sessions_active",
             "Client sessions open now",
@@ -312,6 +351,21 @@ impl Metrics {
             "ACME orders (tls.acme) by outcome: issued, or failed and retried later",
             acme_orders.clone(),
         );
+        registry.register(
+            "scans",
+            "Uploads scanned over ICAP ([scan]) by verdict",
+            scans.clone(),
+        );
+        registry.register(
+            "scan_seconds",
+            "How long the ICAP scanner took over an upload",
+            scan_seconds.clone(),
+        );
+        registry.register(
+            "spool_bytes",
+            "Bytes of uploads spooled now (memory and disk), waiting for the scanner",
+            spool_bytes.clone(),
+        );
         Arc::new(Metrics {
             registry,
             sessions_active,
@@ -331,6 +385,9 @@ impl Metrics {
             audit_dropped,
             certificate_expiry,
             acme_orders,
+            scans,
+            scan_seconds,
+            spool_bytes,
         })
     }
 
@@ -396,6 +453,10 @@ impl Metrics {
                 .get_or_create(&NameLabels { name })
                 .set(at);
         }
+    }
+
+    pub fn scanned(&self, verdict: ScanVerdict) {
+        self.scans.get_or_create(&ScanLabels { verdict }).inc();
     }
 
     pub fn audit_dropped(&self, reason: AuditDrop) {

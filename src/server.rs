@@ -31,6 +31,7 @@ use crate::fdlimit;
 use crate::metrics::Metrics;
 use crate::proxy_protocol;
 use crate::refusal::Refusal;
+use crate::scan::Scanners;
 use crate::session::{self, Context, Mode};
 use crate::tls::store::CertStore;
 use crate::tls::{self, TlsError};
@@ -49,6 +50,8 @@ pub enum StartError {
     Descriptors(String),
     #[error("tls.acme: {0}")]
     Acme(#[from] crate::acme::AcmeError),
+    #[error("scan: {0}")]
+    Scan(String),
     #[error("cannot start the session threads: {0}")]
     Threads(io::Error),
     #[error("audit.log {}: {source}", file.display())]
@@ -160,6 +163,7 @@ impl Gateway {
             )
             .await?;
         }
+        let scanners = Scanners::new(&settings, &metrics).map_err(StartError::Scan)?;
         let (draining, draining_rx) = watch::channel(false);
         let cores = Cores::start().map_err(StartError::Threads)?;
         Ok(Gateway {
@@ -175,6 +179,7 @@ impl Gateway {
                 bindings: tls::binding::Registry::new(),
                 metrics,
                 draining: draining_rx,
+                scanners,
             }),
             listeners,
             admin,

@@ -38,7 +38,7 @@ use time::OffsetDateTime;
 use tracing::warn;
 
 use crate::config::AuditSettings;
-use crate::metrics::{AuditDrop, Metrics, Reason};
+use crate::metrics::{AuditDrop, Metrics, Reason, ScanVerdict};
 use writer::Sink;
 
 /// What a session knows of itself when it writes a record.
@@ -68,6 +68,23 @@ pub enum Event<'a> {
         tls_resumed: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
         sha256: Option<String>,
+    },
+    /// An upload the scanner judged (or could not, or was not asked to: `oversize`), before
+    /// the backend saw it; `stored` says whether it then went to the backend.
+    Scan {
+        #[serde(flatten)]
+        who: Who<'a>,
+        command: &'a str,
+        path: &'a str,
+        bytes: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+        verdict: ScanVerdict,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        threat: Option<&'a str>,
+        scanner: &'a str,
+        scan_ms: u64,
+        stored: bool,
     },
     Login {
         #[serde(flatten)]

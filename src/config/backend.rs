@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::values::one_or_more;
 use super::{
-    Bad, ConfigError, Fingerprint, HostPort, Networks, PolicySettings, Settings, TlsVersion,
+    Bad, ConfigError, Fingerprint, HostPort, Networks, PolicySettings, ScanSettings, Settings,
+    TlsVersion,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,6 +69,9 @@ pub struct BackendSettings {
     pub relay_stat: bool,
     /// This backend's own command and name rules, in place of the global `[policy]`.
     pub policy: Option<PolicySettings>,
+    /// This backend's own upload scanning, in place of the global `[scan]`: a table without
+    /// `icap` turns scanning off for it.
+    pub scan: Option<ScanSettings>,
 }
 
 impl Default for BackendSettings {
@@ -93,6 +97,7 @@ impl Default for BackendSettings {
             relay_greeting: false,
             relay_stat: false,
             policy: None,
+            scan: None,
         }
     }
 }
@@ -114,6 +119,9 @@ impl BackendSettings {
         }
         if let Some(policy) = &self.policy {
             policy.validate(&format!("{key}.policy"), bad)?;
+        }
+        if let Some(scan) = &self.scan {
+            scan.validate(&format!("{key}.scan"), bad)?;
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ mod backend;
 mod network;
 mod overrides;
 mod policy;
+mod scan;
 mod tls;
 mod values;
 
@@ -34,6 +35,7 @@ pub use network::{
 };
 pub use overrides::Overrides;
 pub use policy::PolicySettings;
+pub use scan::{FailMode, Oversize, ScanSettings};
 pub use tls::{CertPair, CertUser, ClientAuth, ReuseMode, TlsSettings, TlsVersion};
 pub use values::{Fingerprint, HostPort, Networks, PortRange, Switch};
 
@@ -83,6 +85,9 @@ pub struct Settings {
     pub audit: AuditSettings,
     /// Command and name rules for every session; a backend's own `policy` replaces them.
     pub policy: PolicySettings,
+    /// Uploads scanned over ICAP before the backend sees them; a backend's own `scan` replaces
+    /// it.
+    pub scan: ScanSettings,
 }
 
 impl Default for Settings {
@@ -103,6 +108,7 @@ impl Default for Settings {
             access: AccessSettings::default(),
             audit: AuditSettings::default(),
             policy: PolicySettings::default(),
+            scan: ScanSettings::default(),
         }
     }
 }
@@ -157,6 +163,7 @@ impl Settings {
         self.access.validate(&bad)?;
         self.audit.validate(&bad)?;
         self.policy.validate("policy", &bad)?;
+        self.scan.validate("scan", &bad)?;
         self.limits.validate(&bad)
     }
 }

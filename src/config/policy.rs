@@ -22,6 +22,10 @@ pub struct PolicySettings {
     /// Glob patterns an upload's file name must not match (e.g. `["*.exe", "*.js"]`); wins over
     /// `allow_names`. Refused with 553.
     pub deny_names: Vec<String>,
+    /// The most bytes one upload may carry. The client gets 552 once it sends more; without
+    /// `[scan]` the backend has received the bytes before them and keeps what it keeps of an
+    /// aborted upload (vsftpd keeps the part), with `[scan]` it has received nothing.
+    pub max_upload_bytes: Option<u64>,
 }
 
 /// Verbs a policy cannot refuse: without them no client could log in, secure the session or

@@ -41,8 +41,9 @@ use super::admit::{accept_client, accept_from, connect_from, secure};
 use super::error::BridgeError;
 use super::params::BridgeParams;
 use super::pool::Lease;
-use super::pump::{drain, pump, Counted};
+use super::pump::{drain, pump, receive, send, upload_read_error, Counted};
 use crate::ftp::Direction;
+use crate::scan::Spool;
 use crate::stream::Stream;
 use crate::tls::{data as data_tls, TlsFacts};
 
@@ -79,13 +80,42 @@ pub(crate) struct Transferred {
 
 type Ended = Result<Transferred, BridgeError>;
 
+/// What the bridge does once the transfer command is known.
+enum Start {
+    /// Relay in this direction: the backend has the command.
+    Relay(Direction),
+    /// Receive the upload whole, hand it to the session to be scanned, and send it to the
+    /// backend once the session gives it back (the backend has the command by then).
+    Spool(Spooling),
+}
+
+struct Spooling {
+    spool: Spool,
+    /// The most bytes the spool takes.
+    limit: Option<u64>,
+    received: oneshot::Sender<Received>,
+    release: oneshot::Receiver<Spool>,
+}
+
+/// An upload received whole, before the backend has seen any of it.
+pub(crate) struct Received {
+    pub spool: Spool,
+    pub bytes: u64,
+    /// The SHA-256 of the bytes, when the audit log asks for it.
+    pub sha256: Option<[u8; 32]>,
+    pub elapsed: Duration,
+}
+
 /// The session's handle on a running bridge. Dropping it cancels the bridge.
 pub(crate) struct DataBridge {
     /// Bytes copied so far, for STAT during the transfer.
     progress: Arc<AtomicU64>,
     /// The client data connection's `(version, resumed)`, once its TLS handshake has passed.
     tls: Arc<OnceLock<TlsFacts>>,
-    start: Option<oneshot::Sender<Direction>>,
+    start: Option<oneshot::Sender<Start>>,
+    /// A spooled upload's bytes, once received; then the way they go back to the bridge.
+    received: Option<oneshot::Receiver<Received>>,
+    release: Option<oneshot::Sender<Spool>>,
     done: oneshot::Receiver<Ended>,
     /// Never sent on: dropping it is the cancel signal the task watches.
     _cancel: oneshot::Sender<()>,
@@ -135,6 +165,8 @@ impl DataBridge {
             progress,
             tls,
             start: Some(start_tx),
+            received: None,
+            release: None,
             done: done_rx,
             _cancel: cancel_tx,
         }
@@ -155,7 +187,47 @@ impl DataBridge {
     /// The transfer command has been forwarded: bytes may flow in `direction`.
     pub(crate) fn start(&mut self, direction: Direction) {
         if let Some(tx) = self.start.take() {
-            let _ = tx.send(direction);
+            let _ = tx.send(Start::Relay(direction));
+        }
+    }
+
+    /// An upload to be scanned: receive it whole into `spool` (at most `limit` bytes) before
+    /// the backend hears of it. [`DataBridge::received`] hands it over.
+    pub(crate) fn spool(&mut self, spool: Spool, limit: Option<u64>) {
+        let (received, received_rx) = oneshot::channel();
+        let (release_tx, release) = oneshot::channel();
+        if let Some(tx) = self.start.take() {
+            let spooling = Spooling {
+                spool,
+                limit,
+                received,
+                release,
+            };
+            let _ = tx.send(Start::Spool(spooling));
+        }
+        self.received = Some(received_rx);
+        self.release = Some(release_tx);
+    }
+
+    /// The spooled upload, once the client has sent it whole, or why it did not. Cancel-safe.
+    pub(crate) async fn received(&mut self) -> Result<Received, BridgeError> {
+        let Some(rx) = &mut self.received else {
+            return Err(BridgeError::Cancelled);
+        };
+        match rx.await {
+            Ok(received) => Ok(received),
+            Err(_) => Err(self
+                .finished()
+                .await
+                .err()
+                .unwrap_or(BridgeError::Cancelled)),
+        }
+    }
+
+    /// The backend has the transfer command: send it the spooled upload.
+    pub(crate) fn release(&mut self, spool: Spool) {
+        if let Some(tx) = self.release.take() {
+            let _ = tx.send(spool);
         }
     }
 
@@ -191,7 +263,7 @@ async fn run(
     client: Side,
     backend: BackendSide,
     params: &Arc<BridgeParams>,
-    start: oneshot::Receiver<Direction>,
+    start: oneshot::Receiver<Start>,
     progress: &AtomicU64,
     tls: &OnceLock<TlsFacts>,
 ) -> Ended {
@@ -203,14 +275,92 @@ async fn run(
         client
     };
     let deadline = tokio::time::Instant::now() + params.accept_timeout;
-    // The transfer command, which the session forwards once the client sends it.
-    let command = async {
-        timeout_at(deadline, start)
-            .await
-            .map_err(|_| BridgeError::NoTransfer)?
-            .map_err(|_| BridgeError::Cancelled)
+    let counted = |direction, hash, limit| Counted {
+        progress,
+        total: params.metrics.bytes(direction),
+        hash,
+        limit,
+    };
+    let stall = params.stall;
+    // The backend's side goes ahead once the backend has the transfer command: at once for a
+    // relayed transfer, after the scan for a spooled upload.
+    let (open_gate, gate) = oneshot::channel::<()>();
+    let client_path = async {
+        let mut open_gate = Some(open_gate);
+        // The transfer command, which the session forwards once the client sends it.
+        let command = async {
+            let start = timeout_at(deadline, start)
+                .await
+                .map_err(|_| BridgeError::NoTransfer)?
+                .map_err(|_| BridgeError::Cancelled)?;
+            if let (Start::Relay(_), Some(open)) = (&start, open_gate.take()) {
+                let _ = open.send(());
+            }
+            Ok(start)
+        };
+        let (mut client, start) = match client {
+            Side::Listen(mut lease) => {
+                let client_side = async {
+                    let client = passed(accept_client(&mut lease, params, deadline).await?);
+                    // Released now: the next connection from this address to this port is for
+                    // its next PASV.
+                    drop(lease);
+                    Ok(client)
+                };
+                tokio::try_join!(client_side, command)?
+            }
+            Side::Connect(target, source, ports) => {
+                // The client expects the connection once its transfer command is answered.
+                let start = command.await?;
+                let tcp = timeout(params.accept_timeout, connect_from(source, ports, target))
+                    .await
+                    .map_err(|_| BridgeError::AcceptTimeout)?
+                    .map_err(BridgeError::Accept)?;
+                (passed(secure(tcp, params).await?), start)
+            }
+        };
+        let spooling = match start {
+            Start::Relay(direction) => return Ok((client, direction, None)),
+            Start::Spool(spooling) => spooling,
+        };
+        let Spooling {
+            mut spool,
+            limit,
+            received,
+            release,
+        } = spooling;
+        let began = Instant::now();
+        let got = receive(
+            &mut client,
+            &mut spool,
+            &counted(Direction::Upload, params.hash, limit),
+            stall,
+        )
+        .await?;
+        // Answer the client's close_notify with ours; it may already be gone.
+        let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
+        let got = Received {
+            spool,
+            bytes: got.bytes,
+            sha256: got.sha256,
+            elapsed: began.elapsed(),
+        };
+        let (bytes, sha256, elapsed) = (got.bytes, got.sha256, got.elapsed);
+        received.send(got).map_err(|_| BridgeError::Cancelled)?;
+        let spool = release.await.map_err(|_| BridgeError::Cancelled)?;
+        if let Some(open) = open_gate.take() {
+            let _ = open.send(());
+        }
+        let got = Received {
+            spool,
+            bytes,
+            sha256,
+            elapsed,
+        };
+        Ok((client, Direction::Upload, Some(got)))
     };
     let backend_side = async {
+        gate.await.map_err(|_| BridgeError::Cancelled)?;
         // The backend acts only once it has the transfer command, so its side may wait as long
         // as the client's accept and handshake together.
         let limit = params.accept_timeout + params.handshake_timeout;
@@ -238,41 +388,35 @@ async fn run(
             .map(|s| Stream::BackendDataTls(Box::new(s)))
             .map_err(BridgeError::BackendHandshake)
     };
-    let (mut client, mut backend, direction) = match client {
-        Side::Listen(mut lease) => {
-            let client_side = async {
-                let client = passed(accept_client(&mut lease, params, deadline).await?);
-                // Released now: the next connection from this address to this port is for
-                // its next PASV.
-                drop(lease);
-                Ok(client)
-            };
-            let (client, backend) = tokio::try_join!(client_side, backend_side)?;
-            (client, backend, command.await?)
-        }
-        Side::Connect(target, source, ports) => {
-            // The client expects the connection once its transfer command is answered.
-            let direction = command.await?;
-            let client_side = async {
-                let tcp = timeout(params.accept_timeout, connect_from(source, ports, target))
-                    .await
-                    .map_err(|_| BridgeError::AcceptTimeout)?
-                    .map_err(BridgeError::Accept)?;
-                secure(tcp, params).await.map(passed)
-            };
-            let (client, backend) = tokio::try_join!(client_side, backend_side)?;
-            (client, backend, direction)
-        }
-    };
+    let ((mut client, direction, spooled), mut backend) =
+        tokio::try_join!(client_path, backend_side)?;
     let began = Instant::now();
-    let counted = Counted {
-        progress,
-        total: params.metrics.bytes(direction),
-        hash: params.hash,
-    };
-    let stall = params.stall;
-    let copied = match direction {
-        Direction::Download => {
+    let copied = match (direction, spooled) {
+        (Direction::Upload, Some(mut received)) => {
+            // The client's bytes were counted as they came; these are the same bytes again.
+            let resend = Counted {
+                total: Default::default(),
+                ..counted(direction, false, None)
+            };
+            let from = received.spool.reader().await.map_err(BridgeError::Spool)?;
+            send(from, &mut backend, &resend, stall)
+                .await
+                .map_err(|e| {
+                    e.into_bridge(
+                        stall,
+                        ("spool", BridgeError::Spool),
+                        ("backend", BridgeError::Backend),
+                    )
+                })?;
+            backend_closed(&mut backend, params).await?;
+            return Ok(Transferred {
+                bytes: received.bytes,
+                elapsed: received.elapsed + began.elapsed(),
+                sha256: received.sha256,
+            });
+        }
+        (Direction::Download, _) => {
+            let counted = counted(direction, params.hash, None);
             let (copied, _backend) = pump(backend, &mut client, &counted, stall).await;
             let done = copied.map_err(|e| {
                 e.into_bridge(
@@ -284,7 +428,8 @@ async fn run(
             linger(client);
             done
         }
-        Direction::Upload => {
+        (Direction::Upload, None) => {
+            let counted = counted(direction, params.hash, params.max_upload);
             let (copied, client_back) = pump(client, &mut backend, &counted, stall).await;
             let done = copied.map_err(|e| {
                 e.into_bridge(
@@ -294,16 +439,7 @@ async fn run(
                 )
             })?;
             client = client_back.ok_or(BridgeError::Cancelled)?;
-            // Wait for the backend to close its side: then it has read every byte (so closing
-            // ours cannot cut the file short) and any TLS 1.3 tickets it sent on this
-            // connection are stored for the next data connection.
-            let drained = timeout(params.handshake_timeout, drain(&mut backend)).await;
-            if !matches!(drained, Ok(Ok(()))) {
-                return Err(BridgeError::Backend(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "backend did not close the data connection after the upload",
-                )));
-            }
+            backend_closed(&mut backend, params).await?;
             // Answer the client's close_notify with ours; it may already be gone.
             let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
             done
@@ -316,14 +452,18 @@ async fn run(
     })
 }
 
-/// A TLS upload whose TCP stream ends without close_notify was cut short: rustls reports it as
-/// `UnexpectedEof`, and it must not reach the backend as a clean end of file.
-fn upload_read_error(e: io::Error) -> BridgeError {
-    if e.kind() == io::ErrorKind::UnexpectedEof {
-        BridgeError::Truncated
-    } else {
-        BridgeError::Client(e)
+/// After an upload, waits for the backend to close its side: then it has read every byte (so
+/// closing ours cannot cut the file short) and any TLS 1.3 tickets it sent on this connection
+/// are stored for the next data connection.
+async fn backend_closed(backend: &mut Stream, params: &BridgeParams) -> Result<(), BridgeError> {
+    let drained = timeout(params.handshake_timeout, drain(backend)).await;
+    if !matches!(drained, Ok(Ok(()))) {
+        return Err(BridgeError::Backend(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "backend did not close the data connection after the upload",
+        )));
     }
+    Ok(())
 }
 
 /// How long a download's client connection is read after the gateway's close_notify and FIN.

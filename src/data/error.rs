@@ -32,6 +32,10 @@ pub(crate) enum BridgeError {
     Truncated,
     #[error("transfer cancelled")]
     Cancelled,
+    #[error("upload larger than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("spooling the upload for the scanner: {0}")]
+    Spool(io::Error),
 }
 
 impl BridgeError {
@@ -57,6 +61,14 @@ impl BridgeError {
                 Reply::transfer_aborted()
             }
             BridgeError::Cancelled => Reply::new(426, "Transfer aborted."),
+            BridgeError::TooLarge { .. } => Reply::new(
+                552,
+                "Requested file action aborted: the file is larger than this server takes.",
+            ),
+            BridgeError::Spool(_) => Reply::new(
+                452,
+                "Requested action not taken: no room to hold the upload while it is scanned.",
+            ),
         }
     }
 }

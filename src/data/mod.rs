@@ -11,7 +11,7 @@ mod pool;
 mod ports;
 mod pump;
 
-pub(crate) use bridge::{BackendSide, ClientSide, DataBridge, Transferred};
+pub(crate) use bridge::{BackendSide, ClientSide, DataBridge, Received, Transferred};
 pub(crate) use error::BridgeError;
 pub(crate) use params::BridgeParams;
 pub(crate) use pool::{PassivePool, PoolError};

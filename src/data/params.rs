@@ -28,4 +28,6 @@ pub(crate) struct BridgeParams {
     pub metrics: Arc<Metrics>,
     /// Hash the bytes relayed (SHA-256, for the audit log).
     pub hash: bool,
+    /// The most bytes an upload may carry (`policy.max_upload_bytes`).
+    pub max_upload: Option<u64>,
 }

@@ -9,13 +9,14 @@ use std::task::Poll;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::io::poll_read_buf;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::error::BridgeError;
+use crate::scan::Spool;
 use crate::stream::Stream;
 
 /// Large enough for several 16 KiB TLS records per read; allocated once per transfer, and
@@ -28,6 +29,10 @@ pub(super) enum PumpError {
     /// A read (`true`) or a write (`false`) moved nothing within the stall limit.
     Stalled {
         reading: bool,
+    },
+    /// An upload went past its size limit (`policy.max_upload_bytes`).
+    TooLarge {
+        limit: u64,
     },
 }
 
@@ -48,6 +53,7 @@ impl PumpError {
                 peer: write.0,
                 secs,
             },
+            PumpError::TooLarge { limit } => BridgeError::TooLarge { limit },
         }
     }
 }
@@ -58,6 +64,8 @@ pub(super) struct Counted<'a> {
     pub(super) progress: &'a AtomicU64,
     pub(super) total: prometheus_client::metrics::counter::Counter,
     pub(super) hash: bool,
+    /// The most bytes the copy may move.
+    pub(super) limit: Option<u64>,
 }
 
 /// What a pump moved.
@@ -187,6 +195,7 @@ async fn write_chunk(
     tally: &mut Tally<'_>,
     stall: Duration,
 ) -> Result<(), PumpError> {
+    tally.room_for(chunk)?;
     within(stall, false, to.write_all(chunk)).await?;
     tally.add(chunk);
     Ok(())
@@ -218,6 +227,16 @@ impl<'a> Tally<'a> {
         self.counted.total.inc_by(n);
     }
 
+    /// Refuses a chunk that would take the copy past its limit, before any of it is written.
+    fn room_for(&self, chunk: &[u8]) -> Result<(), PumpError> {
+        match self.counted.limit {
+            Some(limit) if self.bytes + chunk.len() as u64 > limit => {
+                Err(PumpError::TooLarge { limit })
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn finish(self) -> Copied {
         Copied {
             bytes: self.bytes,
@@ -235,7 +254,7 @@ impl<'a> Tally<'a> {
 /// in `failed` and returned by the next call, never lost: a reset must not read as a clean
 /// end once the bytes before it are passed on.
 async fn read_ready(
-    from: &mut Stream,
+    from: &mut (impl AsyncRead + Unpin),
     buf: &mut Vec<u8>,
     failed: &mut Option<io::Error>,
 ) -> io::Result<usize> {
@@ -261,6 +280,79 @@ async fn read_ready(
         }
     })
     .await
+}
+
+/// Reads an upload whole into `spool` (`[scan]`): each read within the stall limit, no more
+/// than the counted limit, the spool's own writes bounded by the stall limit too (a disk that
+/// stops is a peer that stops).
+pub(super) async fn receive(
+    from: &mut Stream,
+    spool: &mut Spool,
+    counted: &Counted<'_>,
+    stall: Duration,
+) -> Result<Copied, BridgeError> {
+    let mut tally = Tally::new(counted);
+    let mut buf = Vec::with_capacity(BUF_SIZE);
+    let mut failed = None;
+    let stalled = |peer| BridgeError::Stalled {
+        peer,
+        secs: stall.as_secs(),
+    };
+    loop {
+        buf.clear();
+        let read = timeout(stall, read_ready(from, &mut buf, &mut failed)).await;
+        match read.map_err(|_| stalled("client"))? {
+            Ok(0) => return Ok(tally.finish()),
+            Ok(_) => {}
+            Err(e) => return Err(upload_read_error(e)),
+        }
+        if let Err(PumpError::TooLarge { limit }) = tally.room_for(&buf) {
+            return Err(BridgeError::TooLarge { limit });
+        }
+        timeout(stall, spool.write(&buf))
+            .await
+            .map_err(|_| stalled("spool"))?
+            .map_err(BridgeError::Spool)?;
+        tally.add(&buf);
+    }
+}
+
+/// Sends a spooled upload to the backend, then ends the connection cleanly, as [`pump`] does.
+pub(super) async fn send(
+    mut from: impl AsyncRead + Unpin,
+    to: &mut Stream,
+    counted: &Counted<'_>,
+    stall: Duration,
+) -> Result<Copied, PumpError> {
+    let mut tally = Tally::new(counted);
+    let mut buf = Vec::with_capacity(BUF_SIZE);
+    let mut failed = None;
+    loop {
+        buf.clear();
+        let n = read_ready(&mut from, &mut buf, &mut failed)
+            .await
+            .map_err(PumpError::Read)?;
+        if n == 0 {
+            break;
+        }
+        write_chunk(to, &buf, &mut tally, stall).await?;
+    }
+    let ended = async {
+        to.flush().await?;
+        to.shutdown().await
+    };
+    within(stall, false, ended).await?;
+    Ok(tally.finish())
+}
+
+/// A TLS upload whose TCP stream ends without close_notify was cut short: rustls reports it as
+/// `UnexpectedEof`, and it must not reach the backend as a clean end of file.
+pub(super) fn upload_read_error(e: io::Error) -> BridgeError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        BridgeError::Truncated
+    } else {
+        BridgeError::Client(e)
+    }
 }
 
 /// Reads until end of file, discarding: after an upload the backend sends no data, only

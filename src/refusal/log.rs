@@ -84,6 +84,7 @@ impl Refusal {
             Policy(Denied::Name { verb, name }) => {
                 info!(%verb, name = %escaped(name), "refused by policy: file name")
             }
+            Upload(upload) => upload.log(),
             BackendLost(e) => warn!(error = %e, "backend failed; closing session"),
             BackendRefused(reply) => info!(
                 code = reply.code(),

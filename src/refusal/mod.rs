@@ -17,6 +17,9 @@ use crate::policy::Denied;
 use crate::proxy_protocol::ProxyError;
 
 mod log;
+mod upload;
+
+pub(crate) use upload::UploadRefusal;
 
 #[derive(Debug)]
 pub(crate) enum Refusal {
@@ -152,6 +155,8 @@ pub(crate) enum Refusal {
     },
     /// The route's command and name rules (`[policy]`): never sent to the backend.
     Policy(Denied),
+    /// An upload refused for what it holds or how it is sent (`[scan]`, `max_upload_bytes`).
+    Upload(UploadRefusal),
     /// PASS without a USER the gateway passed on (one it refused, say).
     PassWithoutUser,
     /// The backend failed (closed, timed out, spoke nonsense) during the session. The session
@@ -277,6 +282,10 @@ impl Refusal {
             }
             Policy(Denied::ReadOnly { .. }) => (550, "Permission denied: read-only."),
             Policy(Denied::Name { .. }) => (553, "File name not allowed."),
+            Upload(upload) => {
+                let (code, text) = upload.reply();
+                return Reply::new(code, &text);
+            }
             PassWithoutUser => (503, "Login with USER first."),
             BackendDown(_) => (
                 421,
@@ -324,6 +333,7 @@ impl Refusal {
             Policy(Denied::Command { .. }) => Reason::policy_command,
             Policy(Denied::ReadOnly { .. }) => Reason::policy_read_only,
             Policy(Denied::Name { .. }) => Reason::policy_name,
+            Upload(upload) => upload.reason(),
             AddressDenied => Reason::access_denied,
             AddressBanned => Reason::banned,
             TooManySessions => Reason::session_limit,
@@ -423,6 +433,7 @@ impl Refusal {
             | MalformedUser
             | CertificateUser { .. }
             | Policy(_)
+            | Upload(_)
             | PassWithoutUser => false,
         }
     }

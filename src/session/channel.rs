@@ -13,6 +13,7 @@ use std::sync::Arc;
 use super::client::ClientControl;
 use super::login::Login;
 use super::phase::Account;
+use super::scanned::Upload;
 use super::secure::{Protection, Security};
 use super::transfer::InFlight;
 use super::Halt;
@@ -36,6 +37,9 @@ pub(super) struct DataChannel {
     epsv_all: bool,
     /// One data connection (and so at most one pool port) per session.
     pending: Option<Pending>,
+    /// The command before this one was REST with an offset other than 0, and this one's.
+    after_rest: bool,
+    rest: bool,
 }
 
 /// What setting up a data connection borrows from the rest of the session.
@@ -47,6 +51,13 @@ pub(super) struct Parts<'a> {
 }
 
 impl DataChannel {
+    /// Each command, as it comes: a transfer must know whether REST came just before it (RFC
+    /// 959: REST is followed at once by the command it is for).
+    pub(super) fn note(&mut self, line: &Line) {
+        let restart = line.name() == "REST" && line.arg().trim_ascii() != b"0";
+        self.after_rest = std::mem::replace(&mut self.rest, restart);
+    }
+
     /// The connection set up and not used goes (QUIT).
     pub(super) fn close(&mut self) {
         self.pending = None;
@@ -168,6 +179,7 @@ impl DataChannel {
     async fn start_bridge(&mut self, client: ClientSide, s: Parts<'_>) -> Result<(), Halt> {
         let siblings = s.login.identity().and_then(|who| s.security.siblings(who));
         let account = s.login.account().ok_or(Refusal::NotLoggedIn)?;
+        let max_upload = s.ctx.policy(Some(account.route)).max_upload_bytes;
         let t = &s.ctx.settings.timeouts;
         let backend_tls = account.backend.data_tls();
         let backend = backend_data(s.ctx, account).await?;
@@ -181,6 +193,7 @@ impl DataChannel {
             backend_tls,
             metrics: Arc::clone(&s.ctx.metrics),
             hash: s.ctx.audit.hashes(),
+            max_upload,
         };
         self.pending = Some(Pending {
             bridge: DataBridge::spawn(client, backend, params),
@@ -212,6 +225,18 @@ impl DataChannel {
         }
         let session = s.login.session();
         let account = s.login.account().ok_or(Refusal::NotLoggedIn)?;
+        if direction == Direction::Upload {
+            if let Some(scanner) = s.ctx.scanners.for_route(&account.route.name) {
+                let upload = Upload {
+                    line,
+                    bridge,
+                    scanner,
+                    after_rest: self.after_rest,
+                    session,
+                };
+                return upload.run(s.ctx, s.client, account).await;
+            }
+        }
         account.backend.send(&line.to_wire()).await?;
         bridge.start(direction);
         let first = account.backend.expect_reply().await?;

@@ -9,12 +9,13 @@ use tokio::sync::watch;
 
 use crate::access::Access;
 use crate::audit::{Audit, Event, Who};
-use crate::backend::{BackendError, RouteError, Router};
-use crate::config::Settings;
+use crate::backend::{BackendError, Route, RouteError, Router};
+use crate::config::{PolicySettings, Settings};
 use crate::data::PassivePool;
 use crate::ftp::Reply;
 use crate::metrics::Metrics;
 use crate::refusal::Refusal;
+use crate::scan::Scanners;
 use crate::tls;
 use crate::tls::store::CertStore;
 
@@ -39,9 +40,22 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Becomes true when the gateway shuts down: idle sessions say 421 and end.
     pub draining: watch::Receiver<bool>,
+    /// The scanner of each route whose uploads are scanned (`[scan]`).
+    pub(crate) scanners: Scanners,
 }
 
 impl Context {
+    /// The command and name rules of `route` (the default route's for `None`): its own, or
+    /// the global `[policy]`.
+    pub(crate) fn policy<'a>(&'a self, route: Option<&'a Route>) -> &'a PolicySettings {
+        let route = route.unwrap_or(self.router.default_route());
+        route
+            .settings
+            .policy
+            .as_ref()
+            .unwrap_or(&self.settings.policy)
+    }
+
     /// A refusal counted and logged as it says, and audited when `who` names the client: every
     /// refusal, at the door or in a session, goes through here, whoever then sends its reply.
     pub(crate) fn note(&self, refusal: &Refusal, who: Option<Who<'_>>) {

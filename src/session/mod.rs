@@ -29,6 +29,7 @@ mod context;
 mod login;
 mod phase;
 mod relay;
+mod scanned;
 mod secure;
 #[cfg(test)]
 mod tests;
@@ -322,20 +323,12 @@ impl Session {
             let command = line.name();
             return Err(Refusal::TlsRequired { command }.into());
         }
-        let route = self.login.phase().route();
-        let policy = route
-            .unwrap_or(ctx.router.default_route())
-            .settings
-            .policy
-            .as_ref();
-        let verdict = crate::policy::check(
-            policy.unwrap_or(&ctx.settings.policy),
-            &line.name(),
-            line.arg(),
-        );
+        let route = self.login.phase().route().map(|r| &**r);
+        let verdict = crate::policy::check(ctx.policy(route), &line.name(), line.arg());
         if let Some(denied) = verdict {
             return Err(Refusal::Policy(denied).into());
         }
+        self.data.note(&line);
         let before_tls = self.login.unconnected_before_tls(client);
         let (security, login, data) = (&mut self.security, &mut self.login, &mut self.data);
         match command {

@@ -302,8 +302,10 @@ impl<'a> TransferLog<'a> {
         let direction = self.direction;
         let command = self.line.name();
         let path = Escaped(self.line.arg()).to_string();
-        if let Err(BridgeError::Stalled { .. }) = result {
-            ctx.metrics.refused(Reason::data_stalled);
+        match result {
+            Err(BridgeError::Stalled { .. }) => ctx.metrics.refused(Reason::data_stalled),
+            Err(BridgeError::TooLarge { .. }) => ctx.metrics.refused(Reason::upload_too_large),
+            _ => {}
         }
         let outcome = match result {
             Ok(_) => Outcome::ok,

@@ -1,0 +1,80 @@
+//! Uploads scanned before the backend sees them (`[scan]`): held whole in a spool (`spool`),
+//! sent to an antivirus over ICAP (`icap`, RFC 3507), and passed on only when clean.
+//! docs/ARCHITECTURE.md, "Scanned uploads".
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+mod icap;
+mod spool;
+
+pub(crate) use icap::{IcapClient, IcapUrl, Verdict};
+pub(crate) use spool::{Spool, Spooler};
+
+use crate::backend::DEFAULT_ROUTE;
+use crate::config::{ScanSettings, Settings};
+use crate::metrics::Metrics;
+
+/// One route's scanning: its settings, its ICAP client (with its pooled connections) and the
+/// gateway's spool.
+pub(crate) struct Scanner {
+    pub(crate) settings: ScanSettings,
+    pub(crate) icap: IcapClient,
+    pub(crate) spooler: Arc<Spooler>,
+}
+
+/// The scanner of each route that scans: `[scan]`, or the route's own `scan` table in its
+/// place. Built once at start; a route without an entry does not scan.
+#[derive(Default)]
+pub(crate) struct Scanners {
+    by_route: HashMap<String, Arc<Scanner>>,
+}
+
+impl Scanners {
+    /// Opens the spool directory (if any route scans) and makes one client per route that
+    /// scans; routes with the same `icap` URL and timeout share a client, so its pooled
+    /// connections serve them all.
+    pub(crate) fn new(settings: &Settings, metrics: &Metrics) -> Result<Scanners, String> {
+        let routes = std::iter::once((DEFAULT_ROUTE, &settings.backend))
+            .chain(settings.routes.iter().map(|(name, b)| (name.as_str(), b)));
+        let mut spooler = None;
+        let mut clients: HashMap<(String, u64), Arc<Scanner>> = HashMap::new();
+        let mut by_route = HashMap::new();
+        for (name, backend) in routes {
+            let scan = backend.scan.as_ref().unwrap_or(&settings.scan);
+            let Some(url) = &scan.icap else { continue };
+            let spooler = match &spooler {
+                Some(s) => Arc::clone(s),
+                None => {
+                    let global = &settings.scan;
+                    let metric = metrics.spool_bytes.clone();
+                    let s = Spooler::open(&global.spool_dir, global.spool_memory, metric)?;
+                    spooler.insert(s).clone()
+                }
+            };
+            let key = (url.clone(), scan.timeout_secs);
+            let scanner = match clients.get(&key) {
+                Some(shared) if shared.settings == *scan => Arc::clone(shared),
+                _ => {
+                    let parsed: IcapUrl = url.parse().map_err(|e| format!("scan.icap: {e}"))?;
+                    let timeout = Duration::from_secs(scan.timeout_secs);
+                    let scanner = Arc::new(Scanner {
+                        settings: scan.clone(),
+                        icap: IcapClient::new(parsed, timeout),
+                        spooler,
+                    });
+                    clients.insert(key, Arc::clone(&scanner));
+                    scanner
+                }
+            };
+            by_route.insert(name.to_string(), scanner);
+        }
+        Ok(Scanners { by_route })
+    }
+
+    /// The scanner for uploads on `route`, if it scans.
+    pub(crate) fn for_route(&self, route: &str) -> Option<&Arc<Scanner>> {
+        self.by_route.get(route)
+    }
+}

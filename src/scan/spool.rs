@@ -1,0 +1,253 @@
+//! Uploads held whole while the scanner decides: in memory while the gateway's budget
+//! (`scan.spool_memory`, across all sessions) lasts, then in a file in `scan.spool_dir`.
+//!
+//! A spool file is unlinked the moment it is created: it has no name while it holds an
+//! upload, so nothing (a crash, `kill -9`, a full disk) can leave an unscanned file behind,
+//! and no other process can open it by name. Its bytes go with its descriptor.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWriteExt};
+use tokio_util::either::Either;
+
+/// Free space the spool leaves on its file system: an upload that would take it below this is
+/// refused (452) rather than filling the disk the gateway's logs share.
+const HEADROOM: u64 = 64 * 1024 * 1024;
+
+/// How often (bytes written to a file) the free space is looked at again.
+const CHECK_EVERY: u64 = 16 * 1024 * 1024;
+
+/// The gateway's spool: where its files go and how much memory all spools share.
+#[derive(Debug)]
+pub(crate) struct Spooler {
+    dir: PathBuf,
+    budget: u64,
+    in_memory: AtomicU64,
+    /// `ftpsgate_spool_bytes`.
+    gauge: Gauge,
+}
+
+impl Spooler {
+    /// Creates `dir` (0700) if it is missing, and refuses one that others can enter or that
+    /// is not the gateway user's: unscanned uploads wait there.
+    pub(crate) fn open(dir: &Path, budget: u64, gauge: Gauge) -> Result<Arc<Spooler>, String> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let me = rustix::process::geteuid().as_raw();
+        if !meta.is_dir() || meta.mode() & 0o077 != 0 || meta.uid() != me {
+            return Err(format!(
+                "{}: mode {:o}, owner {}: scan.spool_dir must be a 0700 directory of the \
+                 gateway's user (uid {me})",
+                dir.display(),
+                meta.mode() & 0o7777,
+                meta.uid()
+            ));
+        }
+        Ok(Arc::new(Spooler {
+            dir: dir.to_path_buf(),
+            budget,
+            in_memory: AtomicU64::new(0),
+            gauge,
+        }))
+    }
+
+    /// An empty spool for one upload.
+    pub(crate) fn spool(self: &Arc<Self>) -> Spool {
+        Spool {
+            spooler: Arc::clone(self),
+            kept: Kept::Memory(Vec::new()),
+            len: 0,
+            reserved: 0,
+            checked_at: 0,
+        }
+    }
+
+    /// Takes `n` bytes of the memory budget, if they are left.
+    fn reserve(&self, n: u64) -> bool {
+        self.in_memory
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + n <= self.budget).then_some(used + n)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, n: u64) {
+        self.in_memory.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// A new, already unlinked, 0600 file in the spool directory.
+    async fn file(&self) -> io::Result<tokio::fs::File> {
+        let path = self.dir.join(format!("upload-{:016x}", fastrand::u64(..)));
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .await?;
+        tokio::fs::remove_file(&path).await?;
+        Ok(file)
+    }
+
+    /// Refuses to write `more` bytes when that would leave less than [`HEADROOM`] free.
+    fn room_for(&self, more: u64) -> io::Result<()> {
+        let stat = rustix::fs::statvfs(&self.dir)?;
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if free < more.saturating_add(HEADROOM) {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "scan.spool_dir {} has {free} bytes free, keeping {HEADROOM}",
+                    self.dir.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+enum Kept {
+    Memory(Vec<u8>),
+    File(tokio::fs::File),
+}
+
+/// One upload's bytes, as received. Dropping it frees its memory or its file.
+pub(crate) struct Spool {
+    spooler: Arc<Spooler>,
+    kept: Kept,
+    len: u64,
+    /// Bytes of the memory budget this spool holds.
+    reserved: u64,
+    /// `len` when the free space was last checked.
+    checked_at: u64,
+}
+
+impl Spool {
+    /// Appends `chunk`, spilling to a file once the memory budget is spent.
+    pub(crate) async fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
+        let n = chunk.len() as u64;
+        if let Kept::Memory(buf) = &mut self.kept {
+            if self.spooler.reserve(n) {
+                buf.extend_from_slice(chunk);
+                self.reserved += n;
+                self.grew(n);
+                return Ok(());
+            }
+            self.spooler.room_for(self.len + n)?;
+            let mut file = self.spooler.file().await?;
+            file.write_all(buf).await?;
+            self.kept = Kept::File(file);
+            self.spooler.release(std::mem::take(&mut self.reserved));
+            self.checked_at = self.len;
+        }
+        if let Kept::File(file) = &mut self.kept {
+            if self.len - self.checked_at >= CHECK_EVERY {
+                self.spooler.room_for(CHECK_EVERY)?;
+                self.checked_at = self.len;
+            }
+            file.write_all(chunk).await?;
+        }
+        self.grew(n);
+        Ok(())
+    }
+
+    fn grew(&mut self, n: u64) {
+        self.len += n;
+        self.spooler.gauge.inc_by(n as i64);
+    }
+
+    /// Whether the upload spilled to a file (for the log).
+    pub(crate) fn on_disk(&self) -> bool {
+        matches!(self.kept, Kept::File(_))
+    }
+
+    /// The bytes from the first, for the scanner and then for the backend.
+    pub(crate) async fn reader(&mut self) -> io::Result<impl AsyncRead + Unpin + Send + '_> {
+        Ok(match &mut self.kept {
+            Kept::Memory(buf) => Either::Left(&buf[..]),
+            Kept::File(file) => {
+                file.flush().await?;
+                file.rewind().await?;
+                Either::Right(file)
+            }
+        })
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        self.spooler.release(self.reserved);
+        self.spooler.gauge.dec_by(self.len as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    async fn read_all(spool: &mut Spool) -> Vec<u8> {
+        let mut out = Vec::new();
+        spool
+            .reader()
+            .await
+            .expect("reader")
+            .read_to_end(&mut out)
+            .await
+            .expect("read");
+        out
+    }
+
+    /// Within the budget an upload stays in memory; past it, it spills to a file that has no
+    /// name in the directory; both read back whole, twice (scanner, then backend), and the
+    /// budget and the gauge come back when the spools drop.
+    #[tokio::test]
+    async fn spools_in_memory_then_on_disk_and_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool_dir = dir.path().join("spool");
+        let gauge = Gauge::default();
+        let spooler = Spooler::open(&spool_dir, 100_000, gauge.clone()).expect("open");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut small = spooler.spool();
+        small.write(&data[..60_000]).await.expect("write");
+        let mut large = spooler.spool();
+        for chunk in data.chunks(30_000) {
+            large.write(chunk).await.expect("write");
+        }
+        assert!(!small.on_disk());
+        assert!(large.on_disk(), "past the shared budget the second spills");
+        assert_eq!(gauge.get(), 360_000);
+        assert_eq!(std::fs::read_dir(&spool_dir).expect("ls").count(), 0);
+        for _ in 0..2 {
+            assert_eq!(read_all(&mut small).await, &data[..60_000]);
+            assert_eq!(read_all(&mut large).await, data);
+        }
+        drop(small);
+        drop(large);
+        assert_eq!(gauge.get(), 0);
+        assert_eq!(spooler.in_memory.load(Ordering::Acquire), 0);
+        let meta = std::fs::metadata(&spool_dir).expect("stat");
+        assert_eq!(meta.mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_spool_dir_others_can_enter_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let refused = Spooler::open(&open, 1, Gauge::default()).expect_err("0755 refused");
+        assert!(refused.contains("0700"), "{refused}");
+    }
+}
