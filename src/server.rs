@@ -61,6 +61,11 @@ pub enum StartError {
     },
 }
 
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    let bound = TcpListener::bind(addr).await;
+    bound.map_err(|source| StartError::Bind { addr, source })
+}
+
 /// A gateway with its listeners bound, ready to serve.
 pub struct Gateway {
     ctx: Arc<Context>,
@@ -116,18 +121,11 @@ impl Gateway {
             (&settings.listen.implicit, Mode::Implicit),
         ] {
             for &addr in addrs {
-                let l = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Bind { addr, source })?;
-                listeners.push((l, mode));
+                listeners.push((bind(addr).await?, mode));
             }
         }
         let admin = match settings.admin.listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Bind { addr, source })?,
-            ),
+            Some(addr) => Some(bind(addr).await?),
             None => None,
         };
         let limits = Arc::new(SessionLimits::new(
