@@ -7,7 +7,7 @@
 //!
 //! `cargo bench --bench gateway` runs it in full (1 GiB transfers, 1,000 and 10,000 sessions);
 //! `-- --smoke` runs a small version to prove the harness works; `-- --only sessions,noop` runs
-//! only the named parts (floor, throughput, sessions, idle, noop, ports, handshakes), for
+//! only the named parts (floor, throughput, sessions, idle, noop, ports, scan, handshakes), for
 //! profiling one of them;
 //! `-- --only throughput --rows ftpsgate_tls_to_plain` only the named throughput rows
 //! (`ftpsgate_tls_to_plain_8_at_once` names the eight at once and the LIST cost). With
@@ -36,6 +36,7 @@ mod idle;
 mod noop;
 mod ports;
 mod rig;
+mod scan;
 mod sessions;
 mod throughput;
 
@@ -222,6 +223,9 @@ async fn measure(
     }
     if plan.runs("ports") {
         ports::measure(plan, &rig, report).await?;
+    }
+    if plan.runs("scan") {
+        scan::measure(plan, &rig, report).await?;
     }
     // mod_proxy's processes are gone before the handshakes' CPU is counted.
     drop(rig.mod_proxy.take());

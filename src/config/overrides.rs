@@ -89,6 +89,13 @@ pub struct Overrides {
     /// Where the ACME account and certificates are kept (a 0700 directory).
     #[arg(long, env = "FTPSGATE_ACME_STATE_DIR")]
     pub acme_state_dir: Option<PathBuf>,
+    /// Scan uploads with this ICAP service before the backend sees them
+    /// (icap://host[:port]/service).
+    #[arg(long, env = "FTPSGATE_SCAN_ICAP")]
+    pub scan_icap: Option<String>,
+    /// Where uploads wait for their verdict past scan.spool_memory (a 0700 directory).
+    #[arg(long, env = "FTPSGATE_SCAN_SPOOL_DIR")]
+    pub scan_spool_dir: Option<PathBuf>,
 }
 
 fn parse_challenge(s: &str) -> Result<Challenge, String> {
@@ -157,6 +164,12 @@ impl Settings {
         }
         if o.audit_sha256 {
             self.audit.sha256 = true;
+        }
+        if let Some(icap) = &o.scan_icap {
+            self.scan.icap = Some(icap.clone());
+        }
+        if let Some(dir) = &o.scan_spool_dir {
+            self.scan.spool_dir = dir.clone();
         }
         self.apply_acme(o);
     }
