@@ -37,8 +37,8 @@ pub(super) struct DataChannel {
     epsv_all: bool,
     /// One data connection (and so at most one pool port) per session.
     pending: Option<Pending>,
-    /// The command before this one was REST with an offset other than 0, and this one's.
-    after_rest: bool,
+    /// REST with an offset other than 0 came, and no transfer command since: the backend
+    /// holds the offset for the next one, PASV or not in between (as vsftpd does).
     rest: bool,
 }
 
@@ -51,11 +51,11 @@ pub(super) struct Parts<'a> {
 }
 
 impl DataChannel {
-    /// Each command, as it comes: a transfer must know whether REST came just before it (RFC
-    /// 959: REST is followed at once by the command it is for).
+    /// Each command, as it comes: a scanned upload must know whether a REST offset is pending.
     pub(super) fn note(&mut self, line: &Line) {
-        let restart = line.name() == "REST" && line.arg().trim_ascii() != b"0";
-        self.after_rest = std::mem::replace(&mut self.rest, restart);
+        if line.name() == "REST" {
+            self.rest = line.arg().trim_ascii() != b"0";
+        }
     }
 
     /// The connection set up and not used goes (QUIT).
@@ -225,13 +225,15 @@ impl DataChannel {
         }
         let session = s.login.session();
         let account = s.login.account().ok_or(Refusal::NotLoggedIn)?;
+        // This command takes the backend's pending REST offset, whatever it is.
+        let after_rest = std::mem::take(&mut self.rest);
         if direction == Direction::Upload {
             if let Some(scanner) = s.ctx.scanners.for_route(&account.route.name) {
                 let upload = Upload {
                     line,
                     bridge,
                     scanner,
-                    after_rest: self.after_rest,
+                    after_rest,
                     session,
                 };
                 return upload.run(s.ctx, s.client, account).await;

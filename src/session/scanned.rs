@@ -26,7 +26,7 @@ pub(super) struct Upload<'a> {
     pub line: Line,
     pub bridge: DataBridge,
     pub scanner: &'a Scanner,
-    /// REST with an offset came just before.
+    /// A REST offset is pending at the backend.
     pub after_rest: bool,
     pub session: u64,
 }
