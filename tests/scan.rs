@@ -23,7 +23,7 @@ use support::icap::{IcapBed, THREAT};
 use support::process::eventually;
 use support::servers::{vsftpd_logging_commands, FtpServer};
 use support::MIB;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Random bytes, with the bed's marker planted at `at` when given.
 fn file(size: usize, marker: Option<(&[u8], usize)>) -> Vec<u8> {
@@ -69,6 +69,10 @@ async fn stor(ftps: &mut Ftps, name: &str, data: &[u8]) -> (String, String) {
     let mut tls = ftps.secure_data(tcp).await;
     tls.write_all(data).await.expect("upload");
     tls.shutdown().await.expect("close_notify");
+    // Read to the gateway's end: the TLS ticket it sends with its close_notify is the one the
+    // next data connection resumes with (rustls uses each ticket once).
+    let mut rest = Vec::new();
+    let _ = tls.read_to_end(&mut rest).await;
     drop(tls);
     (first, ftps.reply().await)
 }

@@ -293,8 +293,10 @@ async fn run(
                 .await
                 .map_err(|_| BridgeError::NoTransfer)?
                 .map_err(|_| BridgeError::Cancelled)?;
-            if let (Start::Relay(_), Some(open)) = (&start, open_gate.take()) {
-                let _ = open.send(());
+            if matches!(start, Start::Relay(_)) {
+                if let Some(open) = open_gate.take() {
+                    let _ = open.send(());
+                }
             }
             Ok(start)
         };
