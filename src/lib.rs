@@ -30,7 +30,7 @@ mod policy;
 pub mod probe;
 pub(crate) mod proxy_protocol;
 mod refusal;
-pub(crate) mod scan;
+pub mod scan;
 pub mod server;
 pub mod session;
 mod stream;

@@ -214,6 +214,12 @@ fn a_clean_upload_arrives_whole_and_a_flagged_one_never_reaches_the_backend() {
         assert_eq!(r["stored"], false);
         assert_eq!(r["scanner"], bed.icap.url.as_str());
         assert!(r["scan_ms"].is_u64());
+        assert!(
+            r["istag"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("\"CI0001-")),
+            "{r}"
+        );
     }
     assert!(audited
         .iter()

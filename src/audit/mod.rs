@@ -83,6 +83,9 @@ pub enum Event<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         threat: Option<&'a str>,
         scanner: &'a str,
+        /// The service's ISTag: which rules (signature set) judged.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        istag: Option<String>,
         scan_ms: u64,
         stored: bool,
     },

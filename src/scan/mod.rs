@@ -1,14 +1,18 @@
 //! Uploads scanned before the backend sees them (`[scan]`): held whole in a spool (`spool`),
 //! sent to an antivirus over ICAP (`icap`, RFC 3507), and passed on only when clean.
 //! docs/ARCHITECTURE.md, "Scanned uploads".
+//!
+//! The ICAP response parser is public (as `icap_wire`) only for the fuzz target
+//! (`fuzz/fuzz_targets/icap_reply.rs`), as `ftp` is for its own.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-mod icap;
+pub(crate) mod icap;
 mod spool;
 
+pub use icap::wire as icap_wire;
 pub(crate) use icap::{IcapClient, IcapUrl, Verdict};
 pub(crate) use spool::{Spool, Spooler};
 

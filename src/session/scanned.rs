@@ -152,6 +152,7 @@ impl Upload<'_> {
             verdict: label,
             threat,
             scanner: &scanner,
+            istag: self.scanner.icap.istag(),
             scan_ms: began.elapsed().as_millis() as u64,
             stored: refusal.is_none(),
         });

@@ -33,6 +33,7 @@ impl IcapUrl {
         self.port
     }
 
+    #[cfg(test)]
     pub(crate) fn service(&self) -> &str {
         &self.service
     }
