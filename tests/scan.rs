@@ -426,3 +426,31 @@ fn twenty_uploads_at_once_and_a_client_that_vanishes_leave_the_spool_empty() {
     assert_eq!(scans(&gw, "clean"), 15.0);
     assert_eq!(scans(&gw, "infected"), 5.0);
 }
+
+#[test]
+fn doctor_checks_the_spool_and_asks_each_scanner() {
+    let Some(mut bed) = Bed::start() else { return };
+    let mut settings = ftpsgate::config::Settings::default();
+    settings.backend.addresses = vec![];
+    settings.scan.icap = Some(bed.icap.url.clone());
+    settings.scan.spool_dir = bed.spool();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let scan_lines = |rt: &tokio::runtime::Runtime, settings: &ftpsgate::config::Settings| {
+        rt.block_on(ftpsgate::doctor::run(settings, None))
+            .into_iter()
+            .filter(|c| c.what == "scan")
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+    };
+    let lines = scan_lines(&rt, &settings);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].contains("is created (0700) at start"), "{lines:?}");
+    assert!(
+        lines[1].starts_with("[ ok ]") && lines[1].contains("ISTag \"CI0001-"),
+        "{lines:?}"
+    );
+    bed.icap.stop_icap();
+    let lines = scan_lines(&rt, &settings);
+    assert!(lines[1].starts_with("[FAIL]"), "{lines:?}");
+    assert!(lines[1].contains("scan.fail"), "{lines:?}");
+}

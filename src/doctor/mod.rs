@@ -7,6 +7,7 @@ mod backend;
 mod cert;
 mod firewall;
 mod host;
+mod scan;
 
 use std::fmt;
 
@@ -97,6 +98,7 @@ pub async fn run(settings: &Settings, login: Option<&Credentials>) -> Vec<Check>
         Some(a) => out.extend(acme::checks(a)),
         None => out.extend(certificate(settings)),
     }
+    out.extend(scan::checks(settings).await);
     out.push(fd_limit(settings));
     out
 }

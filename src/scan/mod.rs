@@ -14,7 +14,7 @@ mod spool;
 
 pub use icap::wire as icap_wire;
 pub(crate) use icap::{IcapClient, IcapUrl, Verdict};
-pub(crate) use spool::{Spool, Spooler};
+pub(crate) use spool::{check_dir, free_bytes, Spool, Spooler};
 
 use crate::backend::DEFAULT_ROUTE;
 use crate::config::{ScanSettings, Settings};
@@ -40,14 +40,10 @@ impl Scanners {
     /// scans; routes with the same `icap` URL and timeout share a client, so its pooled
     /// connections serve them all.
     pub(crate) fn new(settings: &Settings, metrics: &Metrics) -> Result<Scanners, String> {
-        let routes = std::iter::once((DEFAULT_ROUTE, &settings.backend))
-            .chain(settings.routes.iter().map(|(name, b)| (name.as_str(), b)));
         let mut spooler = None;
         let mut clients: HashMap<(String, u64), Arc<Scanner>> = HashMap::new();
         let mut by_route = HashMap::new();
-        for (name, backend) in routes {
-            let scan = backend.scan.as_ref().unwrap_or(&settings.scan);
-            let Some(url) = &scan.icap else { continue };
+        for (name, scan, url) in scanning(settings) {
             let spooler = match &spooler {
                 Some(s) => Arc::clone(s),
                 None => {
@@ -57,7 +53,7 @@ impl Scanners {
                     spooler.insert(s).clone()
                 }
             };
-            let key = (url.clone(), scan.timeout_secs);
+            let key = (url.to_string(), scan.timeout_secs);
             let scanner = match clients.get(&key) {
                 Some(shared) if shared.settings == *scan => Arc::clone(shared),
                 _ => {
@@ -81,4 +77,15 @@ impl Scanners {
     pub(crate) fn for_route(&self, route: &str) -> Option<&Arc<Scanner>> {
         self.by_route.get(route)
     }
+}
+
+/// Each route that scans, with its scan settings (its own table, else `[scan]`) and URL.
+pub(crate) fn scanning(settings: &Settings) -> Vec<(&str, &ScanSettings, &str)> {
+    std::iter::once((DEFAULT_ROUTE, &settings.backend))
+        .chain(settings.routes.iter().map(|(name, b)| (name.as_str(), b)))
+        .filter_map(|(name, backend)| {
+            let scan = backend.scan.as_ref().unwrap_or(&settings.scan);
+            Some((name, scan, scan.icap.as_deref()?))
+        })
+        .collect()
 }

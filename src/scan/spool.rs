@@ -33,25 +33,14 @@ pub(crate) struct Spooler {
 }
 
 impl Spooler {
-    /// Creates `dir` (0700) if it is missing, and refuses one that others can enter or that
-    /// is not the gateway user's: unscanned uploads wait there.
+    /// Creates `dir` (0700) if it is missing, and refuses one [`check_dir`] refuses.
     pub(crate) fn open(dir: &Path, budget: u64, gauge: Gauge) -> Result<Arc<Spooler>, String> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .map_err(|e| format!("{}: {e}", dir.display()))?;
-        let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let me = rustix::process::geteuid().as_raw();
-        if !meta.is_dir() || meta.mode() & 0o077 != 0 || meta.uid() != me {
-            return Err(format!(
-                "{}: mode {:o}, owner {}: scan.spool_dir must be a 0700 directory of the \
-                 gateway's user (uid {me})",
-                dir.display(),
-                meta.mode() & 0o7777,
-                meta.uid()
-            ));
-        }
+        check_dir(dir)?;
         Ok(Arc::new(Spooler {
             dir: dir.to_path_buf(),
             budget,
@@ -100,8 +89,7 @@ impl Spooler {
 
     /// Refuses to write `more` bytes when that would leave less than [`HEADROOM`] free.
     fn room_for(&self, more: u64) -> io::Result<()> {
-        let stat = rustix::fs::statvfs(&self.dir)?;
-        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        let free = free_bytes(&self.dir)?;
         if free < more.saturating_add(HEADROOM) {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
@@ -113,6 +101,29 @@ impl Spooler {
         }
         Ok(())
     }
+}
+
+/// Refuses a spool directory that others can enter or that is not the gateway user's:
+/// unscanned uploads wait there.
+pub(crate) fn check_dir(dir: &Path) -> Result<(), String> {
+    let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    if !meta.is_dir() || meta.mode() & 0o077 != 0 || meta.uid() != me {
+        return Err(format!(
+            "{}: mode {:o}, owner {}: scan.spool_dir must be a 0700 directory of the \
+             gateway's user (uid {me})",
+            dir.display(),
+            meta.mode() & 0o7777,
+            meta.uid()
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes free for the spool in the file system holding `dir`.
+pub(crate) fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let stat = rustix::fs::statvfs(dir)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 enum Kept {
