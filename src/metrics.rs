@@ -13,6 +13,8 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+
+pub(crate) use crate::scan::ScanVerdict;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -73,21 +75,6 @@ pub enum Reload {
 pub enum AcmeOrder {
     issued,
     failed,
-}
-
-/// What scanning an upload found (`[scan]`). Whether the upload was then stored or refused
-/// follows from the verdict and the settings (`fail`, `oversize`); the log line says which.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue, serde::Serialize)]
-#[allow(non_camel_case_types)]
-pub enum ScanVerdict {
-    /// The scanner found nothing.
-    clean,
-    /// The scanner named a threat.
-    infected,
-    /// No verdict: the scanner unreachable, failing, too slow or speaking nonsense.
-    error,
-    /// Larger than `scan.max_size`: not sent to the scanner.
-    oversize,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

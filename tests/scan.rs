@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ftpsgate::config::{FailMode, Oversize, PolicySettings, ScanSettings};
+use ftpsgate::config::{FailMode, Oversize, PolicySettings, ScanSettings, Settings};
 use support::admin::{refusals, scrape, value};
 use support::files::sha256;
 use support::ftps::Ftps;
@@ -35,13 +35,13 @@ fn file(size: usize, marker: Option<(&[u8], usize)>) -> Vec<u8> {
 }
 
 /// A gateway in front of `vs` scanning with `bed`, spooling in `spool` with 8 MiB of memory
-/// (so a 64 MiB upload spills to disk), auditing to `audit`; `tweak` adjusts `[scan]`.
+/// (so a 64 MiB upload spills to disk), auditing to `audit`; `tweak` adjusts the rest.
 fn gateway(
     vs: &FtpServer,
     bed: &IcapBed,
     spool: &Path,
     audit: &Path,
-    tweak: impl FnOnce(&mut ScanSettings) + Send + 'static,
+    tweak: impl FnOnce(&mut Settings) + Send + 'static,
 ) -> TestGateway {
     let url = bed.url.clone();
     let (spool, audit) = (spool.to_path_buf(), audit.to_path_buf());
@@ -55,7 +55,7 @@ fn gateway(
             timeout_secs: 60,
             ..ScanSettings::default()
         };
-        tweak(&mut s.scan);
+        tweak(s);
     })
 }
 
@@ -211,7 +211,7 @@ fn a_clean_upload_arrives_whole_and_a_flagged_one_never_reaches_the_backend() {
     assert_eq!(flagged.len(), 4, "{audited:?}");
     for r in &flagged {
         assert_eq!(r["threat"], THREAT);
-        assert_eq!(r["stored"], false);
+        assert_eq!(r["passed"], false);
         assert_eq!(r["scanner"], bed.icap.url.as_str());
         assert!(r["scan_ms"].is_u64());
         assert!(
@@ -223,7 +223,7 @@ fn a_clean_upload_arrives_whole_and_a_flagged_one_never_reaches_the_backend() {
     }
     assert!(audited
         .iter()
-        .any(|r| r["verdict"] == "clean" && r["path"] == "clean.bin" && r["stored"] == true));
+        .any(|r| r["verdict"] == "clean" && r["path"] == "clean.bin" && r["passed"] == true));
 }
 
 #[test]
@@ -232,7 +232,7 @@ fn a_stopped_scanner_refuses_when_closed_and_passes_when_open() {
     let closed = gateway(&bed.vs, &bed.icap, &bed.spool(), &bed.audit(), |_| {});
     let open_audit = bed.dir.path().join("open.jsonl");
     let open = gateway(&bed.vs, &bed.icap, &bed.spool(), &open_audit, |s| {
-        s.fail = FailMode::Open;
+        s.scan.fail = FailMode::Open;
     });
     bed.icap.stop_icap();
     let data = file(2 * MIB, None);
@@ -256,7 +256,7 @@ fn a_stopped_scanner_refuses_when_closed_and_passes_when_open() {
     let passed = audit_scans(&open_audit);
     assert_eq!(passed.len(), 1, "{passed:?}");
     assert_eq!(passed[0]["verdict"], "error");
-    assert_eq!(passed[0]["stored"], true);
+    assert_eq!(passed[0]["passed"], true);
     // Once the scanner is back, the closed gateway scans again (a new connection).
     bed.icap.start_icap();
     rt.block_on(async {
@@ -271,11 +271,13 @@ fn a_stopped_scanner_refuses_when_closed_and_passes_when_open() {
 fn oversize_partial_and_too_large_uploads_get_their_replies() {
     let Some(bed) = Bed::start() else { return };
     let refuse = gateway(&bed.vs, &bed.icap, &bed.spool(), &bed.audit(), |s| {
-        s.max_size = MIB as u64;
+        s.scan.max_size = MIB as u64;
     });
     let pass = gateway(&bed.vs, &bed.icap, &bed.spool(), &bed.audit(), |s| {
-        s.max_size = MIB as u64;
-        s.oversize = Oversize::Pass;
+        s.scan.max_size = MIB as u64;
+        s.scan.oversize = Oversize::Pass;
+        // What `pass` spools is bounded by the upload limit (refused at start without one).
+        s.policy.max_upload_bytes = Some(4 * MIB as u64);
     });
     let marker = bed.icap.marker.clone();
     let big = file(2 * MIB, Some((&marker, 0)));
@@ -300,9 +302,41 @@ fn oversize_partial_and_too_large_uploads_get_their_replies() {
             first.starts_with("504 STOR is not available here"),
             "{first}"
         );
+        // A listing between REST and STOR does not take the offset (vsftpd keeps it).
+        assert!(ftps.cmd("REST 2").await.starts_with("350"));
+        let tcp = ftps.open("LIST").await.expect("PASV");
+        ftps.download(tcp, "LIST").await;
+        let (first, _) = stor(&mut ftps, "small.bin", b"yz").await;
+        assert!(
+            first.starts_with("504 STOR"),
+            "after REST and LIST: {first}"
+        );
+        // Line ends converted by the backend (TYPE A) would store other bytes than scanned;
+        // STOU's name comes in a 150 the client does not hear.
+        assert!(ftps.cmd("TYPE A").await.starts_with("200"));
+        let (first, _) = stor(&mut ftps, "small.bin", b"yz").await;
+        assert!(first.starts_with("504 STOR"), "under TYPE A: {first}");
+        assert!(ftps.cmd("TYPE I").await.starts_with("200"));
+        let stou = ftps.open("STOU").await.expect("PASV");
+        let reply = ftps.reply().await;
+        assert!(reply.starts_with("504 STOU"), "{reply}");
+        drop(stou);
         // The backend's REST offset was cleared: the next STOR writes from the start.
         let (_, last) = stor(&mut ftps, "small.bin", b"whole").await;
         assert!(last.starts_with("226"), "{last}");
+        // ABOR halfway through: 426 then 226, nothing stored, the session goes on.
+        let tcp = ftps.open("STOR aborted.bin").await.expect("PASV");
+        assert!(ftps.reply().await.starts_with("150"));
+        let mut tls = ftps.secure_data(tcp).await;
+        tls.write_all(&[3u8; 100_000]).await.expect("half");
+        tls.flush().await.expect("flush");
+        ftps.send("ABOR").await;
+        let cut = ftps.reply().await;
+        assert!(cut.starts_with("426"), "{cut}");
+        let abor = ftps.reply().await;
+        assert!(abor.starts_with("226"), "{abor}");
+        drop(tls);
+        assert!(ftps.cmd("NOOP").await.starts_with("200"));
         // Past max_size with oversize = pass: stored unscanned, marker and all.
         let mut ftps = Ftps::login(pass.explicit, &pass.ca).await;
         let (_, last) = stor(&mut ftps, "passed.bin", &big).await;
@@ -317,8 +351,9 @@ fn oversize_partial_and_too_large_uploads_get_their_replies() {
         sha256(&big)
     );
     assert!(!bed.vs.root.join("big.bin").exists());
+    assert!(!bed.vs.root.join("aborted.bin").exists());
     assert_eq!(refusals(&refuse, "scan_oversize"), 1.0);
-    assert_eq!(refusals(&refuse, "scan_partial"), 2.0);
+    assert_eq!(refusals(&refuse, "scan_partial"), 5.0);
     assert_eq!(scans(&pass, "oversize"), 1.0);
     assert!(spool_is_empty(&refuse, &bed.spool()));
 }

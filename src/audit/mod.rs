@@ -70,7 +70,8 @@ pub enum Event<'a> {
         sha256: Option<String>,
     },
     /// An upload the scanner judged (or could not, or was not asked to: `oversize`), before
-    /// the backend saw it; `stored` says whether it then went to the backend.
+    /// the backend saw it; `passed` says whether the gateway then sent it on (the transfer's
+    /// own record says whether the backend stored it).
     Scan {
         #[serde(flatten)]
         who: Who<'a>,
@@ -87,7 +88,7 @@ pub enum Event<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         istag: Option<String>,
         scan_ms: u64,
-        stored: bool,
+        passed: bool,
     },
     Login {
         #[serde(flatten)]

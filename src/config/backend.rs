@@ -230,6 +230,10 @@ impl Settings {
             if !valid_name {
                 return Err(bad(key, "route names are letters, digits, - and _".into()));
             }
+            if name == "default" {
+                // The default backend's name in logs, metrics, the audit log and its scanner.
+                return Err(bad(key, "`default` is the [backend] table's route".into()));
+            }
             route.validate(&key, bad)?;
             if route.relay_greeting {
                 return Err(bad(

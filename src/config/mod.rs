@@ -164,6 +164,7 @@ impl Settings {
         self.audit.validate(&bad)?;
         self.policy.validate("policy", &bad)?;
         self.scan.validate("scan", &bad)?;
+        self.validate_oversize(&bad)?;
         self.limits.validate(&bad)
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Bad, ConfigError};
+use super::{Bad, ConfigError, Settings};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -93,5 +93,32 @@ impl ScanSettings {
     /// Whether uploads are scanned at all.
     pub fn is_on(&self) -> bool {
         self.icap.is_some()
+    }
+}
+
+impl Settings {
+    /// `oversize = "pass"` spools what it then passes: without `policy.max_upload_bytes` on
+    /// the same route nothing would bound the spool.
+    pub(super) fn validate_oversize(&self, bad: Bad) -> Result<(), ConfigError> {
+        let routes = std::iter::once(("backend".to_string(), &self.backend)).chain(
+            self.routes
+                .iter()
+                .map(|(name, b)| (format!("routes.{name}"), b)),
+        );
+        for (key, backend) in routes {
+            let (scan, at) = match &backend.scan {
+                Some(own) => (own, format!("{key}.scan")),
+                None => (&self.scan, "scan".to_string()),
+            };
+            let policy = backend.policy.as_ref().unwrap_or(&self.policy);
+            if scan.is_on() && scan.oversize == Oversize::Pass && policy.max_upload_bytes.is_none()
+            {
+                return Err(bad(
+                    format!("{at}.oversize"),
+                    format!("\"pass\" spools what it passes: set policy.max_upload_bytes for {key} to bound it"),
+                ));
+            }
+        }
+        Ok(())
     }
 }

@@ -177,6 +177,12 @@ impl DataBridge {
         self.progress.load(Ordering::Relaxed)
     }
 
+    /// The count behind [`DataBridge::progress`], for whoever reports it while the bridge is
+    /// borrowed (a scanned upload's STAT while it waits for the spool).
+    pub(crate) fn progress_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.progress)
+    }
+
     /// The client data connection's TLS `(version, resumed)`, once its handshake has passed:
     /// kept here rather than in the outcome, so a transfer that fails after the handshake (a
     /// client gone without close_notify, ABOR, a backend lost) is logged with them too.

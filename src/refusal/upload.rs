@@ -17,9 +17,9 @@ pub(crate) enum UploadRefusal {
     Oversize { limit: u64 },
     /// Larger than `policy.max_upload_bytes`.
     TooLarge { limit: u64 },
-    /// APPE, or STOR after REST: the backend would hold bytes the scanner never saw together
-    /// (the part already there and the part sent now), so neither is offered while uploads are
-    /// scanned.
+    /// APPE, STOU, or STOR after REST, under TYPE A or a MODE other than S: the backend would
+    /// hold bytes other than those scanned (joined to what is there, converted, decompressed)
+    /// or under a name the client never hears, so none is offered while uploads are scanned.
     Partial { command: String },
 }
 
@@ -40,7 +40,7 @@ impl UploadRefusal {
             ),
             UploadRefusal::Partial { command } => (
                 504,
-                format!("{command} is not available here: uploads are scanned whole."),
+                format!("{command} is not available here: uploads are scanned whole, as sent (TYPE I, MODE S, no REST)."),
             ),
         }
     }

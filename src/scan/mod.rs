@@ -16,9 +16,26 @@ pub use icap::wire as icap_wire;
 pub(crate) use icap::{IcapClient, IcapUrl, Verdict};
 pub(crate) use spool::{check_dir, free_bytes, Spool, Spooler};
 
+use prometheus_client::encoding::EncodeLabelValue;
+
 use crate::backend::DEFAULT_ROUTE;
 use crate::config::{ScanSettings, Settings};
 use crate::metrics::Metrics;
+
+/// What scanning an upload found (`[scan]`). Whether the upload was then stored or refused
+/// follows from the verdict and the settings (`fail`, `oversize`); the log line says which.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue, serde::Serialize)]
+#[allow(non_camel_case_types)]
+pub enum ScanVerdict {
+    /// The scanner found nothing.
+    clean,
+    /// The scanner named a threat.
+    infected,
+    /// No verdict: the scanner unreachable, failing, too slow or speaking nonsense.
+    error,
+    /// Larger than `scan.max_size`: not sent to the scanner.
+    oversize,
+}
 
 /// One route's scanning: its settings, its ICAP client (with its pooled connections) and the
 /// gateway's spool.

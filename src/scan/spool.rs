@@ -2,11 +2,12 @@
 //! (`scan.spool_memory`, across all sessions) lasts, then in a file in `scan.spool_dir`.
 //!
 //! A spool file is unlinked the moment it is created: it has no name while it holds an
-//! upload, so nothing (a crash, `kill -9`, a full disk) can leave an unscanned file behind,
-//! and no other process can open it by name. Its bytes go with its descriptor.
+//! upload, so a crash, `kill -9` or a full disk leaves no unscanned file behind (one killed
+//! between the two system calls leaves an empty one, swept at the next start), and no other
+//! process can open it by name. Its bytes go with its descriptor.
 
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,6 +42,14 @@ impl Spooler {
             .create(dir)
             .map_err(|e| format!("{}: {e}", dir.display()))?;
         check_dir(dir)?;
+        // A file named like ours can only be left by a gateway killed between making one and
+        // unlinking it (one system call apart): an upload never scanned, never sent on.
+        for entry in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+            let Ok(entry) = entry else { continue };
+            if entry.file_name().to_string_lossy().starts_with("upload-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         Ok(Arc::new(Spooler {
             dir: dir.to_path_buf(),
             budget,
@@ -73,18 +82,22 @@ impl Spooler {
         self.in_memory.fetch_sub(n, Ordering::AcqRel);
     }
 
-    /// A new, already unlinked, 0600 file in the spool directory.
+    /// A new, already unlinked, 0600 file in the spool directory: made and unlinked in one
+    /// blocking step, so no cancelled future can leave it named.
     async fn file(&self) -> io::Result<tokio::fs::File> {
         let path = self.dir.join(format!("upload-{:016x}", fastrand::u64(..)));
-        let file = tokio::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .await?;
-        tokio::fs::remove_file(&path).await?;
-        Ok(file)
+        let made = tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?;
+            std::fs::remove_file(&path)?;
+            Ok::<_, io::Error>(file)
+        });
+        let file = made.await.map_err(io::Error::other)??;
+        Ok(tokio::fs::File::from_std(file))
     }
 
     /// Refuses to write `more` bytes when that would leave less than [`HEADROOM`] free.

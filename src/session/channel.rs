@@ -37,9 +37,22 @@ pub(super) struct DataChannel {
     epsv_all: bool,
     /// One data connection (and so at most one pool port) per session.
     pending: Option<Pending>,
-    /// REST with an offset other than 0 came, and no transfer command since: the backend
-    /// holds the offset for the next one, PASV or not in between (as vsftpd does).
-    rest: bool,
+    /// What the client set that changes the bytes a backend stores: a scanned upload must be
+    /// stored as it was scanned (`session/scanned.rs`).
+    shape: Shape,
+}
+
+/// The client's REST, TYPE and MODE as they stand, as far as uploads are concerned.
+#[derive(Default, Clone, Copy)]
+pub(super) struct Shape {
+    /// REST with an offset other than 0 came, and no RETR, STOR, STOU or APPE since: the
+    /// backend holds the offset for the next of those, whatever comes between (vsftpd keeps
+    /// it across PASV and LIST).
+    pub rest: bool,
+    /// TYPE as the client last set it: `None` while it has not (FTP's default is ASCII).
+    pub binary: Option<bool>,
+    /// A MODE other than S (stream) is in effect: MODE Z, say, stores what it decompresses.
+    pub not_stream: bool,
 }
 
 /// What setting up a data connection borrows from the rest of the session.
@@ -51,10 +64,16 @@ pub(super) struct Parts<'a> {
 }
 
 impl DataChannel {
-    /// Each command, as it comes: a scanned upload must know whether a REST offset is pending.
+    /// Each command, as it comes: what a scanned upload must know of REST, TYPE and MODE.
     pub(super) fn note(&mut self, line: &Line) {
-        if line.name() == "REST" {
-            self.rest = line.arg().trim_ascii() != b"0";
+        let arg = line.arg().trim_ascii();
+        match line.name().as_str() {
+            "REST" => self.shape.rest = arg != b"0",
+            "TYPE" => {
+                self.shape.binary = Some(matches!(arg.first(), Some(b'I' | b'i' | b'L' | b'l')))
+            }
+            "MODE" => self.shape.not_stream = !arg.eq_ignore_ascii_case(b"S"),
+            _ => {}
         }
     }
 
@@ -225,15 +244,18 @@ impl DataChannel {
         }
         let session = s.login.session();
         let account = s.login.account().ok_or(Refusal::NotLoggedIn)?;
-        // This command takes the backend's pending REST offset, whatever it is.
-        let after_rest = std::mem::take(&mut self.rest);
+        let shape = self.shape;
+        if matches!(command.as_str(), "RETR" | "STOR" | "STOU" | "APPE") {
+            // These take the backend's pending REST offset, whatever it is.
+            self.shape.rest = false;
+        }
         if direction == Direction::Upload {
             if let Some(scanner) = s.ctx.scanners.for_route(&account.route.name) {
                 let upload = Upload {
                     line,
                     bridge,
                     scanner,
-                    after_rest,
+                    shape,
                     session,
                 };
                 return upload.run(s.ctx, s.client, account).await;

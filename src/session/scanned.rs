@@ -5,14 +5,17 @@
 //! gets 550 or 451 and never reaches the backend under any name. docs/ARCHITECTURE.md,
 //! "Scanned uploads".
 
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
+use super::channel::Shape;
 use super::client::ClientControl;
 use super::phase::Account;
 use super::transfer::InFlight;
-use super::{Answer, Context, Halt};
+use super::{Answer, Context, Fatal, Halt};
 use crate::audit::{Event, Who};
 use crate::config::{FailMode, Oversize};
 use crate::data::{BridgeError, DataBridge, Received};
@@ -26,8 +29,8 @@ pub(super) struct Upload<'a> {
     pub line: Line,
     pub bridge: DataBridge,
     pub scanner: &'a Scanner,
-    /// A REST offset is pending at the backend.
-    pub after_rest: bool,
+    /// The client's REST, TYPE and MODE.
+    pub shape: Shape,
     pub session: u64,
 }
 
@@ -39,12 +42,15 @@ impl Upload<'_> {
         account: Account<'_>,
     ) -> Result<Answer, Halt> {
         let command = self.line.name();
-        if command == "APPE" || self.after_rest {
-            if self.after_rest {
-                // The backend holds the REST offset for the next STOR: clear it.
-                account.backend.send(b"REST 0\r\n").await?;
-                account.backend.expect_reply().await?;
-            }
+        let shape = self.shape;
+        // Stored must be scanned: no append to what is there, no restart offset, no
+        // conversion of line ends (TYPE A) or decompression (MODE Z) by the backend, and a
+        // name the client learns (STOU's comes in the backend's 150, which it does not hear).
+        if matches!(command.as_str(), "APPE" | "STOU")
+            || shape.rest
+            || shape.binary == Some(false)
+            || shape.not_stream
+        {
             return Err(Refusal::Upload(UploadRefusal::Partial { command }).into());
         }
         let settings = &self.scanner.settings;
@@ -58,7 +64,9 @@ impl Upload<'_> {
         self.bridge.spool(self.scanner.spooler.spool(), limit);
         let ready = "Ok to send data; the file is scanned before it is stored.";
         client.send(&Reply::new(150, ready)).await?;
-        let received = match self.receive(client).await? {
+        let progress = self.bridge.progress_counter();
+        let receiving = watched(client, &self.line, &progress, self.bridge.received());
+        let received = match receiving.await? {
             Some(Ok(received)) => received,
             Some(Err(BridgeError::TooLarge { limit })) => {
                 let refusal = if Some(limit) == max_upload {
@@ -75,17 +83,7 @@ impl Upload<'_> {
                 client.send(&error.reply()).await?;
                 return Ok(Answer::Sent);
             }
-            None => {
-                // ABOR: the backend never heard of this upload.
-                ctx.metrics.transfer(Direction::Upload, Outcome::aborted);
-                client
-                    .send(&Reply::new(426, "Transfer aborted; nothing was stored."))
-                    .await?;
-                client
-                    .send(&Reply::new(226, "ABOR command successful."))
-                    .await?;
-                return Ok(Answer::Sent);
-            }
+            None => return aborted(ctx, client).await,
         };
         let Received {
             mut spool,
@@ -99,11 +97,17 @@ impl Upload<'_> {
         let verdict = if bytes > settings.max_size {
             Err(ScanVerdict::oversize)
         } else {
-            let scanned = match spool.reader().await {
-                Ok(body) => {
-                    (self.scanner.icap.scan(&path, bytes, body).await).map_err(|e| e.to_string())
+            let scanning = async {
+                match spool.reader().await {
+                    Ok(body) => (self.scanner.icap.scan(&path, bytes, body).await)
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("reading the spooled upload: {e}")),
                 }
-                Err(e) => Err(format!("reading the spooled upload: {e}")),
+            };
+            // The client may abort, or leave, while the scanner works: the backend has heard
+            // nothing yet, and will not.
+            let Some(scanned) = watched(client, &self.line, &progress, scanning).await? else {
+                return aborted(ctx, client).await;
             };
             ctx.metrics
                 .scan_seconds
@@ -154,11 +158,17 @@ impl Upload<'_> {
             scanner: &scanner,
             istag: self.scanner.icap.istag(),
             scan_ms: began.elapsed().as_millis() as u64,
-            stored: refusal.is_none(),
+            passed: refusal.is_none(),
         });
         if let Some(refusal) = refusal {
             ctx.metrics.transfer(Direction::Upload, Outcome::failed);
             return Err(Refusal::Upload(refusal).into());
+        }
+        // Whatever the client set before (a REST offset the gateway did not see through a
+        // command it did not track, FTP's default TYPE A): the backend stores from 0, as sent.
+        for setting in [&b"REST 0\r\n"[..], b"TYPE I\r\n"] {
+            account.backend.send(setting).await?;
+            account.backend.expect_reply().await?;
         }
         account.backend.send(&self.line.to_wire()).await?;
         let first = account.backend.expect_reply().await?;
@@ -172,40 +182,55 @@ impl Upload<'_> {
         transfer.run(ctx, client, account).await?;
         Ok(Answer::Sent)
     }
+}
 
-    /// The upload, whole, or why not; `None` when the client sent ABOR meanwhile. Other
-    /// commands wait for the transfer to end, as on a plain server; STAT says how far it is.
-    async fn receive(
-        &mut self,
-        client: &mut ClientControl,
-    ) -> Result<Option<Result<Received, BridgeError>>, Halt> {
-        loop {
-            tokio::select! {
-                received = self.bridge.received() => return Ok(Some(received)),
-                line = client.read_line(), if !client.has_deferred() => {
-                    let Some(line) = line.map_err(super::Fatal::from)? else {
-                        info!("client closed the control connection during a scanned upload");
-                        let closed = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
-                        return Err(super::Fatal::from(closed).into());
-                    };
-                    let request = line.as_ref().ok().and_then(|l| Request::parse(l.clone()).ok());
-                    match request.map(|r| r.command) {
-                        Some(Command::Abor) => return Ok(None),
-                        Some(Command::Status) => {
-                            let status = Reply::multi(
-                                211,
-                                "Transfer in progress:",
-                                &[format!(" {} {} bytes received so far", self.line, self.bridge.progress())],
-                                "End of status.",
-                            );
-                            client.send(&status).await?;
-                        }
-                        _ => client.defer(line),
+/// Runs `work` while watching the client: `None` when it sends ABOR meanwhile. STAT says how
+/// far the upload is; other commands wait for the transfer to end, as on a plain server.
+async fn watched<T>(
+    client: &mut ClientControl,
+    line: &Line,
+    progress: &AtomicU64,
+    work: impl Future<Output = T>,
+) -> Result<Option<T>, Halt> {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return Ok(Some(done)),
+            read = client.read_line(), if !client.has_deferred() => {
+                let Some(read) = read.map_err(Fatal::from)? else {
+                    info!("client closed the control connection during a scanned upload");
+                    let closed = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
+                    return Err(Fatal::from(closed).into());
+                };
+                let request = read.as_ref().ok().and_then(|l| Request::parse(l.clone()).ok());
+                match request.map(|r| r.command) {
+                    Some(Command::Abor) => return Ok(None),
+                    Some(Command::Status) => {
+                        let so_far = progress.load(Ordering::Relaxed);
+                        let status = Reply::multi(
+                            211,
+                            "Transfer in progress:",
+                            &[format!(" {line} {so_far} bytes received so far")],
+                            "End of status.",
+                        );
+                        client.send(&status).await?;
                     }
+                    _ => client.defer(read),
                 }
             }
         }
     }
+}
+
+/// ABOR before the backend heard of the upload: 426 for the transfer, 226 for ABOR (RFC 959).
+async fn aborted(ctx: &Context, client: &mut ClientControl) -> Result<Answer, Halt> {
+    ctx.metrics.transfer(Direction::Upload, Outcome::aborted);
+    let cut = Reply::new(426, "Transfer aborted; nothing was stored.");
+    client.send(&cut).await?;
+    client
+        .send(&Reply::new(226, "ABOR command successful."))
+        .await?;
+    Ok(Answer::Sent)
 }
 
 fn hex(digest: [u8; 32]) -> String {

@@ -68,6 +68,11 @@ pub(crate) enum ScanError {
     Protocol(#[from] WireError),
     #[error("reading the upload: {0}")]
     Upload(#[source] io::Error),
+    /// c-icap answers 204 to a preview, without reading the rest, for objects above its
+    /// `MaxObjectSize` and for file types outside its `ScanFileTypes`: not a verdict on the
+    /// file (docs/TESTING.md, "ICAP test bed").
+    #[error("the ICAP server passed the file after its first {preview} bytes without reading the rest (above its size limit, or a type it does not scan)")]
+    NotRead { preview: u64 },
 }
 
 /// Scans uploads with one ICAP service. Cheap to clone: clones share the pool and the cached
@@ -163,6 +168,7 @@ impl IcapClient {
             first: &first,
             waits: preview.is_some() || len == 0,
             rest: len - preview.unwrap_or(0),
+            read: preview.unwrap_or(0),
         };
         let mut fresh = false;
         loop {
@@ -301,6 +307,8 @@ struct Exchange<'a> {
     waits: bool,
     /// The bytes of the body not in `first`.
     rest: u64,
+    /// The bytes of the body in `first` (the preview).
+    read: u64,
 }
 
 impl Exchange<'_> {
@@ -323,7 +331,8 @@ impl Exchange<'_> {
             conn.read_head().await.map_err(HeadError::fatal)?
         };
         let mut answer = wire::answer(&head).map_err(ScanError::from)?;
-        if answer == Answer::Continue {
+        let continued = answer == Answer::Continue;
+        if continued {
             // A 100 is an answer to a preview that did not hold the whole body, nothing else.
             if !self.waits || self.rest == 0 {
                 return Err(Failure::Fatal(WireError::UnexpectedStatus(100).into()));
@@ -333,6 +342,11 @@ impl Exchange<'_> {
             answer = wire::answer(&head).map_err(ScanError::from)?;
         }
         match answer {
+            // A 204 to a preview that did not hold the whole file judged only the preview.
+            Answer::Verdict(Verdict::Clean) if self.waits && self.rest > 0 && !continued => {
+                let read = self.read;
+                Err(Failure::Fatal(ScanError::NotRead { preview: read }))
+            }
             Answer::Verdict(Verdict::Clean) => Ok((Verdict::Clean, reusable(&head, conn))),
             // A 200's encapsulated message (a block page, an echo) follows its head: rather
             // than read it, the connection is closed. Infections are rare.

@@ -378,3 +378,28 @@ fn the_client_and_its_scan_are_send() {
     send(&client);
     send_future(client.scan("/f", 1, &b"x"[..]));
 }
+
+/// c-icap passes a file above its `MaxObjectSize` with a 204 right after the preview, marker
+/// and all: that is no verdict on the file, and must not read as clean.
+#[tokio::test]
+async fn a_204_after_a_partial_preview_is_not_clean() {
+    let options = support::icap::IcapOptions {
+        max_object_size: MIB as u64,
+    };
+    let Some(bed) = IcapBed::start_with(options) else {
+        return;
+    };
+    let client = client_of(&bed);
+    let mut data = random(2 * MIB);
+    data[MIB..MIB + bed.marker.len()].copy_from_slice(&bed.marker);
+    let verdict = scan(&client, &data).await;
+    assert!(
+        matches!(verdict, Err(ScanError::NotRead { .. })),
+        "{verdict:?}"
+    );
+    // Within the limit the same client still scans.
+    assert_eq!(
+        scan(&client, &random(1000)).await.expect("scan"),
+        Verdict::Clean
+    );
+}
