@@ -161,7 +161,7 @@ impl Gateway {
             )
             .await?;
         }
-        let scanners = Scanners::new(&settings, &metrics).map_err(StartError::Scan)?;
+        let scanners = Scanners::new(&settings, &metrics.spool_bytes).map_err(StartError::Scan)?;
         let (draining, draining_rx) = watch::channel(false);
         let cores = Cores::start().map_err(StartError::Threads)?;
         Ok(Gateway {

@@ -11,6 +11,7 @@
 mod access;
 mod acme;
 mod backend;
+mod icap_url;
 mod network;
 mod overrides;
 mod policy;
@@ -29,6 +30,7 @@ pub use backend::{
     BackendDataMode, BackendSettings, BackendTlsMode, Balance, DataProtection, ProxyVersion,
     RoutingSettings,
 };
+pub(crate) use icap_url::IcapUrl;
 pub use network::{
     ActiveSettings, AdminSettings, Limits, ListenSettings, PassiveSettings, ProxyProtocolSettings,
     Timeouts,

@@ -66,7 +66,7 @@ impl ScanSettings {
     /// Checks `[scan]` (`key` = `scan`) or a route's own (`routes.NAME.scan`).
     pub(super) fn validate(&self, key: &str, bad: Bad) -> Result<(), ConfigError> {
         if let Some(url) = &self.icap {
-            if let Err(why) = url.parse::<crate::scan::IcapUrl>() {
+            if let Err(why) = url.parse::<super::IcapUrl>() {
                 return Err(bad(format!("{key}.icap"), why.to_string()));
             }
         }

@@ -16,26 +16,10 @@ pub use icap::wire as icap_wire;
 pub(crate) use icap::{IcapClient, IcapUrl, Verdict};
 pub(crate) use spool::{check_dir, free_bytes, Spool, Spooler};
 
-use prometheus_client::encoding::EncodeLabelValue;
+use prometheus_client::metrics::gauge::Gauge;
 
 use crate::backend::DEFAULT_ROUTE;
 use crate::config::{ScanSettings, Settings};
-use crate::metrics::Metrics;
-
-/// What scanning an upload found (`[scan]`). Whether the upload was then stored or refused
-/// follows from the verdict and the settings (`fail`, `oversize`); the log line says which.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue, serde::Serialize)]
-#[allow(non_camel_case_types)]
-pub enum ScanVerdict {
-    /// The scanner found nothing.
-    clean,
-    /// The scanner named a threat.
-    infected,
-    /// No verdict: the scanner unreachable, failing, too slow or speaking nonsense.
-    error,
-    /// Larger than `scan.max_size`: not sent to the scanner.
-    oversize,
-}
 
 /// One route's scanning: its settings, its ICAP client (with its pooled connections) and the
 /// gateway's spool.
@@ -56,7 +40,7 @@ impl Scanners {
     /// Opens the spool directory (if any route scans) and makes one client per route that
     /// scans; routes with the same `icap` URL and timeout share a client, so its pooled
     /// connections serve them all.
-    pub(crate) fn new(settings: &Settings, metrics: &Metrics) -> Result<Scanners, String> {
+    pub(crate) fn new(settings: &Settings, spool_bytes: &Gauge) -> Result<Scanners, String> {
         let mut spooler = None;
         let mut clients: HashMap<(String, u64), Arc<Scanner>> = HashMap::new();
         let mut by_route = HashMap::new();
@@ -65,7 +49,7 @@ impl Scanners {
                 Some(s) => Arc::clone(s),
                 None => {
                     let global = &settings.scan;
-                    let metric = metrics.spool_bytes.clone();
+                    let metric = spool_bytes.clone();
                     let s = Spooler::open(&global.spool_dir, global.spool_memory, metric)?;
                     spooler.insert(s).clone()
                 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use super::client::ClientControl;
 use super::login::Login;
 use super::phase::Account;
-use super::scanned::Upload;
+use super::scanned::{Shape, Upload};
 use super::secure::{Protection, Security};
 use super::transfer::InFlight;
 use super::Halt;
@@ -40,19 +40,6 @@ pub(super) struct DataChannel {
     /// What the client set that changes the bytes a backend stores: a scanned upload must be
     /// stored as it was scanned (`session/scanned.rs`).
     shape: Shape,
-}
-
-/// The client's REST, TYPE and MODE as they stand, as far as uploads are concerned.
-#[derive(Default, Clone, Copy)]
-pub(super) struct Shape {
-    /// REST with an offset other than 0 came, and no RETR, STOR, STOU or APPE since: the
-    /// backend holds the offset for the next of those, whatever comes between (vsftpd keeps
-    /// it across PASV and LIST).
-    pub rest: bool,
-    /// TYPE as the client last set it: `None` while it has not (FTP's default is ASCII).
-    pub binary: Option<bool>,
-    /// A MODE other than S (stream) is in effect: MODE Z, say, stores what it decompresses.
-    pub not_stream: bool,
 }
 
 /// What setting up a data connection borrows from the rest of the session.

@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
-use super::channel::Shape;
 use super::client::ClientControl;
 use super::phase::Account;
 use super::transfer::InFlight;
@@ -23,6 +22,19 @@ use crate::ftp::{Command, Direction, Escaped, Line, Reply, Request};
 use crate::metrics::{Outcome, ScanVerdict};
 use crate::refusal::{Refusal, UploadRefusal};
 use crate::scan::{Scanner, Verdict};
+
+/// The client's REST, TYPE and MODE as they stand, as far as uploads are concerned.
+#[derive(Default, Clone, Copy)]
+pub(super) struct Shape {
+    /// REST with an offset other than 0 came, and no RETR, STOR, STOU or APPE since: the
+    /// backend holds the offset for the next of those, whatever comes between (vsftpd keeps
+    /// it across PASV and LIST).
+    pub rest: bool,
+    /// TYPE as the client last set it: `None` while it has not (FTP's default is ASCII).
+    pub binary: Option<bool>,
+    /// A MODE other than S (stream) is in effect: MODE Z, say, stores what it decompresses.
+    pub not_stream: bool,
+}
 
 /// A STOR or STOU on a route that scans, on the data connection set up before it.
 pub(super) struct Upload<'a> {

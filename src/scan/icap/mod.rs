@@ -18,8 +18,6 @@
 
 pub mod wire;
 
-mod url;
-
 #[cfg(test)]
 mod tests;
 
@@ -33,7 +31,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-pub(crate) use url::IcapUrl;
+pub(crate) use crate::config::IcapUrl;
 use wire::{Answer, HeadFinder, ResponseHead, Section, ServiceOptions};
 pub(crate) use wire::{Verdict, WireError};
 
