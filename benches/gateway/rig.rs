@@ -11,7 +11,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use support::control::{client_config, BoxError};
 use support::gateway::gateway_command;
-use support::net::free_port;
+use support::net::{free_low_range, free_port};
 use support::servers::{FtpServer, VsTls};
 use support::transfer::Target;
 use support::{PASSWORD, USER};
@@ -27,9 +27,11 @@ pub(crate) struct Gateway {
 }
 
 impl Gateway {
-    /// `extra`: more flags (backend TLS, the audit log). Passive ports: 40 of 42000-43999.
+    /// `extra`: more flags (backend TLS, the audit log). Passive ports: 40 found free, since a
+    /// gateway binds every one at start (one picked at random among fixed slots met another
+    /// gateway's pool now and then, and that gateway did not start).
     pub(crate) fn start(backend: SocketAddr, cert: &Path, key: &Path, extra: &[String]) -> Gateway {
-        let lo = 42000 + (free_port() % 50) * 40;
+        let lo = free_low_range(40);
         Gateway::with_pool(backend, cert, key, (lo, 40), extra)
     }
 
@@ -41,7 +43,13 @@ impl Gateway {
         pool: (u16, u16),
         extra: &[String],
     ) -> Gateway {
-        let port = free_port();
+        // Not one of the pool's own ports, free too until the gateway binds them.
+        let port = loop {
+            let p = free_port();
+            if !(pool.0..pool.0 + pool.1).contains(&p) {
+                break p;
+            }
+        };
         // The idle-session measure opens thousands of sessions from one address, and the
         // session-rate one holds up to 32 passive leases from it at once.
         let config = cert.with_file_name(format!("bench-{port}.toml"));
