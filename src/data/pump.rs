@@ -106,11 +106,7 @@ pub(super) async fn pump(
         Ok(from) => from,
         Err(e) => return (Err(e), None),
     };
-    let ended = async {
-        to.flush().await?;
-        to.shutdown().await
-    };
-    match within(stall, false, ended).await {
+    match end(to, stall).await {
         Ok(()) => (Ok(tally.finish()), from),
         Err(e) => (Err(e), None),
     }
@@ -171,6 +167,16 @@ async fn with_reader(
         let _ = empty.send(chunk).await;
     }
     Ok(reader.await.ok())
+}
+
+/// Ends `to` cleanly (FIN, or close_notify then FIN) once every byte is written, within the
+/// stall limit.
+async fn end(to: &mut Stream, stall: Duration) -> Result<(), PumpError> {
+    let ended = async {
+        to.flush().await?;
+        to.shutdown().await
+    };
+    within(stall, false, ended).await
 }
 
 /// One read (`reading`) or write of the copy, within the stall limit: its failure, or the
@@ -337,11 +343,7 @@ pub(super) async fn send(
         }
         write_chunk(to, &buf, &mut tally, stall).await?;
     }
-    let ended = async {
-        to.flush().await?;
-        to.shutdown().await
-    };
-    within(stall, false, ended).await?;
+    end(to, stall).await?;
     Ok(tally.finish())
 }
 

@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::client::ClientControl;
 use super::phase::Account;
-use super::transfer::InFlight;
+use super::transfer::{hex, InFlight};
 use super::{Answer, Context, Fatal, Halt};
 use crate::audit::{Event, Who};
 use crate::config::{FailMode, Oversize};
@@ -243,8 +243,4 @@ async fn aborted(ctx: &Context, client: &mut ClientControl) -> Result<Answer, Ha
         .send(&Reply::new(226, "ABOR command successful."))
         .await?;
     Ok(Answer::Sent)
-}
-
-fn hex(digest: [u8; 32]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }

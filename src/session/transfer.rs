@@ -320,10 +320,7 @@ impl<'a> TransferLog<'a> {
         let version = self.tls.map(|(v, _)| format!("{v:?}"));
         let resumed = self.tls.is_some_and(|(_, resumed)| resumed);
         let error = result.err().map(ToString::to_string);
-        let sha256 = result
-            .ok()
-            .and_then(|t| t.sha256)
-            .map(|d| d.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let sha256 = result.ok().and_then(|t| t.sha256).map(hex);
         ctx.audit.record(&Event::Transfer {
             who: Who {
                 session: self.session,
@@ -351,4 +348,9 @@ impl<'a> TransferLog<'a> {
                 tls = version.as_deref(), resumed, backend_code, "transfer");
         }
     }
+}
+
+/// A SHA-256 as the audit log writes it: lower-case hex.
+pub(super) fn hex(digest: [u8; 32]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
