@@ -65,10 +65,31 @@ impl BridgeError {
                 552,
                 "Requested file action aborted: the file is larger than this server takes.",
             ),
-            BridgeError::Spool(_) => Reply::new(
+            // No room is the client's to retry later (452); a spool that cannot be read back
+            // is the gateway's own failure (451).
+            BridgeError::Spool(e) if e.kind() == io::ErrorKind::StorageFull => Reply::new(
                 452,
                 "Requested action not taken: no room to hold the upload while it is scanned.",
             ),
+            BridgeError::Spool(_) => Reply::new(
+                451,
+                "Requested action aborted: local error in processing the upload.",
+            ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No room is worth a retry (452); a spool the gateway cannot read back is its own fault
+    /// (451), whether before the scan or after the backend's 150.
+    #[test]
+    fn a_spool_error_replies_by_its_kind() {
+        let full = BridgeError::Spool(io::ErrorKind::StorageFull.into());
+        assert_eq!(full.reply().code(), 452);
+        let broken = BridgeError::Spool(io::Error::other("EIO"));
+        assert_eq!(broken.reply().code(), 451);
     }
 }

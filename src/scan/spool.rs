@@ -5,12 +5,17 @@
 //! upload, so a crash, `kill -9` or a full disk leaves no unscanned file behind (one killed
 //! between the two system calls leaves an empty one, swept at the next start), and no other
 //! process can open it by name. Its bytes go with its descriptor.
+//!
+//! Disk is promised before it is written: a spool file takes [`GRANT`] bytes at a time from
+//! what the file system has free beyond [`HEADROOM`] *and beyond what other spools were
+//! promised and have not yet written*, so twenty uploads spilling at once cannot together
+//! overrun the headroom that each one alone would have kept.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWriteExt};
@@ -20,15 +25,21 @@ use tokio_util::either::Either;
 /// refused (452) rather than filling the disk the gateway's logs share.
 const HEADROOM: u64 = 64 * 1024 * 1024;
 
-/// How often (bytes written to a file) the free space is looked at again.
-const CHECK_EVERY: u64 = 16 * 1024 * 1024;
+/// Disk a spool file is promised at a time: the free space is looked at once per grant.
+const GRANT: u64 = 16 * 1024 * 1024;
 
 /// The gateway's spool: where its files go and how much memory all spools share.
 #[derive(Debug)]
 pub(crate) struct Spooler {
     dir: PathBuf,
     budget: u64,
+    /// Memory the spools hold: their buffers' capacity, not only their length.
     in_memory: AtomicU64,
+    /// Disk promised to spool files and not yet written (written bytes the file system counts
+    /// itself). Held while the free space is read, so two promises cannot both count it.
+    promised: Mutex<u64>,
+    /// Free space each promise leaves ([`HEADROOM`]).
+    headroom: u64,
     /// `ftpsgate_spool_bytes`.
     gauge: Gauge,
 }
@@ -54,6 +65,8 @@ impl Spooler {
             dir: dir.to_path_buf(),
             budget,
             in_memory: AtomicU64::new(0),
+            promised: Mutex::new(0),
+            headroom: HEADROOM,
             gauge,
         }))
     }
@@ -65,7 +78,7 @@ impl Spooler {
             kept: Kept::Memory(Vec::new()),
             len: 0,
             reserved: 0,
-            checked_at: 0,
+            promised: 0,
         }
     }
 
@@ -100,19 +113,32 @@ impl Spooler {
         Ok(tokio::fs::File::from_std(file))
     }
 
-    /// Refuses to write `more` bytes when that would leave less than [`HEADROOM`] free.
-    fn room_for(&self, more: u64) -> io::Result<()> {
+    /// Promises `n` bytes of disk, unless that would leave less than the headroom free once
+    /// every earlier promise is written too.
+    fn promise(&self, n: u64) -> io::Result<()> {
+        let mut promised = self.promised.lock().unwrap_or_else(PoisonError::into_inner);
         let free = free_bytes(&self.dir)?;
-        if free < more.saturating_add(HEADROOM) {
+        let wanted = promised.saturating_add(n).saturating_add(self.headroom);
+        if free < wanted {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
                 format!(
-                    "scan.spool_dir {} has {free} bytes free, keeping {HEADROOM}",
-                    self.dir.display()
+                    "scan.spool_dir {} has {free} bytes free, {} promised to uploads being \
+                     spooled, keeping {}",
+                    self.dir.display(),
+                    *promised,
+                    self.headroom
                 ),
             ));
         }
+        *promised += n;
         Ok(())
+    }
+
+    /// `n` promised bytes written (the file system counts them now) or given back.
+    fn redeem(&self, n: u64) {
+        let mut promised = self.promised.lock().unwrap_or_else(PoisonError::into_inner);
+        *promised = promised.saturating_sub(n);
     }
 }
 
@@ -149,10 +175,10 @@ pub(crate) struct Spool {
     spooler: Arc<Spooler>,
     kept: Kept,
     len: u64,
-    /// Bytes of the memory budget this spool holds.
+    /// Bytes of the memory budget this spool holds (its buffer's capacity).
     reserved: u64,
-    /// `len` when the free space was last checked.
-    checked_at: u64,
+    /// Disk promised to this spool's file and not yet written.
+    promised: u64,
 }
 
 impl Spool {
@@ -160,28 +186,54 @@ impl Spool {
     pub(crate) async fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
         let n = chunk.len() as u64;
         if let Kept::Memory(buf) = &mut self.kept {
-            if self.spooler.reserve(n) {
+            // The buffer grows as a Vec does (doubling), and the budget counts what it
+            // allocates: a 5 MiB upload may hold 8 MiB.
+            let need = buf.len() + chunk.len();
+            let capacity = if need > buf.capacity() {
+                need.max(buf.capacity() * 2)
+            } else {
+                buf.capacity()
+            };
+            let grow = (capacity - buf.capacity()) as u64;
+            if self.spooler.reserve(grow) {
+                buf.reserve_exact(capacity - buf.len());
                 buf.extend_from_slice(chunk);
-                self.reserved += n;
+                self.reserved += grow;
                 self.grew(n);
                 return Ok(());
             }
-            self.spooler.room_for(self.len + n)?;
+            let held = std::mem::take(buf);
+            self.disk(held.len() as u64 + n)?;
             let mut file = self.spooler.file().await?;
-            file.write_all(buf).await?;
+            file.write_all(&held).await?;
+            self.wrote(held.len() as u64);
             self.kept = Kept::File(file);
             self.spooler.release(std::mem::take(&mut self.reserved));
-            self.checked_at = self.len;
         }
+        self.disk(n)?;
         if let Kept::File(file) = &mut self.kept {
-            if self.len - self.checked_at >= CHECK_EVERY {
-                self.spooler.room_for(CHECK_EVERY)?;
-                self.checked_at = self.len;
-            }
             file.write_all(chunk).await?;
         }
+        self.wrote(n);
         self.grew(n);
         Ok(())
+    }
+
+    /// Makes sure `n` bytes of disk are promised to this spool.
+    fn disk(&mut self, n: u64) -> io::Result<()> {
+        if self.promised < n {
+            let more = (n - self.promised).max(GRANT);
+            self.spooler.promise(more)?;
+            self.promised += more;
+        }
+        Ok(())
+    }
+
+    /// `n` promised bytes are in the file now.
+    fn wrote(&mut self, n: u64) {
+        let n = n.min(self.promised);
+        self.promised -= n;
+        self.spooler.redeem(n);
     }
 
     fn grew(&mut self, n: u64) {
@@ -210,6 +262,7 @@ impl Spool {
 impl Drop for Spool {
     fn drop(&mut self) {
         self.spooler.release(self.reserved);
+        self.spooler.redeem(self.promised);
         self.spooler.gauge.dec_by(self.len as i64);
     }
 }
@@ -262,6 +315,36 @@ mod tests {
         assert_eq!(spooler.in_memory.load(Ordering::Acquire), 0);
         let meta = std::fs::metadata(&spool_dir).expect("stat");
         assert_eq!(meta.mode() & 0o777, 0o700);
+    }
+
+    /// Spools spilling at once share the free space: each promise counts the ones before it
+    /// that are not yet written, so the third of three finds no room where two fit, and finds
+    /// it once one of the two has ended.
+    #[tokio::test]
+    async fn spools_spilling_at_once_cannot_overrun_the_headroom_together() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = dir.path().join("spool");
+        let mut spooler = Spooler::open(&dir, 0, Gauge::default()).expect("open");
+        // Room for two grants and a half: the half is slack for other tests' files.
+        let free = free_bytes(&dir).expect("statvfs");
+        Arc::get_mut(&mut spooler).expect("one owner").headroom = free - 5 * GRANT / 2;
+        let mut spools = Vec::new();
+        for _ in 0..2 {
+            let mut spool = spooler.spool();
+            spool.write(b"x").await.expect("room for two");
+            assert!(spool.on_disk());
+            spools.push(spool);
+        }
+        let mut third = spooler.spool();
+        let full = third.write(b"x").await.expect_err("no room for a third");
+        assert_eq!(full.kind(), io::ErrorKind::StorageFull, "{full}");
+        assert!(full.to_string().contains("promised"), "{full}");
+        spools.pop();
+        let mut third = spooler.spool();
+        third.write(b"x").await.expect("room once one has ended");
+        drop(third);
+        drop(spools);
+        assert_eq!(*spooler.promised.lock().expect("lock"), 0);
     }
 
     #[test]
