@@ -25,6 +25,9 @@ use support::servers::{vsftpd_logging_commands, FtpServer};
 use support::MIB;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+#[path = "scan/peers.rs"]
+mod peers;
+
 /// Random bytes, with the bed's marker planted at `at` when given.
 fn file(size: usize, marker: Option<(&[u8], usize)>) -> Vec<u8> {
     let mut data: Vec<u8> = (0..size).map(|_| fastrand::u8(..)).collect();
@@ -112,12 +115,26 @@ fn scans(gw: &TestGateway, verdict: &str) -> f64 {
 }
 
 fn audit_scans(audit: &Path) -> Vec<serde_json::Value> {
+    audited(audit, "scan")
+}
+
+/// The audit records of `event`.
+fn audited(audit: &Path, event: &str) -> Vec<serde_json::Value> {
     std::fs::read_to_string(audit)
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["event"] == "scan")
+        .filter(|v| v["event"] == event)
         .collect()
+}
+
+/// Whether the audit log comes to hold a transfer record of `path` ending in `outcome`.
+fn transfer_audited(audit: &Path, path: &str, outcome: &str) -> bool {
+    eventually(Duration::from_secs(10), || {
+        audited(audit, "transfer")
+            .iter()
+            .any(|r| r["path"] == path && r["outcome"] == outcome && r["direction"] == "upload")
+    })
 }
 
 struct Bed {
@@ -352,6 +369,10 @@ fn oversize_partial_and_too_large_uploads_get_their_replies() {
     );
     assert!(!bed.vs.root.join("big.bin").exists());
     assert!(!bed.vs.root.join("aborted.bin").exists());
+    assert!(
+        transfer_audited(&bed.audit(), "aborted.bin", "aborted"),
+        "the ABOR before the scan is audited"
+    );
     assert_eq!(refusals(&refuse, "scan_oversize"), 1.0);
     assert_eq!(refusals(&refuse, "scan_partial"), 5.0);
     assert_eq!(scans(&pass, "oversize"), 1.0);
@@ -458,6 +479,10 @@ fn twenty_uploads_at_once_and_a_client_that_vanishes_leave_the_spool_empty() {
         )),
         "the spool holds nothing once every upload has ended"
     );
+    assert!(
+        transfer_audited(&bed.audit(), "vanished.bin", "failed"),
+        "the upload cut before the scan is audited"
+    );
     assert_eq!(scans(&gw, "clean"), 15.0);
     assert_eq!(scans(&gw, "infected"), 5.0);
 }
@@ -482,6 +507,19 @@ fn doctor_checks_the_spool_and_asks_each_scanner() {
     assert!(lines[0].contains("is created (0700) at start"), "{lines:?}");
     assert!(
         lines[1].starts_with("[ ok ]") && lines[1].contains("ISTag \"CI0001-"),
+        "{lines:?}"
+    );
+    // A route whose own scan table forgets icap goes unscanned: said, as a warning.
+    let mut forgot = settings.clone();
+    let unscanned = ftpsgate::config::BackendSettings {
+        scan: Some(ScanSettings::default()),
+        ..settings.backend.clone()
+    };
+    forgot.routes.insert("drop".into(), unscanned);
+    let lines = scan_lines(&rt, &forgot);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(
+        lines[0].starts_with("[warn]") && lines[0].contains("routes.drop.scan sets no icap"),
         "{lines:?}"
     );
     bed.icap.stop_icap();

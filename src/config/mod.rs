@@ -37,7 +37,7 @@ pub use network::{
 };
 pub use overrides::Overrides;
 pub use policy::PolicySettings;
-pub use scan::{FailMode, Oversize, ScanSettings};
+pub use scan::{FailMode, Oversize, RouteRules, ScanSettings};
 pub use tls::{CertPair, CertUser, ClientAuth, ReuseMode, TlsSettings, TlsVersion};
 pub use values::{Fingerprint, HostPort, Networks, PortRange, Switch};
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Bad, ConfigError, Settings};
+use super::{Bad, ConfigError, PolicySettings, Settings};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -30,6 +30,10 @@ pub struct ScanSettings {
     /// Bytes of uploads held in memory at once, across all sessions, before they spill to
     /// files in `spool_dir`. The gateway's own setting, like `spool_dir`.
     pub spool_memory: u64,
+    /// While an upload is received and scanned, the backend has heard nothing of it: it gets
+    /// a NOOP this often (seconds), so its idle timer (vsftpd's `idle_session_timeout`, 300 s
+    /// by default) does not end the session under a slow client or a slow scanner.
+    pub backend_noop_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +62,7 @@ impl Default for ScanSettings {
             timeout_secs: 120,
             spool_dir: PathBuf::from("/var/lib/ftpsgate/spool"),
             spool_memory: 64 * 1024 * 1024,
+            backend_noop_secs: 60,
         }
     }
 }
@@ -70,8 +75,13 @@ impl ScanSettings {
                 return Err(bad(format!("{key}.icap"), why.to_string()));
             }
         }
-        if self.timeout_secs == 0 {
-            return Err(bad(format!("{key}.timeout_secs"), "at least 1".into()));
+        for (name, secs) in [
+            ("timeout_secs", self.timeout_secs),
+            ("backend_noop_secs", self.backend_noop_secs),
+        ] {
+            if secs == 0 {
+                return Err(bad(format!("{key}.{name}"), "at least 1".into()));
+            }
         }
         if self.max_size == 0 {
             return Err(bad(format!("{key}.max_size"), "at least 1 byte".into()));
@@ -96,26 +106,62 @@ impl ScanSettings {
     }
 }
 
+/// The `[scan]` and `[policy]` in effect on one route: its own tables, else the gateway's.
+pub struct RouteRules<'a> {
+    /// `None`: the default backend, `[backend]`.
+    pub route: Option<&'a str>,
+    pub scan: &'a ScanSettings,
+    /// `scan` is the route's own table, not `[scan]`.
+    pub own_scan: bool,
+    pub policy: &'a PolicySettings,
+}
+
+impl RouteRules<'_> {
+    /// The route's table in the configuration: `backend` or `routes.NAME`.
+    pub fn key(&self) -> String {
+        self.route
+            .map_or_else(|| "backend".to_string(), |name| format!("routes.{name}"))
+    }
+
+    /// Where its `scan` settings are written: `scan` or `routes.NAME.scan`.
+    pub fn scan_key(&self) -> String {
+        if self.own_scan {
+            format!("{}.scan", self.key())
+        } else {
+            "scan".to_string()
+        }
+    }
+}
+
 impl Settings {
+    /// Each route's rules, the default backend's first.
+    pub fn route_rules(&self) -> impl Iterator<Item = RouteRules<'_>> {
+        let routes = self.routes.iter().map(|(name, b)| (Some(name.as_str()), b));
+        std::iter::once((None, &self.backend))
+            .chain(routes)
+            .map(|(route, backend)| RouteRules {
+                route,
+                scan: backend.scan.as_ref().unwrap_or(&self.scan),
+                own_scan: backend.scan.is_some(),
+                policy: backend.policy.as_ref().unwrap_or(&self.policy),
+            })
+    }
+
     /// `oversize = "pass"` spools what it then passes: without `policy.max_upload_bytes` on
     /// the same route nothing would bound the spool.
     pub(super) fn validate_oversize(&self, bad: Bad) -> Result<(), ConfigError> {
-        let routes = std::iter::once(("backend".to_string(), &self.backend)).chain(
-            self.routes
-                .iter()
-                .map(|(name, b)| (format!("routes.{name}"), b)),
-        );
-        for (key, backend) in routes {
-            let (scan, at) = match &backend.scan {
-                Some(own) => (own, format!("{key}.scan")),
-                None => (&self.scan, "scan".to_string()),
-            };
-            let policy = backend.policy.as_ref().unwrap_or(&self.policy);
-            if scan.is_on() && scan.oversize == Oversize::Pass && policy.max_upload_bytes.is_none()
+        for rules in self.route_rules() {
+            let scan = rules.scan;
+            if scan.is_on()
+                && scan.oversize == Oversize::Pass
+                && rules.policy.max_upload_bytes.is_none()
             {
                 return Err(bad(
-                    format!("{at}.oversize"),
-                    format!("\"pass\" spools what it passes: set policy.max_upload_bytes for {key} to bound it"),
+                    format!("{}.oversize", rules.scan_key()),
+                    format!(
+                        "\"pass\" spools what it passes: set policy.max_upload_bytes for {} to bound it",
+                        rules.key()
+                    ),
                 ));
             }
         }

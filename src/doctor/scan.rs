@@ -20,10 +20,21 @@ const LIMIT: Duration = Duration::from_secs(10);
 
 pub(super) async fn checks(settings: &Settings) -> Vec<Check> {
     let scanning = scan::scanning(settings);
+    let mut out: Vec<Check> = (scan::turned_off(settings).into_iter())
+        .map(|key| {
+            let what = format!(
+                "{key} sets no icap: uploads on its route are not scanned, though [scan] scans"
+            );
+            with_fix(
+                check(Level::Warn, WHAT, what),
+                format!("set {key}.icap, unless that route is meant to go unscanned"),
+            )
+        })
+        .collect();
     if scanning.is_empty() {
-        return Vec::new();
+        return out;
     }
-    let mut out = vec![spool_dir(settings)];
+    out.push(spool_dir(settings));
     let mut urls: Vec<&str> = scanning.iter().map(|(_, _, url)| *url).collect();
     urls.sort_unstable();
     urls.dedup();

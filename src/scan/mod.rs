@@ -17,6 +17,7 @@ pub(crate) use icap::{IcapClient, IcapUrl, Verdict};
 pub(crate) use spool::{check_dir, free_bytes, Spool, Spooler};
 
 use prometheus_client::metrics::gauge::Gauge;
+use tracing::warn;
 
 use crate::backend::DEFAULT_ROUTE;
 use crate::config::{ScanSettings, Settings};
@@ -44,6 +45,9 @@ impl Scanners {
         let mut spooler = None;
         let mut clients: HashMap<(String, u64), Arc<Scanner>> = HashMap::new();
         let mut by_route = HashMap::new();
+        for key in turned_off(settings) {
+            warn!(table = %key, "uploads on this route are not scanned: its own scan table sets no icap, while [scan] does");
+        }
         for (name, scan, url) in scanning(settings) {
             let spooler = match &spooler {
                 Some(s) => Arc::clone(s),
@@ -82,11 +86,24 @@ impl Scanners {
 
 /// Each route that scans, with its scan settings (its own table, else `[scan]`) and URL.
 pub(crate) fn scanning(settings: &Settings) -> Vec<(&str, &ScanSettings, &str)> {
-    std::iter::once((DEFAULT_ROUTE, &settings.backend))
-        .chain(settings.routes.iter().map(|(name, b)| (name.as_str(), b)))
-        .filter_map(|(name, backend)| {
-            let scan = backend.scan.as_ref().unwrap_or(&settings.scan);
-            Some((name, scan, scan.icap.as_deref()?))
+    settings
+        .route_rules()
+        .filter_map(|rules| {
+            let name = rules.route.unwrap_or(DEFAULT_ROUTE);
+            Some((name, rules.scan, rules.scan.icap.as_deref()?))
         })
+        .collect()
+}
+
+/// The routes whose own `scan` table turns off the scanning `[scan]` asks for (it sets no
+/// `icap`): a choice one may make on purpose, or an `icap` line forgotten.
+pub(crate) fn turned_off(settings: &Settings) -> Vec<String> {
+    if !settings.scan.is_on() {
+        return Vec::new();
+    }
+    settings
+        .route_rules()
+        .filter(|rules| rules.own_scan && !rules.scan.is_on())
+        .map(|rules| rules.scan_key())
         .collect()
 }

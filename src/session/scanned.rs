@@ -7,15 +7,18 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use tokio::time::MissedTickBehavior;
 
 use tracing::{debug, info, warn};
 
 use super::client::ClientControl;
 use super::phase::Account;
-use super::transfer::{hex, InFlight};
+use super::transfer::{hex, InFlight, TransferLog};
 use super::{Answer, Context, Fatal, Halt};
 use crate::audit::{Event, Who};
+use crate::backend::Backend;
 use crate::config::{FailMode, Oversize};
 use crate::data::{BridgeError, DataBridge, Received};
 use crate::ftp::{Command, Direction, Escaped, Line, Reply, Request};
@@ -76,11 +79,19 @@ impl Upload<'_> {
         self.bridge.spool(self.scanner.spooler.spool(), limit);
         let ready = "Ok to send data; the file is scanned before it is stored.";
         client.send(&Reply::new(150, ready)).await?;
+        let began = Instant::now();
         let progress = self.bridge.progress_counter();
-        let receiving = watched(client, &self.line, &progress, self.bridge.received());
-        let received = match receiving.await? {
-            Some(Ok(received)) => received,
-            Some(Err(BridgeError::TooLarge { limit })) => {
+        let mut watch = Watch {
+            client,
+            backend: &mut *account.backend,
+            line: &self.line,
+            progress: &progress,
+            noop_every: Duration::from_secs(settings.backend_noop_secs),
+        };
+        let received = match watch.run(self.bridge.received()).await {
+            Err(halt) => return Err(self.lost(ctx, client, &account, began, halt)),
+            Ok(Some(Ok(received))) => received,
+            Ok(Some(Err(BridgeError::TooLarge { limit }))) => {
                 let refusal = if Some(limit) == max_upload {
                     UploadRefusal::TooLarge { limit }
                 } else {
@@ -89,13 +100,16 @@ impl Upload<'_> {
                 ctx.metrics.transfer(Direction::Upload, Outcome::failed);
                 return Err(Refusal::Upload(refusal).into());
             }
-            Some(Err(error)) => {
+            Ok(Some(Err(error))) => {
                 warn!(%command, %error, "upload failed before the scan; nothing was stored");
-                ctx.metrics.transfer(Direction::Upload, Outcome::failed);
+                self.unfinished(ctx, client, &account, began, &error);
                 client.send(&error.reply()).await?;
                 return Ok(Answer::Sent);
             }
-            None => return aborted(ctx, client).await,
+            Ok(None) => {
+                self.unfinished(ctx, client, &account, began, &BridgeError::Cancelled);
+                return aborted(client).await;
+            }
         };
         let Received {
             mut spool,
@@ -105,7 +119,7 @@ impl Upload<'_> {
         } = received;
         let path = Escaped(self.line.arg()).to_string();
         debug!(%path, bytes, on_disk = spool.on_disk(), "upload received whole; scanning");
-        let began = Instant::now();
+        let scan_began = Instant::now();
         let verdict = if bytes > settings.max_size {
             Err(ScanVerdict::oversize)
         } else {
@@ -118,12 +132,17 @@ impl Upload<'_> {
             };
             // The client may abort, or leave, while the scanner works: the backend has heard
             // nothing yet, and will not.
-            let Some(scanned) = watched(client, &self.line, &progress, scanning).await? else {
-                return aborted(ctx, client).await;
+            let scanned = match watch.run(scanning).await {
+                Err(halt) => return Err(self.lost(ctx, client, &account, began, halt)),
+                Ok(Some(scanned)) => scanned,
+                Ok(None) => {
+                    self.unfinished(ctx, client, &account, began, &BridgeError::Cancelled);
+                    return aborted(client).await;
+                }
             };
             ctx.metrics
                 .scan_seconds
-                .observe(began.elapsed().as_secs_f64());
+                .observe(scan_began.elapsed().as_secs_f64());
             Ok(scanned)
         };
         let scanner = self.scanner.icap.url().to_string();
@@ -169,7 +188,7 @@ impl Upload<'_> {
             threat,
             scanner: &scanner,
             istag: self.scanner.icap.istag(),
-            scan_ms: began.elapsed().as_millis() as u64,
+            scan_ms: scan_began.elapsed().as_millis() as u64,
             passed: refusal.is_none(),
         });
         if let Some(refusal) = refusal {
@@ -196,38 +215,102 @@ impl Upload<'_> {
     }
 }
 
-/// Runs `work` while watching the client: `None` when it sends ABOR meanwhile. STAT says how
-/// far the upload is; other commands wait for the transfer to end, as on a plain server.
-async fn watched<T>(
-    client: &mut ClientControl,
-    line: &Line,
-    progress: &AtomicU64,
-    work: impl Future<Output = T>,
-) -> Result<Option<T>, Halt> {
-    tokio::pin!(work);
-    loop {
-        tokio::select! {
-            done = &mut work => return Ok(Some(done)),
-            read = client.read_line(), if !client.has_deferred() => {
-                let Some(read) = read.map_err(Fatal::from)? else {
-                    info!("client closed the control connection during a scanned upload");
-                    let closed = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
-                    return Err(Fatal::from(closed).into());
-                };
-                let request = read.as_ref().ok().and_then(|l| Request::parse(l.clone()).ok());
-                match request.map(|r| r.command) {
-                    Some(Command::Abor) => return Ok(None),
-                    Some(Command::Status) => {
-                        let so_far = progress.load(Ordering::Relaxed);
-                        let status = Reply::multi(
-                            211,
-                            "Transfer in progress:",
-                            &[format!(" {line} {so_far} bytes received so far")],
-                            "End of status.",
-                        );
-                        client.send(&status).await?;
+impl Upload<'_> {
+    /// The transfer's record (log line, metrics, audit) for an upload that ended before the
+    /// scan: cut, stalled, truncated, aborted, or with no room to spool it.
+    fn unfinished(
+        &self,
+        ctx: &Context,
+        client: &ClientControl,
+        account: &Account<'_>,
+        began: Instant,
+        error: &BridgeError,
+    ) {
+        let direction = Direction::Upload;
+        let log = TransferLog::now(
+            &self.line,
+            direction,
+            self.session,
+            began,
+            &self.bridge,
+            None,
+        );
+        log.log(ctx, client, account, Err(error));
+    }
+
+    /// The same for an upload whose session ends before the scan (the client gone, the
+    /// backend lost): `halt` ends it.
+    fn lost(
+        &self,
+        ctx: &Context,
+        client: &ClientControl,
+        account: &Account<'_>,
+        began: Instant,
+        halt: Halt,
+    ) -> Halt {
+        let error = match &halt {
+            Halt::Fatal(Fatal::Backend(e)) => {
+                BridgeError::Backend(std::io::Error::other(format!("backend control: {e}")))
+            }
+            _ => BridgeError::Client(std::io::ErrorKind::ConnectionAborted.into()),
+        };
+        self.unfinished(ctx, client, account, began, &error);
+        halt
+    }
+}
+
+/// What a scanned upload watches while the bridge receives it and the scanner judges it.
+struct Watch<'a, 'b> {
+    client: &'a mut ClientControl,
+    /// Has heard nothing of the upload yet; its idle timer runs.
+    backend: &'a mut Backend,
+    line: &'b Line,
+    progress: &'b AtomicU64,
+    /// `scan.backend_noop_secs`.
+    noop_every: Duration,
+}
+
+impl Watch<'_, '_> {
+    /// Runs `work` while watching the client: `None` when it sends ABOR meanwhile. STAT says
+    /// how far the upload is; other commands wait for the transfer to end, as on a plain
+    /// server. The backend gets a NOOP every `noop_every`, so it does not end an idle session
+    /// the client is busy in.
+    async fn run<T>(&mut self, work: impl Future<Output = T>) -> Result<Option<T>, Halt> {
+        tokio::pin!(work);
+        let first = tokio::time::Instant::now() + self.noop_every;
+        let mut noop = tokio::time::interval_at(first, self.noop_every);
+        noop.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                done = &mut work => return Ok(Some(done)),
+                _ = noop.tick() => {
+                    // Run to its end before `work` is polled again: the reply is bounded by
+                    // `timeouts.backend_reply_secs`, and a lost backend ends the session.
+                    self.backend.send(b"NOOP\r\n").await?;
+                    let reply = self.backend.expect_reply().await?;
+                    debug!(code = reply.code(), "NOOP to the backend while the upload is scanned");
+                }
+                read = self.client.read_line(), if !self.client.has_deferred() => {
+                    let Some(read) = read.map_err(Fatal::from)? else {
+                        info!("client closed the control connection during a scanned upload");
+                        let closed = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
+                        return Err(Fatal::from(closed).into());
+                    };
+                    let request = read.as_ref().ok().and_then(|l| Request::parse(l.clone()).ok());
+                    match request.map(|r| r.command) {
+                        Some(Command::Abor) => return Ok(None),
+                        Some(Command::Status) => {
+                            let so_far = self.progress.load(Ordering::Relaxed);
+                            let status = Reply::multi(
+                                211,
+                                "Transfer in progress:",
+                                &[format!(" {} {so_far} bytes received so far", self.line)],
+                                "End of status.",
+                            );
+                            self.client.send(&status).await?;
+                        }
+                        _ => self.client.defer(read),
                     }
-                    _ => client.defer(read),
                 }
             }
         }
@@ -235,8 +318,7 @@ async fn watched<T>(
 }
 
 /// ABOR before the backend heard of the upload: 426 for the transfer, 226 for ABOR (RFC 959).
-async fn aborted(ctx: &Context, client: &mut ClientControl) -> Result<Answer, Halt> {
-    ctx.metrics.transfer(Direction::Upload, Outcome::aborted);
+async fn aborted(client: &mut ClientControl) -> Result<Answer, Halt> {
     let cut = Reply::new(426, "Transfer aborted; nothing was stored.");
     client.send(&cut).await?;
     client

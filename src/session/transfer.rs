@@ -257,7 +257,7 @@ const ABOR_SETTLE: Duration = Duration::from_secs(2);
 const ABOR_LIMIT: Duration = Duration::from_secs(5);
 
 /// What the transfer log line says about a transfer besides its outcome.
-struct TransferLog<'a> {
+pub(super) struct TransferLog<'a> {
     line: &'a Line,
     direction: Direction,
     session: u64,
@@ -272,7 +272,7 @@ struct TransferLog<'a> {
 
 impl<'a> TransferLog<'a> {
     /// The transfer of `line` as it stands: its bytes so far and its time since `began`.
-    fn now(
+    pub(super) fn now(
         line: &'a Line,
         direction: Direction,
         session: u64,
@@ -292,7 +292,7 @@ impl<'a> TransferLog<'a> {
     }
 
     /// One line per transfer, like an xferlog, and its count in the metrics.
-    fn log(
+    pub(super) fn log(
         &self,
         ctx: &Context,
         client: &ClientControl,

@@ -1,0 +1,125 @@
+//! Scanned uploads in front of other servers than the command-logging vsftpd: ProFTPD and
+//! pure-ftpd as backends, and a vsftpd whose idle timer is shorter than the upload.
+
+use std::time::Duration;
+
+use ftpsgate::config::ScanSettings;
+use support::files::sha256;
+use support::ftps::Ftps;
+use support::gateway::{admin_on_loopback, TestGateway};
+use support::icap::IcapBed;
+use support::servers::{FtpServer, VsTls};
+use support::MIB;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{file, on_disk, stor};
+
+/// A gateway scanning with `bed` in front of `server`, spooling in `spool`.
+fn gateway(
+    server: &FtpServer,
+    bed: &IcapBed,
+    spool: &std::path::Path,
+    noop_secs: u64,
+) -> TestGateway {
+    let (url, spool) = (bed.url.clone(), spool.to_path_buf());
+    TestGateway::start(server.backend(), move |s| {
+        admin_on_loopback(s);
+        s.scan = ScanSettings {
+            icap: Some(url),
+            spool_dir: spool,
+            spool_memory: 4 * MIB as u64,
+            backend_noop_secs: noop_secs,
+            ..ScanSettings::default()
+        };
+    })
+}
+
+/// ProFTPD and pure-ftpd, each a backend of scanned uploads: a clean 16 MiB file (spilled to
+/// disk) arrives whole, a flagged one gets 550 and is on neither server's disk under any
+/// name, and the session stores a clean file after it. Both hear `REST 0` and `TYPE I` before
+/// each STOR (docs/ARCHITECTURE.md, "Scanned uploads"), which neither refuses.
+#[test]
+fn proftpd_and_pure_ftpd_store_only_what_was_scanned_clean() {
+    let Some(bed) = IcapBed::start() else { return };
+    let servers = [
+        ("proftpd", FtpServer::proftpd(VsTls::None)),
+        ("pure-ftpd", FtpServer::pure_ftpd(VsTls::None)),
+    ];
+    let spool = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    for (name, server) in servers {
+        let Some(server) = server else { continue };
+        let gw = gateway(&server, &bed, &spool.path().join(name), 60);
+        let clean = file(16 * MIB, None);
+        let flagged = file(16 * MIB, Some((&bed.marker, 9 * MIB)));
+        let after = file(1000, None);
+        rt.block_on(async {
+            let mut ftps = Ftps::login(gw.explicit, &gw.ca).await;
+            let (first, last) = stor(&mut ftps, "clean.bin", &clean).await;
+            assert!(first.starts_with("150"), "{name}: {first}");
+            assert!(last.starts_with("226"), "{name}: {last}");
+            let (_, last) = stor(&mut ftps, "flagged.bin", &flagged).await;
+            assert!(last.starts_with("550"), "{name}: {last}");
+            let (_, last) = stor(&mut ftps, "after.bin", &after).await;
+            assert!(last.starts_with("226"), "{name}: {last}");
+            assert!(ftps.cmd("QUIT").await.starts_with("221"));
+        });
+        assert_eq!(on_disk(&server.root), ["after.bin", "clean.bin"], "{name}");
+        for (file, data) in [("clean.bin", &clean), ("after.bin", &after)] {
+            let stored = std::fs::read(server.root.join(file)).expect(file);
+            assert_eq!(sha256(&stored), sha256(data), "{name}: {file}");
+        }
+    }
+}
+
+/// The backend's idle timer runs while the gateway receives and scans an upload the backend
+/// has not heard of: vsftpd with `idle_session_timeout=3` and a client trickling its file
+/// over 8 s. With `scan.backend_noop_secs = 1` vsftpd hears NOOPs, keeps the session and
+/// stores the file whole; with 60, it ends the session before the STOR can reach it, and the
+/// client gets 421.
+#[test]
+fn the_backend_hears_noops_while_a_slow_upload_is_received() {
+    let Some(bed) = IcapBed::start() else { return };
+    let extra = "idle_session_timeout=3\nxferlog_enable=YES\nlog_ftp_protocol=YES\n";
+    let Some(vs) = FtpServer::vsftpd_on(VsTls::None, false, extra) else {
+        return;
+    };
+    let spool = tempfile::tempdir().expect("tempdir");
+    let kept = gateway(&vs, &bed, &spool.path().join("kept"), 1);
+    let idle = gateway(&vs, &bed, &spool.path().join("idle"), 60);
+    let data = file(8 * 256 * 1024, None);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let trickle = |gw: &TestGateway, name: &'static str| {
+        let (addr, ca, data) = (gw.explicit, gw.ca.clone(), data.clone());
+        async move {
+            let mut ftps = Ftps::login(addr, &ca).await;
+            let tcp = ftps.open(&format!("STOR {name}")).await.expect("PASV");
+            assert!(ftps.reply().await.starts_with("150"));
+            let mut tls = ftps.secure_data(tcp).await;
+            for chunk in data.chunks(256 * 1024) {
+                tls.write_all(chunk).await.expect("chunk");
+                tls.flush().await.expect("flush");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            tls.shutdown().await.expect("close_notify");
+            let mut rest = Vec::new();
+            let _ = tls.read_to_end(&mut rest).await;
+            drop(tls);
+            ftps.reply().await
+        }
+    };
+    let (kept_reply, idle_reply) =
+        rt.block_on(async { tokio::join!(trickle(&kept, "kept.bin"), trickle(&idle, "idle.bin")) });
+    assert!(kept_reply.starts_with("226"), "{kept_reply}");
+    let stored = std::fs::read(vs.root.join("kept.bin")).expect("kept.bin");
+    assert_eq!(sha256(&stored), sha256(&data));
+    assert!(
+        vs.log().matches("\"NOOP\"").count() >= 4,
+        "vsftpd heard the NOOPs:\n{}",
+        vs.log()
+    );
+    // vsftpd's "421 Timeout." went unread; the gateway finds the backend gone when it sends
+    // the STOR's preamble after the scan.
+    assert!(idle_reply.starts_with("421"), "{idle_reply}");
+    assert!(!vs.root.join("idle.bin").exists());
+}
