@@ -27,6 +27,7 @@ pub mod ftp;
 mod io_util;
 pub(crate) mod metrics;
 mod policy;
+mod private;
 pub mod probe;
 pub(crate) mod proxy_protocol;
 mod refusal;

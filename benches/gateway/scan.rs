@@ -1,7 +1,9 @@
-//! Upload scanning (`[scan]`): one upload at a time through a gateway that scans with c-icap and
-//! clamd (the tests' ICAP bed) against the same gateway build that does not, both in front of
-//! the same vsftpd: wall time and the gateway's CPU per GiB, and apart from them the time the
-//! scanner took (the gateway's own `ftpsgate_scan_seconds`).
+//! Upload scanning (`[scan]`): uploads through a gateway that scans with c-icap and clamd (the
+//! tests' ICAP bed) against the same gateway build that does not, both in front of the same
+//! vsftpd. One upload at a time: wall time and the gateway's CPU per GiB, and apart from them
+//! the time the scanner took (the gateway's own `ftpsgate_scan_seconds`). Then [`AT_ONCE`]
+//! uploads at once, the same bytes in all: the wall time until the last 226, where the
+//! scanner's queue shows.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -14,6 +16,43 @@ use support::transfer::{Session, Target};
 use crate::figures::{cpu_secs, stats};
 use crate::rig::{target, Gateway, Rig};
 use crate::{Plan, Report};
+
+/// Uploads at once in the concurrent rows.
+const AT_ONCE: usize = 8;
+
+/// `n` uploads of `bytes` each at once, each in its own session; the seconds from the first
+/// STOR to the last 226.
+async fn uploads_at_once(t: &Target, n: usize, bytes: u64) -> Result<f64, BoxError> {
+    let mut sessions = Vec::with_capacity(n);
+    for _ in 0..n {
+        sessions.push(Session::open(t).await?);
+    }
+    let began = Instant::now();
+    // On this thread: `Session::upload`'s future is not `Send` to the compiler (its chunk
+    // iterator borrows), and the gateway, not this client, is what is measured.
+    let local = tokio::task::LocalSet::new();
+    let done = local
+        .run_until(async {
+            let mut set = tokio::task::JoinSet::new();
+            for (i, mut s) in sessions.into_iter().enumerate() {
+                set.spawn_local(async move {
+                    s.upload(&format!("at-once-{i}.bin"), bytes).await?;
+                    Ok::<_, BoxError>(s)
+                });
+            }
+            let mut done = Vec::with_capacity(n);
+            while let Some(ended) = set.join_next().await {
+                done.push(ended??);
+            }
+            Ok::<_, BoxError>(done)
+        })
+        .await?;
+    let secs = began.elapsed().as_secs_f64();
+    for s in done {
+        s.quit().await?;
+    }
+    Ok(secs)
+}
 
 /// One upload in a fresh session; the seconds it took, from STOR to 226.
 async fn upload(t: &Target, bytes: u64) -> Result<f64, BoxError> {
@@ -114,6 +153,39 @@ pub(crate) async fn measure(plan: &Plan, rig: &Rig, report: &mut Report) -> Resu
     if let [off, on] = walls[..] {
         report.row(
             "wall time ratio, scanning on / off",
+            format!("{:.2}", on / off),
+        );
+    }
+    let each = plan.transfer_bytes / AT_ONCE as u64;
+    let mut walls = Vec::new();
+    for (scan, t) in [("off", &rig.via_plain), ("on", &via_scan)] {
+        let (mut wall, mut scanner) = (Vec::new(), Vec::new());
+        for _ in 0..plan.runs {
+            let before = scanner_secs(admin);
+            wall.push(uploads_at_once(t, AT_ONCE, each).await?);
+            scanner.push(scanner_secs(admin) - before);
+        }
+        let (med, min, max) = stats(wall);
+        walls.push(med);
+        report.figure(&format!("upload_scan_{scan}_at_once_wall"), med, "s");
+        report.row(
+            &format!(
+                "{AT_ONCE} uploads of {:.0} MiB at once, scanning {scan}: wall time to the last 226",
+                each as f64 / 1048576.0
+            ),
+            format!("{med:.2} s (min {min:.2}, max {max:.2})"),
+        );
+        if scan == "on" {
+            let (med, min, max) = stats(scanner);
+            report.row(
+                &format!("  the {AT_ONCE} uploads' waits for the scanner, summed"),
+                format!("{med:.2} s (min {min:.2}, max {max:.2})"),
+            );
+        }
+    }
+    if let [off, on] = walls[..] {
+        report.row(
+            &format!("wall time ratio, {AT_ONCE} at once, scanning on / off"),
             format!("{:.2}", on / off),
         );
     }

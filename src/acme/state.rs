@@ -3,15 +3,16 @@
 //! gateway's own): anything looser is refused at start, since the account key lets whoever
 //! reads it order and revoke certificates for our names.
 
-use std::fs::{DirBuilder, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::AcmeError;
 use crate::config::{AcmeCert, AcmeSettings};
+use crate::private;
 use crate::tls::x509::subject_alt_names;
 
 /// Creates the state directory (0700) if it is missing, and refuses one that others can
@@ -28,20 +29,16 @@ pub(crate) fn check_state(settings: &AcmeSettings) -> Result<(), AcmeError> {
 
 fn check(path: &Path, depth: u8) -> Result<(), AcmeError> {
     let meta = std::fs::symlink_metadata(path).map_err(|e| AcmeError::state(path, e))?;
-    let loose = |want: &str| AcmeError::State {
+    let loose = |why: String, want: &str| AcmeError::State {
         path: path.to_path_buf(),
         why: format!(
-            "mode {:o}, owner {}: tls.acme.state_dir and all it holds must be {want} and owned by \
-             the gateway's user (uid {})",
-            meta.mode() & 0o7777,
-            meta.uid(),
-            rustix::process::geteuid().as_raw()
+            "{why}: tls.acme.state_dir and all it holds must be {want} and owned by the \
+             gateway's user"
         ),
     };
-    let mine = meta.uid() == rustix::process::geteuid().as_raw();
     if meta.is_dir() {
-        if meta.mode() & 0o077 != 0 || !mine {
-            return Err(loose("0700"));
+        if let Some(why) = private::exposed(&meta) {
+            return Err(loose(why, "0700"));
         }
         if depth > 0 {
             for entry in std::fs::read_dir(path).map_err(|e| AcmeError::state(path, e))? {
@@ -49,18 +46,16 @@ fn check(path: &Path, depth: u8) -> Result<(), AcmeError> {
                 check(&entry.path(), depth - 1)?;
             }
         }
-    } else if meta.mode() & 0o077 != 0 || !mine || !meta.is_file() {
-        return Err(loose("a plain file, 0600"));
+    } else if !meta.is_file() {
+        return Err(loose("not a plain file".into(), "a plain file, 0600"));
+    } else if let Some(why) = private::exposed(&meta) {
+        return Err(loose(why, "a plain file, 0600"));
     }
     Ok(())
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), AcmeError> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| AcmeError::state(dir, e))
+    private::create_dir(dir).map_err(|e| AcmeError::state(dir, e))
 }
 
 /// Writes `data` to `path` as a 0600 file, whole or not at all: into a temporary file beside
@@ -130,7 +125,7 @@ pub(crate) fn usable(cert: &AcmeCert, chain: &[u8], key: &[u8]) -> Result<OnDisk
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     fn settings(dir: &Path) -> AcmeSettings {
         AcmeSettings {

@@ -12,7 +12,7 @@
 //! overrun the headroom that each one alone would have kept.
 
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,6 +20,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::either::Either;
+
+use crate::private;
 
 /// Free space the spool leaves on its file system: an upload that would take it below this is
 /// refused (452) rather than filling the disk the gateway's logs share.
@@ -47,11 +49,7 @@ pub(crate) struct Spooler {
 impl Spooler {
     /// Creates `dir` (0700) if it is missing, and refuses one [`check_dir`] refuses.
     pub(crate) fn open(dir: &Path, budget: u64, gauge: Gauge) -> Result<Arc<Spooler>, String> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        private::create_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         check_dir(dir)?;
         // A file named like ours can only be left by a gateway killed between making one and
         // unlinking it (one system call apart): an upload never scanned, never sent on.
@@ -146,17 +144,15 @@ impl Spooler {
 /// unscanned uploads wait there.
 pub(crate) fn check_dir(dir: &Path) -> Result<(), String> {
     let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let me = rustix::process::geteuid().as_raw();
-    if !meta.is_dir() || meta.mode() & 0o077 != 0 || meta.uid() != me {
-        return Err(format!(
-            "{}: mode {:o}, owner {}: scan.spool_dir must be a 0700 directory of the \
-             gateway's user (uid {me})",
-            dir.display(),
-            meta.mode() & 0o7777,
-            meta.uid()
-        ));
-    }
-    Ok(())
+    let why = match private::exposed(&meta) {
+        None if meta.is_dir() => return Ok(()),
+        None => "not a directory".to_string(),
+        Some(why) => why,
+    };
+    Err(format!(
+        "{}: {why}: scan.spool_dir must be a 0700 directory of the gateway's user",
+        dir.display()
+    ))
 }
 
 /// Bytes free for the spool in the file system holding `dir`.
@@ -269,6 +265,8 @@ impl Drop for Spool {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt;
+
     use tokio::io::AsyncReadExt;
 
     use super::*;
