@@ -14,15 +14,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{file, on_disk, stor};
 
-/// A gateway scanning with `bed` in front of `server`, spooling in `spool`.
+/// A gateway scanning with `bed` in front of `server` (spoken to as `tls` says), spooling in
+/// `spool`.
 fn gateway(
     server: &FtpServer,
+    tls: VsTls,
     bed: &IcapBed,
     spool: &std::path::Path,
     noop_secs: u64,
 ) -> TestGateway {
     let (url, spool) = (bed.url.clone(), spool.to_path_buf());
+    let backend_tls = server.gateway_tls(tls);
     TestGateway::start(server.backend(), move |s| {
+        backend_tls(s);
         admin_on_loopback(s);
         s.scan = ScanSettings {
             icap: Some(url),
@@ -34,22 +38,40 @@ fn gateway(
     })
 }
 
-/// ProFTPD and pure-ftpd, each a backend of scanned uploads: a clean 16 MiB file (spilled to
-/// disk) arrives whole, a flagged one gets 550 and is on neither server's disk under any
-/// name, and the session stores a clean file after it. Both hear `REST 0` and `TYPE I` before
-/// each STOR (docs/ARCHITECTURE.md, "Scanned uploads"), which neither refuses.
+/// ProFTPD and pure-ftpd, plain and over FTPS (ProFTPD checking that each data connection
+/// resumes the control connection's TLS session, vsftpd with `require_ssl_reuse`), each a
+/// backend of scanned uploads: a clean 16 MiB file (spilled to disk) arrives whole, a flagged
+/// one gets 550 and is on no server's disk under any name, and the session stores a clean
+/// file after it. Each hears `REST 0` and `TYPE I` before each STOR (docs/ARCHITECTURE.md,
+/// "Scanned uploads"), which none refuses; toward a TLS backend the data handshake comes
+/// after the scan, long after the data connection was opened at PASV.
 #[test]
-fn proftpd_and_pure_ftpd_store_only_what_was_scanned_clean() {
+fn proftpd_pure_ftpd_and_tls_backends_store_only_what_was_scanned_clean() {
     let Some(bed) = IcapBed::start() else { return };
     let servers = [
-        ("proftpd", FtpServer::proftpd(VsTls::None)),
-        ("pure-ftpd", FtpServer::pure_ftpd(VsTls::None)),
+        ("proftpd", VsTls::None, FtpServer::proftpd(VsTls::None)),
+        ("pure-ftpd", VsTls::None, FtpServer::pure_ftpd(VsTls::None)),
+        (
+            "proftpd-tls",
+            VsTls::Explicit,
+            FtpServer::proftpd(VsTls::Explicit),
+        ),
+        (
+            "pure-ftpd-tls",
+            VsTls::Explicit,
+            FtpServer::pure_ftpd(VsTls::Explicit),
+        ),
+        (
+            "vsftpd-tls",
+            VsTls::Explicit,
+            FtpServer::vsftpd(VsTls::Explicit),
+        ),
     ];
     let spool = tempfile::tempdir().expect("tempdir");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    for (name, server) in servers {
+    for (name, tls, server) in servers {
         let Some(server) = server else { continue };
-        let gw = gateway(&server, &bed, &spool.path().join(name), 60);
+        let gw = gateway(&server, tls, &bed, &spool.path().join(name), 60);
         let clean = file(16 * MIB, None);
         let flagged = file(16 * MIB, Some((&bed.marker, 9 * MIB)));
         let after = file(1000, None);
@@ -85,8 +107,8 @@ fn the_backend_hears_noops_while_a_slow_upload_is_received() {
         return;
     };
     let spool = tempfile::tempdir().expect("tempdir");
-    let kept = gateway(&vs, &bed, &spool.path().join("kept"), 1);
-    let idle = gateway(&vs, &bed, &spool.path().join("idle"), 60);
+    let kept = gateway(&vs, VsTls::None, &bed, &spool.path().join("kept"), 1);
+    let idle = gateway(&vs, VsTls::None, &bed, &spool.path().join("idle"), 60);
     let data = file(8 * 256 * 1024, None);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let trickle = |gw: &TestGateway, name: &'static str| {
