@@ -1,5 +1,6 @@
-//! Scanned uploads in front of other servers than the command-logging vsftpd: ProFTPD and
-//! pure-ftpd as backends, and a vsftpd whose idle timer is shorter than the upload.
+//! Scanned uploads in front of other servers than the command-logging vsftpd (ProFTPD and
+//! pure-ftpd, plain and FTPS; a vsftpd whose idle timer is shorter than the upload), and with
+//! a spool out of room (a tmpfs, so root: a loud skip on a laptop without it).
 
 use std::time::Duration;
 
@@ -144,4 +145,98 @@ fn the_backend_hears_noops_while_a_slow_upload_is_received() {
     // the STOR's preamble after the scan.
     assert!(idle_reply.starts_with("421"), "{idle_reply}");
     assert!(!vs.root.join("idle.bin").exists());
+}
+
+/// A tmpfs of `mib` MiB mounted 0700 at `dir` for one test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// `None` (a loud skip) without root on a laptop; a failure in CI.
+    fn mount(dir: &std::path::Path, mib: u32) -> Option<Tmpfs> {
+        if !is_root() {
+            assert!(
+                std::env::var("CI").map_or(true, |v| v != "true"),
+                "the spool-full test needs root (a tmpfs) in CI"
+            );
+            eprintln!("\n!!!!! SKIPPED: the spool-full test needs root (a tmpfs) !!!!!\n");
+            return None;
+        }
+        std::fs::create_dir_all(dir).expect("mount point");
+        support::process::run_ok(
+            std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!("size={mib}m,mode=0700"))
+                .arg("tmpfs")
+                .arg(dir),
+        );
+        Some(Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn is_root() -> bool {
+    support::process::run_ok(std::process::Command::new("id").arg("-u")).stdout == b"0\n"
+}
+
+/// A spool with no room left: the spool directory on a 72 MiB tmpfs, of which the spool
+/// keeps 64 MiB free and promises disk 16 MiB at a time, so an upload that spills past its
+/// 1 MiB of memory finds no room. It gets 452 before any scan, the backend hears no STOR, a
+/// transfer audit record says `failed`, the spool is empty after, and an upload that fits in
+/// memory is scanned and stored on the same session.
+#[test]
+fn a_spool_without_room_refuses_with_452_and_the_session_goes_on() {
+    let Some(bed) = IcapBed::start() else { return };
+    let Some(vs) = FtpServer::vsftpd(VsTls::None) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    let Some(_tmpfs) = Tmpfs::mount(&spool, 72) else {
+        return;
+    };
+    let audit = dir.path().join("audit.jsonl");
+    let (url, spool_dir, log) = (bed.url.clone(), spool.clone(), audit.clone());
+    let gw = TestGateway::start(vs.backend(), move |s| {
+        admin_on_loopback(s);
+        s.audit.log = Some(log);
+        s.scan = ScanSettings {
+            icap: Some(url),
+            spool_dir,
+            spool_memory: MIB as u64,
+            ..ScanSettings::default()
+        };
+    });
+    let small = file(300 * 1024, None);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut ftps = Ftps::login(gw.explicit, &gw.ca).await;
+        let tcp = ftps.open("STOR big.bin").await.expect("PASV");
+        assert!(ftps.reply().await.starts_with("150"));
+        let mut tls = ftps.secure_data(tcp).await;
+        // Sent until the gateway stops reading: it refuses at the spill.
+        let chunk = vec![7u8; 64 * 1024];
+        for _ in 0..64 {
+            if tls.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        drop(tls);
+        let last = ftps.reply().await;
+        assert!(last.starts_with("452"), "{last}");
+        let (_, last) = stor(&mut ftps, "small.bin", &small).await;
+        assert!(last.starts_with("226"), "{last}");
+    });
+    assert_eq!(on_disk(&vs.root), ["small.bin"]);
+    let stored = std::fs::read(vs.root.join("small.bin")).expect("small.bin");
+    assert_eq!(sha256(&stored), sha256(&small));
+    assert!(super::transfer_audited(&audit, "big.bin", "failed"));
+    assert!(super::spool_is_empty(&gw, &spool));
 }
