@@ -382,9 +382,10 @@ fn implicit_tls_backend_vsftpd_require_ssl_reuse_all_clients() {
     );
 }
 
-// ProFTPD issues TLS 1.3 tickets on the control connection only (two), and rustls uses each
-// ticket once, so a TLS 1.3 session to ProFTPD gets two resumed data connections: the backend
-// TLS 1.2 cap is the setting for it (TLS 1.2 sessions are reused). Both are shown here.
+// With TLS 1.3, ProFTPD refuses a session's third data connection and every third after it
+// (docs/configuration.md, "FTPS backends": the tickets it accepts, and rustls using each once):
+// the backend TLS 1.2 cap is the setting for it (TLS 1.2 sessions are reused). Both are shown
+// here.
 
 #[test]
 fn explicit_tls_backend_proftpd_mod_tls_all_clients() {
