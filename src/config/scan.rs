@@ -79,8 +79,8 @@ impl ScanSettings {
             ("timeout_secs", self.timeout_secs),
             ("backend_noop_secs", self.backend_noop_secs),
         ] {
-            if secs == 0 {
-                return Err(bad(format!("{key}.{name}"), "at least 1".into()));
+            if !(1..=86_400).contains(&secs) {
+                return Err(bad(format!("{key}.{name}"), "1 to 86400".into()));
             }
         }
         if self.max_size == 0 {

@@ -67,10 +67,17 @@ impl BridgeError {
             ),
             // No room is the client's to retry later (452); a spool that cannot be read back
             // is the gateway's own failure (451).
-            BridgeError::Spool(e) if e.kind() == io::ErrorKind::StorageFull => Reply::new(
-                452,
-                "Requested action not taken: no room to hold the upload while it is scanned.",
-            ),
+            BridgeError::Spool(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                Reply::new(
+                    452,
+                    "Requested action not taken: no room to hold the upload while it is scanned.",
+                )
+            }
             BridgeError::Spool(_) => Reply::new(
                 451,
                 "Requested action aborted: local error in processing the upload.",
@@ -83,12 +90,15 @@ impl BridgeError {
 mod tests {
     use super::*;
 
-    /// No room is worth a retry (452); a spool the gateway cannot read back is its own fault
+    /// No room (a full disk, a quota) is worth a retry (452); a spool the gateway cannot read
+    /// back is its own fault
     /// (451), whether before the scan or after the backend's 150.
     #[test]
     fn a_spool_error_replies_by_its_kind() {
         let full = BridgeError::Spool(io::ErrorKind::StorageFull.into());
         assert_eq!(full.reply().code(), 452);
+        let quota = BridgeError::Spool(io::ErrorKind::QuotaExceeded.into());
+        assert_eq!(quota.reply().code(), 452);
         let broken = BridgeError::Spool(io::Error::other("EIO"));
         assert_eq!(broken.reply().code(), 451);
     }

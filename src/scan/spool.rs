@@ -40,8 +40,8 @@ pub(crate) struct Spooler {
     /// Disk promised to spool files and not yet written (written bytes the file system counts
     /// itself). Held while the free space is read, so two promises cannot both count it.
     promised: Mutex<u64>,
-    /// Free space each promise leaves ([`HEADROOM`]).
-    headroom: u64,
+    /// The free space of the spool's file system: [`free_bytes`] (a fixed figure in tests).
+    free: fn(&Path) -> io::Result<u64>,
     /// `ftpsgate_spool_bytes`.
     gauge: Gauge,
 }
@@ -64,7 +64,7 @@ impl Spooler {
             budget,
             in_memory: AtomicU64::new(0),
             promised: Mutex::new(0),
-            headroom: HEADROOM,
+            free: free_bytes,
             gauge,
         }))
     }
@@ -115,17 +115,16 @@ impl Spooler {
     /// every earlier promise is written too.
     fn promise(&self, n: u64) -> io::Result<()> {
         let mut promised = self.promised.lock().unwrap_or_else(PoisonError::into_inner);
-        let free = free_bytes(&self.dir)?;
-        let wanted = promised.saturating_add(n).saturating_add(self.headroom);
+        let free = (self.free)(&self.dir)?;
+        let wanted = promised.saturating_add(n).saturating_add(HEADROOM);
         if free < wanted {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
                 format!(
                     "scan.spool_dir {} has {free} bytes free, {} promised to uploads being \
-                     spooled, keeping {}",
+                     spooled, keeping {HEADROOM}",
                     self.dir.display(),
                     *promised,
-                    self.headroom
                 ),
             ));
         }
@@ -323,9 +322,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let dir = dir.path().join("spool");
         let mut spooler = Spooler::open(&dir, 0, Gauge::default()).expect("open");
-        // Room for two grants and a half: the half is slack for other tests' files.
-        let free = free_bytes(&dir).expect("statvfs");
-        Arc::get_mut(&mut spooler).expect("one owner").headroom = free - 5 * GRANT / 2;
+        // Room for two grants and a half beyond the headroom.
+        Arc::get_mut(&mut spooler).expect("one owner").free = |_| Ok(HEADROOM + 5 * GRANT / 2);
         let mut spools = Vec::new();
         for _ in 0..2 {
             let mut spool = spooler.spool();

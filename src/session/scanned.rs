@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::time::MissedTickBehavior;
+use tokio::time::{Interval, MissedTickBehavior};
 
 use tracing::{debug, info, warn};
 
@@ -18,7 +18,7 @@ use super::phase::Account;
 use super::transfer::{hex, InFlight, TransferLog};
 use super::{Answer, Context, Fatal, Halt};
 use crate::audit::{Event, Who};
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
 use crate::config::{FailMode, Oversize};
 use crate::data::{BridgeError, DataBridge, Received};
 use crate::ftp::{Command, Direction, Escaped, Line, Reply, Request};
@@ -81,15 +81,16 @@ impl Upload<'_> {
         client.send(&Reply::new(150, ready)).await?;
         let began = Instant::now();
         let progress = self.bridge.progress_counter();
+        let noop_every = Duration::from_secs(settings.backend_noop_secs);
         let mut watch = Watch {
             client,
             backend: &mut *account.backend,
             line: &self.line,
             progress: &progress,
-            noop_every: Duration::from_secs(settings.backend_noop_secs),
+            noop: noop_timer(noop_every),
         };
         let received = match watch.run(self.bridge.received()).await {
-            Err(halt) => return Err(self.lost(ctx, client, &account, began, halt)),
+            Err(halt) => return Err(self.lost(ctx, client, &account, began, halt).await),
             Ok(Some(Ok(received))) => received,
             Ok(Some(Err(BridgeError::TooLarge { limit }))) => {
                 let refusal = if Some(limit) == max_upload {
@@ -133,7 +134,7 @@ impl Upload<'_> {
             // The client may abort, or leave, while the scanner works: the backend has heard
             // nothing yet, and will not.
             let scanned = match watch.run(scanning).await {
-                Err(halt) => return Err(self.lost(ctx, client, &account, began, halt)),
+                Err(halt) => return Err(self.lost(ctx, client, &account, began, halt).await),
                 Ok(Some(scanned)) => scanned,
                 Ok(None) => {
                     self.unfinished(ctx, client, &account, began, &BridgeError::Cancelled);
@@ -197,14 +198,31 @@ impl Upload<'_> {
         }
         // Whatever the client set before (a REST offset the gateway did not see through a
         // command it did not track, FTP's default TYPE A): the backend stores from 0, as sent.
-        for setting in [&b"REST 0\r\n"[..], b"TYPE I\r\n"] {
-            account.backend.send(setting).await?;
-            account.backend.expect_reply().await?;
-        }
-        account.backend.send(&self.line.to_wire()).await?;
-        let first = account.backend.expect_reply().await?;
+        let backend = &mut *account.backend;
+        let stor = async {
+            for setting in [&b"REST 0\r\n"[..], b"TYPE I\r\n"] {
+                backend.send(setting).await?;
+                backend.expect_reply().await?;
+            }
+            backend.send(&self.line.to_wire()).await?;
+            backend.expect_reply().await
+        };
+        let first = match stor.await {
+            Ok(first) => first,
+            Err(e) => {
+                return Err(self
+                    .lost(ctx, client, &account, began, Fatal::from(e).into())
+                    .await)
+            }
+        };
         if !first.is_preliminary() {
             // The backend refused the upload (553 and the like): its reply is the client's.
+            let refused = std::io::Error::other(format!(
+                "the server refused the upload: {} {}",
+                first.code(),
+                first.text()
+            ));
+            self.unfinished(ctx, client, &account, began, &BridgeError::Backend(refused));
             client.send(&first).await?;
             return Ok(Answer::Sent);
         }
@@ -217,7 +235,8 @@ impl Upload<'_> {
 
 impl Upload<'_> {
     /// The transfer's record (log line, metrics, audit) for an upload that ended before the
-    /// scan: cut, stalled, truncated, aborted, or with no room to spool it.
+    /// backend took it: cut, stalled, truncated or without room while it was received,
+    /// aborted while it was received or scanned, or refused by the backend after the scan.
     fn unfinished(
         &self,
         ctx: &Context,
@@ -238,12 +257,14 @@ impl Upload<'_> {
         log.log(ctx, client, account, Err(error));
     }
 
-    /// The same for an upload whose session ends before the scan (the client gone, the
-    /// backend lost): `halt` ends it.
-    fn lost(
+    /// The same for an upload whose session ends before the backend took it (the client
+    /// gone, the backend lost): `halt` ends it. A client whose backend is lost hears first
+    /// that the transfer failed (426), then, from `serve`, that the session is over (421), as
+    /// in a relayed transfer.
+    async fn lost(
         &self,
         ctx: &Context,
-        client: &ClientControl,
+        client: &mut ClientControl,
         account: &Account<'_>,
         began: Instant,
         halt: Halt,
@@ -255,6 +276,9 @@ impl Upload<'_> {
             _ => BridgeError::Client(std::io::ErrorKind::ConnectionAborted.into()),
         };
         self.unfinished(ctx, client, account, began, &error);
+        if matches!(error, BridgeError::Backend(_)) {
+            let _ = client.send(&error.reply()).await;
+        }
         halt
     }
 }
@@ -266,28 +290,39 @@ struct Watch<'a, 'b> {
     backend: &'a mut Backend,
     line: &'b Line,
     progress: &'b AtomicU64,
-    /// `scan.backend_noop_secs`.
-    noop_every: Duration,
+    /// Ticks every `scan.backend_noop_secs` from the gateway's 150, through receiving and
+    /// scanning alike.
+    noop: Interval,
+}
+
+/// The first tick `every` from now; a tick missed (the backend slow to answer the last NOOP)
+/// comes `every` after the late one, not at once.
+fn noop_timer(every: Duration) -> Interval {
+    let mut noop = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    noop.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    noop
 }
 
 impl Watch<'_, '_> {
     /// Runs `work` while watching the client: `None` when it sends ABOR meanwhile. STAT says
     /// how far the upload is; other commands wait for the transfer to end, as on a plain
-    /// server. The backend gets a NOOP every `noop_every`, so it does not end an idle session
-    /// the client is busy in.
+    /// server. The backend gets a NOOP on each tick of `noop`, so it does not end an idle
+    /// session the client is busy in.
     async fn run<T>(&mut self, work: impl Future<Output = T>) -> Result<Option<T>, Halt> {
         tokio::pin!(work);
-        let first = tokio::time::Instant::now() + self.noop_every;
-        let mut noop = tokio::time::interval_at(first, self.noop_every);
-        noop.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 done = &mut work => return Ok(Some(done)),
-                _ = noop.tick() => {
+                _ = self.noop.tick() => {
                     // Run to its end before `work` is polled again: the reply is bounded by
                     // `timeouts.backend_reply_secs`, and a lost backend ends the session.
                     self.backend.send(b"NOOP\r\n").await?;
                     let reply = self.backend.expect_reply().await?;
+                    if reply.code() == 421 {
+                        // Closing (shutting down, or its idle timer came first): lost now.
+                        let closing = BackendError::Refused { what: "NOOP", reply: reply.text() };
+                        return Err(Fatal::from(closing).into());
+                    }
                     debug!(code = reply.code(), "NOOP to the backend while the upload is scanned");
                 }
                 read = self.client.read_line(), if !self.client.has_deferred() => {

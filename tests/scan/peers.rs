@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use ftpsgate::config::{ScanSettings, TlsVersion};
+use support::admin::{scrape, value};
 use support::files::sha256;
 use support::ftps::Ftps;
 use support::gateway::{admin_on_loopback, TestGateway};
@@ -15,8 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{file, on_disk, stor};
 
-/// A gateway scanning with `bed` in front of `server` (spoken to as `tls` says), spooling in
-/// `spool`.
+/// A gateway scanning with `bed` in front of `server` (spoken to with `tls`, TLS at most
+/// `version`), spooling in `spool`.
 fn gateway(
     server: &FtpServer,
     (tls, version): (VsTls, TlsVersion),
@@ -65,7 +66,7 @@ async fn trickle(ftps: &mut Ftps, name: &str, data: &[u8], pieces: usize) -> Str
 /// file after it. Each hears `REST 0` and `TYPE I` before each STOR (docs/ARCHITECTURE.md,
 /// "Scanned uploads"), which none refuses; toward a TLS backend the data handshake comes
 /// after the scan, long after the data connection was opened at PASV. A last upload trickled
-/// over 3 s has each server hear NOOPs between its PASV and its STOR.
+/// over 3 s with `backend_noop_secs = 1` puts NOOPs between each server's PASV and its STOR.
 #[test]
 fn proftpd_pure_ftpd_and_tls_backends_store_only_what_was_scanned_clean() {
     let Some(bed) = IcapBed::start() else { return };
@@ -139,7 +140,7 @@ fn proftpd_pure_ftpd_and_tls_backends_store_only_what_was_scanned_clean() {
 /// has not heard of: vsftpd with `idle_session_timeout=3` and a client trickling its file
 /// over 8 s. With `scan.backend_noop_secs = 1` vsftpd hears NOOPs, keeps the session and
 /// stores the file whole; with 60, it ends the session before the STOR can reach it, and the
-/// client gets 421.
+/// client gets 426 for the transfer (counted as failed) and 421 for the session.
 #[test]
 fn the_backend_hears_noops_while_a_slow_upload_is_received() {
     let Some(bed) = IcapBed::start() else { return };
@@ -157,11 +158,19 @@ fn the_backend_hears_noops_while_a_slow_upload_is_received() {
         let (addr, ca, data) = (gw.explicit, gw.ca.clone(), data.clone());
         async move {
             let mut ftps = Ftps::login(addr, &ca).await;
-            trickle(&mut ftps, name, &data, 8).await
+            let last = trickle(&mut ftps, name, &data, 8).await;
+            // A transfer cut by a lost backend: 426, then the session's 421.
+            let then = if last.starts_with("426") {
+                ftps.reply().await
+            } else {
+                String::new()
+            };
+            (last, then)
         }
     };
     let (kept_reply, idle_reply) =
         rt.block_on(async { tokio::join!(slow(&kept, "kept.bin"), slow(&idle, "idle.bin")) });
+    let ((kept_reply, _), (idle_reply, idle_then)) = (kept_reply, idle_reply);
     assert!(kept_reply.starts_with("226"), "{kept_reply}");
     let stored = std::fs::read(vs.root.join("kept.bin")).expect("kept.bin");
     assert_eq!(sha256(&stored), sha256(&data));
@@ -171,9 +180,17 @@ fn the_backend_hears_noops_while_a_slow_upload_is_received() {
         vs.log()
     );
     // vsftpd's "421 Timeout." went unread; the gateway finds the backend gone when it sends
-    // the STOR's preamble after the scan.
-    assert!(idle_reply.starts_with("421"), "{idle_reply}");
+    // the STOR's preamble after the scan: the transfer failed (426, counted), then the session
+    // is over (421).
+    assert!(idle_reply.starts_with("426"), "{idle_reply}");
+    assert!(idle_then.starts_with("421"), "{idle_then}");
     assert!(!vs.root.join("idle.bin").exists());
+    let failed = [("direction", "upload"), ("outcome", "failed")];
+    let admin = idle.admin.expect("admin");
+    assert_eq!(
+        value(&scrape(admin), "ftpsgate_transfers_total", &failed),
+        1.0
+    );
 }
 
 /// A tmpfs of `mib` MiB mounted 0700 at `dir` for one test, unmounted when dropped.
