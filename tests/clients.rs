@@ -405,6 +405,8 @@ fn implicit_tls_backend_proftpd_mod_tls_all_clients() {
     );
 }
 
+/// Two transfers a session pass with TLS 1.3 (the third would be refused), and doctor warns of
+/// a ProFTPD backend on TLS 1.3.
 #[test]
 fn tls13_backend_proftpd_two_transfers_per_session() {
     let Some(ftpd) = FtpServer::proftpd(VsTls::Explicit) else {
@@ -415,6 +417,26 @@ fn tls13_backend_proftpd_two_transfers_per_session() {
         curl_round_trips(&gw, &[MIB, 64 * MIB], "epsv", |n, s| ftpd.put(n, s));
     }
     py_scenario(&gw, "uploads", &["--count", "2", "--size", "10485760"]);
+    // doctor says so, and names the cap; with the cap it has nothing to say.
+    let backend_tls = |version| {
+        let mut settings = ftpsgate::config::Settings::default();
+        settings.backend.addresses = vec![ftpd.addr.to_string().parse().expect("address")];
+        (ftpd.gateway_tls(VsTls::Explicit))(&mut settings);
+        settings.backend.max_tls_version = version;
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(ftpsgate::doctor::run(&settings, None))
+            .into_iter()
+            .filter(|c| c.what == "backend TLS")
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+    };
+    let warned = backend_tls(TlsVersion::V1_3);
+    assert!(
+        warned.len() == 1 && warned[0].starts_with("[warn]") && warned[0].contains("ProFTPD"),
+        "{warned:?}"
+    );
+    assert!(warned[0].contains("max_tls_version"), "{warned:?}");
+    assert_eq!(backend_tls(TlsVersion::V1_2), Vec::<String>::new());
 }
 
 // pure-ftpd 1.0.50, plain and with TLS (explicit: Debian's build has no implicit TLS).

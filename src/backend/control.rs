@@ -187,6 +187,19 @@ impl Backend {
         })
     }
 
+    /// Whether this backend greets as ProFTPD and encrypts its data connections under TLS 1.3
+    /// with the gateway: ProFTPD 1.3.8 then refuses a session's third data connection and
+    /// every third after it (docs/configuration.md, "FTPS backends": cap it at TLS 1.2). A
+    /// server that hides its name in the greeting (`ServerIdent off`) is not recognised.
+    pub fn proftpd_on_tls13(&self, greeting: &[Reply]) -> bool {
+        let tls13 = self
+            .conn
+            .tls_info()
+            .is_some_and(|(version, _)| version == rustls::ProtocolVersion::TLSv1_3);
+        let protected = self.tls.as_ref().is_some_and(|t| t.protect_data);
+        tls13 && protected && greeting.iter().any(|g| g.text().contains("ProFTPD"))
+    }
+
     pub fn peer(&self) -> SocketAddr {
         self.peer
     }

@@ -59,6 +59,8 @@ pub struct Route {
     metrics: Arc<Metrics>,
     /// `None`: TCP.
     dialer: Option<Dialer>,
+    /// The warning that a ProFTPD backend speaks TLS 1.3 was logged (once a route).
+    warned_tls13: AtomicBool,
 }
 
 pub(super) struct Endpoint {
@@ -223,6 +225,7 @@ impl Route {
             next: AtomicUsize::new(0),
             metrics: Arc::clone(metrics),
             dialer,
+            warned_tls13: AtomicBool::new(false),
         }))
     }
 
@@ -265,7 +268,14 @@ impl Route {
                 .dial(&endpoint, client, t.backend_connect(), t.backend_reply())
                 .await
             {
-                Ok((backend, greeting)) => return Ok((backend, greeting, slot)),
+                Ok((backend, greeting)) => {
+                    if backend.proftpd_on_tls13(&greeting)
+                        && !self.warned_tls13.swap(true, Ordering::Relaxed)
+                    {
+                        warn!(route = %self.name, "the backend greets as ProFTPD and speaks TLS 1.3: it refuses a session's third data connection and every third after (425); set max_tls_version = \"1.2\" in this route's table (docs/configuration.md, \"FTPS backends\")");
+                    }
+                    return Ok((backend, greeting, slot));
+                }
                 Err(e) => {
                     let address = &endpoint.address;
                     warn!(route = %self.name, %address, error = %e, "backend address failed");

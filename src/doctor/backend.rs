@@ -93,6 +93,16 @@ async fn address_checks(
             return out;
         }
     }
+    if backend.proftpd_on_tls13(&greeting) {
+        out.push(with_fix(
+            check(
+                Level::Warn,
+                "backend TLS",
+                format!("{address} greets as ProFTPD and speaks TLS 1.3: it refuses a session's third data connection and every third after"),
+            ),
+            "set max_tls_version = \"1.2\" in its table (docs/configuration.md, \"FTPS backends\")",
+        ));
+    }
     if let Some(pin) = backend.certificate_pin() {
         let text = format!(
             "{address} presents a certificate with SHA-256 {pin} (`pin_sha256 = \"{pin}\"` in its table pins it)"
