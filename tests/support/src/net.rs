@@ -1,7 +1,9 @@
 //! Loopback ports for the tests' listeners and pools.
 
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -15,10 +17,21 @@ pub fn free_port() -> u16 {
 }
 
 /// The first of `n` consecutive free ports below the ephemeral range (see [`free_port`]).
+/// A port is handed out once a process: tests run in parallel threads, and two that picked
+/// the same free port before either bound it would race for it (CI saw Pebble lose its
+/// management port that way).
 pub fn free_low_range(n: u16) -> u16 {
+    static HANDED: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed = HANDED.lock().unwrap_or_else(PoisonError::into_inner);
     for _ in 0..1000 {
         let lo = 11000 + fastrand::u16(0..8000);
-        if (lo..lo + n).all(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok()) {
+        let ports = lo..lo + n;
+        if handed.range(ports.clone()).next().is_none()
+            && ports
+                .clone()
+                .all(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok())
+        {
+            handed.extend(ports);
             return lo;
         }
     }
