@@ -80,6 +80,22 @@ async fn stor(ftps: &mut Ftps, name: &str, data: &[u8]) -> (String, String) {
     (first, ftps.reply().await)
 }
 
+/// STOR `name` with up to 4 MiB, sent until the gateway stops reading (it refuses past a
+/// limit): the final reply.
+async fn stor_until_refused(ftps: &mut Ftps, name: &str) -> String {
+    let tcp = ftps.open(&format!("STOR {name}")).await.expect("PASV");
+    assert!(ftps.reply().await.starts_with("150"));
+    let mut tls = ftps.secure_data(tcp).await;
+    let chunk = vec![7u8; 64 * 1024];
+    for _ in 0..64 {
+        if tls.write_all(&chunk).await.is_err() {
+            break;
+        }
+    }
+    drop(tls);
+    ftps.reply().await
+}
+
 /// The STOR lines vsftpd heard, from its command log.
 fn stored_names(vs: &FtpServer) -> Vec<String> {
     vs.log()
@@ -403,18 +419,8 @@ fn max_upload_bytes_refuses_with_552_with_and_without_scanning() {
     rt.block_on(async {
         for (gw, name) in [(&scanned, "scanned.bin"), (&plain, "plain.bin")] {
             let mut ftps = Ftps::login(gw.explicit, &gw.ca).await;
-            let tcp = ftps.open(&format!("STOR {name}")).await.expect("PASV");
-            assert!(ftps.reply().await.starts_with("150"));
-            let mut tls = ftps.secure_data(tcp).await;
-            // Sent until the gateway stops reading: it refuses past 1 MiB.
-            let chunk = vec![7u8; 64 * 1024];
-            for _ in 0..64 {
-                if tls.write_all(&chunk).await.is_err() {
-                    break;
-                }
-            }
-            drop(tls);
-            let last = ftps.reply().await;
+            // The gateway refuses past 1 MiB.
+            let last = stor_until_refused(&mut ftps, name).await;
             assert!(last.starts_with("552"), "{name}: {last}");
             let (_, last) = stor(&mut ftps, "fits.bin", &[1u8; 1000]).await;
             assert!(last.starts_with("226"), "{name}: then {last}");

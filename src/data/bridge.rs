@@ -103,7 +103,6 @@ pub(crate) struct Received {
     pub bytes: u64,
     /// The SHA-256 of the bytes, when the audit log asks for it.
     pub sha256: Option<[u8; 32]>,
-    pub elapsed: Duration,
 }
 
 /// The session's handle on a running bridge. Dropping it cancels the bridge.
@@ -347,25 +346,23 @@ async fn run(
         .await?;
         // Answer the client's close_notify with ours; it may already be gone.
         let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
+        // The receiving's own figures: the session's scan does not count in the transfer.
+        let done = Transferred {
+            bytes: got.bytes,
+            elapsed: began.elapsed(),
+            sha256: got.sha256,
+        };
         let got = Received {
             spool,
             bytes: got.bytes,
             sha256: got.sha256,
-            elapsed: began.elapsed(),
         };
-        let (bytes, sha256, elapsed) = (got.bytes, got.sha256, got.elapsed);
         received.send(got).map_err(|_| BridgeError::Cancelled)?;
         let spool = release.await.map_err(|_| BridgeError::Cancelled)?;
         if let Some(open) = open_gate.take() {
             let _ = open.send(());
         }
-        let got = Received {
-            spool,
-            bytes,
-            sha256,
-            elapsed,
-        };
-        Ok((client, Direction::Upload, Some(got)))
+        Ok((client, Direction::Upload, Some((spool, done))))
     };
     let backend_side = async {
         gate.await.map_err(|_| BridgeError::Cancelled)?;
@@ -400,13 +397,13 @@ async fn run(
         tokio::try_join!(client_path, backend_side)?;
     let began = Instant::now();
     let copied = match (direction, spooled) {
-        (Direction::Upload, Some(mut received)) => {
+        (Direction::Upload, Some((mut spool, received))) => {
             // The client's bytes were counted as they came; these are the same bytes again.
             let resend = Counted {
                 total: Default::default(),
                 ..counted(direction, false, None)
             };
-            let from = received.spool.reader().await.map_err(BridgeError::Spool)?;
+            let from = spool.reader().await.map_err(BridgeError::Spool)?;
             send(from, &mut backend, &resend, stall)
                 .await
                 .map_err(|e| {
@@ -418,9 +415,8 @@ async fn run(
                 })?;
             backend_closed(&mut backend, params).await?;
             return Ok(Transferred {
-                bytes: received.bytes,
                 elapsed: received.elapsed + began.elapsed(),
-                sha256: received.sha256,
+                ..received
             });
         }
         (Direction::Download, _) => {

@@ -6,7 +6,7 @@
 //! (`fuzz/fuzz_targets/icap_reply.rs`), as `ftp` is for its own.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 pub(crate) mod icap;
@@ -106,4 +106,10 @@ pub(crate) fn turned_off(settings: &Settings) -> Vec<String> {
         .filter(|rules| rules.own_scan && !rules.scan.is_on())
         .map(|rules| rules.scan_key())
         .collect()
+}
+
+/// A lock whose holder panicked is still usable: what the scanners keep behind one (the ICAP
+/// pool and cached options, the spool's promised disk) is valid whatever was interrupted.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }

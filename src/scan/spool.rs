@@ -15,12 +15,13 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::either::Either;
 
+use super::lock;
 use crate::private;
 
 /// Free space the spool leaves on its file system: an upload that would take it below this is
@@ -114,7 +115,7 @@ impl Spooler {
     /// Promises `n` bytes of disk, unless that would leave less than the headroom free once
     /// every earlier promise is written too.
     fn promise(&self, n: u64) -> io::Result<()> {
-        let mut promised = self.promised.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut promised = lock(&self.promised);
         let free = (self.free)(&self.dir)?;
         let wanted = promised.saturating_add(n).saturating_add(HEADROOM);
         if free < wanted {
@@ -134,7 +135,7 @@ impl Spooler {
 
     /// `n` promised bytes written (the file system counts them now) or given back.
     fn redeem(&self, n: u64) {
-        let mut promised = self.promised.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut promised = lock(&self.promised);
         *promised = promised.saturating_sub(n);
     }
 }

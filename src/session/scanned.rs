@@ -81,13 +81,12 @@ impl Upload<'_> {
         client.send(&Reply::new(150, ready)).await?;
         let began = Instant::now();
         let progress = self.bridge.progress_counter();
-        let noop_every = Duration::from_secs(settings.backend_noop_secs);
         let mut watch = Watch {
             client,
             backend: &mut *account.backend,
             line: &self.line,
             progress: &progress,
-            noop: noop_timer(noop_every),
+            noop: noop_timer(Duration::from_secs(settings.backend_noop_secs)),
         };
         let received = match watch.run(self.bridge.received()).await {
             Err(halt) => return Err(self.lost(ctx, client, &account, began, halt).await),

@@ -264,18 +264,8 @@ fn a_spool_without_room_refuses_with_452_and_the_session_goes_on() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let mut ftps = Ftps::login(gw.explicit, &gw.ca).await;
-        let tcp = ftps.open("STOR big.bin").await.expect("PASV");
-        assert!(ftps.reply().await.starts_with("150"));
-        let mut tls = ftps.secure_data(tcp).await;
-        // Sent until the gateway stops reading: it refuses at the spill.
-        let chunk = vec![7u8; 64 * 1024];
-        for _ in 0..64 {
-            if tls.write_all(&chunk).await.is_err() {
-                break;
-            }
-        }
-        drop(tls);
-        let last = ftps.reply().await;
+        // The gateway refuses at the spill.
+        let last = super::stor_until_refused(&mut ftps, "big.bin").await;
         assert!(last.starts_with("452"), "{last}");
         let (_, last) = stor(&mut ftps, "small.bin", &small).await;
         assert!(last.starts_with("226"), "{last}");

@@ -23,7 +23,7 @@ mod tests;
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -33,6 +33,8 @@ use tracing::debug;
 
 pub(crate) use crate::config::IcapUrl;
 use wire::{Answer, HeadFinder, ResponseHead, Section, ServiceOptions};
+
+use super::lock;
 pub(crate) use wire::{Verdict, WireError};
 
 /// Idle connections kept for reuse; more are closed when they come back. One per upload being
@@ -488,10 +490,4 @@ fn closed(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::BrokenPipe
     )
-}
-
-/// A lock whose holder panicked is still usable: the pool and the cached options are valid
-/// whatever was interrupted.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
